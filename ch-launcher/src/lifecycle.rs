@@ -1,0 +1,160 @@
+//! One lifecycle state machine for every backend.
+//!
+//! Backends translate what their hypervisor reports (Cloud Hypervisor's event
+//! monitor, libvirt's domain events, the exit of the hypervisor process) into
+//! neutral [`Event`]s; [`Lifecycle::apply`] turns those into KubeVirt's
+//! `(State, Reason)` pairs, because virt-handler consumes exactly those.
+//!
+//! | Event                 | State    | Reason     |
+//! |-----------------------|----------|------------|
+//! | `Created`             | Paused   | StartingUp |
+//! | `Booted`              | Running  | Booted     |
+//! | `Paused`              | Paused   | User       |
+//! | `Resumed`             | Running  | Unpaused   |
+//! | `Rebooted`            | Running  | Booted     |
+//! | `ShuttingDown`        | Shutdown | User       |
+//! | `GuestPoweredOff`     | Shutoff  | Shutdown   |
+//! | `Destroyed`           | Shutoff  | Destroyed  |
+//! | `GuestPanicked`       | Crashed  | Panicked   |
+//! | `HypervisorDied`      | Crashed  | Unknown    |
+//!
+//! Final states (Shutoff, Crashed) are sticky: a late event (for example the
+//! VMM exiting after the guest powered off) does not overwrite them.
+
+use serde::Serialize;
+use std::time::SystemTime;
+
+/// KubeVirt's domain states (`virtwrap/api` `LifeCycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum State {
+    NoState,
+    Running,
+    Paused,
+    Shutdown,
+    Shutoff,
+    Crashed,
+}
+
+/// KubeVirt's state change reasons (`virtwrap/api` `StateChangeReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Reason {
+    Unknown,
+    Booted,
+    StartingUp,
+    User,
+    Unpaused,
+    Shutdown,
+    Destroyed,
+    Panicked,
+    Failed,
+}
+
+/// What a backend observed, independent of the hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The VM exists but its vCPUs do not run yet (start paused).
+    Created,
+    /// The guest started running.
+    Booted,
+    /// Paused on request.
+    Paused,
+    /// Resumed on request.
+    Resumed,
+    /// The guest is rebooting (guest- or user-initiated).
+    Rebooting,
+    /// The guest finished a reboot and runs again.
+    Rebooted,
+    /// An orderly shutdown is under way.
+    ShuttingDown,
+    /// The guest powered itself off.
+    GuestPoweredOff,
+    /// The launcher (or its user) stopped the VM forcibly.
+    Destroyed,
+    /// The guest reported a panic (pvpanic).
+    GuestPanicked,
+    /// The hypervisor process went away without an orderly shutdown.
+    HypervisorDied { detail: String },
+}
+
+/// The current state as others see it (`status`, logs, virt-handler).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub state: State,
+    pub reason: Reason,
+    /// Extra detail, e.g. how the hypervisor died.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Seconds since the Unix epoch when this state was entered.
+    pub since: u64,
+}
+
+impl Status {
+    pub fn is_final(&self) -> bool {
+        matches!(self.state, State::Shutoff | State::Crashed)
+    }
+}
+
+/// The state machine. Holds the current status and applies events to it.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    current: Status,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            current: Status {
+                state: State::NoState,
+                reason: Reason::Unknown,
+                message: None,
+                since: now(),
+            },
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn status(&self) -> &Status {
+        &self.current
+    }
+
+    /// Applies one event. Returns the new status when it changed.
+    pub fn apply(&mut self, event: &Event) -> Option<&Status> {
+        if self.current.is_final() {
+            return None;
+        }
+        let (state, reason, message) = match event {
+            Event::Created => (State::Paused, Reason::StartingUp, None),
+            Event::Booted => (State::Running, Reason::Booted, None),
+            Event::Paused => (State::Paused, Reason::User, None),
+            Event::Resumed => (State::Running, Reason::Unpaused, None),
+            // A reboot keeps the guest running from the cluster's view.
+            Event::Rebooting => return None,
+            Event::Rebooted => (State::Running, Reason::Booted, None),
+            Event::ShuttingDown => (State::Shutdown, Reason::User, None),
+            Event::GuestPoweredOff => (State::Shutoff, Reason::Shutdown, None),
+            Event::Destroyed => (State::Shutoff, Reason::Destroyed, None),
+            Event::GuestPanicked => (State::Crashed, Reason::Panicked, None),
+            Event::HypervisorDied { detail } => {
+                (State::Crashed, Reason::Unknown, Some(detail.clone()))
+            }
+        };
+        if state == self.current.state && reason == self.current.reason {
+            return None;
+        }
+        self.current = Status {
+            state,
+            reason,
+            message,
+            since: now(),
+        };
+        Some(&self.current)
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

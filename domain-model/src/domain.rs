@@ -1,0 +1,274 @@
+//! The one hypervisor-neutral model of a VM. Every backend reads only this.
+//!
+//! A `Domain` is produced by `crate::resolve` from a validated API view: sizes
+//! are in bytes, paths are absolute, the CPU topology is complete and the boot
+//! source is decided. Elements that came from a list in the spec keep the spec
+//! path they came from (`spec_path`), so that a backend can name the field when
+//! it has to refuse something.
+
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which hypervisor runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hypervisor {
+    CloudHypervisor,
+    Libvirt,
+}
+
+impl Hypervisor {
+    /// The name used in `spec.hypervisor` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hypervisor::CloudHypervisor => "cloud-hypervisor",
+            Hypervisor::Libvirt => "libvirt",
+        }
+    }
+}
+
+impl std::fmt::Display for Hypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Hypervisor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cloud-hypervisor" => Ok(Hypervisor::CloudHypervisor),
+            "libvirt" => Ok(Hypervisor::Libvirt),
+            other => Err(format!(
+                "unknown hypervisor {other:?}: expected \"cloud-hypervisor\" or \"libvirt\""
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Amd64,
+    Arm64,
+    S390x,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Domain {
+    pub name: String,
+    pub namespace: String,
+    /// `metadata.uid`, or a stable UUID derived from namespace and name.
+    pub uid: String,
+    pub hypervisor: Hypervisor,
+    pub architecture: Architecture,
+    pub cpu: Cpu,
+    pub memory: Memory,
+    pub firmware: Firmware,
+    pub boot: Boot,
+    pub disks: Vec<Disk>,
+    pub devices: Devices,
+    pub features: Features,
+    pub clock: Option<Clock>,
+    pub launch_security: Option<LaunchSecurity>,
+    pub termination_grace_period: Duration,
+    /// `spec.startStrategy: Paused`: create the VM but do not run its vCPUs.
+    pub start_paused: bool,
+    /// Computed: can this VM be live-migrated, and if not, why.
+    pub live_migratable: MigrationCondition,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cpu {
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+    /// Upper bound of sockets for CPU hotplug; equals `sockets` when absent.
+    pub max_sockets: u32,
+    pub model: CpuModel,
+}
+
+impl Cpu {
+    /// vCPUs the guest boots with.
+    pub fn vcpus(&self) -> u32 {
+        self.sockets * self.cores * self.threads
+    }
+    /// vCPUs the guest may grow to.
+    pub fn max_vcpus(&self) -> u32 {
+        self.max_sockets * self.cores * self.threads
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuModel {
+    /// KubeVirt's default: `host-model`.
+    HostModel,
+    HostPassthrough,
+    /// A named QEMU CPU model such as `Skylake-Server`.
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Memory {
+    /// Guest-visible memory at boot, in bytes.
+    pub guest: u64,
+    /// Upper bound for memory hotplug, in bytes; `None` means no hotplug.
+    pub max_guest: Option<u64>,
+    /// Back guest memory with hugepages of this size in bytes.
+    pub hugepage_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Firmware {
+    /// SMBIOS system UUID (defaults to the VMI uid like KubeVirt does).
+    pub uuid: String,
+    /// SMBIOS system serial number.
+    pub serial: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Boot {
+    /// Direct kernel boot (`firmware.kernelBoot`).
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: Option<String>,
+    },
+    /// `firmware.bootloader.efi`.
+    Efi {
+        secure_boot: bool,
+        /// `efi.persistent`: keep NVRAM across boots.
+        persistent: bool,
+    },
+    /// Legacy BIOS (`firmware.bootloader.bios`, or nothing given).
+    Bios,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Disk {
+    /// `spec.domain.devices.disks[i]`.
+    pub spec_path: String,
+    pub name: String,
+    pub device: DiskDevice,
+    pub bus: DiskBus,
+    pub readonly: bool,
+    pub serial: Option<String>,
+    pub boot_order: Option<u32>,
+    pub source: DiskSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskDevice {
+    Disk,
+    Cdrom,
+    Lun,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    Virtio,
+    Sata,
+    Scsi,
+    Usb,
+}
+
+impl DiskBus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Sata => "sata",
+            DiskBus::Scsi => "scsi",
+            DiskBus::Usb => "usb",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskSource {
+    /// `spec.volumes[j]`.
+    pub spec_path: String,
+    /// Absolute path of the image file on the host.
+    pub path: PathBuf,
+    pub format: ImageFormat,
+    /// Create a sparse raw image of this many bytes if the file is missing
+    /// (`hostDisk.type: DiskOrCreate`).
+    pub create_with_capacity: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Devices {
+    /// A virtio-rng device fed from the host's `/dev/urandom`.
+    pub rng: bool,
+    /// The serial console relayed to `virt-serial0` (`autoattachSerialConsole`).
+    pub serial_console: bool,
+    /// Devices other backends can emulate but a given one may refuse; each
+    /// keeps its spec path so the refusal can name it.
+    pub graphics: Option<SpecFeature>,
+    pub inputs: Vec<SpecFeature>,
+    /// Declared network interfaces (networking is not implemented yet, so
+    /// resolution refuses them; kept so the refusal names each one).
+    pub interfaces: Vec<SpecFeature>,
+}
+
+/// A spec element that only matters by its presence and name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpecFeature {
+    pub spec_path: String,
+    /// What it is, e.g. `vnc`, `tablet`, `e1000`.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Features {
+    /// `domain.features.acpi` (KubeVirt enables ACPI unless told otherwise).
+    pub acpi: bool,
+    /// `domain.features.smm`.
+    pub smm: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Clock {
+    pub spec_path: String,
+    /// `utc` or `timezone:<name>`.
+    pub offset: String,
+    /// Timer names the spec configured, e.g. `hpet`, `rtc`.
+    pub timers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum LaunchSecurity {
+    /// AMD SEV, or SEV-ES when `encrypted_state`.
+    Sev {
+        encrypted_state: bool,
+        dh_cert: Option<String>,
+        session: Option<String>,
+        attestation: bool,
+    },
+    /// AMD SEV-SNP.
+    SevSnp { host_data: Option<String> },
+    /// Intel TDX.
+    Tdx,
+    /// IBM Z Secure Execution (protected virtualization).
+    SecureExecution,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationCondition {
+    pub live_migratable: bool,
+    /// KubeVirt's reason when not migratable, e.g. `SEVNotLiveMigratable`.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
