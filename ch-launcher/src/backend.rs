@@ -1,7 +1,10 @@
 //! What every backend offers once its VM is started, so that the runner, the
 //! control socket and the CLI are written once for all hypervisors.
 
+use crate::lifecycle::Event;
 use std::future::Future;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
 
 /// A failed backend operation, with the hypervisor's own explanation.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum BackendError {
 /// Control over a started VM. Lifecycle changes that result from these calls
 /// are reported through the backend's event channel, not by the return value.
 pub trait Backend: Send + Sync {
+    /// Run the vCPUs of a created VM for the first time (or, after a
+    /// `startStrategy: Paused` start, when the user resumes it).
+    fn boot(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn pause(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn resume(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn reboot(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
@@ -34,4 +40,26 @@ pub trait Backend: Send + Sync {
     fn power_button(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Stop the VM now, without the guest's cooperation.
     fn destroy(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// Where the guest's serial console comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleSource {
+    /// A PTY the launcher opens before boot and relays to `virt-serial0`,
+    /// logging every byte to `virt-serial0-log` (Cloud Hypervisor).
+    Pty(PathBuf),
+    /// The hypervisor binds `virt-serial0` and writes the log itself
+    /// (libvirt + QEMU with a unix socket chardev and a log file).
+    ServedByHypervisor,
+}
+
+/// A VM that exists in its hypervisor but has not booted yet: the runner
+/// attaches the console first (output written before that is lost), then
+/// calls [`Backend::boot`] unless the spec asked to start paused.
+pub struct Created<B: Backend> {
+    pub backend: B,
+    /// Everything the backend observes, in order, until the VM is gone.
+    /// The channel closes after the hypervisor is gone.
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub console: ConsoleSource,
 }
