@@ -5,5 +5,14 @@
 //! this library.
 
 pub mod backend;
+pub mod ch;
+pub mod host;
+pub mod libvirt;
 pub mod lifecycle;
 pub mod paths;
+pub mod console;
+pub mod control;
+pub mod runner;
+pub mod attach;
+pub mod cli;
+pub mod logging;

@@ -1,7 +1,8 @@
 //! Entry points: spec text or file in, `Domain` out.
 //!
-//! CONTRACT (other crates code against these signatures; the domain-model
-//! work fills in the bodies).
+//! Other crates code against these signatures. The conventions for local runs
+//! (relative paths, containerDisk image files, derived uids) are documented in
+//! [`crate::resolve`].
 
 use crate::{Domain, Hypervisor, SpecErrors};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,8 @@ pub struct LoadOptions {
     /// Where `containerDisk` volumes are found as local image files.
     pub container_disk_dir: PathBuf,
     /// Enabled feature gates (`--feature-gates`, config file), already merged
-    /// with KubeVirt's defaults by maturity.
+    /// with KubeVirt's defaults by maturity: build it with
+    /// [`crate::gates::FeatureGates`]. The default is KubeVirt's defaults.
     pub feature_gates: Vec<String>,
 }
 
@@ -30,17 +32,16 @@ impl Default for LoadOptions {
             hypervisor: None,
             base_dir: PathBuf::from("."),
             container_disk_dir: PathBuf::from(DEFAULT_CONTAINER_DISK_DIR),
-            feature_gates: Vec::new(),
+            feature_gates: crate::gates::default_enabled(),
         }
     }
 }
 
 /// Parses, validates, defaults and resolves a spec (YAML or JSON), without
 /// checking what the chosen hypervisor supports.
-pub fn resolve_str(_text: &str, _opts: &LoadOptions) -> Result<Domain, SpecErrors> {
-    let mut e = SpecErrors::default();
-    e.push("spec", "spec parsing is not implemented yet");
-    Err(e)
+pub fn resolve_str(text: &str, opts: &LoadOptions) -> Result<Domain, SpecErrors> {
+    let parsed = crate::parse::parse(text)?;
+    crate::resolve::resolve(parsed, opts)
 }
 
 /// [`resolve_str`] on a file; `opts.base_dir` is replaced by the file's directory.
@@ -71,6 +72,6 @@ pub fn load_path(path: &Path, opts: &LoadOptions) -> Result<Domain, SpecErrors> 
 
 /// Every feature of `domain` that `domain.hypervisor` cannot provide, each as
 /// an error naming the field, the feature and the hypervisor.
-pub fn check_support(_domain: &Domain) -> Result<(), SpecErrors> {
-    Ok(())
+pub fn check_support(domain: &Domain) -> Result<(), SpecErrors> {
+    crate::support::check_support(domain)
 }

@@ -1,1 +1,89 @@
+//! Guest images for tests and benchmarks.
+//!
+//! The tiny PVH test guest (`guest/tiny-guest.S`) is assembled by `build.rs`
+//! with the system's GNU `as` and `ld` into Cargo's OUT_DIR. Cloud Hypervisor
+//! and QEMU boot it directly as a kernel. It only does port I/O, which is what
+//! runs under the nested KVM of these machines where stock Linux kernels hang.
+//!
+//! On COM1 it prints [`BANNER`], then echoes every byte it reads; after echoing
+//! [`POWER_OFF_KEY`] it powers off, after echoing [`REBOOT_KEY`] it reboots (and
+//! prints the banner again). The [`Variant::Halting`] build powers off right
+//! after the banner, for benchmarks. Input sent before the banner may be lost:
+//! firmware that runs first (QEMU's SeaBIOS) reads the serial port too.
 
+mod spec;
+
+pub use spec::{write_spec, TestGuestSpec, WriteSpecError};
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// The line the guest prints on COM1 as soon as it runs.
+pub const BANNER: &str = "TINY-GUEST-UP\r\n";
+/// Echoed, then the guest powers off.
+pub const POWER_OFF_KEY: u8 = b'q';
+/// Echoed, then the guest reboots.
+pub const REBOOT_KEY: u8 = b'r';
+/// Where the guest is linked; PVH loaders want kernels at or above 1 MiB.
+pub const LOAD_ADDRESS: u64 = 0x10_0000;
+
+const INTERACTIVE_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest.elf");
+const HALTING_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest-halting.elf");
+
+/// Which build of the test guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// Banner, then echo; `q` powers off, `r` reboots.
+    Interactive,
+    /// Banner, then power off.
+    Halting,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 2] = [Variant::Interactive, Variant::Halting];
+
+    /// The built ELF file (absolute path in Cargo's OUT_DIR).
+    pub fn path(self) -> &'static Path {
+        match self {
+            Variant::Interactive => Path::new(INTERACTIVE_PATH),
+            Variant::Halting => Path::new(HALTING_PATH),
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Interactive => "interactive",
+            Variant::Halting => "halting",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Variant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Variant::ALL
+            .into_iter()
+            .find(|variant| variant.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown test guest variant {s:?}: expected \"interactive\" or \"halting\"")
+            })
+    }
+}
+
+/// The interactive test guest: banner, echo, `q` powers off, `r` reboots.
+pub fn test_guest() -> &'static Path {
+    Variant::Interactive.path()
+}
+
+/// The test guest that powers off right after its banner.
+pub fn halting_guest() -> &'static Path {
+    Variant::Halting.path()
+}

@@ -1,1 +1,54 @@
+//! End-to-end test support: the Cloud Hypervisor stand-in (`ch-standin`), a
+//! way to find its binary, and a minimal HTTP/1.1 client for unix sockets.
+//!
+//! From a shell, the stand-in's path is
+//! `cargo build -q -p integration --bin ch-standin && echo "$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug/ch-standin"`
+//! (usually `target/debug/ch-standin`). Tests of this crate may also use
+//! `env!("CARGO_BIN_EXE_ch-standin")`.
 
+pub mod standin;
+pub mod unix_http;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Set to use a prebuilt stand-in instead of the one in the target dir.
+pub const STANDIN_BIN_ENV: &str = "CH_STANDIN_BIN";
+
+/// The `ch-standin` binary: `$CH_STANDIN_BIN` if set, else the one next to
+/// the running test binary (`target/<profile>/ch-standin`), built with cargo
+/// first if it is not there yet.
+pub fn standin_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(STANDIN_BIN_ENV) {
+        return PathBuf::from(path);
+    }
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|p| p.to_path_buf()))
+        .map(|dir| {
+            // Test binaries live in target/<profile>/deps.
+            if dir.ends_with("deps") {
+                dir.parent().map(|p| p.to_path_buf()).unwrap_or(dir)
+            } else {
+                dir
+            }
+        });
+    if let Some(dir) = &profile_dir {
+        let candidate = dir.join("ch-standin");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "integration", "--bin", "ch-standin"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status();
+    let fallback = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ch-standin");
+    match (status, profile_dir) {
+        (Ok(s), Some(dir)) if s.success() && dir.join("ch-standin").is_file() => {
+            dir.join("ch-standin")
+        }
+        _ => fallback,
+    }
+}

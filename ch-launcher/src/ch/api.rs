@@ -1,0 +1,174 @@
+//! Cloud Hypervisor's REST API over its unix socket, with every failure
+//! turned into a [`BackendError`] that carries CH's own error chain.
+//!
+//! CH answers a failed request with a JSON array of strings, outermost cause
+//! first (`["Error from API", "The VM could not boot", "VM is already created"]`);
+//! that array becomes [`BackendError::Refused::chain`] unchanged.
+
+use crate::backend::BackendError;
+use cloud_hypervisor_client::apis::{DefaultApi, Error as ClientError};
+use cloud_hypervisor_client::models::{VmConfig, VmInfo, VmmPingResponse};
+use cloud_hypervisor_client::{socket_based_api_client, SocketBasedApiClient};
+use std::path::Path;
+
+/// A client for one VMM's API socket.
+pub struct Api {
+    client: SocketBasedApiClient,
+}
+
+impl Api {
+    /// Does not connect; the first request does.
+    pub fn new(socket: &Path) -> Self {
+        Api {
+            client: socket_based_api_client(socket),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<VmmPingResponse, BackendError> {
+        decode("vmm.ping", self.client.vmm_ping_get().await)
+    }
+    pub async fn create(&self, config: VmConfig) -> Result<(), BackendError> {
+        decode("vm.create", self.client.create_vm(config).await)
+    }
+    pub async fn info(&self) -> Result<VmInfo, BackendError> {
+        decode("vm.info", self.client.vm_info_get().await)
+    }
+    pub async fn boot(&self) -> Result<(), BackendError> {
+        decode("vm.boot", self.client.boot_vm().await)
+    }
+    pub async fn pause(&self) -> Result<(), BackendError> {
+        decode("vm.pause", self.client.pause_vm().await)
+    }
+    pub async fn resume(&self) -> Result<(), BackendError> {
+        decode("vm.resume", self.client.resume_vm().await)
+    }
+    pub async fn reboot(&self) -> Result<(), BackendError> {
+        decode("vm.reboot", self.client.reboot_vm().await)
+    }
+    pub async fn power_button(&self) -> Result<(), BackendError> {
+        decode("vm.power-button", self.client.power_button_vm().await)
+    }
+    pub async fn shutdown(&self) -> Result<(), BackendError> {
+        decode("vm.shutdown", self.client.shutdown_vm().await)
+    }
+    pub async fn delete(&self) -> Result<(), BackendError> {
+        decode("vm.delete", self.client.delete_vm().await)
+    }
+    pub async fn shutdown_vmm(&self) -> Result<(), BackendError> {
+        decode("vmm.shutdown", self.client.shutdown_vmm().await)
+    }
+}
+
+fn decode<T>(operation: &'static str, result: Result<T, ClientError>) -> Result<T, BackendError> {
+    result.map_err(|err| to_backend_error(operation, err))
+}
+
+/// Maps a client error: an HTTP error answer is a refusal with CH's chain;
+/// anything else (no socket, connection reset, unreadable answer) means the
+/// VMM could not be talked to.
+pub fn to_backend_error(operation: &'static str, err: ClientError) -> BackendError {
+    match err {
+        ClientError::Api(api) => BackendError::Refused {
+            operation,
+            chain: error_chain(api.code.as_u16(), &api.body),
+        },
+        other => BackendError::Unreachable {
+            operation,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// CH's error array; a body that is not one is kept whole, with its status.
+pub fn error_chain(status: u16, body: &str) -> Vec<String> {
+    match serde_json::from_str::<Vec<String>>(body) {
+        Ok(chain) if !chain.is_empty() => chain,
+        _ if body.trim().is_empty() => vec![format!("HTTP status {status}")],
+        _ => vec![format!("HTTP status {status}: {}", body.trim())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn transcript() -> Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/reference/cloud-hypervisor/api-transcript.json"
+        );
+        let text = std::fs::read_to_string(path).expect("reference transcript");
+        serde_json::from_str(&text).expect("transcript is JSON")
+    }
+
+    #[test]
+    fn every_recorded_error_answer_keeps_chs_chain_outermost_first() {
+        let t = transcript();
+        let mut seen = 0;
+        for ex in t["exchanges"].as_array().expect("exchanges") {
+            let Some(status) = ex["status"].as_u64() else {
+                continue;
+            };
+            if status < 400 {
+                continue;
+            }
+            let body = ex["response"].to_string();
+            let chain = error_chain(status as u16, &body);
+            let expected: Vec<String> =
+                serde_json::from_value(ex["response"].clone()).expect("array of strings");
+            assert_eq!(chain, expected, "{}", ex["note"]);
+            seen += 1;
+        }
+        assert!(seen >= 10, "only {seen} error answers in the transcript");
+    }
+
+    #[test]
+    fn refusal_message_joins_the_chain() {
+        let err = BackendError::Refused {
+            operation: "vm.pause",
+            chain: error_chain(
+                500,
+                r#"["Error from API","The VM could not be paused","VM is not running"]"#,
+            ),
+        };
+        assert_eq!(
+            err.to_string(),
+            "vm.pause failed: Error from API: The VM could not be paused: VM is not running"
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_chain_is_kept_with_its_status() {
+        assert_eq!(error_chain(502, "bad gateway\n"), ["HTTP status 502: bad gateway"]);
+        assert_eq!(error_chain(500, ""), ["HTTP status 500"]);
+        assert_eq!(error_chain(500, "[]"), ["HTTP status 500: []"]);
+    }
+
+    #[test]
+    fn recorded_info_and_ping_answers_deserialize_into_the_client_models() {
+        let t = transcript();
+        let mut infos = 0;
+        for ex in t["exchanges"].as_array().expect("exchanges") {
+            let ok = ex["status"].as_u64() == Some(200);
+            match ex["endpoint"].as_str() {
+                Some("vm.info") if ok => {
+                    let info: VmInfo =
+                        serde_json::from_value(ex["response"].clone()).expect("VmInfo");
+                    assert!(info.config.serial.is_some());
+                    infos += 1;
+                }
+                Some("vmm.ping") if ok => {
+                    let ping: VmmPingResponse =
+                        serde_json::from_value(ex["response"].clone()).expect("ping");
+                    assert_eq!(
+                        ping.features,
+                        Some(vec!["io_uring".to_string(), "kvm".to_string()])
+                    );
+                }
+                _ => {}
+            }
+        }
+        assert!(infos >= 4);
+    }
+}

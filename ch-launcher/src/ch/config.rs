@@ -1,0 +1,1004 @@
+//! Pure translation of a [`Domain`] into Cloud Hypervisor's `vm.create` body.
+//!
+//! No I/O: host facts (which firmware file, which IGVM image) come in through
+//! [`HostInputs`]. Everything the Domain asks for is either expressed in the
+//! `VmConfig` or refused with a [`ConfigError`] naming the spec field, because
+//! Cloud Hypervisor accepts (HTTP 204) and then silently ignores fields it does
+//! not know or cannot honour.
+
+use cloud_hypervisor_client::models::{
+    ConsoleConfig, ConsoleMode, CpuTopology, CpusConfig, DiskConfig, ImageType, MemoryConfig,
+    PayloadConfig, PlatformConfig, RngConfig, SerialConfig, VmConfig,
+};
+use domain_model::{
+    Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, FieldError, ImageFormat,
+    LaunchSecurity, SpecErrors,
+};
+use std::path::{Path, PathBuf};
+
+/// Host facts the translation needs but must not look up itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostInputs {
+    /// Cloud Hypervisor firmware (`CLOUDHV.fd`, rust-hypervisor-firmware, or a
+    /// TDX-capable TDVF) for EFI boot and for TDX.
+    pub firmware: Option<PathBuf>,
+    /// IGVM image for SEV-SNP guests (it carries the guest firmware).
+    pub igvm: Option<PathBuf>,
+}
+
+impl HostInputs {
+    /// The files the `firmware` crate chose for a Cloud Hypervisor Domain.
+    pub fn from_choice(choice: &firmware::Choice) -> Self {
+        match choice {
+            firmware::Choice::CloudHypervisor(sel) => match sel.kind {
+                firmware::ChFirmwareKind::Igvm => HostInputs {
+                    firmware: None,
+                    igvm: Some(sel.path.clone()),
+                },
+                _ => HostInputs {
+                    firmware: Some(sel.path.clone()),
+                    igvm: None,
+                },
+            },
+            firmware::Choice::NotNeeded { .. } | firmware::Choice::Qemu(_) => HostInputs::default(),
+        }
+    }
+}
+
+/// The entropy source CH reads for virtio-rng.
+pub const RNG_SOURCE: &str = "/dev/urandom";
+
+/// One thing in the Domain Cloud Hypervisor cannot do, or cannot be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A feature Cloud Hypervisor does not offer at all.
+    #[error("{path}: {feature} is not supported by cloud-hypervisor")]
+    Unsupported { path: String, feature: String },
+    /// EFI boot (or TDX) without a firmware file from the host.
+    #[error("{path}: EFI boot needs a Cloud Hypervisor firmware path")]
+    FirmwareMissing { path: String },
+    /// SEV-SNP without an IGVM image from the host.
+    #[error("{path}: SEV-SNP on cloud-hypervisor needs an IGVM image path")]
+    IgvmMissing { path: String },
+    /// SEV-SNP host data that is not 32 bytes in hex.
+    #[error("{path}: host data must be exactly 64 hexadecimal characters (32 bytes): {reason}")]
+    InvalidHostData { path: String, reason: String },
+    /// A value outside what Cloud Hypervisor's API can carry.
+    #[error("{path}: {value} is out of range for cloud-hypervisor ({limit})")]
+    OutOfRange {
+        path: String,
+        value: String,
+        limit: String,
+    },
+    /// A host path that cannot be written into the JSON API.
+    #[error("{path}: path {file:?} is not valid UTF-8")]
+    NonUtf8Path { path: String, file: PathBuf },
+}
+
+impl ConfigError {
+    /// The spec field the problem is about.
+    pub fn path(&self) -> &str {
+        match self {
+            ConfigError::Unsupported { path, .. }
+            | ConfigError::FirmwareMissing { path }
+            | ConfigError::IgvmMissing { path }
+            | ConfigError::InvalidHostData { path, .. }
+            | ConfigError::OutOfRange { path, .. }
+            | ConfigError::NonUtf8Path { path, .. } => path,
+        }
+    }
+}
+
+/// Every problem found while translating, in spec order; never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", SpecErrors::from(self.clone()).to_string().trim_end())]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl From<ConfigErrors> for SpecErrors {
+    fn from(errors: ConfigErrors) -> Self {
+        SpecErrors(
+            errors
+                .0
+                .iter()
+                .map(|e| {
+                    let full = e.to_string();
+                    let message = full
+                        .strip_prefix(&format!("{}: ", e.path()))
+                        .unwrap_or(&full)
+                        .to_string();
+                    FieldError::new(e.path(), message)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Translates `domain` into the body of Cloud Hypervisor's `vm.create`.
+pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigErrors> {
+    let mut errors = Vec::new();
+    check_platform(domain, &mut errors);
+    check_devices(domain, &mut errors);
+
+    let cpus = cpus(domain, &mut errors);
+    let memory = memory(domain, &mut errors);
+    let mut payload = payload(domain, host, &mut errors);
+    let disks = disks(domain, &mut errors);
+    let mut platform = PlatformConfig {
+        uuid: Some(domain.firmware.uuid.clone()),
+        serial_number: domain.firmware.serial.clone(),
+        ..PlatformConfig::new()
+    };
+    launch_security(domain, host, &mut payload, &mut platform, &mut errors);
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(VmConfig {
+        cpus: Some(cpus),
+        memory: Some(memory),
+        disks: (!disks.is_empty()).then_some(disks),
+        // Cloud Hypervisor adds a virtio-rng from /dev/urandom even when the
+        // field is absent (its serde default); there is no way to leave it out.
+        rng: domain.devices.rng.then(|| RngConfig::new(RNG_SOURCE.into())),
+        serial: Some(SerialConfig::new(if domain.devices.serial_console {
+            ConsoleMode::Pty
+        } else {
+            ConsoleMode::Off
+        })),
+        // CH's default virtio-console is `Tty`: the launcher's own terminal.
+        console: Some(ConsoleConfig::new(ConsoleMode::Off)),
+        // Makes guest panics visible as `guest:panic` events.
+        pvpanic: Some(true),
+        platform: Some(platform),
+        ..VmConfig::new(payload)
+    })
+}
+
+/// `vm_config` rendered as the pretty JSON sent to `vm.create` (`ch-launcher render`).
+pub fn render_json(domain: &Domain, host: &HostInputs) -> Result<String, ConfigErrors> {
+    let config = vm_config(domain, host)?;
+    // Serializing plain data structs with string keys cannot fail.
+    Ok(serde_json::to_string_pretty(&config).unwrap_or_default())
+}
+
+fn unsupported(path: impl Into<String>, feature: impl Into<String>) -> ConfigError {
+    ConfigError::Unsupported {
+        path: path.into(),
+        feature: feature.into(),
+    }
+}
+
+fn check_platform(domain: &Domain, errors: &mut Vec<ConfigError>) {
+    if domain.architecture == Architecture::S390x {
+        errors.push(unsupported("spec.architecture", "the s390x architecture"));
+    }
+    if let CpuModel::Named(model) = &domain.cpu.model {
+        // CH always exposes the host CPU (host-passthrough); it has no CPU models.
+        errors.push(unsupported(
+            "spec.domain.cpu.model",
+            format!("the named CPU model {model:?}"),
+        ));
+    }
+    if !domain.features.acpi && domain.architecture == Architecture::Amd64 {
+        errors.push(unsupported(
+            "spec.domain.features.acpi",
+            "disabling ACPI on x86_64",
+        ));
+    }
+    if domain.features.smm {
+        errors.push(unsupported("spec.domain.features.smm", "SMM"));
+    }
+    if let Some(clock) = &domain.clock {
+        // CH's RTC always reads the host clock as UTC.
+        if clock.offset != "utc" {
+            errors.push(unsupported(
+                format!("{}.timezone", clock.spec_path),
+                format!("clock offset {:?}", clock.offset),
+            ));
+        }
+        if !clock.timers.is_empty() {
+            errors.push(unsupported(
+                format!("{}.timer", clock.spec_path),
+                format!("configuring clock timers ({})", clock.timers.join(", ")),
+            ));
+        }
+    }
+}
+
+fn check_devices(domain: &Domain, errors: &mut Vec<ConfigError>) {
+    let devices = &domain.devices;
+    let refused = devices
+        .graphics
+        .iter()
+        .map(|g| (g, "graphics device"))
+        .chain(devices.inputs.iter().map(|i| (i, "input device")))
+        .chain(devices.interfaces.iter().map(|n| (n, "network interface")));
+    for (feature, what) in refused {
+        errors.push(unsupported(
+            feature.spec_path.clone(),
+            format!("{what} {:?}", feature.kind),
+        ));
+    }
+}
+
+fn cpus(domain: &Domain, errors: &mut Vec<ConfigError>) -> CpusConfig {
+    let cpu = &domain.cpu;
+    if domain.architecture == Architecture::Amd64 && cpu.threads > 2 {
+        errors.push(ConfigError::OutOfRange {
+            path: "spec.domain.cpu.threads".into(),
+            value: cpu.threads.to_string(),
+            limit: "at most 2 threads per core on x86_64".into(),
+        });
+    }
+    let mut int = |path: &str, value: u32| {
+        i32::try_from(value).unwrap_or_else(|_| {
+            errors.push(ConfigError::OutOfRange {
+                path: path.into(),
+                value: value.to_string(),
+                limit: format!("at most {}", i32::MAX),
+            });
+            0
+        })
+    };
+    let boot_vcpus = int("spec.domain.cpu", cpu.vcpus());
+    let max_vcpus = int("spec.domain.cpu.maxSockets", cpu.max_vcpus());
+    // CH requires threads x cores x dies x packages == max_vcpus, so hotplug
+    // capacity is expressed as extra packages (sockets).
+    let topology = CpuTopology {
+        threads_per_core: Some(int("spec.domain.cpu.threads", cpu.threads)),
+        cores_per_die: Some(int("spec.domain.cpu.cores", cpu.cores)),
+        dies_per_package: Some(1),
+        packages: Some(int("spec.domain.cpu.maxSockets", cpu.max_sockets)),
+    };
+    CpusConfig {
+        topology: Some(topology),
+        ..CpusConfig::new(boot_vcpus, max_vcpus)
+    }
+}
+
+fn bytes(path: &str, value: u64, errors: &mut Vec<ConfigError>) -> i64 {
+    i64::try_from(value).unwrap_or_else(|_| {
+        errors.push(ConfigError::OutOfRange {
+            path: path.into(),
+            value: format!("{value} bytes"),
+            limit: format!("at most {} bytes", i64::MAX),
+        });
+        0
+    })
+}
+
+fn memory(domain: &Domain, errors: &mut Vec<ConfigError>) -> MemoryConfig {
+    let mem = &domain.memory;
+    let mut config = MemoryConfig::new(bytes("spec.domain.memory.guest", mem.guest, errors));
+    if let Some(max) = mem.max_guest.filter(|max| *max > mem.guest) {
+        config.hotplug_size = Some(bytes(
+            "spec.domain.memory.maxGuest",
+            max - mem.guest,
+            errors,
+        ));
+    }
+    if let Some(size) = mem.hugepage_size {
+        let path = "spec.domain.memory.hugepages.pageSize";
+        if !size.is_power_of_two() {
+            errors.push(ConfigError::OutOfRange {
+                path: path.into(),
+                value: format!("{size} bytes"),
+                limit: "a power of two".into(),
+            });
+        }
+        config.hugepages = Some(true);
+        config.hugepage_size = Some(bytes(path, size, errors));
+    }
+    config
+}
+
+fn path_str(spec_path: &str, file: &Path, errors: &mut Vec<ConfigError>) -> String {
+    match file.to_str() {
+        Some(s) => s.to_string(),
+        None => {
+            errors.push(ConfigError::NonUtf8Path {
+                path: spec_path.into(),
+                file: file.to_path_buf(),
+            });
+            String::new()
+        }
+    }
+}
+
+const EFI_PATH: &str = "spec.domain.firmware.bootloader.efi";
+
+fn payload(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) -> PayloadConfig {
+    let mut payload = PayloadConfig::new();
+    // SEV-SNP boots from the IGVM image, which carries the firmware; CH
+    // rejects a firmware next to it (see `launch_security`).
+    let snp = matches!(domain.launch_security, Some(LaunchSecurity::SevSnp { .. }));
+    match &domain.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            let base = "spec.domain.firmware.kernelBoot.container";
+            payload.kernel = Some(path_str(&format!("{base}.kernelPath"), kernel, errors));
+            payload.initramfs = initrd
+                .as_deref()
+                .map(|p| path_str(&format!("{base}.initrdPath"), p, errors));
+            payload.cmdline = cmdline.clone();
+        }
+        Boot::Efi {
+            secure_boot,
+            persistent,
+        } => {
+            if *secure_boot {
+                errors.push(unsupported(
+                    format!("{EFI_PATH}.secureBoot"),
+                    "EFI secure boot",
+                ));
+            }
+            if *persistent {
+                errors.push(unsupported(
+                    format!("{EFI_PATH}.persistent"),
+                    "persistent EFI variables",
+                ));
+            }
+            if !snp {
+                match &host.firmware {
+                    Some(fw) => payload.firmware = Some(path_str(EFI_PATH, fw, errors)),
+                    None => errors.push(ConfigError::FirmwareMissing {
+                        path: EFI_PATH.into(),
+                    }),
+                }
+            }
+        }
+        Boot::Bios => errors.push(unsupported(
+            "spec.domain.firmware.bootloader",
+            "legacy BIOS boot (use firmware.bootloader.efi or firmware.kernelBoot)",
+        )),
+    }
+    payload
+}
+
+fn launch_security(
+    domain: &Domain,
+    host: &HostInputs,
+    payload: &mut PayloadConfig,
+    platform: &mut PlatformConfig,
+    errors: &mut Vec<ConfigError>,
+) {
+    const BASE: &str = "spec.domain.launchSecurity";
+    match &domain.launch_security {
+        None => {}
+        Some(LaunchSecurity::Sev {
+            encrypted_state, ..
+        }) => errors.push(unsupported(
+            format!("{BASE}.sev"),
+            if *encrypted_state { "AMD SEV-ES" } else { "AMD SEV" },
+        )),
+        // Secure Execution is an empty `launchSecurity: {}`; no sub-field to name.
+        Some(LaunchSecurity::SecureExecution) => errors.push(unsupported(
+            BASE,
+            "IBM Secure Execution",
+        )),
+        Some(LaunchSecurity::Tdx) => {
+            platform.tdx = Some(true);
+            if domain.cpu.max_vcpus() != domain.cpu.vcpus() {
+                errors.push(unsupported(
+                    "spec.domain.cpu.maxSockets",
+                    "CPU hotplug with Intel TDX",
+                ));
+            }
+            // A TD's private memory is accepted by the guest at boot; CH
+            // cannot plug more into it later.
+            if domain.memory.max_guest.is_some_and(|max| max > domain.memory.guest) {
+                errors.push(unsupported(
+                    "spec.domain.memory.maxGuest",
+                    "memory hotplug with Intel TDX",
+                ));
+            }
+            // TDX guests boot a TDX-aware firmware (TDVF), taken from the
+            // EFI boot path; CH refuses a kernel next to firmware.
+            if let Boot::Kernel { .. } = domain.boot {
+                errors.push(unsupported(
+                    "spec.domain.firmware.kernelBoot",
+                    "direct kernel boot with Intel TDX",
+                ));
+            }
+        }
+        Some(LaunchSecurity::SevSnp { host_data }) => {
+            let path = format!("{BASE}.snp");
+            platform.sev_snp = Some(true);
+            // CH accepts a kernel next to an IGVM image but boots only the
+            // IGVM image, which carries the guest's own kernel.
+            if let Boot::Kernel { .. } = domain.boot {
+                errors.push(unsupported(
+                    "spec.domain.firmware.kernelBoot",
+                    "direct kernel boot with AMD SEV-SNP",
+                ));
+            }
+            match &host.igvm {
+                Some(igvm) => payload.igvm = Some(path_str(&path, igvm, errors)),
+                None => errors.push(ConfigError::IgvmMissing { path: path.clone() }),
+            }
+            if let Some(data) = host_data {
+                match check_host_data(data) {
+                    Ok(()) => payload.host_data = Some(data.to_ascii_lowercase()),
+                    Err(reason) => errors.push(ConfigError::InvalidHostData {
+                        path: format!("{path}.hostData"),
+                        reason,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+fn check_host_data(data: &str) -> Result<(), String> {
+    if let Some((i, c)) = data.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!("character {c:?} at position {i} is not hexadecimal"));
+    }
+    if data.len() != 64 {
+        return Err(format!("got {} characters", data.len()));
+    }
+    Ok(())
+}
+
+fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
+    // CH has no boot order; its firmware tries disks in PCI order, which is
+    // the order of this list. So disks with a bootOrder come first, by order.
+    let mut ordered: Vec<_> = domain.disks.iter().collect();
+    ordered.sort_by_key(|d| d.boot_order.unwrap_or(u32::MAX));
+
+    let mut configs = Vec::with_capacity(ordered.len());
+    for disk in ordered {
+        let kind = match disk.device {
+            DiskDevice::Disk => "disk",
+            DiskDevice::Cdrom => "cdrom",
+            DiskDevice::Lun => "lun",
+        };
+        if disk.device != DiskDevice::Disk {
+            errors.push(unsupported(
+                format!("{}.{kind}", disk.spec_path),
+                format!("{kind} devices (only virtio disks are)"),
+            ));
+        }
+        if disk.bus != DiskBus::Virtio {
+            errors.push(unsupported(
+                format!("{}.{kind}.bus", disk.spec_path),
+                format!("the {} bus (only virtio is)", disk.bus.as_str()),
+            ));
+        }
+        // CH reserves ids starting with "__" for its own devices.
+        if disk.name.starts_with("__") {
+            errors.push(ConfigError::OutOfRange {
+                path: format!("{}.name", disk.spec_path),
+                value: format!("{:?}", disk.name),
+                limit: "device ids must not start with \"__\"".into(),
+            });
+        }
+        configs.push(DiskConfig {
+            path: Some(path_str(&disk.source.spec_path, &disk.source.path, errors)),
+            readonly: Some(disk.readonly),
+            id: Some(disk.name.clone()),
+            serial: disk.serial.clone(),
+            // Explicit, so CH never guesses the format from the content.
+            image_type: Some(match disk.source.format {
+                ImageFormat::Raw => ImageType::Raw,
+                ImageFormat::Qcow2 => ImageType::Qcow2,
+            }),
+            ..DiskConfig::new()
+        });
+    }
+    configs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain_model::{
+        Clock, Cpu, Devices, Disk, DiskSource, Features, Firmware, Hypervisor, Memory,
+        MigrationCondition, SpecFeature,
+    };
+    use std::time::Duration;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn domain() -> Domain {
+        Domain {
+            name: "tiny".into(),
+            namespace: "default".into(),
+            uid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
+            hypervisor: Hypervisor::CloudHypervisor,
+            architecture: Architecture::Amd64,
+            cpu: Cpu {
+                sockets: 1,
+                cores: 1,
+                threads: 1,
+                max_sockets: 1,
+                model: CpuModel::HostModel,
+            },
+            memory: Memory {
+                guest: 64 * MIB,
+                max_guest: None,
+                hugepage_size: None,
+            },
+            firmware: Firmware {
+                uuid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
+                serial: None,
+            },
+            boot: Boot::Kernel {
+                kernel: "/images/guest.elf".into(),
+                initrd: None,
+                cmdline: None,
+            },
+            disks: vec![],
+            devices: Devices {
+                rng: false,
+                serial_console: true,
+                graphics: None,
+                inputs: vec![],
+                interfaces: vec![],
+            },
+            features: Features {
+                acpi: true,
+                smm: false,
+            },
+            clock: None,
+            launch_security: None,
+            termination_grace_period: Duration::from_secs(30),
+            start_paused: false,
+            live_migratable: MigrationCondition {
+                live_migratable: true,
+                reason: None,
+                message: None,
+            },
+        }
+    }
+
+    fn disk(i: usize, name: &str, boot_order: Option<u32>) -> Disk {
+        Disk {
+            spec_path: format!("spec.domain.devices.disks[{i}]"),
+            name: name.into(),
+            device: DiskDevice::Disk,
+            bus: DiskBus::Virtio,
+            readonly: false,
+            serial: None,
+            boot_order,
+            source: DiskSource {
+                spec_path: format!("spec.volumes[{i}]"),
+                path: format!("/disks/{name}.img").into(),
+                format: ImageFormat::Raw,
+                create_with_capacity: None,
+            },
+        }
+    }
+
+    fn efi_firmware() -> HostInputs {
+        HostInputs {
+            firmware: Some("/usr/share/cloud-hypervisor/CLOUDHV.fd".into()),
+            igvm: None,
+        }
+    }
+
+    fn translate(d: &Domain) -> VmConfig {
+        match vm_config(d, &HostInputs::default()) {
+            Ok(c) => c,
+            Err(e) => panic!("translation failed: {e}"),
+        }
+    }
+
+    fn errors_of(d: &Domain, host: &HostInputs) -> Vec<ConfigError> {
+        match vm_config(d, host) {
+            Ok(c) => panic!("expected errors, got {c:?}"),
+            Err(ConfigErrors(e)) => e,
+        }
+    }
+
+    #[test]
+    fn minimal_kernel_boot_matches_the_recorded_create_body_shape() {
+        let json = serde_json::to_value(translate(&domain())).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "topology": {
+                    "threads_per_core": 1, "cores_per_die": 1,
+                    "dies_per_package": 1, "packages": 1}},
+                "memory": {"size": 67108864},
+                "payload": {"kernel": "/images/guest.elf"},
+                "serial": {"mode": "Pty"},
+                "console": {"mode": "Off"},
+                "pvpanic": true,
+                "platform": {"uuid": "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f"}
+            })
+        );
+    }
+
+    #[test]
+    fn cpu_topology_covers_hotplug_sockets() {
+        let mut d = domain();
+        d.cpu = Cpu {
+            sockets: 2,
+            cores: 4,
+            threads: 2,
+            max_sockets: 3,
+            model: CpuModel::HostPassthrough,
+        };
+        let cpus = translate(&d).cpus.expect("cpus");
+        assert_eq!((cpus.boot_vcpus, cpus.max_vcpus), (16, 24));
+        assert_eq!(
+            cpus.topology,
+            Some(CpuTopology {
+                threads_per_core: Some(2),
+                cores_per_die: Some(4),
+                dies_per_package: Some(1),
+                packages: Some(3),
+            })
+        );
+    }
+
+    #[test]
+    fn memory_hotplug_and_hugepages_are_translated() {
+        let cases = [
+            // (guest, max_guest, hugepage, hotplug_size, hugepages, hugepage_size)
+            (64 * MIB, None, None, None, None, None),
+            (64 * MIB, Some(64 * MIB), None, None, None, None),
+            (64 * MIB, Some(192 * MIB), None, Some(128 * MIB), None, None),
+            (
+                1024 * MIB,
+                None,
+                Some(2 * MIB),
+                None,
+                Some(true),
+                Some(2 * MIB),
+            ),
+        ];
+        for (guest, max_guest, page, hotplug, huge, huge_size) in cases {
+            let mut d = domain();
+            d.memory = Memory {
+                guest,
+                max_guest,
+                hugepage_size: page,
+            };
+            let m = translate(&d).memory.expect("memory");
+            assert_eq!(m.size, guest as i64);
+            assert_eq!(m.hotplug_size, hotplug.map(|v| v as i64), "{max_guest:?}");
+            assert_eq!(m.hugepages, huge);
+            assert_eq!(m.hugepage_size, huge_size.map(|v| v as i64));
+        }
+    }
+
+    #[test]
+    fn kernel_boot_carries_initramfs_and_cmdline() {
+        let mut d = domain();
+        d.boot = Boot::Kernel {
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd".into()),
+            cmdline: Some("console=ttyS0".into()),
+        };
+        let p = translate(&d).payload;
+        assert_eq!(p.kernel.as_deref(), Some("/k/vmlinux"));
+        assert_eq!(p.initramfs.as_deref(), Some("/k/initrd"));
+        assert_eq!(p.cmdline.as_deref(), Some("console=ttyS0"));
+        assert_eq!(p.firmware, None);
+    }
+
+    #[test]
+    fn efi_boot_uses_the_host_firmware_or_says_it_is_missing() {
+        let mut d = domain();
+        d.boot = Boot::Efi {
+            secure_boot: false,
+            persistent: false,
+        };
+        let c = vm_config(&d, &efi_firmware()).expect("translates");
+        assert_eq!(
+            c.payload.firmware.as_deref(),
+            Some("/usr/share/cloud-hypervisor/CLOUDHV.fd")
+        );
+        assert_eq!(c.payload.kernel, None);
+
+        let errors = errors_of(&d, &HostInputs::default());
+        assert_eq!(
+            errors,
+            vec![ConfigError::FirmwareMissing {
+                path: EFI_PATH.into()
+            }]
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.domain.firmware.bootloader.efi: EFI boot needs a Cloud Hypervisor firmware path"
+        );
+    }
+
+    #[test]
+    fn disks_keep_name_readonly_serial_and_format_and_follow_boot_order() {
+        let mut d = domain();
+        let mut data = disk(0, "data", None);
+        data.readonly = true;
+        data.serial = Some("DATA-1".into());
+        data.source.format = ImageFormat::Qcow2;
+        d.disks = vec![data, disk(1, "root", Some(1)), disk(2, "scratch", None)];
+        let disks = translate(&d).disks.expect("disks");
+        let ids: Vec<_> = disks.iter().map(|d| d.id.as_deref().unwrap_or("")).collect();
+        assert_eq!(ids, ["root", "data", "scratch"]);
+        assert_eq!(disks[1].path.as_deref(), Some("/disks/data.img"));
+        assert_eq!(disks[1].readonly, Some(true));
+        assert_eq!(disks[1].serial.as_deref(), Some("DATA-1"));
+        assert_eq!(disks[1].image_type, Some(ImageType::Qcow2));
+        assert_eq!(disks[0].image_type, Some(ImageType::Raw));
+        assert_eq!(disks[0].readonly, Some(false));
+    }
+
+    #[test]
+    fn rng_serial_and_platform_follow_the_domain() {
+        let mut d = domain();
+        d.devices.rng = true;
+        d.devices.serial_console = false;
+        d.firmware.serial = Some("SN-42".into());
+        let c = translate(&d);
+        assert_eq!(c.rng, Some(RngConfig::new("/dev/urandom".into())));
+        assert_eq!(c.serial, Some(SerialConfig::new(ConsoleMode::Off)));
+        assert_eq!(c.console, Some(ConsoleConfig::new(ConsoleMode::Off)));
+        let platform = c.platform.expect("platform");
+        assert_eq!(platform.serial_number.as_deref(), Some("SN-42"));
+        assert_eq!(platform.uuid.as_deref(), Some(d.firmware.uuid.as_str()));
+        assert_eq!((platform.tdx, platform.sev_snp), (None, None));
+    }
+
+    #[test]
+    fn tdx_sets_the_platform_flag_and_needs_firmware_and_fixed_cpus() {
+        let mut d = domain();
+        d.boot = Boot::Efi {
+            secure_boot: false,
+            persistent: false,
+        };
+        d.launch_security = Some(LaunchSecurity::Tdx);
+        let c = vm_config(&d, &efi_firmware()).expect("translates");
+        assert_eq!(c.platform.and_then(|p| p.tdx), Some(true));
+
+        d.cpu.max_sockets = 2;
+        d.memory.max_guest = Some(d.memory.guest * 2);
+        assert_eq!(
+            errors_of(&d, &HostInputs::default()),
+            vec![
+                ConfigError::FirmwareMissing {
+                    path: EFI_PATH.into()
+                },
+                unsupported("spec.domain.cpu.maxSockets", "CPU hotplug with Intel TDX"),
+                unsupported("spec.domain.memory.maxGuest", "memory hotplug with Intel TDX"),
+            ]
+        );
+    }
+
+    #[test]
+    fn sev_snp_boots_from_igvm_with_validated_host_data() {
+        let mut d = domain();
+        d.boot = Boot::Efi {
+            secure_boot: false,
+            persistent: false,
+        };
+        let hex = "AB".repeat(32);
+        d.launch_security = Some(LaunchSecurity::SevSnp {
+            host_data: Some(hex.clone()),
+        });
+        let host = HostInputs {
+            firmware: None,
+            igvm: Some("/fw/snp.igvm".into()),
+        };
+        let c = vm_config(&d, &host).expect("translates");
+        assert_eq!(c.payload.igvm.as_deref(), Some("/fw/snp.igvm"));
+        assert_eq!(c.payload.firmware, None);
+        assert_eq!(c.payload.host_data, Some(hex.to_ascii_lowercase()));
+        assert_eq!(c.platform.and_then(|p| p.sev_snp), Some(true));
+
+        let cases = [
+            ("ab".repeat(31), "got 62 characters"),
+            (
+                format!("{}zz", "ab".repeat(31)),
+                "character 'z' at position 62 is not hexadecimal",
+            ),
+        ];
+        for (data, reason) in cases {
+            d.launch_security = Some(LaunchSecurity::SevSnp {
+                host_data: Some(data),
+            });
+            assert_eq!(
+                errors_of(&d, &host),
+                vec![ConfigError::InvalidHostData {
+                    path: "spec.domain.launchSecurity.snp.hostData".into(),
+                    reason: reason.into(),
+                }]
+            );
+        }
+        d.launch_security = Some(LaunchSecurity::SevSnp { host_data: None });
+        assert_eq!(
+            errors_of(&d, &HostInputs::default()),
+            vec![ConfigError::IgvmMissing {
+                path: "spec.domain.launchSecurity.snp".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_by_field() {
+        type Mutate = fn(&mut Domain);
+        let cases: &[(Mutate, &str, &str)] = &[
+            (
+                |d| {
+                    d.launch_security = Some(LaunchSecurity::Sev {
+                        encrypted_state: false,
+                        dh_cert: None,
+                        session: None,
+                        attestation: false,
+                    })
+                },
+                "spec.domain.launchSecurity.sev",
+                "AMD SEV",
+            ),
+            (
+                |d| {
+                    d.launch_security = Some(LaunchSecurity::Sev {
+                        encrypted_state: true,
+                        dh_cert: None,
+                        session: None,
+                        attestation: false,
+                    })
+                },
+                "spec.domain.launchSecurity.sev",
+                "AMD SEV-ES",
+            ),
+            (
+                |d| d.launch_security = Some(LaunchSecurity::SecureExecution),
+                "spec.domain.launchSecurity",
+                "IBM Secure Execution",
+            ),
+            (
+                |d| d.features.acpi = false,
+                "spec.domain.features.acpi",
+                "disabling ACPI on x86_64",
+            ),
+            (|d| d.features.smm = true, "spec.domain.features.smm", "SMM"),
+            (
+                |d| d.architecture = Architecture::S390x,
+                "spec.architecture",
+                "the s390x architecture",
+            ),
+            (
+                |d| d.cpu.model = CpuModel::Named("Skylake-Server".into()),
+                "spec.domain.cpu.model",
+                "the named CPU model \"Skylake-Server\"",
+            ),
+            (
+                |d| d.boot = Boot::Bios,
+                "spec.domain.firmware.bootloader",
+                "legacy BIOS boot (use firmware.bootloader.efi or firmware.kernelBoot)",
+            ),
+            (
+                |d| {
+                    d.devices.graphics = Some(SpecFeature {
+                        spec_path: "spec.domain.devices.autoattachGraphicsDevice".into(),
+                        kind: "vga".into(),
+                    })
+                },
+                "spec.domain.devices.autoattachGraphicsDevice",
+                "graphics device \"vga\"",
+            ),
+            (
+                |d| {
+                    d.devices.inputs = vec![SpecFeature {
+                        spec_path: "spec.domain.devices.inputs[0]".into(),
+                        kind: "tablet".into(),
+                    }]
+                },
+                "spec.domain.devices.inputs[0]",
+                "input device \"tablet\"",
+            ),
+            (
+                |d| {
+                    d.devices.interfaces = vec![SpecFeature {
+                        spec_path: "spec.domain.devices.interfaces[0]".into(),
+                        kind: "masquerade".into(),
+                    }]
+                },
+                "spec.domain.devices.interfaces[0]",
+                "network interface \"masquerade\"",
+            ),
+            (
+                |d| {
+                    d.clock = Some(Clock {
+                        spec_path: "spec.domain.clock".into(),
+                        offset: "timezone:Europe/Berlin".into(),
+                        timers: vec![],
+                    })
+                },
+                "spec.domain.clock.timezone",
+                "clock offset \"timezone:Europe/Berlin\"",
+            ),
+            (
+                |d| {
+                    d.clock = Some(Clock {
+                        spec_path: "spec.domain.clock".into(),
+                        offset: "utc".into(),
+                        timers: vec!["hpet".into()],
+                    })
+                },
+                "spec.domain.clock.timer",
+                "configuring clock timers (hpet)",
+            ),
+            (
+                |d| {
+                    let mut cd = disk(0, "cd", None);
+                    cd.device = DiskDevice::Cdrom;
+                    d.disks = vec![cd];
+                },
+                "spec.domain.devices.disks[0].cdrom",
+                "cdrom devices (only virtio disks are)",
+            ),
+            (
+                |d| {
+                    let mut sata = disk(0, "root", None);
+                    sata.bus = DiskBus::Sata;
+                    d.disks = vec![sata];
+                },
+                "spec.domain.devices.disks[0].disk.bus",
+                "the sata bus (only virtio is)",
+            ),
+            (
+                |d| {
+                    d.boot = Boot::Efi {
+                        secure_boot: true,
+                        persistent: false,
+                    }
+                },
+                "spec.domain.firmware.bootloader.efi.secureBoot",
+                "EFI secure boot",
+            ),
+            (
+                |d| {
+                    d.boot = Boot::Efi {
+                        secure_boot: false,
+                        persistent: true,
+                    }
+                },
+                "spec.domain.firmware.bootloader.efi.persistent",
+                "persistent EFI variables",
+            ),
+        ];
+        for (mutate, path, feature) in cases {
+            let mut d = domain();
+            mutate(&mut d);
+            let errors = errors_of(&d, &efi_firmware());
+            assert_eq!(errors, vec![unsupported(*path, *feature)], "case {path}");
+            assert_eq!(
+                errors[0].to_string(),
+                format!("{path}: {feature} is not supported by cloud-hypervisor")
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_as_spec_errors() {
+        let mut d = domain();
+        d.features.smm = true;
+        d.cpu.threads = 4;
+        d.boot = Boot::Bios;
+        let errors = errors_of(&d, &HostInputs::default());
+        let spec: SpecErrors = ConfigErrors(errors).into();
+        let paths: Vec<_> = spec.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.domain.features.smm",
+                "spec.domain.cpu.threads",
+                "spec.domain.firmware.bootloader"
+            ]
+        );
+        assert_eq!(spec.0[0].message, "SMM is not supported by cloud-hypervisor");
+    }
+
+    #[test]
+    fn render_json_is_pretty_vm_create_body() {
+        let text = render_json(&domain(), &HostInputs::default()).expect("renders");
+        assert!(text.contains("\n  \"payload\": {\n"), "{text}");
+        let back: VmConfig = serde_json::from_str(&text).expect("parses back");
+        assert_eq!(back, translate(&domain()));
+    }
+}

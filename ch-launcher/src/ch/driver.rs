@@ -1,0 +1,197 @@
+//! The sequence that turns a [`Domain`] into a created (not yet booted) VM
+//! under a fresh `cloud-hypervisor` process.
+//!
+//! translate -> spawn -> wait for `vmm.ping` -> check build features ->
+//! `vm.create` -> read the serial PTY from `vm.info` -> start watching events.
+//! Any failure after the spawn takes the VMM down again.
+
+use super::api::Api;
+use super::config::{vm_config, ConfigErrors, HostInputs};
+use super::events::{EventMapper, Monitor};
+use super::process::{self, ProcessError, Spawned};
+use super::ChVm;
+use crate::backend::{BackendError, ConsoleSource, Created};
+use crate::lifecycle::Event;
+use crate::paths::VmPaths;
+use domain_model::{Domain, LaunchSecurity};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+
+/// How to run Cloud Hypervisor for one VM.
+#[derive(Debug, Clone)]
+pub struct ChOptions {
+    /// The `cloud-hypervisor` binary; see [`process::binary`] for the default.
+    pub binary: Option<PathBuf>,
+    /// Firmware and IGVM files chosen for this host.
+    pub host: HostInputs,
+    /// How long the API may take to answer after the process started.
+    pub ready_timeout: Duration,
+    /// Pause between readiness probes.
+    pub ready_poll: Duration,
+    /// How long `destroy` waits for an orderly VMM exit before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+impl Default for ChOptions {
+    fn default() -> Self {
+        ChOptions {
+            binary: None,
+            host: HostInputs::default(),
+            ready_timeout: Duration::from_secs(10),
+            ready_poll: Duration::from_millis(10),
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// CH accepts and then silently ignores confidential-computing fields on
+    /// builds without the feature, so the build is checked first.
+    #[error("{needed_for} needs a cloud-hypervisor built with the {feature:?} feature; {binary:?} ({version}) has {features:?}")]
+    MissingFeature {
+        feature: &'static str,
+        needed_for: &'static str,
+        binary: PathBuf,
+        version: String,
+        features: Vec<String>,
+    },
+    #[error(transparent)]
+    Api(#[from] BackendError),
+    #[error("cloud-hypervisor created the VM but vm.info names no serial PTY (serial: {0})")]
+    NoPty(String),
+}
+
+/// The log file of the VMM's own output.
+pub fn log_path(paths: &VmPaths) -> PathBuf {
+    paths.dir.join("cloud-hypervisor.log")
+}
+
+/// Creates the VM described by `domain` in a new `cloud-hypervisor` process.
+///
+/// Call it on the launcher's main thread (the VMM is tied to the spawning
+/// thread's life, see [`process`]), inside a Tokio runtime with IO and time
+/// enabled. The returned events start with [`Event::Created`].
+pub async fn create(
+    domain: &Domain,
+    paths: &VmPaths,
+    opts: &ChOptions,
+) -> Result<Created<ChVm>, CreateError> {
+    let config = vm_config(domain, &opts.host)?;
+    let binary = process::binary(opts.binary.as_deref());
+    let socket = paths.ch_api_socket();
+    std::fs::create_dir_all(&paths.dir).map_err(|source| ProcessError::Prepare {
+        path: paths.dir.clone(),
+        source,
+    })?;
+    let mut spawned = process::spawn(&binary, &socket, &log_path(paths))?;
+    tracing::info!(binary = %binary.display(), pid = spawned.child.id(),
+        api = %socket.display(), "cloud-hypervisor started");
+    let api = Api::new(&socket);
+
+    let prepared = prepare(domain, &binary, &api, &mut spawned, config, opts).await;
+    let serial = match prepared {
+        Ok(serial) => serial,
+        Err(e) => {
+            abort(&mut spawned).await;
+            return Err(e);
+        }
+    };
+
+    let console = match serial {
+        Some(pty) => ConsoleSource::Pty(pty),
+        // No serial device: nothing to relay, and nobody else serves one either.
+        None => ConsoleSource::ServedByHypervisor,
+    };
+    let (tx, events) = mpsc::unbounded_channel();
+    // Sent before the monitor starts, so it comes first.
+    let _ = tx.send(Event::Created);
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    let kill = Arc::new(Notify::new());
+    let (exited_tx, exited) = watch::channel(None);
+    let pid = spawned.child.id();
+    let Spawned { child, events: pipe, .. } = spawned;
+    tokio::spawn(
+        Monitor {
+            child,
+            events: pipe,
+            mapper: EventMapper::new(stop_requested.clone()),
+            tx,
+            kill: kill.clone(),
+            exited: exited_tx,
+        }
+        .run(),
+    );
+    Ok(Created {
+        backend: ChVm {
+            api,
+            pid,
+            stop_requested,
+            kill,
+            exited,
+            stop_timeout: opts.stop_timeout,
+        },
+        events,
+        console,
+    })
+}
+
+/// Everything between the spawn and a created VM; returns the serial PTY.
+async fn prepare(
+    domain: &Domain,
+    binary: &Path,
+    api: &Api,
+    spawned: &mut Spawned,
+    config: cloud_hypervisor_client::models::VmConfig,
+    opts: &ChOptions,
+) -> Result<Option<PathBuf>, CreateError> {
+    let ping = process::wait_ready(spawned, api, opts.ready_timeout, opts.ready_poll).await?;
+    let features = ping.features.clone().unwrap_or_default();
+    for (feature, needed_for) in required_features(domain) {
+        if !features.iter().any(|f| f == feature) {
+            return Err(CreateError::MissingFeature {
+                feature,
+                needed_for,
+                binary: binary.to_path_buf(),
+                version: ping.build_version.clone().unwrap_or(ping.version.clone()),
+                features,
+            });
+        }
+    }
+    api.create(config).await?;
+    if !domain.devices.serial_console {
+        return Ok(None);
+    }
+    // CH allocates the PTY at create time and names it in the config.
+    let info = api.info().await?;
+    match info.config.serial {
+        Some(serial) if serial.file.is_some() => Ok(serial.file.map(PathBuf::from)),
+        other => Err(CreateError::NoPty(format!("{other:?}"))),
+    }
+}
+
+/// Build features (`vmm.ping`) the Domain depends on.
+pub fn required_features(domain: &Domain) -> Vec<(&'static str, &'static str)> {
+    match domain.launch_security {
+        Some(LaunchSecurity::Tdx) => vec![("tdx", "Intel TDX")],
+        Some(LaunchSecurity::SevSnp { .. }) => {
+            vec![("sev_snp", "AMD SEV-SNP"), ("igvm", "AMD SEV-SNP")]
+        }
+        _ => vec![],
+    }
+}
+
+/// Takes a VMM down after a failed create and reaps it.
+async fn abort(spawned: &mut Spawned) {
+    if let Err(e) = spawned.child.start_kill() {
+        tracing::debug!("cloud-hypervisor already gone: {e}");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), spawned.child.wait()).await;
+}

@@ -1,0 +1,124 @@
+//! The Cloud Hypervisor backend: one `cloud-hypervisor` process per VM,
+//! driven over its REST API socket, watched through its event monitor.
+//!
+//! - [`config`]: pure `Domain -> VmConfig` translation (`ch-launcher render`).
+//! - [`process`]: spawning the VMM and waiting for its API.
+//! - [`api`]: API calls with CH's error chain kept.
+//! - [`events`]: event-monitor parsing and the lifecycle mapping.
+//! - [`driver`]: [`create`], the launch sequence.
+//!
+//! [`ChVm`] is the [`Backend`] over a created VM.
+
+pub mod api;
+pub mod config;
+pub mod driver;
+pub mod events;
+pub mod process;
+
+pub use config::{render_json, vm_config, ConfigError, ConfigErrors, HostInputs};
+pub use driver::{create, ChOptions, CreateError};
+
+use crate::backend::{Backend, BackendError};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// After SIGKILL, how long the VMM may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// A VM under a `cloud-hypervisor` process started by [`create`].
+pub struct ChVm {
+    api: api::Api,
+    pid: Option<u32>,
+    stop_requested: Arc<AtomicBool>,
+    kill: Arc<Notify>,
+    exited: watch::Receiver<Option<Result<ExitStatus, String>>>,
+    stop_timeout: Duration,
+}
+
+impl ChVm {
+    /// The VMM's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Whether the VMM process is gone (and its last events were delivered).
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
+    /// Waits up to `limit` for the VMM to be gone.
+    async fn wait_exit(&self, limit: Duration) -> bool {
+        let mut exited = self.exited.clone();
+        // A closed channel means the monitor is gone: nothing left to wait for.
+        let gone = async move { exited.wait_for(Option::is_some).await.map(|_| ()) };
+        tokio::time::timeout(limit, gone).await.is_ok()
+    }
+}
+
+impl Backend for ChVm {
+    async fn boot(&self) -> Result<(), BackendError> {
+        self.api.boot().await
+    }
+    async fn pause(&self) -> Result<(), BackendError> {
+        self.api.pause().await
+    }
+    async fn resume(&self) -> Result<(), BackendError> {
+        self.api.resume().await
+    }
+    async fn reboot(&self) -> Result<(), BackendError> {
+        self.api.reboot().await
+    }
+    async fn power_button(&self) -> Result<(), BackendError> {
+        self.api.power_button().await
+    }
+
+    /// Shuts the VM down and the VMM with it; SIGKILLs the VMM when its API
+    /// is dead or it does not exit within the stop timeout. The resulting
+    /// `vm:shutdown` (or the exit) is reported as `Destroyed`.
+    async fn destroy(&self) -> Result<(), BackendError> {
+        self.stop_requested.store(true, Ordering::SeqCst);
+        if self.has_exited() {
+            return Ok(());
+        }
+        // Refusals are expected on the way (a VM that never booted is "not
+        // running"); only an unreachable API ends the orderly path.
+        let orderly = async {
+            proceeds(self.api.shutdown().await)
+                && proceeds(self.api.delete().await)
+                && proceeds(self.api.shutdown_vmm().await)
+        };
+        let answered = tokio::time::timeout(self.stop_timeout, orderly)
+            .await
+            .unwrap_or(false);
+        if answered && self.wait_exit(self.stop_timeout).await {
+            return Ok(());
+        }
+        self.kill.notify_one();
+        if self.wait_exit(KILL_WAIT).await {
+            Ok(())
+        } else {
+            Err(BackendError::Host(format!(
+                "cloud-hypervisor (pid {:?}) did not exit after SIGKILL",
+                self.pid
+            )))
+        }
+    }
+}
+
+/// Whether an orderly stop can go on after one API step.
+fn proceeds(result: Result<(), BackendError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e @ BackendError::Refused { .. }) => {
+            tracing::debug!("{e}");
+            true
+        }
+        Err(e) => {
+            tracing::warn!("{e}; killing cloud-hypervisor");
+            false
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Starting the `cloud-hypervisor` process and waiting until its API answers.
+//!
+//! The VMM must never outlive the launcher, even a SIGKILLed one: the child
+//! asks the kernel for SIGKILL when its parent dies (`PR_SET_PDEATHSIG`). That
+//! signal follows the *thread* that forked, so [`spawn`] must run on a thread
+//! that lives as long as the launcher (the main thread of a current-thread
+//! runtime). The VMM gets its own process group, so a terminal's Ctrl-C
+//! reaches only the launcher, which then stops the VM in order. Its output
+//! goes to a log file, not the launcher's terminal.
+
+use super::api::Api;
+use super::events::describe_exit;
+use crate::backend::BackendError;
+use cloud_hypervisor_client::models::VmmPingResponse;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Environment variable naming the `cloud-hypervisor` binary.
+pub const BINARY_ENV: &str = "CLOUD_HYPERVISOR_BIN";
+
+/// Longest unix socket path (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// How many log lines an error shows.
+const LOG_TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("API socket path {0:?} cannot be passed to cloud-hypervisor: {1}")]
+    SocketPath(PathBuf, &'static str),
+    #[error("cannot prepare {path:?}: {source}")]
+    Prepare { path: PathBuf, source: io::Error },
+    #[error("cannot create the event-monitor pipe: {0}")]
+    Pipe(io::Error),
+    #[error("cannot start {binary:?}: {source}")]
+    Spawn { binary: PathBuf, source: io::Error },
+    #[error("{status} before its API answered; last lines of {log:?}:\n{tail}")]
+    Died {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("cloud-hypervisor's API did not answer within {waited:?} ({last_error}); last lines of {log:?}:\n{tail}")]
+    NotReady {
+        waited: Duration,
+        last_error: String,
+        log: PathBuf,
+        tail: String,
+    },
+}
+
+/// A started VMM whose event monitor the launcher reads.
+pub struct Spawned {
+    pub child: Child,
+    pub events: pipe::Receiver,
+    pub log: PathBuf,
+}
+
+/// The binary to run: `explicit`, else `$CLOUD_HYPERVISOR_BIN`, else
+/// `cloud-hypervisor` from `PATH`.
+pub fn binary(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os(BINARY_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("cloud-hypervisor"))
+}
+
+/// CH splits option values on commas (quotes and brackets nest), so a path
+/// containing them would be cut; and a socket path has a length limit.
+pub fn check_socket_path(path: &Path) -> Result<(), ProcessError> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() > MAX_SOCKET_PATH {
+        return Err(ProcessError::SocketPath(
+            path.to_path_buf(),
+            "longer than the 107 bytes a unix socket path may have",
+        ));
+    }
+    if bytes.iter().any(|b| b",\"[]".contains(b)) {
+        return Err(ProcessError::SocketPath(
+            path.to_path_buf(),
+            "contains one of , \" [ ]",
+        ));
+    }
+    Ok(())
+}
+
+/// Starts `binary` with its API on `api_socket`, its events on a pipe and
+/// its output in `log`. Must be called from a thread that lives as long as
+/// the launcher (see the module docs).
+pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, ProcessError> {
+    check_socket_path(api_socket)?;
+    remove_stale_socket(api_socket)?;
+    let prepare = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ProcessError::Prepare { path, source }
+    };
+    let stdout = File::create(log).map_err(prepare(log))?;
+    let stderr = stdout.try_clone().map_err(prepare(log))?;
+
+    let (read, write) = pipe_cloexec().map_err(ProcessError::Pipe)?;
+    let write_fd = write.as_raw_fd();
+
+    let mut api_arg = OsString::from("path=");
+    api_arg.push(api_socket);
+    let mut cmd = Command::new(binary);
+    cmd.arg("--api-socket")
+        .arg(api_arg)
+        .arg("--event-monitor")
+        .arg(format!("fd={write_fd}"))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(true);
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, fcntl), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The launcher may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Only the VMM inherits the write end, at its own number.
+            let flags = libc::fcntl(write_fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(write_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        binary: binary.to_path_buf(),
+        source,
+    })?;
+    // The launcher's copy of the write end must go, or the pipe never ends.
+    drop(write);
+    let events = pipe::Receiver::from_owned_fd(read).map_err(ProcessError::Pipe)?;
+    Ok(Spawned {
+        child,
+        events,
+        log: log.to_path_buf(),
+    })
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// A socket left by an earlier VMM makes CH's bind fail; anything that is not
+/// a socket is left alone and reported by CH.
+fn remove_stale_socket(path: &Path) -> Result<(), ProcessError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| ProcessError::Prepare {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Polls `vmm.ping` until it answers, the process dies, or `timeout` passes.
+pub async fn wait_ready(
+    spawned: &mut Spawned,
+    api: &Api,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<VmmPingResponse, ProcessError> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = String::from("no attempt");
+    loop {
+        tokio::select! {
+            status = spawned.child.wait() => {
+                let status = match status {
+                    Ok(s) => describe_exit(s),
+                    Err(e) => format!("cloud-hypervisor could not be waited for ({e})"),
+                };
+                return Err(ProcessError::Died {
+                    status,
+                    log: spawned.log.clone(),
+                    tail: log_tail(&spawned.log, LOG_TAIL_LINES),
+                });
+            }
+            answer = api.ping() => match answer {
+                Ok(ping) => return Ok(ping),
+                Err(BackendError::Refused { chain, .. }) => last_error = chain.join(": "),
+                Err(e) => last_error = e.to_string(),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ProcessError::NotReady {
+                    waited: timeout,
+                    last_error,
+                    log: spawned.log.clone(),
+                    tail: log_tail(&spawned.log, LOG_TAIL_LINES),
+                });
+            }
+        }
+        // Still racing the exit, so a VMM that dies between pings is noticed
+        // without waiting for the deadline.
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            status = spawned.child.wait() => {
+                let status = status.map(describe_exit).unwrap_or_else(|e| e.to_string());
+                return Err(ProcessError::Died {
+                    status,
+                    log: spawned.log.clone(),
+                    tail: log_tail(&spawned.log, LOG_TAIL_LINES),
+                });
+            }
+        }
+    }
+}
+
+/// The last `lines` lines of the VMM's log, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n");
+            if tail.trim().is_empty() {
+                "(empty)".into()
+            } else {
+                tail
+            }
+        }
+        Err(e) => format!("(cannot read: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_prefers_the_explicit_path() {
+        assert_eq!(
+            binary(Some(Path::new("/opt/ch/cloud-hypervisor"))),
+            Path::new("/opt/ch/cloud-hypervisor")
+        );
+    }
+
+    #[test]
+    fn socket_paths_ch_would_misparse_are_refused() {
+        assert!(check_socket_path(Path::new("/run/kubevirt-private/uid/ch-api.sock")).is_ok());
+        for bad in ["/tmp/a,b/ch-api.sock", "/tmp/\"q\"/s", "/tmp/[x]/s"] {
+            assert!(check_socket_path(Path::new(bad)).is_err(), "{bad}");
+        }
+        let long = format!("/{}", "x".repeat(MAX_SOCKET_PATH));
+        assert!(check_socket_path(Path::new(&long)).is_err());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("ch.log");
+        std::fs::write(&log, "one\ntwo\nthree\n").expect("write");
+        assert_eq!(log_tail(&log, 2), "two\nthree");
+        assert_eq!(log_tail(&log, 10), "one\ntwo\nthree");
+        std::fs::write(&log, "").expect("write");
+        assert_eq!(log_tail(&log, 2), "(empty)");
+    }
+
+    /// A "VMM" that dies at once is reported with its status and log, not
+    /// after the readiness timeout.
+    #[tokio::test]
+    async fn a_vmm_dying_before_its_api_answers_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("fake-ch");
+        std::fs::write(&script, "#!/bin/sh\necho \"bad flag: $*\" >&2\nexit 3\n").expect("write");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let socket = dir.path().join("api.sock");
+        let mut spawned =
+            spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
+        let api = Api::new(&socket);
+        let started = Instant::now();
+        let err = wait_ready(
+            &mut spawned,
+            &api,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+        )
+        .await
+        .expect_err("dies");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        match err {
+            ProcessError::Died { status, tail, .. } => {
+                assert_eq!(status, "cloud-hypervisor exited with status 3");
+                assert!(tail.starts_with("bad flag: --api-socket path="), "{tail}");
+                assert!(tail.contains("--event-monitor fd="), "{tail}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_never_answers_times_out_naming_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("silent-ch");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").expect("write");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let socket = dir.path().join("api.sock");
+        let mut spawned =
+            spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
+        let api = Api::new(&socket);
+        let err = wait_ready(
+            &mut spawned,
+            &api,
+            Duration::from_millis(300),
+            Duration::from_millis(20),
+        )
+        .await
+        .expect_err("times out");
+        assert!(
+            matches!(err, ProcessError::NotReady { waited, .. } if waited == Duration::from_millis(300)),
+            "{err}"
+        );
+        spawned.child.start_kill().expect("kill");
+        spawned.child.wait().await.expect("reaped");
+    }
+}

@@ -1,0 +1,685 @@
+//! The `ch-launcher` command line: argument parsing, the subcommands, and
+//! their exit codes. `src/main.rs` only calls [`main`].
+//!
+//! Exit codes: [`exit::SUCCESS`] (done, or the guest powered off, or a
+//! requested stop completed), [`exit::FAILURE`] (the launcher could not do
+//! what was asked), [`exit::INVALID_SPEC`] (every problem is printed to
+//! stderr with its field path; clap's own usage errors use 2 too) and
+//! [`exit::VM_FAILED`] (the VM crashed, or was stopped by something other
+//! than the launcher).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use domain_model::load::DEFAULT_CONTAINER_DISK_DIR;
+use domain_model::{Domain, Hypervisor, LoadOptions, SpecErrors};
+
+use crate::attach;
+use crate::ch;
+use crate::control::{self, Command};
+use crate::libvirt;
+use crate::logging::{self, LogFormat};
+use crate::paths::{VmPaths, DEFAULT_PRIVATE_DIR};
+use crate::runner::{self, RunOptions, Runner};
+
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const INVALID_SPEC: u8 = 2;
+    pub const VM_FAILED: u8 = 3;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success (including a guest power-off and a requested stop that \
+completed), 1 launcher failure, 2 invalid spec or usage, 3 the VM crashed or \
+was stopped by something other than the launcher.";
+
+/// Run one VM from a KubeVirt VirtualMachineInstance spec under Cloud
+/// Hypervisor or libvirt.
+#[derive(Debug, Parser)]
+#[command(name = "ch-launcher", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Directory for the per-VM sockets and logs (`<DIR>/<vmi uid>/...`).
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PRIVATE_DIR)]
+    pub private_dir: PathBuf,
+    /// Hypervisor to use instead of `spec.hypervisor` (run, validate, render).
+    #[arg(long, global = true, value_name = "NAME", value_parser = parse_hypervisor)]
+    pub hypervisor: Option<Hypervisor>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or `tracing` filter directives (e.g. `debug`, `info,ch_launcher=debug`).
+    #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+    /// The cloud-hypervisor binary (default: `cloud-hypervisor` from PATH).
+    #[arg(long, global = true, value_name = "PATH", env = ch::process::BINARY_ENV)]
+    pub cloud_hypervisor_bin: Option<PathBuf>,
+    /// Where `containerDisk` volumes are found as local image files.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_CONTAINER_DISK_DIR)]
+    pub container_disk_dir: PathBuf,
+    /// The libvirt connection URI (libvirt backend).
+    #[arg(long, global = true, value_name = "URI", env = "LIBVIRT_DEFAULT_URI",
+        default_value = libvirt::DEFAULT_URI)]
+    pub libvirt_uri: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run the VM in the foreground until it stops.
+    ///
+    /// The serial console is relayed to `<private dir>/<uid>/virt-serial0` and
+    /// logged to `virt-serial0-log`. When stdin is a terminal, the console is
+    /// attached to it; press Ctrl-] to detach (the VM keeps running; Ctrl-C
+    /// then stops it). SIGTERM or SIGINT presses the ACPI power button, waits
+    /// up to terminationGracePeriodSeconds, then stops the VM; a second
+    /// signal stops it at once.
+    Run(RunArgs),
+    /// Check a spec and print the resolved VM, or every problem with its field path.
+    Validate(ValidateArgs),
+    /// Print the hypervisor configuration for a spec (Cloud Hypervisor: the
+    /// `vm.create` JSON) without running anything.
+    Render(SpecArg),
+    /// Pause a running VM.
+    Pause(Target),
+    /// Resume a paused VM (or boot one started with startStrategy: Paused).
+    Resume(Target),
+    /// Reboot a running VM.
+    Reboot(Target),
+    /// Stop a running VM the way SIGTERM does (returns once the stop began).
+    Stop(Target),
+    /// Print a running VM's state as JSON.
+    Status(Target),
+    /// What this host can run: confidential-computing support and node labels.
+    #[command(subcommand)]
+    Host(HostCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Print the node labels for this host (SEV, SEV-ES, SEV-SNP, TDX,
+    /// Secure Execution), one `key=value` per line.
+    Labels(HostArgs),
+    /// Print everything detected about the host as JSON.
+    Capabilities(HostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Read recorded `virsh domcapabilities` output instead of probing the
+    /// kernel.
+    #[arg(long, value_name = "FILE")]
+    pub domcapabilities: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SpecArg {
+    /// VirtualMachineInstance spec file (YAML or JSON).
+    pub spec: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// VirtualMachineInstance spec file (YAML or JSON).
+    pub spec: PathBuf,
+    /// Permission bits (octal) of virt-serial0 and virt-serial0-log.
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub console_socket_mode: u32,
+    /// Do not attach the console even when stdin is a terminal.
+    #[arg(long)]
+    pub no_attach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// VirtualMachineInstance spec file (YAML or JSON).
+    pub spec: PathBuf,
+    /// Print the resolved VM as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which running VM: by its VMI uid, or by the spec it was started from (its
+/// `metadata.uid`, or the uid derived from namespace and name).
+#[derive(Debug, Args)]
+pub struct Target {
+    /// VirtualMachineInstance spec the VM was started from.
+    #[arg(required_unless_present = "uid", conflicts_with = "uid")]
+    pub spec: Option<PathBuf>,
+    /// The VMI uid (the directory name under --private-dir).
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<String>,
+    /// How long to wait for the launcher's answer, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+fn parse_hypervisor(s: &str) -> Result<Hypervisor, String> {
+    s.parse()
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|e| format!("{s:?} is not an octal mode: {e}"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{s:?}: only permission bits (at most 0777) are allowed"
+        ));
+    }
+    Ok(mode)
+}
+
+/// The whole program: parse, set up logging, run the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.global.log_format, &cli.global.log_level) {
+        eprintln!("ch-launcher: {e}");
+        return ExitCode::from(exit::FAILURE);
+    }
+    // One thread: the launcher mostly waits, and the VMM's parent-death
+    // signal is tied to the thread that spawned it (this one).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ch-launcher: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    ExitCode::from(runtime.block_on(dispatch(cli)))
+}
+
+async fn dispatch(cli: Cli) -> u8 {
+    let g = &cli.global;
+    match &cli.command {
+        Commands::Run(args) => run(g, args).await,
+        Commands::Validate(args) => validate(g, args),
+        Commands::Render(args) => render(g, &args.spec),
+        Commands::Pause(t) => control_command(g, t, Command::Pause).await,
+        Commands::Resume(t) => control_command(g, t, Command::Resume).await,
+        Commands::Reboot(t) => control_command(g, t, Command::Reboot).await,
+        Commands::Stop(t) => control_command(g, t, Command::Stop).await,
+        Commands::Status(t) => control_command(g, t, Command::Status).await,
+        Commands::Host(command) => host(command),
+    }
+}
+
+fn host(command: &HostCommand) -> u8 {
+    let output = match command {
+        HostCommand::Labels(args) => crate::host::labels_command(args.domcapabilities.as_deref()),
+        HostCommand::Capabilities(args) => {
+            crate::host::capabilities_command(args.domcapabilities.as_deref())
+        }
+    };
+    match output {
+        Ok(text) => print_stdout(&text, exit::SUCCESS),
+        Err(e) => {
+            eprintln!("ch-launcher: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn load_options(g: &GlobalArgs) -> LoadOptions {
+    LoadOptions {
+        hypervisor: g.hypervisor,
+        container_disk_dir: g.container_disk_dir.clone(),
+        ..LoadOptions::default()
+    }
+}
+
+fn print_spec_errors(spec: &Path, errors: &SpecErrors) {
+    eprint!("{}: {errors}", spec.display());
+}
+
+fn load(g: &GlobalArgs, spec: &Path) -> Result<Domain, u8> {
+    domain_model::load_path(spec, &load_options(g)).map_err(|errors| {
+        print_spec_errors(spec, &errors);
+        exit::INVALID_SPEC
+    })
+}
+
+async fn run(g: &GlobalArgs, args: &RunArgs) -> u8 {
+    let domain = match load(g, &args.spec) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let paths = VmPaths::new(&g.private_dir, &domain.uid);
+    let mut opts = RunOptions::new(paths.clone());
+    opts.console_mode = args.console_socket_mode;
+    let hypervisor = domain.hypervisor;
+    let runner = Runner::new(domain.clone(), opts);
+    let signals = match runner::forward_signals(runner.stopper()) {
+        Ok(task) => task,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return exit::FAILURE;
+        }
+    };
+    let attached = (!args.no_attach && attach::stdin_is_terminal()).then(|| {
+        let mut status = runner.status();
+        let socket = paths.serial_socket();
+        tokio::spawn(async move {
+            // The console socket exists once the runner reports a state.
+            if status
+                .wait_for(|s| s.state != crate::lifecycle::State::NoState)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match attach::attach(&socket).await {
+                Ok(attach::Ended::Detached) => eprintln!(
+                    "\r\nDetached from the console; the VM keeps running (Ctrl-C stops it)."
+                ),
+                Ok(attach::Ended::ConsoleClosed) => eprint!("\r\n"),
+                Err(e) => tracing::warn!(error = %e, "cannot attach the console"),
+            }
+        })
+    });
+
+    let result = match hypervisor {
+        Hypervisor::CloudHypervisor => {
+            let ch_opts = match ch_options(g, &domain, true) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return exit::FAILURE;
+                }
+            };
+            runner
+                .run(|d, p| async move { ch::create(&d, &p, &ch_opts).await })
+                .await
+        }
+        Hypervisor::Libvirt => {
+            let lv_opts =
+                match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, true) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return exit::FAILURE;
+                    }
+                };
+            runner
+                .run(|d, p| async move { libvirt::create(&d, &p, &lv_opts).await })
+                .await
+        }
+    };
+
+    if let Some(task) = attached {
+        // Dropping the attach task restores the terminal.
+        task.abort();
+        let _ = task.await;
+    }
+    signals.abort();
+    match result {
+        Ok(outcome) if outcome.succeeded() => exit::SUCCESS,
+        Ok(_) => exit::VM_FAILED,
+        Err(e) => {
+            tracing::error!("{e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// Cloud Hypervisor options for `domain`: the binary and the firmware this
+/// host offers. `for_run` requires the chosen firmware files to exist; a dry
+/// run (render) only warns about missing ones.
+fn ch_options(g: &GlobalArgs, domain: &Domain, for_run: bool) -> Result<ch::ChOptions, String> {
+    let choice = firmware::choose_for_domain(domain, &firmware::FirmwareConfig::default())
+        .map_err(|e| format!("firmware: {e}"))?;
+    if for_run {
+        choice
+            .require_present()
+            .map_err(|e| format!("firmware: {e}"))?;
+    } else {
+        for warning in choice.warnings() {
+            tracing::warn!("firmware: {warning}");
+        }
+    }
+    Ok(ch::ChOptions {
+        binary: g.cloud_hypervisor_bin.clone(),
+        host: ch::HostInputs::from_choice(&choice),
+        ..ch::ChOptions::default()
+    })
+}
+
+fn validate(g: &GlobalArgs, args: &ValidateArgs) -> u8 {
+    let domain = match load(g, &args.spec) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    // The backend's translation may refuse what the neutral checks let
+    // through; those refusals name spec fields too.
+    if domain.hypervisor == Hypervisor::CloudHypervisor {
+        match ch_options(g, &domain, false) {
+            Ok(opts) => {
+                if let Err(errors) = ch::vm_config(&domain, &opts.host) {
+                    print_spec_errors(&args.spec, &SpecErrors::from(errors));
+                    return exit::INVALID_SPEC;
+                }
+            }
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    if domain.hypervisor == Hypervisor::Libvirt {
+        let paths = VmPaths::new(&g.private_dir, &domain.uid);
+        match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, false) {
+            Ok(opts) => {
+                let ctx = libvirt::RenderContext {
+                    paths,
+                    firmware: opts.firmware,
+                };
+                if let Err(errors) = libvirt::render::build(&domain, &ctx) {
+                    print_spec_errors(&args.spec, &errors);
+                    return exit::INVALID_SPEC;
+                }
+            }
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&domain) {
+            Ok(text) => print_stdout(&format!("{text}\n"), exit::SUCCESS),
+            Err(e) => {
+                eprintln!("ch-launcher: cannot encode the VM as JSON: {e}");
+                exit::FAILURE
+            }
+        }
+    } else {
+        print_stdout(&summary(&domain), exit::SUCCESS)
+    }
+}
+
+fn render(g: &GlobalArgs, spec: &Path) -> u8 {
+    let domain = match load(g, spec) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match domain.hypervisor {
+        Hypervisor::CloudHypervisor => {
+            let opts = match ch_options(g, &domain, false) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("ch-launcher: {e}");
+                    return exit::FAILURE;
+                }
+            };
+            match ch::render_json(&domain, &opts.host) {
+                Ok(json) => print_stdout(&format!("{json}\n"), exit::SUCCESS),
+                Err(errors) => {
+                    print_spec_errors(spec, &SpecErrors::from(errors));
+                    exit::INVALID_SPEC
+                }
+            }
+        }
+        Hypervisor::Libvirt => {
+            let paths = VmPaths::new(&g.private_dir, &domain.uid);
+            let opts =
+                match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, false) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("ch-launcher: {e}");
+                        return exit::FAILURE;
+                    }
+                };
+            let ctx = libvirt::RenderContext {
+                paths,
+                firmware: opts.firmware,
+            };
+            match libvirt::render(&domain, &ctx) {
+                Ok(xml) => print_stdout(&xml, exit::SUCCESS),
+                Err(libvirt::RenderError::Spec(errors)) => {
+                    print_spec_errors(spec, &errors);
+                    exit::INVALID_SPEC
+                }
+                Err(e) => {
+                    eprintln!("ch-launcher: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn control_command(g: &GlobalArgs, target: &Target, command: Command) -> u8 {
+    let uid = match (&target.uid, &target.spec) {
+        (Some(uid), _) => uid.clone(),
+        (None, Some(spec)) => {
+            // Only the uid is needed: skip the hypervisor support checks.
+            match domain_model::resolve_path(spec, &load_options(g)) {
+                Ok(domain) => domain.uid,
+                Err(errors) => {
+                    print_spec_errors(spec, &errors);
+                    return exit::INVALID_SPEC;
+                }
+            }
+        }
+        // clap requires one of the two.
+        (None, None) => {
+            eprintln!("ch-launcher: give the VM's SPEC or --uid");
+            return exit::INVALID_SPEC;
+        }
+    };
+    let socket = VmPaths::new(&g.private_dir, &uid).control_socket();
+    match control::request(&socket, command, Duration::from_secs(target.timeout)).await {
+        Ok(status) => print_stdout(&format!("{status}\n"), exit::SUCCESS),
+        Err(e) => {
+            eprintln!("ch-launcher: {}: {e}", command.as_str());
+            exit::FAILURE
+        }
+    }
+}
+
+/// Writes a command's result to stdout; `code` unless stdout is broken (a
+/// closed pipe is the reader's choice and not worth a message).
+fn print_stdout(text: &str, code: u8) -> u8 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
+        Err(e) => {
+            eprintln!("ch-launcher: cannot write to stdout: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// What `validate` prints: the resolved VM, one aspect per line.
+fn summary(d: &Domain) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let mib = |b: u64| format!("{} MiB", b / (1 << 20));
+    let _ = writeln!(
+        s,
+        "VirtualMachineInstance {}/{} is valid",
+        d.namespace, d.name
+    );
+    let _ = writeln!(s, "  uid:           {}", d.uid);
+    let _ = writeln!(s, "  hypervisor:    {}", d.hypervisor);
+    let _ = writeln!(
+        s,
+        "  architecture:  {}",
+        serde_json::to_value(d.architecture)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{:?}", d.architecture))
+    );
+    let _ = writeln!(
+        s,
+        "  cpu:           {} vCPU ({} sockets x {} cores x {} threads), max {}, model {:?}",
+        d.cpu.vcpus(),
+        d.cpu.sockets,
+        d.cpu.cores,
+        d.cpu.threads,
+        d.cpu.max_vcpus(),
+        d.cpu.model
+    );
+    let mut memory = mib(d.memory.guest);
+    if let Some(max) = d.memory.max_guest {
+        let _ = write!(memory, ", max {}", mib(max));
+    }
+    if let Some(page) = d.memory.hugepage_size {
+        let _ = write!(memory, ", hugepages of {} KiB", page / 1024);
+    }
+    let _ = writeln!(s, "  memory:        {memory}");
+    let boot = match &d.boot {
+        domain_model::Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            let mut b = format!("kernel {}", kernel.display());
+            if let Some(i) = initrd {
+                let _ = write!(b, ", initrd {}", i.display());
+            }
+            if let Some(c) = cmdline {
+                let _ = write!(b, ", cmdline {c:?}");
+            }
+            b
+        }
+        domain_model::Boot::Efi {
+            secure_boot,
+            persistent,
+        } => format!("EFI (secure boot {secure_boot}, persistent NVRAM {persistent})"),
+        domain_model::Boot::Bios => "BIOS".into(),
+    };
+    let _ = writeln!(s, "  boot:          {boot}");
+    if d.disks.is_empty() {
+        let _ = writeln!(s, "  disks:         none");
+    }
+    for disk in &d.disks {
+        let _ = writeln!(
+            s,
+            "  disk {}:{}{:?} on {} {:?}{} from {}",
+            disk.name,
+            " ".repeat(8usize.saturating_sub(disk.name.len())),
+            disk.device,
+            disk.bus.as_str(),
+            disk.source.format,
+            if disk.readonly { ", read-only" } else { "" },
+            disk.source.path.display()
+        );
+    }
+    let mut devices = Vec::new();
+    if d.devices.serial_console {
+        devices.push("serial console");
+    }
+    if d.devices.rng {
+        devices.push("rng");
+    }
+    let _ = writeln!(
+        s,
+        "  devices:       {}",
+        if devices.is_empty() {
+            "none".to_string()
+        } else {
+            devices.join(", ")
+        }
+    );
+    let _ = writeln!(s, "  acpi:          {}", d.features.acpi);
+    if let Some(ls) = &d.launch_security {
+        let _ = writeln!(s, "  launch security: {ls:?}");
+    }
+    let _ = writeln!(
+        s,
+        "  grace period:  {}s",
+        d.termination_grace_period.as_secs()
+    );
+    let _ = writeln!(
+        s,
+        "  start:         {}",
+        if d.start_paused { "paused" } else { "running" }
+    );
+    let migratable = &d.live_migratable;
+    let _ = writeln!(
+        s,
+        "  migratable:    {}{}",
+        migratable.live_migratable,
+        migratable
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn console_socket_mode_is_octal_permission_bits() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert_eq!(parse_mode("0o640"), Ok(0o640));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("4755").is_err());
+    }
+
+    #[test]
+    fn control_commands_take_a_spec_or_a_uid_but_not_both() {
+        let ok = Cli::try_parse_from(["ch-launcher", "pause", "--uid", "abc"]).unwrap();
+        assert!(matches!(
+            ok.command,
+            Commands::Pause(Target { uid: Some(_), .. })
+        ));
+        let ok = Cli::try_parse_from(["ch-launcher", "status", "vmi.yaml"]).unwrap();
+        assert!(matches!(
+            ok.command,
+            Commands::Status(Target { spec: Some(_), .. })
+        ));
+        assert!(Cli::try_parse_from(["ch-launcher", "stop"]).is_err());
+        assert!(Cli::try_parse_from(["ch-launcher", "stop", "vmi.yaml", "--uid", "abc"]).is_err());
+    }
+
+    #[test]
+    fn global_options_apply_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "ch-launcher",
+            "validate",
+            "vmi.yaml",
+            "--hypervisor",
+            "libvirt",
+            "--private-dir",
+            "/tmp/p",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.hypervisor, Some(Hypervisor::Libvirt));
+        assert_eq!(cli.global.private_dir, PathBuf::from("/tmp/p"));
+        assert_eq!(cli.global.log_format, LogFormat::Json);
+        assert!(
+            Cli::try_parse_from(["ch-launcher", "render", "x", "--hypervisor", "qemu"]).is_err()
+        );
+    }
+
+    #[test]
+    fn private_dir_defaults_to_kubevirts() {
+        let cli = Cli::try_parse_from(["ch-launcher", "status", "--uid", "u"]).unwrap();
+        assert_eq!(
+            cli.global.private_dir,
+            PathBuf::from("/var/run/kubevirt-private")
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! The per-VM control socket: a second `ch-launcher` invocation (and later
+//! virt-handler) asks the running launcher to pause, resume, reboot or stop
+//! its VM, or for its status.
+//!
+//! The protocol is one JSON object per line in each direction:
+//! request `{"command":"pause"}` (`pause`, `resume`, `reboot`, `stop`,
+//! `status`), response `{"ok":true,"status":{...}}` or
+//! `{"ok":false,"error":"..."}`. A connection may carry several requests.
+//!
+//! [`Command`] and [`Handler`] do not know about the transport, so the later
+//! virt-handler protocol can drive the same handler.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+
+use crate::console::{bind_socket, remove_socket};
+use crate::lifecycle::Status;
+
+/// The control socket is for the launcher's own user only.
+pub const SOCKET_MODE: u32 = 0o600;
+
+/// Longest request line accepted; anything longer is not a command.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// What a client can ask of a running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    Pause,
+    Resume,
+    Reboot,
+    /// The same graceful stop as SIGTERM: ACPI power button, then destroy
+    /// after the termination grace period.
+    Stop,
+    Status,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Reboot => "reboot",
+            Command::Stop => "stop",
+            Command::Status => "status",
+        }
+    }
+}
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub command: Command,
+}
+
+/// Carries out commands against one VM; the answer is the VM's status after
+/// the command took effect, or why it could not.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, command: Command) -> impl Future<Output = Result<Status, String>> + Send;
+}
+
+#[derive(Serialize)]
+struct Response<'a> {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// The listening control socket. Dropping it stops serving and removes the
+/// socket file.
+pub struct Server {
+    socket: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `path` (mode [`SOCKET_MODE`]) and serves `handler` on it. Must be
+    /// called inside a tokio runtime.
+    pub fn start<H: Handler>(path: &Path, handler: Arc<H>) -> io::Result<Server> {
+        let listener = bind_socket(path, SOCKET_MODE)?;
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve_connection(stream, handler.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot accept control connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(Server {
+            socket: path.to_path_buf(),
+            task,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        remove_socket(&self.socket);
+    }
+}
+
+async fn serve_connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_REQUEST_BYTES)
+            .read_until(b'\n', &mut line)
+            .await;
+        let response = match read {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line.last() != Some(&b'\n') && line.len() as u64 >= MAX_REQUEST_BYTES => {
+                if skip_line(&mut reader).await.is_err() {
+                    return;
+                }
+                error_line("request too long")
+            }
+            Ok(_) => match std::str::from_utf8(&line) {
+                Ok(text) => answer(text, handler.as_ref()).await,
+                Err(_) => error_line("invalid request: not UTF-8"),
+            },
+        };
+        if writer.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Discards input up to and including the next newline.
+async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> io::Result<()> {
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// The response line (with its newline) to one request line.
+async fn answer<H: Handler>(line: &str, handler: &H) -> String {
+    let request: Request = match serde_json::from_str(line.trim_end()) {
+        Ok(r) => r,
+        Err(e) => return error_line(&format!("invalid request: {e}")),
+    };
+    tracing::info!(command = request.command.as_str(), "control request");
+    match handler.handle(request.command).await {
+        Ok(status) => response_line(&Response {
+            ok: true,
+            status: Some(&status),
+            error: None,
+        }),
+        Err(error) => {
+            tracing::warn!(command = request.command.as_str(), %error, "control request failed");
+            error_line(&error)
+        }
+    }
+}
+
+fn error_line(error: &str) -> String {
+    response_line(&Response {
+        ok: false,
+        status: None,
+        error: Some(error),
+    })
+}
+
+fn response_line(response: &Response<'_>) -> String {
+    // Serializing these plain structs cannot fail; fall back to a fixed
+    // error line rather than panicking if it ever did.
+    let mut text = serde_json::to_string(response)
+        .unwrap_or_else(|_| r#"{"ok":false,"error":"cannot encode response"}"#.to_string());
+    text.push('\n');
+    text
+}
+
+/// Why a control request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the launcher at {}: {source} (is `ch-launcher run` running with the same --private-dir?)", path.display())]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("control socket {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("no answer from the launcher within {0:?}")]
+    Timeout(Duration),
+    #[error("the launcher sent an invalid response: {0}")]
+    BadResponse(String),
+    /// The launcher understood the request and refused or failed it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[derive(Deserialize)]
+struct ResponseIn {
+    ok: bool,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Sends one command to the launcher listening on `path` and returns the
+/// VM's status as the launcher reported it (kept as JSON so that a client
+/// shows every field a newer launcher adds).
+pub async fn request(
+    path: &Path,
+    command: Command,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
+    let exchange = async {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let io_err = |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (reader, mut writer) = stream.into_split();
+        let mut line = serde_json::to_string(&Request { command })
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        line.push('\n');
+        writer.write_all(line.as_bytes()).await.map_err(io_err)?;
+        let mut reply = String::new();
+        BufReader::new(reader)
+            .take(MAX_REQUEST_BYTES)
+            .read_line(&mut reply)
+            .await
+            .map_err(io_err)?;
+        if reply.is_empty() {
+            return Err(ClientError::BadResponse(
+                "connection closed without an answer".into(),
+            ));
+        }
+        let parsed: ResponseIn = serde_json::from_str(reply.trim_end())
+            .map_err(|e| ClientError::BadResponse(format!("{e}: {}", reply.trim_end())))?;
+        match (parsed.ok, parsed.status, parsed.error) {
+            (true, Some(status), _) => Ok(status),
+            (true, None, _) => Err(ClientError::BadResponse("ok without a status".into())),
+            (false, _, error) => {
+                Err(ClientError::Refused(error.unwrap_or_else(|| {
+                    "request failed (no reason given)".into()
+                })))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{Event, Lifecycle, State};
+    use std::sync::Mutex;
+
+    /// Records commands and applies pause/resume to a real `Lifecycle`.
+    struct Recorder {
+        seen: Mutex<Vec<Command>>,
+        lifecycle: Mutex<Lifecycle>,
+    }
+
+    impl Handler for Recorder {
+        async fn handle(&self, command: Command) -> Result<Status, String> {
+            self.seen.lock().unwrap().push(command);
+            let mut lc = self.lifecycle.lock().unwrap();
+            match command {
+                Command::Pause => {
+                    lc.apply(&Event::Paused);
+                }
+                Command::Resume => {
+                    lc.apply(&Event::Resumed);
+                }
+                Command::Reboot => return Err("reboot failed: VM is not running".into()),
+                Command::Stop | Command::Status => {}
+            }
+            Ok(lc.status().clone())
+        }
+    }
+
+    fn recorder() -> Arc<Recorder> {
+        let mut lifecycle = Lifecycle::default();
+        lifecycle.apply(&Event::Booted);
+        Arc::new(Recorder {
+            seen: Mutex::new(Vec::new()),
+            lifecycle: Mutex::new(lifecycle),
+        })
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn commands_round_trip_with_the_resulting_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher-sock");
+        let handler = recorder();
+        let _server = Server::start(&path, handler.clone()).unwrap();
+
+        let status = request(&path, Command::Pause, T).await.unwrap();
+        assert_eq!(status["state"], "Paused");
+        assert_eq!(status["reason"], "User");
+        let status = request(&path, Command::Resume, T).await.unwrap();
+        assert_eq!(status["state"], "Running");
+        assert_eq!(status["reason"], "Unpaused");
+        let status = request(&path, Command::Status, T).await.unwrap();
+        assert_eq!(status["state"], "Running");
+        assert_eq!(
+            *handler.seen.lock().unwrap(),
+            vec![Command::Pause, Command::Resume, Command::Status]
+        );
+        assert_eq!(
+            handler.lifecycle.lock().unwrap().status().state,
+            State::Running
+        );
+    }
+
+    #[tokio::test]
+    async fn handler_errors_reach_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher-sock");
+        let _server = Server::start(&path, recorder()).unwrap();
+        match request(&path, Command::Reboot, T).await {
+            Err(ClientError::Refused(msg)) => assert_eq!(msg, "reboot failed: VM is not running"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_and_unknown_requests_get_an_error_line_and_the_connection_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher-sock");
+        let handler = recorder();
+        let _server = Server::start(&path, handler.clone()).unwrap();
+
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = BufReader::new(reader);
+        writer
+            .write_all(b"not json\n{\"command\":\"explode\"}\n{\"command\":\"status\"}\n")
+            .await
+            .unwrap();
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            lines.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+        assert_eq!(lines[0]["ok"], false);
+        assert!(lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request"));
+        assert_eq!(lines[1]["ok"], false);
+        assert!(lines[1]["error"].as_str().unwrap().contains("explode"));
+        assert_eq!(lines[2]["ok"], true);
+        assert_eq!(lines[2]["status"]["state"], "Running");
+        assert_eq!(*handler.seen.lock().unwrap(), vec![Command::Status]);
+    }
+
+    #[tokio::test]
+    async fn overlong_request_is_refused_and_the_next_one_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher-sock");
+        let _server = Server::start(&path, recorder()).unwrap();
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = BufReader::new(reader);
+        let mut junk = vec![b'a'; 3 * MAX_REQUEST_BYTES as usize];
+        junk.extend_from_slice(b"\n{\"command\":\"status\"}\n");
+        tokio::spawn(async move { writer.write_all(&junk).await });
+        let mut first = String::new();
+        reader.read_line(&mut first).await.unwrap();
+        assert!(first.contains("request too long"), "{first}");
+        let mut second = String::new();
+        reader.read_line(&mut second).await.unwrap();
+        let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+        assert_eq!(second["ok"], true);
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_and_removed_on_drop() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher-sock");
+        let server = Server::start(&path, recorder()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(server);
+        assert!(!path.exists());
+        assert!(matches!(
+            request(&path, Command::Status, T).await,
+            Err(ClientError::Connect { .. })
+        ));
+    }
+
+    #[test]
+    fn request_wire_format_is_stable() {
+        let line = serde_json::to_string(&Request {
+            command: Command::Resume,
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"command":"resume"}"#);
+    }
+}

@@ -1,0 +1,141 @@
+//! What this host can run: confidential-computing support (SEV, SEV-ES,
+//! SEV-SNP, TDX, IBM Z Secure Execution) and the SEV parameters a guest needs,
+//! learnt either from a recorded `virsh domcapabilities` document
+//! ([`domcaps`]) or from the kernel directly ([`probe`]), and turned into the
+//! node labels KubeVirt schedules on ([`labels`]).
+//!
+//! Both sources produce the same [`HostCapabilities`], so translation code
+//! (the libvirt renderer needs `cbitpos` and `reducedPhysBits`) and the CLI
+//! never care where the facts came from.
+
+pub mod domcaps;
+pub mod labels;
+pub mod probe;
+
+use domain_model::LaunchSecurity;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Confidential-computing facts about one host.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct HostCapabilities {
+    /// Where the facts came from: `domcapabilities <file>`, `libvirt`, or
+    /// `native probe`.
+    pub source: String,
+    /// Architecture as libvirt names it (`x86_64`, `s390x`, `aarch64`).
+    pub arch: Option<String>,
+    /// The QEMU binary libvirt would run; unknown for the native probe.
+    pub emulator: Option<String>,
+    pub machine: Option<String>,
+    /// libvirt's domain type (`kvm`, `qemu`).
+    pub domain_type: Option<String>,
+    /// AMD SEV, with the parameters every SEV/SEV-ES/SEV-SNP guest must use;
+    /// `None` when SEV is not available.
+    pub sev: Option<SevParameters>,
+    pub sev_es: bool,
+    pub sev_snp: bool,
+    pub tdx: bool,
+    /// IBM Z Secure Execution (libvirt's `s390-pv`).
+    pub secure_execution: bool,
+    /// Intel SGX as libvirt reports it; `None` when the source does not say
+    /// (the native probe does not look).
+    pub sgx: Option<bool>,
+    /// libvirt's `<launchSecurity><enum name='sectype'>` values, as listed.
+    pub launch_security_types: Vec<String>,
+    /// Firmware kinds libvirt offers (`bios`, `efi`).
+    pub firmware: Vec<String>,
+    /// Firmware images libvirt knows about.
+    pub loaders: Vec<String>,
+    /// KVM's supported VM types (`KVM_CAP_VM_TYPES`), native probe only;
+    /// `None` when not asked or the kernel predates the capability.
+    pub kvm_vm_types: Option<Vec<String>>,
+    /// Things the probe could not find out, so a "not supported" can be told
+    /// apart from "could not look".
+    pub notes: Vec<String>,
+}
+
+/// The SEV parameters a guest's `<launchSecurity>` has to repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SevParameters {
+    /// Position of the encryption bit in a page-table entry.
+    pub cbitpos: u32,
+    /// Physical address bits lost to memory encryption.
+    pub reduced_phys_bits: u32,
+    /// Concurrent SEV guests (0 when unknown).
+    pub max_guests: u32,
+    /// Concurrent SEV-ES guests (0 when unknown or SEV-ES is unavailable).
+    pub max_es_guests: u32,
+}
+
+impl HostCapabilities {
+    /// Why `ls` cannot run here, naming the missing host feature; `None`
+    /// when the host has everything the launch-security kind needs.
+    pub fn unsupported(&self, ls: &LaunchSecurity) -> Option<String> {
+        let have = labels::node_labels(self);
+        let missing: Vec<String> = labels::node_selector(Some(ls))
+            .into_keys()
+            .filter(|label| !have.contains_key(label))
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} needs host support this host ({}) lacks: {}",
+            launch_security_name(ls),
+            self.source,
+            missing.join(", ")
+        ))
+    }
+}
+
+/// The user-facing name of a launch-security kind.
+pub fn launch_security_name(ls: &LaunchSecurity) -> &'static str {
+    match ls {
+        LaunchSecurity::Sev {
+            encrypted_state: true,
+            ..
+        } => "SEV-ES",
+        LaunchSecurity::Sev { .. } => "SEV",
+        LaunchSecurity::SevSnp { .. } => "SEV-SNP",
+        LaunchSecurity::Tdx => "TDX",
+        LaunchSecurity::SecureExecution => "IBM Z Secure Execution",
+    }
+}
+
+/// Why host capabilities could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot read domain capabilities {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse domain capabilities {origin}: {message}")]
+    Parse { origin: String, message: String },
+}
+
+/// Host capabilities from a recorded `virsh domcapabilities` file when one is
+/// given, otherwise from the native probe of this host.
+pub fn capabilities(domcapabilities: Option<&Path>) -> Result<HostCapabilities, HostError> {
+    match domcapabilities {
+        Some(path) => domcaps::load(path),
+        None => Ok(probe::NativeProbe::default().probe()),
+    }
+}
+
+/// `ch-launcher host labels`: the node labels, one `key=value` per line.
+pub fn labels_command(domcapabilities: Option<&Path>) -> Result<String, HostError> {
+    let caps = capabilities(domcapabilities)?;
+    Ok(labels::to_lines(&labels::node_labels(&caps)))
+}
+
+/// `ch-launcher host capabilities`: everything detected, as pretty JSON.
+pub fn capabilities_command(domcapabilities: Option<&Path>) -> Result<String, HostError> {
+    let caps = capabilities(domcapabilities)?;
+    let mut json = serde_json::to_string_pretty(&caps).map_err(|e| HostError::Parse {
+        origin: caps.source.clone(),
+        message: format!("cannot print as JSON: {e}"),
+    })?;
+    json.push('\n');
+    Ok(json)
+}

@@ -1,0 +1,57 @@
+//! The libvirt backend: the same [`Domain`](domain_model::Domain) as libvirt
+//! domain XML ([`render`]), run under libvirtd + QEMU ([`driver`]), with
+//! libvirt's domain lifecycle events mapped onto the launcher's neutral
+//! [`Event`](crate::lifecycle::Event)s ([`events`]).
+
+pub mod driver;
+pub mod events;
+pub mod render;
+pub mod xml;
+
+pub use driver::{create, LibvirtBackend, LibvirtOptions, DEFAULT_URI};
+pub use render::{domain_name, render, RenderContext, RenderError};
+
+use crate::paths::VmPaths;
+use domain_model::Domain;
+
+impl LibvirtOptions {
+    /// Options for running (or, with `for_run` false, rendering) `domain`
+    /// under `uri`: the firmware crate chooses the EFI firmware from the
+    /// host's QEMU descriptors. A run needs every chosen file to exist; a dry
+    /// run only logs the missing ones.
+    pub fn for_domain(
+        domain: &Domain,
+        paths: &VmPaths,
+        uri: &str,
+        for_run: bool,
+    ) -> Result<LibvirtOptions, String> {
+        let config = firmware::FirmwareConfig::default();
+        let choice = firmware::choose_for_domain(domain, &config)
+            .map_err(|e| format!("firmware: {e}"))?;
+        if for_run {
+            choice.require_present().map_err(|e| format!("firmware: {e}"))?;
+        } else {
+            for warning in choice.warnings() {
+                tracing::warn!("firmware: {warning}");
+            }
+        }
+        let firmware = match &choice {
+            firmware::Choice::Qemu(selection) => Some(firmware::LibvirtFirmware::from_selection(
+                selection,
+                &domain_name(domain),
+                render::nvram_dir(paths),
+            )),
+            firmware::Choice::NotNeeded { .. } => None,
+            firmware::Choice::CloudHypervisor(_) => {
+                return Err("firmware: chose Cloud Hypervisor firmware for a libvirt VM".into())
+            }
+        };
+        Ok(LibvirtOptions {
+            uri: uri.to_owned(),
+            firmware,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

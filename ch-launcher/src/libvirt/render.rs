@@ -1,0 +1,676 @@
+//! Pure translation of a [`Domain`] into libvirt domain XML.
+//!
+//! No I/O: host facts (the VM's directory, the firmware files chosen for an
+//! EFI boot) come in as [`RenderContext`]. The document mirrors what
+//! KubeVirt's virt-launcher gives libvirt where the two overlap: the domain is
+//! named `<namespace>_<name>`, ACPI is on, the serial console is a unix socket
+//! QEMU binds at `virt-serial0` with every byte logged to `virt-serial0-log`,
+//! the balloon is off, and user aliases carry the `ua-` prefix.
+//!
+//! Anything in the `Domain` that cannot be expressed here is an error naming
+//! the spec field, never dropped.
+
+use super::xml::*;
+use crate::paths::VmPaths;
+use domain_model::{
+    Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, ImageFormat, SpecErrors,
+};
+use firmware::LibvirtFirmware;
+use std::path::{Path, PathBuf};
+
+/// Host facts the translation needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderContext {
+    /// Where the VM's sockets and logs live.
+    pub paths: VmPaths,
+    /// The firmware the firmware crate chose from the host's QEMU firmware
+    /// descriptors ([`firmware::LibvirtFirmware::from_selection`]). Required
+    /// when the Domain boots with EFI.
+    pub firmware: Option<LibvirtFirmware>,
+}
+
+/// Why a Domain could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// Parts of the spec the libvirt backend cannot express, each with its path.
+    #[error("{0}")]
+    Spec(SpecErrors),
+    #[error("cannot serialize the libvirt domain XML: {0}")]
+    Xml(String),
+}
+
+/// The libvirt domain name for a VMI, as KubeVirt forms it.
+pub fn domain_name(domain: &Domain) -> String {
+    format!("{}_{}", domain.namespace, domain.name)
+}
+
+/// Where the per-VM copy of the EFI variable store goes (the firmware crate
+/// names the file).
+pub fn nvram_dir(paths: &VmPaths) -> &Path {
+    &paths.dir
+}
+
+/// Where QEMU binds the VNC socket (KubeVirt's `virt-vnc`).
+pub fn vnc_socket_path(paths: &VmPaths) -> PathBuf {
+    paths.dir.join("virt-vnc")
+}
+
+/// Guest memory hotplug granularity: virtio-mem blocks must be at least the
+/// transparent hugepage size, which KubeVirt fixes at 2 MiB.
+const VIRTIO_MEM_BLOCK: u64 = 2 << 20;
+/// Memory hotplug slots, as KubeVirt reserves them.
+const MEMORY_HOTPLUG_SLOTS: u32 = 16;
+
+/// Renders `domain` as a libvirt domain XML document.
+pub fn render(domain: &Domain, ctx: &RenderContext) -> Result<String, RenderError> {
+    let doc = build(domain, ctx).map_err(RenderError::Spec)?;
+    let mut out = String::new();
+    let mut ser = quick_xml::se::Serializer::new(&mut out);
+    ser.indent(' ', 2);
+    serde::Serialize::serialize(&doc, ser).map_err(|e| RenderError::Xml(e.to_string()))?;
+    out.push('\n');
+    Ok(out)
+}
+
+/// The typed document, or every problem found.
+pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErrors> {
+    let mut errors = SpecErrors::default();
+
+    if !is_uuid(&domain.firmware.uuid) {
+        errors.push(
+            "spec.domain.firmware.uuid",
+            format!(
+                "{:?} is not a UUID; libvirt needs one for the domain and SMBIOS",
+                domain.firmware.uuid
+            ),
+        );
+    }
+    if let Some(ls) = &domain.launch_security {
+        errors.push(
+            "spec.domain.launchSecurity",
+            format!(
+                "{} is not supported by the libvirt backend yet: it needs the host's SEV/TDX \
+                 parameters from domain capabilities",
+                launch_security_name(ls)
+            ),
+        );
+    }
+    for nic in &domain.devices.interfaces {
+        errors.push(
+            &nic.spec_path,
+            format!("network interface {:?} is not supported by the libvirt backend yet", nic.kind),
+        );
+    }
+
+    check_paths_are_utf8(domain, ctx, &mut errors);
+    let (arch, machine) = arch_and_machine(domain.architecture);
+    let os = os(domain, ctx, arch, machine, &mut errors);
+    let efi_needs_smm = matches!(domain.boot, Boot::Efi { .. })
+        && matches!(ctx.firmware, Some(LibvirtFirmware::Loader { smm: true, .. }));
+    if efi_needs_smm && !domain.features.smm {
+        errors.push(
+            "spec.domain.features.smm",
+            "the chosen EFI firmware (secure boot) requires SMM; enable spec.domain.features.smm",
+        );
+    }
+
+    let cpu = &domain.cpu;
+    let hotplug_memory = domain.memory.max_guest.filter(|max| *max > domain.memory.guest);
+    let numa = hotplug_memory.map(|_| Numa {
+        // virtio-mem plugs memory into a NUMA node, so one node must exist.
+        cell: vec![NumaCell {
+            id: 0,
+            cpus: format!("0-{}", cpu.max_vcpus().saturating_sub(1)),
+            memory: domain.memory.guest,
+            unit: "b",
+        }],
+    });
+    let mut memory_devices = Vec::new();
+    if let Some(max) = hotplug_memory {
+        let extra = max - domain.memory.guest;
+        if extra % VIRTIO_MEM_BLOCK != 0 {
+            errors.push(
+                "spec.domain.memory.maxGuest",
+                format!(
+                    "maxGuest minus guest ({extra} bytes) must be a multiple of 2 MiB for \
+                     virtio-mem hotplug"
+                ),
+            );
+        }
+        memory_devices.push(MemoryDevice {
+            model: "virtio-mem",
+            target: MemoryTarget {
+                size: SizeInBytes::kib(extra / 1024),
+                node: 0,
+                block: SizeInBytes::kib(VIRTIO_MEM_BLOCK / 1024),
+                requested: SizeInBytes::kib(0),
+            },
+        });
+    }
+
+    let (mode, match_, model) = match &cpu.model {
+        CpuModel::HostPassthrough => ("host-passthrough", None, None),
+        CpuModel::HostModel => ("host-model", None, None),
+        CpuModel::Named(name) => (
+            "custom",
+            Some("exact"),
+            Some(CpuModelXml {
+                fallback: "forbid",
+                name: name.clone(),
+            }),
+        ),
+    };
+
+    let mut sysinfo_entries = vec![SysinfoEntry {
+        name: "uuid",
+        value: domain.firmware.uuid.clone(),
+    }];
+    if let Some(serial) = &domain.firmware.serial {
+        sysinfo_entries.push(SysinfoEntry {
+            name: "serial",
+            value: serial.clone(),
+        });
+    }
+
+    let devices = devices(domain, ctx, memory_devices, &mut errors);
+    let clock = clock(domain, &mut errors);
+
+    errors.into_result(DomainXml {
+        kind: "kvm",
+        name: domain_name(domain),
+        uuid: domain.firmware.uuid.clone(),
+        max_memory: hotplug_memory.map(|max| MaxMemory {
+            slots: MEMORY_HOTPLUG_SLOTS,
+            unit: "b",
+            value: max,
+        }),
+        memory: SizeInBytes::bytes(domain.memory.guest),
+        current_memory: SizeInBytes::bytes(domain.memory.guest),
+        memory_backing: domain.memory.hugepage_size.map(|size| MemoryBacking {
+            hugepages: Hugepages {
+                page: HugePage {
+                    size: size / 1024,
+                    unit: "KiB",
+                },
+            },
+        }),
+        vcpu: Vcpu {
+            placement: "static",
+            current: (cpu.max_vcpus() > cpu.vcpus()).then_some(cpu.vcpus()),
+            max: cpu.max_vcpus(),
+        },
+        sysinfo: Sysinfo {
+            kind: "smbios",
+            system: SysinfoSystem {
+                entry: sysinfo_entries,
+            },
+        },
+        os,
+        features: FeaturesXml {
+            acpi: domain.features.acpi.then_some(Empty {}),
+            smm: (domain.features.smm || efi_needs_smm).then_some(State { state: "on" }),
+        },
+        cpu: CpuXml {
+            mode,
+            match_,
+            model,
+            // libvirt wants the topology of the maximum vCPU count.
+            topology: Topology {
+                sockets: cpu.max_sockets,
+                cores: cpu.cores,
+                threads: cpu.threads,
+            },
+            numa,
+        },
+        clock,
+        on_poweroff: "destroy",
+        on_reboot: "restart",
+        on_crash: "destroy",
+        devices,
+    })
+}
+
+/// QEMU's target and the machine type KubeVirt uses for it.
+fn arch_and_machine(arch: Architecture) -> (&'static str, &'static str) {
+    match arch {
+        Architecture::Amd64 => ("x86_64", "q35"),
+        Architecture::Arm64 => ("aarch64", "virt"),
+        Architecture::S390x => ("s390x", "s390-ccw-virtio"),
+    }
+}
+
+fn os(
+    domain: &Domain,
+    ctx: &RenderContext,
+    arch: &'static str,
+    machine: &'static str,
+    errors: &mut SpecErrors,
+) -> Os {
+    let mut os = Os {
+        os_type: OsType {
+            arch,
+            machine,
+            value: "hvm",
+        },
+        loader: None,
+        nvram: None,
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        smbios: Smbios { mode: "sysinfo" },
+    };
+    match &domain.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            os.kernel = Some(path_text(kernel));
+            os.initrd = initrd.as_deref().map(path_text);
+            os.cmdline = cmdline.clone();
+        }
+        Boot::Efi { secure_boot, .. } => match &ctx.firmware {
+            Some(LibvirtFirmware::Loader {
+                loader,
+                nvram,
+                secure_boot: firmware_secure_boot,
+                ..
+            }) => {
+                if *secure_boot && !firmware_secure_boot {
+                    errors.push(
+                        "spec.domain.firmware.bootloader.efi.secureBoot",
+                        format!(
+                            "secure boot was asked for but the chosen firmware {} does not \
+                             support it",
+                            loader.path.display()
+                        ),
+                    );
+                }
+                os.loader = Some(Loader {
+                    readonly: yes_no(loader.readonly),
+                    secure: yes_no(loader.secure),
+                    kind: loader.loader_type.as_str(),
+                    // raw is libvirt's default; naming it would need libvirt >= 9.2.
+                    format: loader.format.as_deref().filter(|f| *f != "raw").map(str::to_owned),
+                    stateless: loader.stateless.then_some("yes"),
+                    path: path_text(&loader.path),
+                });
+                os.nvram = nvram.as_ref().map(|n| Nvram {
+                    template: path_text(&n.template),
+                    path: path_text(&n.path),
+                });
+            }
+            Some(LibvirtFirmware::Kernel { path }) => errors.push(
+                "spec.domain.firmware.bootloader.efi",
+                format!(
+                    "the chosen firmware {} is loaded as a kernel, which only confidential VMs \
+                     use",
+                    path.display()
+                ),
+            ),
+            None => errors.push(
+                "spec.domain.firmware.bootloader.efi",
+                "no EFI firmware was found for this VM (install OVMF, or check the QEMU \
+                 firmware descriptors)",
+            ),
+        },
+        // libvirt gives q35 SeaBIOS when no loader is named.
+        Boot::Bios => {}
+    }
+    os
+}
+
+fn devices(
+    domain: &Domain,
+    ctx: &RenderContext,
+    memory: Vec<MemoryDevice>,
+    errors: &mut SpecErrors,
+) -> DevicesXml {
+    let mut names = TargetNames::default();
+    let mut disks = Vec::new();
+    for disk in &domain.disks {
+        if disk.device == DiskDevice::Cdrom && disk.bus == DiskBus::Virtio {
+            errors.push(
+                format!("{}.cdrom.bus", disk.spec_path),
+                "QEMU cannot attach a cdrom to the virtio bus; use sata or scsi",
+            );
+        }
+        if disk.readonly && disk.device == DiskDevice::Disk && disk.bus == DiskBus::Sata {
+            errors.push(
+                format!("{}.disk.readonly", disk.spec_path),
+                "QEMU cannot make a sata disk read-only; use virtio or scsi, or a cdrom",
+            );
+        }
+        if disk.device == DiskDevice::Lun && disk.bus != DiskBus::Scsi {
+            errors.push(
+                format!("{}.lun.bus", disk.spec_path),
+                "a LUN needs the scsi bus",
+            );
+        }
+        let (kind, source) = match disk.device {
+            DiskDevice::Lun => (
+                "block",
+                DiskSourceXml {
+                    file: None,
+                    dev: Some(path_text(&disk.source.path)),
+                },
+            ),
+            _ => (
+                "file",
+                DiskSourceXml {
+                    file: Some(path_text(&disk.source.path)),
+                    dev: None,
+                },
+            ),
+        };
+        disks.push(DiskXml {
+            kind,
+            device: match disk.device {
+                DiskDevice::Disk => "disk",
+                DiskDevice::Cdrom => "cdrom",
+                DiskDevice::Lun => "lun",
+            },
+            driver: DiskDriver {
+                name: "qemu",
+                format: match disk.source.format {
+                    ImageFormat::Raw => "raw",
+                    ImageFormat::Qcow2 => "qcow2",
+                },
+            },
+            source,
+            target: DiskTarget {
+                dev: names.next(disk.bus),
+                bus: disk.bus.as_str(),
+            },
+            readonly: (disk.readonly || disk.device == DiskDevice::Cdrom).then_some(Empty {}),
+            serial: disk.serial.clone(),
+            boot: disk.boot_order.map(|order| BootOrder { order }),
+            alias: user_alias(&disk.name),
+        });
+    }
+
+    let mut inputs = Vec::new();
+    for input in &domain.devices.inputs {
+        match parse_input(&input.kind) {
+            Some((kind, bus)) => inputs.push(InputXml {
+                kind,
+                bus,
+                alias: None,
+            }),
+            None => errors.push(
+                &input.spec_path,
+                format!(
+                    "input device {:?} is not supported by the libvirt backend (expected \
+                     tablet, keyboard or mouse on the usb or virtio bus)",
+                    input.kind
+                ),
+            ),
+        }
+    }
+
+    let mut graphics = Vec::new();
+    let mut video = Vec::new();
+    if let Some(g) = &domain.devices.graphics {
+        if g.kind == "vnc" {
+            graphics.push(GraphicsXml {
+                kind: "vnc",
+                listen: GraphicsListen {
+                    kind: "socket",
+                    socket: path_text(&vnc_socket_path(&ctx.paths)),
+                },
+            });
+            video.push(VideoXml {
+                model: VideoModel {
+                    kind: "vga",
+                    heads: 1,
+                },
+            });
+        } else {
+            errors.push(
+                &g.spec_path,
+                format!("graphics {:?} is not supported by the libvirt backend (only vnc)", g.kind),
+            );
+        }
+    }
+
+    let mut controllers = Vec::new();
+    let needs_usb = domain.disks.iter().any(|d| d.bus == DiskBus::Usb)
+        || inputs.iter().any(|i| i.bus == "usb");
+    // KubeVirt removes the USB controller libvirt would add by default unless
+    // something needs it.
+    controllers.push(Controller {
+        kind: "usb",
+        index: 0,
+        model: if needs_usb { "qemu-xhci" } else { "none" },
+    });
+    if domain.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
+        controllers.push(Controller {
+            kind: "scsi",
+            index: 0,
+            model: "virtio-scsi",
+        });
+    }
+
+    let (serial, console) = if domain.devices.serial_console {
+        (
+            vec![SerialXml {
+                kind: "unix",
+                source: UnixSource {
+                    mode: "bind",
+                    path: path_text(&ctx.paths.serial_socket()),
+                },
+                log: ChardevLog {
+                    file: path_text(&ctx.paths.serial_log()),
+                    append: "on",
+                },
+                target: SerialTarget { port: 0 },
+            }],
+            vec![ConsoleXml {
+                kind: "pty",
+                target: ConsoleTarget {
+                    kind: "serial",
+                    port: 0,
+                },
+            }],
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+
+    DevicesXml {
+        disk: disks,
+        controller: controllers,
+        serial,
+        console,
+        input: inputs,
+        graphics,
+        video,
+        rng: if domain.devices.rng {
+            vec![RngXml {
+                model: "virtio",
+                backend: RngBackend {
+                    model: "random",
+                    source: "/dev/urandom",
+                },
+            }]
+        } else {
+            Vec::new()
+        },
+        memballoon: Memballoon { model: "none" },
+        memory,
+    }
+}
+
+fn clock(domain: &Domain, errors: &mut SpecErrors) -> Option<ClockXml> {
+    let clock = domain.clock.as_ref()?;
+    let (offset, timezone) = if clock.offset == "utc" {
+        ("utc", None)
+    } else if let Some(tz) = clock.offset.strip_prefix("timezone:") {
+        ("timezone", Some(tz.to_owned()))
+    } else {
+        errors.push(
+            format!("{}.offset", clock.spec_path),
+            format!("clock offset {:?} is neither utc nor a timezone", clock.offset),
+        );
+        ("utc", None)
+    };
+    let mut timers = Vec::new();
+    for name in &clock.timers {
+        // KubeVirt's timer names, and libvirt's for the same clocks.
+        let libvirt_name = match name.as_str() {
+            "hpet" => "hpet",
+            "pit" => "pit",
+            "rtc" => "rtc",
+            "kvm" => "kvmclock",
+            "hyperv" => "hypervclock",
+            other => {
+                errors.push(
+                    format!("{}.timer.{other}", clock.spec_path),
+                    format!("timer {other:?} is not supported by the libvirt backend"),
+                );
+                continue;
+            }
+        };
+        timers.push(Timer {
+            name: libvirt_name,
+            present: "yes",
+        });
+    }
+    Some(ClockXml {
+        offset,
+        timezone,
+        timer: timers,
+    })
+}
+
+/// `tablet`, `keyboard` or `mouse`, optionally followed by `:usb` / `:virtio`
+/// (KubeVirt's default bus is usb).
+fn parse_input(kind: &str) -> Option<(&'static str, &'static str)> {
+    let (device, bus) = kind.split_once(':').unwrap_or((kind, "usb"));
+    let device = match device {
+        "tablet" => "tablet",
+        "keyboard" => "keyboard",
+        "mouse" => "mouse",
+        _ => return None,
+    };
+    let bus = match bus {
+        "usb" => "usb",
+        "virtio" => "virtio",
+        _ => return None,
+    };
+    Some((device, bus))
+}
+
+/// libvirt's user aliases must match `ua-[a-zA-Z0-9_-]+`; a name that does
+/// not fit gets no alias rather than a rejected domain.
+fn user_alias(name: &str) -> Option<Alias> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| Alias {
+        name: format!("ua-{name}"),
+    })
+}
+
+/// Guest device names per bus family: virtio disks are `vd*`, SATA, SCSI and
+/// USB disks share the `sd*` namespace (as in KubeVirt).
+#[derive(Default)]
+struct TargetNames {
+    vd: usize,
+    sd: usize,
+}
+
+impl TargetNames {
+    fn next(&mut self, bus: DiskBus) -> String {
+        let (prefix, counter) = match bus {
+            DiskBus::Virtio => ("vd", &mut self.vd),
+            DiskBus::Sata | DiskBus::Scsi | DiskBus::Usb => ("sd", &mut self.sd),
+        };
+        let name = format!("{prefix}{}", disk_letters(*counter));
+        *counter += 1;
+        name
+    }
+}
+
+/// 0 -> a, 25 -> z, 26 -> aa, as the Linux kernel names disks.
+fn disk_letters(mut index: usize) -> String {
+    let mut letters = Vec::new();
+    loop {
+        letters.push(b'a' + (index % 26) as u8);
+        if index < 26 {
+            break;
+        }
+        index = index / 26 - 1;
+    }
+    letters.reverse();
+    String::from_utf8_lossy(&letters).into_owned()
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// libvirt XML is UTF-8 text; a path that is not cannot be named in it.
+fn check_paths_are_utf8(domain: &Domain, ctx: &RenderContext, errors: &mut SpecErrors) {
+    let mut check = |field: &str, path: &Path| {
+        if path.to_str().is_none() {
+            errors.push(
+                field,
+                format!("path {} is not valid UTF-8; libvirt cannot name it", path.display()),
+            );
+        }
+    };
+    if let Boot::Kernel { kernel, initrd, .. } = &domain.boot {
+        check("spec.domain.firmware.kernelBoot.container.kernelPath", kernel);
+        if let Some(initrd) = initrd {
+            check("spec.domain.firmware.kernelBoot.container.initrdPath", initrd);
+        }
+    }
+    for disk in &domain.disks {
+        check(&disk.source.spec_path, &disk.source.path);
+    }
+    check("--private-dir", &ctx.paths.dir);
+}
+
+/// Lossless for every path [`check_paths_are_utf8`] accepted.
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    groups.len() == lens.len()
+        && groups
+            .iter()
+            .zip(lens)
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn launch_security_name(ls: &domain_model::LaunchSecurity) -> &'static str {
+    match ls {
+        domain_model::LaunchSecurity::Sev {
+            encrypted_state: true,
+            ..
+        } => "SEV-ES",
+        domain_model::LaunchSecurity::Sev { .. } => "SEV",
+        domain_model::LaunchSecurity::SevSnp { .. } => "SEV-SNP",
+        domain_model::LaunchSecurity::Tdx => "TDX",
+        domain_model::LaunchSecurity::SecureExecution => "IBM Secure Execution",
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests_support {
+    use super::*;
+
+    pub fn target_names() -> impl FnMut(DiskBus) -> String {
+        let mut names = TargetNames::default();
+        move |bus| names.next(bus)
+    }
+}

@@ -1,0 +1,721 @@
+//! Rendering tests: a corpus of Domains covering every mapped feature, golden
+//! assertions on elements and attributes (the XML is parsed back), and
+//! validation of every document against libvirt's own schema.
+
+use super::render::{build, nvram_dir, render, vnc_socket_path, RenderContext};
+use firmware::{LibvirtFirmware, LibvirtLoader, LibvirtNvram, LoaderType};
+use crate::paths::VmPaths;
+use domain_model::*;
+use quick_xml::events::Event as XmlEvent;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const UUID: &str = "5a9fc181-957e-5c32-9e5a-2de5e9673531";
+
+/// The tiny test guest: direct kernel boot, serial console, nothing else.
+fn tiny_guest() -> Domain {
+    Domain {
+        name: "tiny".into(),
+        namespace: "default".into(),
+        uid: "0f4c5d6e-1111-4222-8333-944455566677".into(),
+        hypervisor: Hypervisor::Libvirt,
+        architecture: Architecture::Amd64,
+        cpu: Cpu {
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            max_sockets: 1,
+            model: CpuModel::HostPassthrough,
+        },
+        memory: Memory {
+            guest: 64 << 20,
+            max_guest: None,
+            hugepage_size: None,
+        },
+        firmware: Firmware {
+            uuid: UUID.into(),
+            serial: None,
+        },
+        boot: Boot::Kernel {
+            kernel: "/var/lib/images/tiny-guest.elf".into(),
+            initrd: None,
+            cmdline: None,
+        },
+        disks: Vec::new(),
+        devices: Devices {
+            rng: false,
+            serial_console: true,
+            graphics: None,
+            inputs: Vec::new(),
+            interfaces: Vec::new(),
+        },
+        features: Features {
+            acpi: true,
+            smm: false,
+        },
+        clock: None,
+        launch_security: None,
+        termination_grace_period: Duration::from_secs(30),
+        start_paused: false,
+        live_migratable: MigrationCondition {
+            live_migratable: true,
+            reason: None,
+            message: None,
+        },
+    }
+}
+
+fn disk(index: usize, name: &str, device: DiskDevice, bus: DiskBus, path: &str) -> Disk {
+    Disk {
+        spec_path: format!("spec.domain.devices.disks[{index}]"),
+        name: name.into(),
+        device,
+        bus,
+        readonly: false,
+        serial: None,
+        boot_order: None,
+        source: DiskSource {
+            spec_path: format!("spec.volumes[{index}]"),
+            path: path.into(),
+            format: ImageFormat::Raw,
+            create_with_capacity: None,
+        },
+    }
+}
+
+fn ctx() -> RenderContext {
+    RenderContext {
+        paths: VmPaths::new(Path::new("/var/run/kubevirt-private"), "0f4c-uid"),
+        firmware: None,
+    }
+}
+
+/// What the firmware crate makes of Debian's OVMF descriptors.
+fn ovmf_firmware(code: &str, vars: &str, secure: bool) -> LibvirtFirmware {
+    LibvirtFirmware::Loader {
+        loader: LibvirtLoader {
+            path: code.into(),
+            loader_type: LoaderType::Pflash,
+            readonly: true,
+            secure,
+            stateless: false,
+            format: Some("raw".into()),
+        },
+        nvram: Some(LibvirtNvram {
+            template: vars.into(),
+            template_format: Some("raw".into()),
+            path: nvram_dir(&ctx().paths).join("default_tiny_VARS.fd"),
+            format: Some("raw".into()),
+        }),
+        smm: secure,
+        secure_boot: secure,
+        enrolled_keys: secure,
+    }
+}
+
+fn ovmf() -> LibvirtFirmware {
+    ovmf_firmware("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd", false)
+}
+
+fn ovmf_secure() -> LibvirtFirmware {
+    ovmf_firmware(
+        "/usr/share/OVMF/OVMF_CODE_4M.ms.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+        true,
+    )
+}
+
+/// Every spec shape the libvirt backend renders, each with its context.
+fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
+    let mut out = vec![("tiny-guest", tiny_guest(), ctx())];
+
+    let mut d = tiny_guest();
+    d.disks = vec![
+        disk(0, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.qcow2"),
+        disk(1, "data", DiskDevice::Disk, DiskBus::Sata, "/img/data.raw"),
+        disk(2, "scratch", DiskDevice::Disk, DiskBus::Scsi, "/img/scratch.raw"),
+        disk(3, "stick", DiskDevice::Disk, DiskBus::Usb, "/img/stick.raw"),
+        disk(4, "second", DiskDevice::Disk, DiskBus::Virtio, "/img/second.raw"),
+    ];
+    d.disks[0].source.format = ImageFormat::Qcow2;
+    d.disks[0].boot_order = Some(1);
+    d.disks[0].serial = Some("ROOT-0001".into());
+    d.disks[4].readonly = true;
+    out.push(("disks-every-bus", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.boot = Boot::Bios;
+    d.disks = vec![
+        disk(0, "installer", DiskDevice::Cdrom, DiskBus::Sata, "/img/install.iso"),
+        disk(1, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.raw"),
+    ];
+    d.disks[0].boot_order = Some(1);
+    d.disks[1].boot_order = Some(2);
+    out.push(("cdrom-bios", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.boot = Boot::Efi {
+        secure_boot: false,
+        persistent: false,
+    };
+    d.disks = vec![disk(0, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.raw")];
+    out.push((
+        "efi",
+        d,
+        RenderContext {
+            firmware: Some(ovmf()),
+            ..ctx()
+        },
+    ));
+
+    let mut d = tiny_guest();
+    d.boot = Boot::Efi {
+        secure_boot: true,
+        persistent: false,
+    };
+    d.features.smm = true;
+    d.disks = vec![disk(0, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.raw")];
+    out.push((
+        "efi-secure-boot",
+        d,
+        RenderContext {
+            firmware: Some(ovmf_secure()),
+            ..ctx()
+        },
+    ));
+
+    let mut d = tiny_guest();
+    d.memory = Memory {
+        guest: 1 << 30,
+        max_guest: None,
+        hugepage_size: Some(2 << 20),
+    };
+    out.push(("hugepages", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.memory.guest = 1 << 30;
+    d.memory.max_guest = Some(4 << 30);
+    out.push(("memory-hotplug", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.cpu = Cpu {
+        sockets: 2,
+        cores: 2,
+        threads: 2,
+        max_sockets: 4,
+        model: CpuModel::Named("Skylake-Server".into()),
+    };
+    out.push(("topology-named-model", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.cpu.model = CpuModel::HostModel;
+    d.devices.rng = true;
+    d.firmware.serial = Some("SN-<&>'\"-42".into());
+    d.clock = Some(Clock {
+        spec_path: "spec.domain.clock".into(),
+        offset: "timezone:Europe/Paris".into(),
+        timers: vec!["hpet".into(), "rtc".into(), "pit".into(), "kvm".into()],
+    });
+    if let Boot::Kernel { initrd, cmdline, .. } = &mut d.boot {
+        *initrd = Some("/var/lib/images/initrd.img".into());
+        *cmdline = Some("console=ttyS0 quiet a=\"<b>\" & c".into());
+    }
+    out.push(("host-model-rng-clock-smbios-initrd", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.devices.graphics = Some(SpecFeature {
+        spec_path: "spec.domain.devices.autoattachGraphicsDevice".into(),
+        kind: "vnc".into(),
+    });
+    d.devices.inputs = vec![
+        SpecFeature {
+            spec_path: "spec.domain.devices.inputs[0]".into(),
+            kind: "tablet".into(),
+        },
+        SpecFeature {
+            spec_path: "spec.domain.devices.inputs[1]".into(),
+            kind: "keyboard:virtio".into(),
+        },
+    ];
+    out.push(("vnc-inputs", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.devices.serial_console = false;
+    d.features.acpi = false;
+    out.push(("no-console-no-acpi", d, ctx()));
+
+    out
+}
+
+/// A parsed element, enough to assert on structure.
+#[derive(Debug, Default)]
+struct Node {
+    name: String,
+    attrs: BTreeMap<String, String>,
+    text: String,
+    children: Vec<Node>,
+}
+
+impl Node {
+    fn parse(xml: &str) -> Node {
+        let mut reader = quick_xml::Reader::from_str(xml);
+        let mut stack = vec![Node::default()];
+        loop {
+            match reader.read_event().expect("rendered XML parses") {
+                XmlEvent::Start(e) => stack.push(Node::from_start(&e)),
+                XmlEvent::Empty(e) => {
+                    let node = Node::from_start(&e);
+                    stack.last_mut().unwrap().children.push(node);
+                }
+                XmlEvent::Text(t) => {
+                    let text = t.unescape().expect("text unescapes");
+                    stack.last_mut().unwrap().text.push_str(text.trim());
+                }
+                XmlEvent::End(_) => {
+                    let node = stack.pop().unwrap();
+                    stack.last_mut().unwrap().children.push(node);
+                }
+                XmlEvent::Eof => break,
+                _ => {}
+            }
+        }
+        let mut root = stack.pop().unwrap();
+        assert_eq!(root.children.len(), 1, "one root element");
+        root.children.remove(0)
+    }
+
+    fn from_start(e: &quick_xml::events::BytesStart) -> Node {
+        Node {
+            name: String::from_utf8_lossy(e.name().as_ref()).into_owned(),
+            attrs: e
+                .attributes()
+                .map(|a| {
+                    let a = a.expect("attribute parses");
+                    (
+                        String::from_utf8_lossy(a.key.as_ref()).into_owned(),
+                        a.unescape_value().expect("value unescapes").into_owned(),
+                    )
+                })
+                .collect(),
+            ..Node::default()
+        }
+    }
+
+    /// Every element at a `/`-separated path below this one.
+    fn all(&self, path: &str) -> Vec<&Node> {
+        let mut current = vec![self];
+        for step in path.split('/') {
+            current = current
+                .into_iter()
+                .flat_map(|n| n.children.iter().filter(|c| c.name == step))
+                .collect();
+        }
+        current
+    }
+
+    fn one(&self, path: &str) -> &Node {
+        let found = self.all(path);
+        assert_eq!(found.len(), 1, "exactly one <{path}> expected, found {}", found.len());
+        found[0]
+    }
+
+    fn attr(&self, name: &str) -> &str {
+        self.attrs
+            .get(name)
+            .unwrap_or_else(|| panic!("<{}> has no attribute {name}", self.name))
+    }
+}
+
+fn rendered(domain: &Domain, ctx: &RenderContext) -> Node {
+    let xml = render(domain, ctx).unwrap_or_else(|e| panic!("render failed: {e}"));
+    Node::parse(&xml)
+}
+
+#[test]
+fn tiny_guest_renders_like_kubevirt_virt_launcher() {
+    let dom = rendered(&tiny_guest(), &ctx());
+    assert_eq!(dom.name, "domain");
+    assert_eq!(dom.attr("type"), "kvm");
+    assert_eq!(dom.one("name").text, "default_tiny");
+    assert_eq!(dom.one("uuid").text, UUID);
+    assert_eq!(dom.one("memory").text, (64u64 << 20).to_string());
+    assert_eq!(dom.one("memory").attr("unit"), "b");
+    assert_eq!(dom.one("vcpu").text, "1");
+    assert!(dom.one("vcpu").attrs.get("current").is_none());
+
+    let os_type = dom.one("os/type");
+    assert_eq!(os_type.attr("arch"), "x86_64");
+    assert_eq!(os_type.attr("machine"), "q35");
+    assert_eq!(os_type.text, "hvm");
+    assert_eq!(dom.one("os/kernel").text, "/var/lib/images/tiny-guest.elf");
+    assert!(dom.all("os/initrd").is_empty());
+    assert!(dom.all("os/loader").is_empty());
+    assert_eq!(dom.one("os/smbios").attr("mode"), "sysinfo");
+    assert_eq!(dom.one("sysinfo").attr("type"), "smbios");
+    let entries = dom.all("sysinfo/system/entry");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].attr("name"), "uuid");
+    assert_eq!(entries[0].text, UUID);
+
+    dom.one("features/acpi");
+    assert!(dom.all("features/smm").is_empty());
+    assert_eq!(dom.one("cpu").attr("mode"), "host-passthrough");
+    assert_eq!(dom.one("on_poweroff").text, "destroy");
+    assert_eq!(dom.one("on_reboot").text, "restart");
+    assert_eq!(dom.one("on_crash").text, "destroy");
+
+    let serial = dom.one("devices/serial");
+    assert_eq!(serial.attr("type"), "unix");
+    assert_eq!(serial.one("source").attr("mode"), "bind");
+    assert_eq!(
+        serial.one("source").attr("path"),
+        "/var/run/kubevirt-private/0f4c-uid/virt-serial0"
+    );
+    assert_eq!(
+        serial.one("log").attr("file"),
+        "/var/run/kubevirt-private/0f4c-uid/virt-serial0-log"
+    );
+    assert_eq!(serial.one("log").attr("append"), "on");
+    assert_eq!(serial.one("target").attr("port"), "0");
+    let console = dom.one("devices/console");
+    assert_eq!(console.attr("type"), "pty");
+    assert_eq!(console.one("target").attr("type"), "serial");
+    assert_eq!(dom.one("devices/memballoon").attr("model"), "none");
+    assert_eq!(dom.one("devices/controller").attr("model"), "none");
+    assert!(dom.all("devices/disk").is_empty());
+    assert!(dom.all("devices/rng").is_empty());
+    assert!(dom.all("devices/graphics").is_empty());
+    assert!(dom.all("clock").is_empty());
+}
+
+#[test]
+fn disks_get_bus_specific_targets_and_keep_readonly_serial_boot_order() {
+    let (_, d, c) = corpus().remove(1);
+    let dom = rendered(&d, &c);
+    let disks = dom.all("devices/disk");
+    assert_eq!(disks.len(), 5);
+    let targets: Vec<(&str, &str)> = disks
+        .iter()
+        .map(|d| (d.one("target").attr("dev"), d.one("target").attr("bus")))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("vda", "virtio"),
+            ("sda", "sata"),
+            ("sdb", "scsi"),
+            ("sdc", "usb"),
+            ("vdb", "virtio")
+        ]
+    );
+    let root = disks[0];
+    assert_eq!(root.attr("type"), "file");
+    assert_eq!(root.attr("device"), "disk");
+    assert_eq!(root.one("driver").attr("type"), "qcow2");
+    assert_eq!(root.one("source").attr("file"), "/img/root.qcow2");
+    assert_eq!(root.one("serial").text, "ROOT-0001");
+    assert_eq!(root.one("boot").attr("order"), "1");
+    assert_eq!(root.one("alias").attr("name"), "ua-rootdisk");
+    assert!(root.all("readonly").is_empty());
+    disks[4].one("readonly");
+    assert!(disks[4].all("boot").is_empty());
+
+    let controllers: Vec<(&str, &str)> = dom
+        .all("devices/controller")
+        .iter()
+        .map(|c| (c.attr("type"), c.attr("model")))
+        .collect();
+    assert_eq!(controllers, [("usb", "qemu-xhci"), ("scsi", "virtio-scsi")]);
+}
+
+#[test]
+fn cdrom_is_readonly_and_bios_boot_names_no_loader() {
+    let (_, d, c) = corpus().remove(2);
+    let dom = rendered(&d, &c);
+    let cdrom = dom.all("devices/disk")[0];
+    assert_eq!(cdrom.attr("device"), "cdrom");
+    assert_eq!(cdrom.one("target").attr("bus"), "sata");
+    cdrom.one("readonly");
+    assert!(dom.all("os/kernel").is_empty());
+    assert!(dom.all("os/loader").is_empty());
+}
+
+#[test]
+fn efi_boot_uses_the_chosen_firmware_and_a_per_vm_nvram() {
+    let (_, d, c) = corpus().remove(3);
+    let dom = rendered(&d, &c);
+    let loader = dom.one("os/loader");
+    assert_eq!(loader.text, "/usr/share/OVMF/OVMF_CODE_4M.fd");
+    assert_eq!(loader.attr("type"), "pflash");
+    assert_eq!(loader.attr("readonly"), "yes");
+    assert_eq!(loader.attr("secure"), "no");
+    let nvram = dom.one("os/nvram");
+    assert_eq!(nvram.attr("template"), "/usr/share/OVMF/OVMF_VARS_4M.fd");
+    assert_eq!(
+        nvram.text,
+        "/var/run/kubevirt-private/0f4c-uid/default_tiny_VARS.fd"
+    );
+    assert!(dom.all("features/smm").is_empty());
+}
+
+#[test]
+fn efi_secure_boot_enables_smm_and_a_secure_loader() {
+    let (_, d, c) = corpus().remove(4);
+    let dom = rendered(&d, &c);
+    assert_eq!(dom.one("os/loader").attr("secure"), "yes");
+    assert_eq!(dom.one("features/smm").attr("state"), "on");
+}
+
+#[test]
+fn efi_without_firmware_is_an_error_naming_the_field() {
+    let mut d = tiny_guest();
+    d.boot = Boot::Efi {
+        secure_boot: false,
+        persistent: false,
+    };
+    let errors = build(&d, &ctx()).unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(errors.0[0].path, "spec.domain.firmware.bootloader.efi");
+}
+
+#[test]
+fn secure_boot_firmware_without_smm_in_the_spec_is_refused() {
+    let mut d = tiny_guest();
+    d.boot = Boot::Efi {
+        secure_boot: true,
+        persistent: false,
+    };
+    let c = RenderContext {
+        firmware: Some(ovmf_secure()),
+        ..ctx()
+    };
+    let errors = build(&d, &c).unwrap_err();
+    assert_eq!(errors.0[0].path, "spec.domain.features.smm");
+}
+
+#[test]
+fn hugepages_back_guest_memory() {
+    let (_, d, c) = corpus().remove(5);
+    let dom = rendered(&d, &c);
+    let page = dom.one("memoryBacking/hugepages/page");
+    assert_eq!(page.attr("size"), "2048");
+    assert_eq!(page.attr("unit"), "KiB");
+    assert_eq!(dom.one("memory").text, (1u64 << 30).to_string());
+}
+
+#[test]
+fn memory_hotplug_adds_max_memory_a_numa_cell_and_virtio_mem() {
+    let (_, d, c) = corpus().remove(6);
+    let dom = rendered(&d, &c);
+    assert_eq!(dom.one("maxMemory").text, (4u64 << 30).to_string());
+    assert_eq!(dom.one("maxMemory").attr("slots"), "16");
+    assert_eq!(dom.one("cpu/numa/cell").attr("memory"), (1u64 << 30).to_string());
+    let mem = dom.one("devices/memory");
+    assert_eq!(mem.attr("model"), "virtio-mem");
+    assert_eq!(mem.one("target/size").text, (3u64 << 20).to_string());
+    assert_eq!(mem.one("target/size").attr("unit"), "KiB");
+}
+
+#[test]
+fn topology_uses_max_sockets_and_current_vcpus() {
+    let (_, d, c) = corpus().remove(7);
+    let dom = rendered(&d, &c);
+    assert_eq!(dom.one("vcpu").text, "16");
+    assert_eq!(dom.one("vcpu").attr("current"), "8");
+    let topo = dom.one("cpu/topology");
+    assert_eq!(
+        (topo.attr("sockets"), topo.attr("cores"), topo.attr("threads")),
+        ("4", "2", "2")
+    );
+    assert_eq!(dom.one("cpu").attr("mode"), "custom");
+    assert_eq!(dom.one("cpu/model").text, "Skylake-Server");
+    assert_eq!(dom.one("cpu/model").attr("fallback"), "forbid");
+}
+
+#[test]
+fn user_text_is_escaped_and_survives_the_round_trip() {
+    let (_, d, c) = corpus().remove(8);
+    let xml = render(&d, &c).unwrap();
+    assert!(!xml.contains("<b>"), "markup from the spec must be escaped");
+    let dom = Node::parse(&xml);
+    assert_eq!(dom.one("os/cmdline").text, "console=ttyS0 quiet a=\"<b>\" & c");
+    assert_eq!(dom.one("os/initrd").text, "/var/lib/images/initrd.img");
+    let serial = dom
+        .all("sysinfo/system/entry")
+        .into_iter()
+        .find(|e| e.attr("name") == "serial")
+        .expect("SMBIOS serial entry");
+    assert_eq!(serial.text, "SN-<&>'\"-42");
+    assert_eq!(dom.one("cpu").attr("mode"), "host-model");
+    assert_eq!(dom.one("devices/rng").attr("model"), "virtio");
+    assert_eq!(dom.one("devices/rng/backend").text, "/dev/urandom");
+    assert_eq!(dom.one("clock").attr("offset"), "timezone");
+    assert_eq!(dom.one("clock").attr("timezone"), "Europe/Paris");
+    let timers: Vec<&str> = dom.all("clock/timer").iter().map(|t| t.attr("name")).collect();
+    assert_eq!(timers, ["hpet", "rtc", "pit", "kvmclock"]);
+}
+
+#[test]
+fn vnc_listens_on_a_socket_in_the_vm_directory_with_inputs() {
+    let (_, d, c) = corpus().remove(9);
+    let dom = rendered(&d, &c);
+    let listen = dom.one("devices/graphics/listen");
+    assert_eq!(listen.attr("type"), "socket");
+    assert_eq!(listen.attr("socket"), vnc_socket_path(&c.paths).to_str().unwrap());
+    dom.one("devices/video/model");
+    let inputs: Vec<(&str, &str)> = dom
+        .all("devices/input")
+        .iter()
+        .map(|i| (i.attr("type"), i.attr("bus")))
+        .collect();
+    assert_eq!(inputs, [("tablet", "usb"), ("keyboard", "virtio")]);
+    assert_eq!(dom.one("devices/controller").attr("model"), "qemu-xhci");
+}
+
+#[test]
+fn without_serial_console_or_acpi_nothing_is_rendered_for_them() {
+    let (_, d, c) = corpus().remove(10);
+    let dom = rendered(&d, &c);
+    assert!(dom.all("devices/serial").is_empty());
+    assert!(dom.all("devices/console").is_empty());
+    assert!(dom.all("features/acpi").is_empty());
+}
+
+#[test]
+fn unsupported_parts_are_all_reported_with_their_paths() {
+    let mut d = tiny_guest();
+    d.firmware.uuid = "not-a-uuid".into();
+    d.disks = vec![
+        disk(0, "cd", DiskDevice::Cdrom, DiskBus::Virtio, "/img/cd.iso"),
+        disk(1, "ro", DiskDevice::Disk, DiskBus::Sata, "/img/ro.raw"),
+    ];
+    d.disks[1].readonly = true;
+    d.devices.interfaces = vec![SpecFeature {
+        spec_path: "spec.domain.devices.interfaces[0]".into(),
+        kind: "e1000".into(),
+    }];
+    d.devices.graphics = Some(SpecFeature {
+        spec_path: "spec.domain.devices.graphics".into(),
+        kind: "spice".into(),
+    });
+    d.devices.inputs = vec![SpecFeature {
+        spec_path: "spec.domain.devices.inputs[0]".into(),
+        kind: "joystick".into(),
+    }];
+    d.launch_security = Some(LaunchSecurity::Tdx);
+    d.clock = Some(Clock {
+        spec_path: "spec.domain.clock".into(),
+        offset: "utc".into(),
+        timers: vec!["sundial".into()],
+    });
+    let paths: Vec<String> = build(&d, &ctx())
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.domain.firmware.uuid",
+            "spec.domain.launchSecurity",
+            "spec.domain.devices.interfaces[0]",
+            "spec.domain.devices.disks[0].cdrom.bus",
+            "spec.domain.devices.disks[1].disk.readonly",
+            "spec.domain.devices.inputs[0]",
+            "spec.domain.devices.graphics",
+            "spec.domain.clock.timer.sundial",
+        ]
+    );
+}
+
+#[test]
+fn disk_letters_continue_past_z() {
+    let mut names = super::render::tests_support::target_names();
+    let all: Vec<String> = (0..28).map(|_| names(DiskBus::Virtio)).collect();
+    assert_eq!(all[0], "vda");
+    assert_eq!(all[25], "vdz");
+    assert_eq!(all[26], "vdaa");
+    assert_eq!(all[27], "vdab");
+}
+
+/// Every document of the corpus validates against libvirt's schema.
+#[test]
+fn every_corpus_document_validates_against_libvirt_schema() {
+    let Some(validator) = which("virt-xml-validate") else {
+        println!("SKIP: virt-xml-validate not installed (apt-get install libvirt-clients libxml2-utils)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (name, d, c) in corpus() {
+        let xml = render(&d, &c).unwrap_or_else(|e| panic!("{name}: render failed: {e}"));
+        let file = dir.path().join(format!("{name}.xml"));
+        std::fs::write(&file, &xml).unwrap();
+        let out = std::process::Command::new(&validator)
+            .arg(&file)
+            .arg("domain")
+            .output()
+            .expect("virt-xml-validate runs");
+        if !out.status.success() {
+            failures.push(format!(
+                "{name}:\n{}{}\n{xml}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// libvirtd checks more than the schema when it defines a domain (device
+/// placement, topology against the vCPU count, machine features). Each
+/// corpus document is defined and undefined again under a unique name.
+#[test]
+fn every_corpus_document_is_accepted_by_libvirtd() {
+    let uri = std::env::var("LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
+    let reachable = which("virsh").is_some()
+        && std::process::Command::new("virsh")
+            .args(["-c", &uri, "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !reachable {
+        println!("SKIP: libvirtd not reachable at {uri} (run .ci/setup-host.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (name, mut d, c) in corpus() {
+        d.namespace = "ch-launcher-render-test".into();
+        d.name = format!("{name}-{}", std::process::id());
+        let xml = render(&d, &c).unwrap();
+        let file = dir.path().join(format!("{name}.xml"));
+        std::fs::write(&file, &xml).unwrap();
+        let defined = std::process::Command::new("virsh")
+            .args(["-c", &uri, "define"])
+            .arg(&file)
+            .output()
+            .expect("virsh runs");
+        if defined.status.success() {
+            let _ = std::process::Command::new("virsh")
+                .args(["-c", &uri, "undefine", "--nvram"])
+                .arg(super::render::domain_name(&d))
+                .output();
+        } else {
+            failures.push(format!(
+                "{name}: {}\n{xml}",
+                String::from_utf8_lossy(&defined.stderr)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -1,0 +1,499 @@
+//! The runner: one VM from creation to its final state, for any [`Backend`].
+//!
+//! Sequence: create the per-VM directory (0700), let the backend create the
+//! VM, attach the serial console relay (before boot, because output written
+//! before anyone holds the PTY is lost), serve the control socket, boot
+//! (unless the spec starts paused: then `resume` boots), and feed every
+//! backend [`Event`] into one [`Lifecycle`] whose status is published on a
+//! `watch` channel and logged at each transition.
+//!
+//! Stopping (SIGTERM, SIGINT or the control `stop`) presses the ACPI power
+//! button, waits up to the termination grace period, then destroys the VM. A
+//! second signal destroys at once. On every way out the runner makes sure the
+//! hypervisor is gone before it returns.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain_model::Domain;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, BackendError, ConsoleSource, Created};
+use crate::console::{self, ConsoleConfig, ConsoleRelay};
+use crate::control::{self, Command, Handler};
+use crate::lifecycle::{Event, Lifecycle, Reason, State, Status};
+use crate::paths::VmPaths;
+
+/// How the runner places and guards its VM.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub paths: VmPaths,
+    /// Permission bits of `virt-serial0` and `virt-serial0-log`.
+    pub console_mode: u32,
+    /// How long `pause`/`resume` wait for the VM to reach the new state.
+    pub control_wait: Duration,
+    /// How long the hypervisor may keep running after the VM reached a final
+    /// state before the runner destroys it.
+    pub exit_wait: Duration,
+    /// How long to wait for the hypervisor to go away after a destroy.
+    pub destroy_wait: Duration,
+}
+
+impl RunOptions {
+    pub fn new(paths: VmPaths) -> Self {
+        RunOptions {
+            paths,
+            console_mode: console::DEFAULT_SOCKET_MODE,
+            control_wait: Duration::from_secs(10),
+            exit_wait: Duration::from_secs(5),
+            destroy_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who asked the VM to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// A signal, by name (`SIGTERM`, `SIGINT`).
+    Signal(&'static str),
+    /// The control socket's `stop`.
+    Control,
+}
+
+/// Asks a running [`Runner`] to stop its VM; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Stopper(mpsc::UnboundedSender<StopRequest>);
+
+impl Stopper {
+    pub fn request(&self, request: StopRequest) {
+        // The runner is gone when the send fails, and then nothing runs.
+        let _ = self.0.send(request);
+    }
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: Status,
+    /// Whether the launcher was asked to stop the VM.
+    pub stop_requested: bool,
+}
+
+impl Outcome {
+    /// The guest powered off, or a requested stop completed. Anything else
+    /// (a crash, a destroy nobody asked the launcher for) is a failure.
+    pub fn succeeded(&self) -> bool {
+        match (self.status.state, self.status.reason) {
+            (State::Shutoff, Reason::Shutdown) => true,
+            (State::Shutoff, Reason::Destroyed) => self.stop_requested,
+            _ => false,
+        }
+    }
+}
+
+/// Why the runner could not run the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot prepare the VM directory {}: {source}", path.display())]
+    VmDir { path: PathBuf, source: io::Error },
+    #[error("another launcher already serves this VM on {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("cannot create the VM: {0}")]
+    Create(String),
+    #[error("cannot attach the serial console {}: {source}", pty.display())]
+    Console { pty: PathBuf, source: io::Error },
+    #[error("cannot serve the control socket: {0}")]
+    Control(io::Error),
+    #[error("cannot boot the VM: {0}")]
+    Boot(BackendError),
+}
+
+/// Runs one VM; see the module documentation.
+pub struct Runner {
+    domain: Domain,
+    opts: RunOptions,
+    stop_tx: mpsc::UnboundedSender<StopRequest>,
+    stop_rx: mpsc::UnboundedReceiver<StopRequest>,
+    status_tx: watch::Sender<Status>,
+}
+
+impl Runner {
+    pub fn new(domain: Domain, opts: RunOptions) -> Runner {
+        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        let (status_tx, _) = watch::channel(Lifecycle::default().status().clone());
+        Runner {
+            domain,
+            opts,
+            stop_tx,
+            stop_rx,
+            status_tx,
+        }
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop_tx.clone())
+    }
+
+    /// The VM's status as it changes. It leaves `NoState` once the console
+    /// and control sockets are ready.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status_tx.subscribe()
+    }
+
+    /// Creates the VM with `create` (given copies of the Domain and the VM
+    /// paths, so its future owns what it needs) and runs it to its final state.
+    pub async fn run<B, F, Fut, E>(mut self, create: F) -> Result<Outcome, RunError>
+    where
+        B: Backend + 'static,
+        F: FnOnce(Domain, VmPaths) -> Fut,
+        Fut: Future<Output = Result<Created<B>, E>>,
+        E: Display,
+    {
+        let paths = self.opts.paths.clone();
+        prepare_vm_dir(&paths)?;
+        tracing::info!(vm = %self.domain.name, namespace = %self.domain.namespace,
+            uid = %self.domain.uid, hypervisor = %self.domain.hypervisor,
+            dir = %paths.dir.display(), "creating the VM");
+        let created = create(self.domain.clone(), paths.clone())
+            .await
+            .map_err(|e| RunError::Create(e.to_string()))?;
+        let mut session = Session {
+            backend: Arc::new(created.backend),
+            events: created.events,
+            events_open: true,
+            lifecycle: Lifecycle::default(),
+            status_tx: self.status_tx.clone(),
+            stop_requested: false,
+            destroy_sent: false,
+            console: None,
+            control: None,
+        };
+
+        let result = self.drive(&mut session, created.console).await;
+
+        // Every way out: the hypervisor must be gone before the launcher is.
+        if session.events_open {
+            session.destroy("the launcher is exiting").await;
+            session.drain(self.opts.destroy_wait).await;
+        }
+        if !session.lifecycle.status().is_final() {
+            let event = if session.destroy_sent {
+                Event::Destroyed
+            } else {
+                Event::HypervisorDied {
+                    detail: "the hypervisor went away without reporting why".into(),
+                }
+            };
+            session.apply(&event);
+        }
+        if let Some(relay) = session.console.take() {
+            relay.finish(Duration::from_millis(500)).await;
+        }
+        session.control = None;
+
+        let outcome = Outcome {
+            status: session.lifecycle.status().clone(),
+            stop_requested: session.stop_requested,
+        };
+        let status = &outcome.status;
+        match &result {
+            Ok(()) => tracing::info!(state = ?status.state, reason = ?status.reason,
+                message = status.message.as_deref(),
+                stop_requested = outcome.stop_requested, succeeded = outcome.succeeded(),
+                "VM final state"),
+            Err(e) => tracing::error!(state = ?status.state, reason = ?status.reason,
+                error = %e, "VM final state after a launcher failure"),
+        }
+        result.map(|()| outcome)
+    }
+
+    async fn drive<B: Backend + 'static>(
+        &mut self,
+        session: &mut Session<B>,
+        console: ConsoleSource,
+    ) -> Result<(), RunError> {
+        let paths = &self.opts.paths;
+        match console {
+            ConsoleSource::Pty(pty) => {
+                let config = ConsoleConfig {
+                    socket: paths.serial_socket(),
+                    log: paths.serial_log(),
+                    mode: self.opts.console_mode,
+                };
+                let relay = console::open_pty(&pty)
+                    .and_then(|file| ConsoleRelay::start(file, &config))
+                    .map_err(|source| RunError::Console { pty, source })?;
+                tracing::info!(socket = %config.socket.display(), log = %config.log.display(),
+                    "serial console ready");
+                session.console = Some(relay);
+            }
+            ConsoleSource::ServedByHypervisor => {
+                tracing::debug!("the hypervisor serves the serial console itself");
+            }
+        }
+
+        let booted = Arc::new(AtomicBool::new(!self.domain.start_paused));
+        let handler = Arc::new(VmControl {
+            backend: session.backend.clone(),
+            status: self.status_tx.subscribe(),
+            stopper: self.stopper(),
+            booted: booted.clone(),
+            wait: self.opts.control_wait,
+        });
+        let server =
+            control::Server::start(&paths.control_socket(), handler).map_err(RunError::Control)?;
+        session.control = Some(server);
+        session.apply(&Event::Created);
+
+        if self.domain.start_paused {
+            tracing::info!("startStrategy Paused: the VM boots on `resume`");
+        } else {
+            session.backend.boot().await.map_err(RunError::Boot)?;
+        }
+
+        let grace = self.domain.termination_grace_period;
+        let mut stop_deadline: Option<Instant> = None;
+        let mut exit_deadline: Option<Instant> = None;
+        while session.events_open {
+            if exit_deadline.is_none() && session.lifecycle.status().is_final() {
+                exit_deadline = Some(Instant::now() + self.opts.exit_wait);
+            }
+            tokio::select! {
+                event = session.events.recv() => match event {
+                    Some(event) => session.apply(&event),
+                    None => session.events_open = false,
+                },
+                Some(request) = self.stop_rx.recv() => {
+                    session.stop(request, grace, &mut stop_deadline).await;
+                }
+                () = sleep_until(stop_deadline), if !session.destroy_sent => {
+                    tracing::warn!(grace_period = ?grace,
+                        "the guest did not power off within its grace period");
+                    session.destroy("the grace period expired").await;
+                }
+                () = sleep_until(exit_deadline) => {
+                    tracing::warn!(wait = ?self.opts.exit_wait,
+                        "the hypervisor keeps running after the VM's final state");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forwards SIGTERM and SIGINT to `stopper` for as long as the task runs.
+/// Install it before creating the VM, so that an early signal stops the VM
+/// instead of killing the launcher outright.
+pub fn forward_signals(stopper: Stopper) -> io::Result<JoinHandle<()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return,
+            };
+            stopper.request(StopRequest::Signal(name));
+        }
+    }))
+}
+
+fn prepare_vm_dir(paths: &VmPaths) -> Result<(), RunError> {
+    let err = |source| RunError::VmDir {
+        path: paths.dir.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&paths.dir)
+        .map_err(err)?;
+    // An existing directory keeps its mode; the sockets rely on 0700.
+    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    let control = paths.control_socket();
+    if std::os::unix::net::UnixStream::connect(&control).is_ok() {
+        return Err(RunError::AlreadyRunning(control));
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The state of one run, shared by the steps of [`Runner::run`].
+struct Session<B> {
+    backend: Arc<B>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// False once the backend closed its event channel: the hypervisor is gone.
+    events_open: bool,
+    lifecycle: Lifecycle,
+    status_tx: watch::Sender<Status>,
+    stop_requested: bool,
+    destroy_sent: bool,
+    console: Option<ConsoleRelay>,
+    control: Option<control::Server>,
+}
+
+impl<B: Backend> Session<B> {
+    fn apply(&mut self, event: &Event) {
+        tracing::debug!(?event, "backend event");
+        if let Some(status) = self.lifecycle.apply(event) {
+            tracing::info!(state = ?status.state, reason = ?status.reason,
+                message = status.message.as_deref(), "VM state changed");
+            self.status_tx.send_replace(status.clone());
+        }
+    }
+
+    async fn stop(
+        &mut self,
+        request: StopRequest,
+        grace: Duration,
+        deadline: &mut Option<Instant>,
+    ) {
+        if self.lifecycle.status().is_final() {
+            tracing::info!(?request, "stop requested; the VM is already stopped");
+            return;
+        }
+        if self.stop_requested {
+            match request {
+                StopRequest::Signal(name) => {
+                    tracing::warn!(signal = name, "second stop signal: destroying the VM now");
+                    self.destroy("a second stop signal").await;
+                }
+                StopRequest::Control => tracing::info!("stop requested; already stopping"),
+            }
+            return;
+        }
+        self.stop_requested = true;
+        tracing::info!(?request, grace_period = ?grace, "stopping: pressing the power button");
+        if grace.is_zero() {
+            self.destroy("the grace period is zero").await;
+            return;
+        }
+        match self.backend.power_button().await {
+            Ok(()) => *deadline = Some(Instant::now() + grace),
+            Err(e) => {
+                tracing::warn!(error = %e, "the power button failed");
+                self.destroy("the power button failed").await;
+            }
+        }
+    }
+
+    async fn destroy(&mut self, why: &str) {
+        if self.destroy_sent || !self.events_open {
+            return;
+        }
+        self.destroy_sent = true;
+        tracing::info!(why, "destroying the VM");
+        if let Err(e) = self.backend.destroy().await {
+            tracing::warn!(error = %e, "destroy failed");
+        }
+    }
+
+    /// Applies the remaining events until the hypervisor is gone or `limit`
+    /// passes.
+    async fn drain(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.events_open {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => self.apply(&event),
+                Ok(None) => self.events_open = false,
+                Err(_) => {
+                    tracing::error!(wait = ?limit, "the hypervisor did not go away after destroy");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The control socket's view of the running VM.
+struct VmControl<B> {
+    backend: Arc<B>,
+    status: watch::Receiver<Status>,
+    stopper: Stopper,
+    /// False until the vCPUs first ran; a start-paused VM boots on `resume`.
+    booted: Arc<AtomicBool>,
+    wait: Duration,
+}
+
+impl<B: Backend + 'static> Handler for VmControl<B> {
+    async fn handle(&self, command: Command) -> Result<Status, String> {
+        let running = |s: &Status| s.state == State::Running;
+        match command {
+            Command::Status => Ok(self.status.borrow().clone()),
+            Command::Pause => {
+                self.backend.pause().await.map_err(|e| e.to_string())?;
+                self.wait_for("paused", |s| {
+                    s.state == State::Paused && s.reason == Reason::User
+                })
+                .await
+            }
+            Command::Resume => {
+                if !self.booted.swap(true, Ordering::SeqCst) {
+                    if let Err(e) = self.backend.boot().await {
+                        self.booted.store(false, Ordering::SeqCst);
+                        return Err(e.to_string());
+                    }
+                } else {
+                    self.backend.resume().await.map_err(|e| e.to_string())?;
+                }
+                self.wait_for("running", running).await
+            }
+            Command::Reboot => {
+                self.backend.reboot().await.map_err(|e| e.to_string())?;
+                Ok(self.status.borrow().clone())
+            }
+            Command::Stop => {
+                self.stopper.request(StopRequest::Control);
+                Ok(self.status.borrow().clone())
+            }
+        }
+    }
+}
+
+impl<B> VmControl<B> {
+    async fn wait_for(
+        &self,
+        want: &str,
+        reached: impl Fn(&Status) -> bool,
+    ) -> Result<Status, String> {
+        let mut rx = self.status.clone();
+        let waited = tokio::time::timeout(self.wait, rx.wait_for(|s| reached(s) || s.is_final()))
+            .await
+            .map(|r| r.map(|s| s.clone()));
+        match waited {
+            Ok(Ok(s)) if reached(&s) => Ok(s),
+            Ok(Ok(s)) => Err(format!(
+                "the VM ended ({:?}/{:?}) before it was {want}",
+                s.state, s.reason
+            )),
+            Ok(Err(_)) => Err("the launcher is shutting down".into()),
+            Err(_) => {
+                let s = self.status.borrow().clone();
+                Err(format!(
+                    "the hypervisor accepted the request, but the VM is still {:?}/{:?} after {:?}",
+                    s.state, s.reason, self.wait
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

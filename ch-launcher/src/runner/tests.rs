@@ -1,0 +1,658 @@
+//! The runner against an in-test backend that reports events the way a
+//! hypervisor driver does.
+
+use super::*;
+use domain_model::{
+    Architecture, Boot, Cpu, CpuModel, Devices, Features, Firmware, Hypervisor, Memory,
+    MigrationCondition,
+};
+use std::path::Path;
+use std::sync::Mutex;
+
+const T: Duration = Duration::from_secs(5);
+
+fn domain(grace: Duration, start_paused: bool) -> Domain {
+    Domain {
+        name: "testvm".into(),
+        namespace: "default".into(),
+        uid: "0b5bd7a4-7fa6-4d3c-9e0b-3a1f7c5e2d10".into(),
+        hypervisor: Hypervisor::CloudHypervisor,
+        architecture: Architecture::Amd64,
+        cpu: Cpu {
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            max_sockets: 1,
+            model: CpuModel::HostModel,
+        },
+        memory: Memory {
+            guest: 64 << 20,
+            max_guest: None,
+            hugepage_size: None,
+        },
+        firmware: Firmware {
+            uuid: "0b5bd7a4-7fa6-4d3c-9e0b-3a1f7c5e2d10".into(),
+            serial: None,
+        },
+        boot: Boot::Bios,
+        disks: Vec::new(),
+        devices: Devices {
+            rng: false,
+            serial_console: true,
+            graphics: None,
+            inputs: Vec::new(),
+            interfaces: Vec::new(),
+        },
+        features: Features {
+            acpi: true,
+            smm: false,
+        },
+        clock: None,
+        launch_security: None,
+        termination_grace_period: grace,
+        start_paused,
+        live_migratable: MigrationCondition {
+            live_migratable: true,
+            reason: None,
+            message: None,
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Boot,
+    Pause,
+    Resume,
+    Reboot,
+    PowerButton,
+    Destroy,
+}
+
+/// Behaves like a hypervisor driver: operations report their effect as
+/// events; the channel closes once the "hypervisor" is gone.
+struct FakeBackend {
+    calls: Arc<Mutex<Vec<Call>>>,
+    events: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
+    /// Whether the guest powers off on the ACPI power button.
+    honors_acpi: bool,
+    fail_boot: bool,
+}
+
+impl FakeBackend {
+    fn emit(&self, event: Event) {
+        if let Some(tx) = self.events.lock().unwrap().as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+    fn hypervisor_exits(&self) {
+        self.events.lock().unwrap().take();
+    }
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+fn refused(operation: &'static str) -> BackendError {
+    BackendError::Refused {
+        operation,
+        chain: vec!["Error from API".into(), "VM is not running".into()],
+    }
+}
+
+impl Backend for FakeBackend {
+    async fn boot(&self) -> Result<(), BackendError> {
+        self.record(Call::Boot);
+        if self.fail_boot {
+            return Err(refused("vm.boot"));
+        }
+        self.emit(Event::Booted);
+        Ok(())
+    }
+    async fn pause(&self) -> Result<(), BackendError> {
+        self.record(Call::Pause);
+        self.emit(Event::Paused);
+        Ok(())
+    }
+    async fn resume(&self) -> Result<(), BackendError> {
+        self.record(Call::Resume);
+        self.emit(Event::Resumed);
+        Ok(())
+    }
+    async fn reboot(&self) -> Result<(), BackendError> {
+        self.record(Call::Reboot);
+        self.emit(Event::Rebooting);
+        self.emit(Event::Rebooted);
+        Ok(())
+    }
+    async fn power_button(&self) -> Result<(), BackendError> {
+        self.record(Call::PowerButton);
+        if self.honors_acpi {
+            self.emit(Event::ShuttingDown);
+            self.emit(Event::GuestPoweredOff);
+            self.hypervisor_exits();
+        }
+        Ok(())
+    }
+    async fn destroy(&self) -> Result<(), BackendError> {
+        self.record(Call::Destroy);
+        self.emit(Event::Destroyed);
+        self.hypervisor_exits();
+        Ok(())
+    }
+}
+
+/// What the test keeps to drive the fake from outside (the guest, the
+/// hypervisor process).
+#[derive(Clone)]
+struct Handle {
+    calls: Arc<Mutex<Vec<Call>>>,
+    events: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
+}
+
+impl Handle {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn emit(&self, event: Event) {
+        if let Some(tx) = self.events.lock().unwrap().as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+    fn hypervisor_exits(&self) {
+        self.events.lock().unwrap().take();
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    opts: RunOptions,
+    fake: Option<FakeBackend>,
+    events_rx: Option<mpsc::UnboundedReceiver<Event>>,
+    handle: Handle,
+    pty: Option<(nix::pty::OpenptyResult, PathBuf)>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = VmPaths::new(&dir.path().join("private"), "uid-1");
+    let mut opts = RunOptions::new(paths);
+    opts.exit_wait = Duration::from_millis(300);
+    opts.destroy_wait = Duration::from_secs(2);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let events = Arc::new(Mutex::new(Some(tx)));
+    Setup {
+        events_rx: Some(rx),
+        _dir: dir,
+        opts,
+        fake: Some(FakeBackend {
+            calls: calls.clone(),
+            events: events.clone(),
+            honors_acpi: false,
+            fail_boot: false,
+        }),
+        handle: Handle { calls, events },
+        pty: None,
+    }
+}
+
+impl Setup {
+    fn with_pty(mut self) -> Self {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let path = nix::unistd::ttyname(&pty.slave).unwrap();
+        self.pty = Some((pty, path));
+        self
+    }
+
+    fn runner(&self, grace: Duration, start_paused: bool) -> Runner {
+        Runner::new(domain(grace, start_paused), self.opts.clone())
+    }
+
+    /// The `create` step handing the runner this setup's fake backend.
+    fn create(
+        &mut self,
+    ) -> impl FnOnce(Domain, VmPaths) -> std::future::Ready<Result<Created<FakeBackend>, String>>
+    {
+        let fake = self.fake.take().expect("one run per setup");
+        let events = self.events_rx.take().expect("event receiver");
+        let console = match &self.pty {
+            Some((_, path)) => ConsoleSource::Pty(path.clone()),
+            None => ConsoleSource::ServedByHypervisor,
+        };
+        move |_domain, paths| {
+            assert!(paths.dir.is_dir(), "the VM directory exists before create");
+            std::future::ready(Ok(Created {
+                backend: fake,
+                events,
+                console,
+            }))
+        }
+    }
+}
+
+async fn wait_state(rx: &mut watch::Receiver<Status>, state: State, reason: Reason) -> Status {
+    let reached = tokio::time::timeout(T, rx.wait_for(|s| s.state == state && s.reason == reason))
+        .await
+        .map(|r| r.expect("runner gone").clone());
+    reached.unwrap_or_else(|_| panic!("never reached {state:?}/{reason:?}; now {:?}", rx.borrow()))
+}
+
+#[tokio::test]
+async fn guest_poweroff_ends_shutoff_shutdown_and_succeeds() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    handle.emit(Event::GuestPoweredOff);
+    handle.hypervisor_exits();
+
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status.state, State::Shutoff);
+    assert_eq!(outcome.status.reason, Reason::Shutdown);
+    assert!(outcome.succeeded());
+    assert_eq!(handle.calls(), vec![Call::Boot]);
+}
+
+#[tokio::test]
+async fn stop_with_a_guest_ignoring_acpi_destroys_after_the_grace_period() {
+    let mut s = setup();
+    let grace = Duration::from_millis(300);
+    let runner = s.runner(grace, false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    let asked = Instant::now();
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        asked.elapsed() >= grace,
+        "destroyed before the grace period"
+    );
+    assert_eq!(
+        (outcome.status.state, outcome.status.reason),
+        (State::Shutoff, Reason::Destroyed)
+    );
+    assert!(outcome.stop_requested);
+    assert!(
+        outcome.succeeded(),
+        "a requested stop that completed is a success"
+    );
+    assert_eq!(
+        handle.calls(),
+        vec![Call::Boot, Call::PowerButton, Call::Destroy]
+    );
+}
+
+#[tokio::test]
+async fn stop_with_a_cooperative_guest_needs_no_destroy() {
+    let mut s = setup();
+    s.fake.as_mut().unwrap().honors_acpi = true;
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    stopper.request(StopRequest::Signal("SIGINT"));
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (outcome.status.state, outcome.status.reason),
+        (State::Shutoff, Reason::Shutdown)
+    );
+    assert!(outcome.succeeded());
+    assert_eq!(handle.calls(), vec![Call::Boot, Call::PowerButton]);
+}
+
+#[tokio::test]
+async fn second_signal_destroys_without_waiting_for_the_grace_period() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(600), false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    stopper.request(StopRequest::Signal("SIGINT"));
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status.reason, Reason::Destroyed);
+    assert_eq!(
+        handle.calls(),
+        vec![Call::Boot, Call::PowerButton, Call::Destroy]
+    );
+}
+
+#[tokio::test]
+async fn hypervisor_death_is_a_crash_and_a_failure() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    handle.emit(Event::HypervisorDied {
+        detail: "killed by signal 9".into(),
+    });
+    handle.hypervisor_exits();
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status.state, State::Crashed);
+    assert_eq!(
+        outcome.status.message.as_deref(),
+        Some("killed by signal 9")
+    );
+    assert!(!outcome.succeeded());
+    assert_eq!(handle.calls(), vec![Call::Boot], "nothing left to destroy");
+}
+
+#[tokio::test]
+async fn event_stream_ending_without_a_final_state_counts_as_a_crash() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    handle.hypervisor_exits();
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status.state, State::Crashed);
+    assert!(!outcome.succeeded());
+}
+
+#[tokio::test]
+async fn destroy_nobody_requested_is_a_failure() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    handle.emit(Event::Destroyed);
+    handle.hypervisor_exits();
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status.reason, Reason::Destroyed);
+    assert!(!outcome.succeeded());
+}
+
+#[tokio::test]
+async fn hypervisor_lingering_after_the_final_state_is_destroyed() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    // The guest powered off but the hypervisor process does not exit.
+    handle.emit(Event::GuestPoweredOff);
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (outcome.status.state, outcome.status.reason),
+        (State::Shutoff, Reason::Shutdown),
+        "the final state stays what the guest did"
+    );
+    assert!(outcome.succeeded());
+    assert_eq!(handle.calls(), vec![Call::Boot, Call::Destroy]);
+}
+
+#[tokio::test]
+async fn boot_failure_is_an_error_and_destroys_the_created_vm() {
+    let mut s = setup();
+    s.fake.as_mut().unwrap().fail_boot = true;
+    let runner = s.runner(Duration::from_secs(30), false);
+    let create = s.create();
+    let handle = s.handle.clone();
+    let control = s.opts.paths.control_socket();
+    let err = tokio::time::timeout(T, runner.run(create))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, RunError::Boot(_)), "{err}");
+    assert!(err.to_string().contains("VM is not running"), "{err}");
+    assert_eq!(handle.calls(), vec![Call::Boot, Call::Destroy]);
+    assert!(!control.exists(), "control socket removed");
+}
+
+#[tokio::test]
+async fn create_failure_is_reported_with_its_cause() {
+    let s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let err = runner
+        .run(|_d: Domain, _p: VmPaths| async {
+            Err::<Created<FakeBackend>, _>("cloud-hypervisor: No such file or directory")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Create(_)));
+    assert!(err.to_string().contains("No such file"), "{err}");
+}
+
+#[tokio::test]
+async fn control_pause_and_resume_reach_paused_user_then_running() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let control = s.opts.paths.control_socket();
+    let run = tokio::spawn(runner.run(create));
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+
+    let st = control::request(&control, Command::Pause, T).await.unwrap();
+    assert_eq!(
+        (&st["state"], &st["reason"]),
+        (&"Paused".into(), &"User".into())
+    );
+    let st = control::request(&control, Command::Status, T)
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "Paused");
+    let st = control::request(&control, Command::Resume, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&st["state"], &st["reason"]),
+        (&"Running".into(), &"Unpaused".into())
+    );
+    let st = control::request(&control, Command::Reboot, T)
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "Running");
+
+    stopper.request(StopRequest::Signal("SIGINT"));
+    stopper.request(StopRequest::Signal("SIGINT"));
+    tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        handle.calls()[..4],
+        [Call::Boot, Call::Pause, Call::Resume, Call::Reboot]
+    );
+}
+
+#[tokio::test]
+async fn control_stop_is_the_graceful_stop() {
+    let mut s = setup();
+    s.fake.as_mut().unwrap().honors_acpi = true;
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let control = s.opts.paths.control_socket();
+    let run = tokio::spawn(runner.run(create));
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+
+    control::request(&control, Command::Stop, T).await.unwrap();
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(outcome.stop_requested);
+    assert_eq!(outcome.status.reason, Reason::Shutdown);
+    assert_eq!(handle.calls(), vec![Call::Boot, Call::PowerButton]);
+}
+
+#[tokio::test]
+async fn start_paused_stays_starting_up_until_resume_boots_it() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), true);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let control = s.opts.paths.control_socket();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Paused, Reason::StartingUp).await;
+    let st = control::request(&control, Command::Status, T)
+        .await
+        .unwrap();
+    assert_eq!(st["reason"], "StartingUp");
+    assert!(handle.calls().is_empty(), "nothing booted yet");
+
+    let st = control::request(&control, Command::Resume, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&st["state"], &st["reason"]),
+        (&"Running".into(), &"Booted".into())
+    );
+    assert_eq!(handle.calls(), vec![Call::Boot]);
+
+    stopper.request(StopRequest::Control);
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn vm_dir_is_private_and_sockets_are_gone_after_the_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = setup().with_pty();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let paths = s.opts.paths.clone();
+    let run = tokio::spawn(runner.run(create));
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&paths.dir), 0o700);
+    assert_eq!(mode(&paths.serial_socket()), 0o600);
+    assert_eq!(mode(&paths.control_socket()), 0o600);
+
+    // The guest prints; the "hypervisor" then exits and closes its PTY.
+    let (pty, _) = s.pty.take().unwrap();
+    nix::unistd::write(&pty.master, b"TINY-GUEST-UP\r\n").unwrap();
+    handle.emit(Event::GuestPoweredOff);
+    let deadline = Instant::now() + T;
+    while !std::fs::read_to_string(paths.serial_log())
+        .unwrap_or_default()
+        .contains("TINY-GUEST-UP")
+    {
+        assert!(Instant::now() < deadline, "banner never logged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(pty);
+    handle.hypervisor_exits();
+    tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    assert!(!paths.serial_socket().exists());
+    assert!(!paths.control_socket().exists());
+    assert_eq!(
+        std::fs::read_to_string(paths.serial_log()).unwrap(),
+        "TINY-GUEST-UP\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_second_launcher_for_the_same_vm_is_refused() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let opts = s.opts.clone();
+    let run = tokio::spawn(runner.run(create));
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+
+    let second = Runner::new(domain(Duration::from_secs(1), false), opts);
+    let err = second
+        .run(|_d: Domain, _p: VmPaths| async {
+            Err::<Created<FakeBackend>, _>("must not be called")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::AlreadyRunning(_)), "{err}");
+
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

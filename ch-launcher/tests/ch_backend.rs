@@ -1,0 +1,400 @@
+//! The Cloud Hypervisor backend against a real `cloud-hypervisor` binary
+//! (`CLOUD_HYPERVISOR_BIN`) booting the tiny test guest from `images`.
+//!
+//! Without `CLOUD_HYPERVISOR_BIN` every test prints a `SKIP:` line and passes.
+//! VMMs are tied to the test thread (PDEATHSIG) and killed on drop, so a
+//! failing test leaves none behind.
+
+use ch_launcher::backend::{Backend, BackendError, ConsoleSource, Created};
+use ch_launcher::ch::{self, ChOptions, ChVm};
+use ch_launcher::lifecycle::Event;
+use ch_launcher::paths::VmPaths;
+use domain_model::{
+    Architecture, Boot, Cpu, CpuModel, Devices, Domain, Features, Firmware, Hypervisor, Memory,
+    MigrationCondition,
+};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+fn ch_binary(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty()) {
+        Some(bin) => Some(PathBuf::from(bin)),
+        None => {
+            println!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary");
+            None
+        }
+    }
+}
+
+fn domain(kernel: &Path) -> Domain {
+    let uid = "0d6f2b8e-3c1a-4e55-9a0b-7c2d1e4f5a6b";
+    Domain {
+        name: "tiny".into(),
+        namespace: "default".into(),
+        uid: uid.into(),
+        hypervisor: Hypervisor::CloudHypervisor,
+        architecture: Architecture::Amd64,
+        cpu: Cpu {
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            max_sockets: 1,
+            model: CpuModel::HostModel,
+        },
+        memory: Memory {
+            guest: 64 << 20,
+            max_guest: None,
+            hugepage_size: None,
+        },
+        firmware: Firmware {
+            uuid: uid.into(),
+            serial: Some("tiny-serial".into()),
+        },
+        boot: Boot::Kernel {
+            kernel: kernel.to_path_buf(),
+            initrd: None,
+            cmdline: None,
+        },
+        disks: vec![],
+        devices: Devices {
+            rng: true,
+            serial_console: true,
+            graphics: None,
+            inputs: vec![],
+            interfaces: vec![],
+        },
+        features: Features {
+            acpi: true,
+            smm: false,
+        },
+        clock: None,
+        launch_security: None,
+        termination_grace_period: Duration::from_secs(5),
+        start_paused: false,
+        live_migratable: MigrationCondition {
+            live_migratable: true,
+            reason: None,
+            message: None,
+        },
+    }
+}
+
+struct Vm {
+    created: Created<ChVm>,
+    _dir: tempfile::TempDir,
+}
+
+async fn create(bin: PathBuf, kernel: &Path) -> Vm {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = VmPaths::new(dir.path(), "vm");
+    let opts = ChOptions {
+        binary: Some(bin),
+        ..ChOptions::default()
+    };
+    let created = match ch::create(&domain(kernel), &paths, &opts).await {
+        Ok(c) => c,
+        Err(e) => panic!("create failed: {e}"),
+    };
+    Vm { created, _dir: dir }
+}
+
+impl Vm {
+    async fn next_event(&mut self) -> Option<Event> {
+        tokio::time::timeout(EVENT_WAIT, self.created.events.recv())
+            .await
+            .expect("an event (or the channel's end) in time")
+    }
+
+    fn pty(&self) -> PathBuf {
+        match &self.created.console {
+            ConsoleSource::Pty(p) => p.clone(),
+            other => panic!("expected a PTY, got {other:?}"),
+        }
+    }
+}
+
+/// Opens the serial PTY raw (no echo, no CR/NL mangling) and relays what it
+/// reads; the relay ends when the VMM closes its side.
+fn serial(pty: &Path) -> (File, mpsc::UnboundedReceiver<Vec<u8>>) {
+    use nix::sys::termios;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(pty)
+        .expect("open PTY");
+    let mut attrs = termios::tcgetattr(&file).expect("tcgetattr");
+    termios::cfmakeraw(&mut attrs);
+    termios::tcsetattr(&file, termios::SetArg::TCSANOW, &attrs).expect("tcsetattr");
+    let mut reader = file.try_clone().expect("dup PTY");
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(n @ 1..) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                other => {
+                    eprintln!("PTY read ended: {other:?}");
+                    break;
+                }
+            }
+        }
+    });
+    (file, rx)
+}
+
+async fn read_until(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(EVENT_WAIT, async {
+        while let Some(chunk) = rx.recv().await {
+            seen.extend(chunk);
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        matches!(found, Ok(true)),
+        "serial output {text:?} lacks {needle:?}"
+    );
+    text
+}
+
+fn banner() -> &'static str {
+    images::BANNER.trim_end()
+}
+
+#[tokio::test]
+async fn halting_guest_prints_its_banner_then_powers_off() {
+    let Some(bin) = ch_binary("halting_guest_prints_its_banner_then_powers_off") else {
+        return;
+    };
+    let mut vm = create(bin, images::halting_guest()).await;
+    assert_eq!(vm.next_event().await, Some(Event::Created));
+    let (_pty, mut out) = serial(&vm.pty());
+    vm.created.backend.boot().await.expect("boot");
+    read_until(&mut out, banner()).await;
+    assert_eq!(vm.next_event().await, Some(Event::Booted));
+    assert_eq!(vm.next_event().await, Some(Event::GuestPoweredOff));
+    // The VMM exits after a guest power-off; nothing else is reported.
+    assert_eq!(vm.next_event().await, None);
+    assert!(vm.created.backend.has_exited());
+}
+
+#[tokio::test]
+async fn killing_the_vmm_reports_hypervisor_died_within_a_second() {
+    let Some(bin) = ch_binary("killing_the_vmm_reports_hypervisor_died_within_a_second") else {
+        return;
+    };
+    let mut vm = create(bin, images::test_guest()).await;
+    let (_pty, mut out) = serial(&vm.pty());
+    vm.created.backend.boot().await.expect("boot");
+    read_until(&mut out, banner()).await;
+    assert_eq!(vm.next_event().await, Some(Event::Created));
+    assert_eq!(vm.next_event().await, Some(Event::Booted));
+
+    let pid = vm.created.backend.pid().expect("pid") as i32;
+    // Own process group: a terminal's Ctrl-C goes to the launcher only.
+    assert_eq!(unsafe { libc::getpgid(pid) }, pid);
+    let killed = Instant::now();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    assert_eq!(
+        vm.next_event().await,
+        Some(Event::HypervisorDied {
+            detail: "cloud-hypervisor was killed by signal 9".into()
+        })
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(vm.next_event().await, None);
+    // Destroying what is already gone is not an error.
+    vm.created.backend.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn pause_resume_reboot_and_destroy_are_reported_in_order() {
+    let Some(bin) = ch_binary("pause_resume_reboot_and_destroy_are_reported_in_order") else {
+        return;
+    };
+    let mut vm = create(bin, images::test_guest()).await;
+    let (mut pty, mut out) = serial(&vm.pty());
+    let backend = &vm.created.backend;
+    backend.boot().await.expect("boot");
+    read_until(&mut out, banner()).await;
+    backend.pause().await.expect("pause");
+    backend.resume().await.expect("resume");
+    backend.reboot().await.expect("reboot");
+    read_until(&mut out, banner()).await;
+    // The guest echoes what it reads, so the console works both ways.
+    pty.write_all(b"ping").expect("write to PTY");
+    read_until(&mut out, "ping").await;
+    backend.destroy().await.expect("destroy");
+    assert!(backend.has_exited());
+
+    let mut events = Vec::new();
+    while let Some(e) = vm.next_event().await {
+        events.push(e);
+    }
+    assert_eq!(
+        events,
+        [
+            Event::Created,
+            Event::Booted,
+            Event::Paused,
+            Event::Resumed,
+            Event::Rebooting,
+            Event::Rebooted,
+            Event::Destroyed
+        ]
+    );
+}
+
+#[tokio::test]
+async fn guest_reboot_and_power_off_from_the_console_are_reported() {
+    let Some(bin) = ch_binary("guest_reboot_and_power_off_from_the_console_are_reported") else {
+        return;
+    };
+    let mut vm = create(bin, images::test_guest()).await;
+    let (mut pty, mut out) = serial(&vm.pty());
+    vm.created.backend.boot().await.expect("boot");
+    read_until(&mut out, banner()).await;
+    pty.write_all(&[images::REBOOT_KEY]).expect("write");
+    // After the echoed key, the banner again.
+    let text = read_until(&mut out, &format!("r{}", images::BANNER)).await;
+    assert!(text.ends_with(images::BANNER), "{text:?}");
+    pty.write_all(&[images::POWER_OFF_KEY]).expect("write");
+    let mut events = Vec::new();
+    while let Some(e) = vm.next_event().await {
+        events.push(e);
+    }
+    assert_eq!(
+        events,
+        [
+            Event::Created,
+            Event::Booted,
+            Event::Rebooting,
+            Event::Rebooted,
+            Event::GuestPoweredOff
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refused_operations_carry_cloud_hypervisors_error_chain() {
+    let Some(bin) = ch_binary("refused_operations_carry_cloud_hypervisors_error_chain") else {
+        return;
+    };
+    let vm = create(bin, images::test_guest()).await;
+    let err = vm.created.backend.pause().await.expect_err("not running yet");
+    match err {
+        BackendError::Refused { operation, chain } => {
+            assert_eq!(operation, "vm.pause");
+            assert_eq!(chain.first().map(String::as_str), Some("Error from API"));
+            assert_eq!(chain.last().map(String::as_str), Some("VM is not running"));
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    vm.created.backend.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn missing_kernel_fails_at_boot_with_chs_reason() {
+    let Some(bin) = ch_binary("missing_kernel_fails_at_boot_with_chs_reason") else {
+        return;
+    };
+    let vm = create(bin, Path::new("/nonexistent/kernel")).await;
+    let err = vm.created.backend.boot().await.expect_err("no kernel");
+    assert!(
+        err.to_string()
+            .starts_with("vm.boot failed: Error from API: The VM could not boot"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Cannot open kernel file"), "{err}");
+    vm.created.backend.destroy().await.expect("destroy");
+}
+
+const CHILD_ENV: &str = "CH_BACKEND_TEST_LAUNCHER_CHILD";
+const PID_PREFIX: &str = "VMM_PID=";
+
+/// Runs as the "launcher" in a child process (re-executing this test
+/// binary), so that the parent can SIGKILL it and watch the VMM go too.
+#[tokio::test]
+async fn vmm_dies_with_a_sigkilled_launcher() {
+    let Some(bin) = ch_binary("vmm_dies_with_a_sigkilled_launcher") else {
+        return;
+    };
+    if std::env::var_os(CHILD_ENV).is_some() {
+        let vm = create(bin, images::test_guest()).await;
+        vm.created.backend.boot().await.expect("boot");
+        println!("{PID_PREFIX}{}", vm.created.backend.pid().expect("pid"));
+        std::io::stdout().flush().expect("flush");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
+
+    let mut launcher = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "vmm_dies_with_a_sigkilled_launcher",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the child launcher");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = launcher.stdout.take().expect("stdout");
+    let mut launcher = KillOnDrop(launcher);
+    let vmm_pid: i32 = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix(PID_PREFIX).map(str::to_owned))
+        .expect("the child reports its VMM")
+        .parse()
+        .expect("a pid");
+    assert!(alive(vmm_pid), "VMM {vmm_pid} runs before the launcher dies");
+
+    launcher.0.kill().expect("SIGKILL the launcher");
+    let _ = launcher.0.wait();
+    let killed = Instant::now();
+    while alive(vmm_pid) && killed.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !alive(vmm_pid),
+        "VMM {vmm_pid} outlived its SIGKILLed launcher"
+    );
+}
+
+/// Running, not a zombie (an orphan is reaped by whoever adopted it).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}

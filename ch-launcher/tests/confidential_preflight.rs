@@ -1,0 +1,159 @@
+//! Confidential launches against a real `cloud-hypervisor` (`CLOUD_HYPERVISOR_BIN`)
+//! built without the `tdx`, `sev_snp` and `igvm` features: the launcher must
+//! refuse them after `vmm.ping` and before `vm.create`, because such a build
+//! accepts `platform.tdx` / `platform.sev_snp` with 204 and then ignores them,
+//! which would boot an unprotected guest.
+//!
+//! Without `CLOUD_HYPERVISOR_BIN` each test prints a `SKIP:` line and passes;
+//! a binary that does have the feature is reported as a `SKIP:` too, since the
+//! refusal cannot be shown with it.
+
+use ch_launcher::ch::{self, ChOptions, CreateError, HostInputs};
+use ch_launcher::paths::VmPaths;
+use domain_model::{
+    Architecture, Boot, Cpu, CpuModel, Devices, Domain, Features, Firmware, Hypervisor,
+    LaunchSecurity, Memory, MigrationCondition,
+};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn ch_binary(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty()) {
+        Some(bin) => Some(PathBuf::from(bin)),
+        None => {
+            println!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary");
+            None
+        }
+    }
+}
+
+fn confidential_domain(launch_security: LaunchSecurity) -> Domain {
+    let uid = "6b1d7c1e-2f3a-4b5c-8d9e-0a1b2c3d4e5f";
+    Domain {
+        name: "confidential".into(),
+        namespace: "default".into(),
+        uid: uid.into(),
+        hypervisor: Hypervisor::CloudHypervisor,
+        architecture: Architecture::Amd64,
+        cpu: Cpu {
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            max_sockets: 1,
+            model: CpuModel::HostPassthrough,
+        },
+        memory: Memory {
+            guest: 64 << 20,
+            max_guest: None,
+            hugepage_size: None,
+        },
+        firmware: Firmware {
+            uuid: uid.into(),
+            serial: None,
+        },
+        boot: Boot::Efi {
+            secure_boot: false,
+            persistent: false,
+        },
+        disks: vec![],
+        devices: Devices {
+            rng: false,
+            serial_console: true,
+            graphics: None,
+            inputs: vec![],
+            interfaces: vec![],
+        },
+        features: Features {
+            acpi: true,
+            smm: false,
+        },
+        clock: None,
+        launch_security: Some(launch_security),
+        termination_grace_period: Duration::from_secs(5),
+        start_paused: false,
+        live_migratable: MigrationCondition {
+            live_migratable: false,
+            reason: None,
+            message: None,
+        },
+    }
+}
+
+/// Creates the VM and expects the build-feature refusal; returns its message.
+async fn expect_refusal(
+    test: &str,
+    launch_security: LaunchSecurity,
+    host: impl FnOnce(&std::path::Path) -> HostInputs,
+    feature: &str,
+) -> Option<String> {
+    let bin = ch_binary(test)?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = VmPaths::new(dir.path(), "vm");
+    let opts = ChOptions {
+        binary: Some(bin.clone()),
+        host: host(dir.path()),
+        ..ChOptions::default()
+    };
+    let err = match ch::create(&confidential_domain(launch_security), &paths, &opts).await {
+        Ok(_) => panic!("{test}: a confidential VM was created by {}", bin.display()),
+        Err(e) => e,
+    };
+    match &err {
+        CreateError::MissingFeature {
+            feature: missing,
+            features,
+            ..
+        } => {
+            if features.iter().any(|f| f == feature) {
+                println!("SKIP: {test}: {} has the {feature:?} feature", bin.display());
+                return None;
+            }
+            assert_eq!(*missing, feature, "{err}");
+        }
+        other => panic!("{test}: expected the build-feature refusal, got: {other}"),
+    }
+    // The refusal came before vm.create: the VMM was taken down, so nothing
+    // answers on its API socket any more.
+    assert!(
+        std::os::unix::net::UnixStream::connect(paths.ch_api_socket()).is_err(),
+        "the VMM still serves its API after the refusal"
+    );
+    let message = err.to_string();
+    println!("{test}: refused: {message}");
+    Some(message)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tdx_is_refused_by_a_cloud_hypervisor_without_tdx() {
+    let message = expect_refusal(
+        "tdx_is_refused_by_a_cloud_hypervisor_without_tdx",
+        LaunchSecurity::Tdx,
+        |dir| HostInputs {
+            // Never read: the refusal comes first.
+            firmware: Some(dir.join("tdvf.fd")),
+            igvm: None,
+        },
+        "tdx",
+    )
+    .await;
+    if let Some(message) = message {
+        assert!(message.contains("Intel TDX") && message.contains("\"tdx\""), "{message}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sev_snp_is_refused_by_a_cloud_hypervisor_without_sev_snp() {
+    let message = expect_refusal(
+        "sev_snp_is_refused_by_a_cloud_hypervisor_without_sev_snp",
+        LaunchSecurity::SevSnp { host_data: None },
+        |dir| HostInputs {
+            firmware: None,
+            igvm: Some(dir.join("guest.igvm")),
+        },
+        "sev_snp",
+    )
+    .await;
+    if let Some(message) = message {
+        assert!(message.contains("AMD SEV-SNP") && message.contains("\"sev_snp\""), "{message}");
+    }
+}

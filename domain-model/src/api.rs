@@ -1,0 +1,340 @@
+//! The subset of `kubevirt.io/v1` `VirtualMachineInstance` this launcher
+//! reads, as written by the user (no defaults applied).
+//!
+//! Field names follow the KubeVirt API. A key that is not a field here is not
+//! dropped: [`crate::parse`] reports it as an error with its full path. Lists
+//! whose elements are refused as a whole (network interfaces, networks) are
+//! kept as raw JSON so the refusal can name each element.
+
+use crate::quantity::Quantity;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineInstance {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: VmiSpec,
+    /// Observed state written by the cluster; not part of what is asked for.
+    #[serde(default)]
+    pub status: Option<Value>,
+}
+
+/// Kubernetes object metadata. Fields the API server maintains are accepted
+/// because a VMI handed over by virt-handler carries them; they do not change
+/// the VM.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub generate_name: Option<String>,
+    pub resource_version: Option<String>,
+    pub generation: Option<i64>,
+    pub creation_timestamp: Option<Value>,
+    pub deletion_timestamp: Option<Value>,
+    pub deletion_grace_period_seconds: Option<i64>,
+    pub finalizers: Option<Vec<String>>,
+    pub owner_references: Option<Vec<Value>>,
+    pub managed_fields: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiSpec {
+    /// Launcher extension: `cloud-hypervisor` or `libvirt`.
+    pub hypervisor: Option<String>,
+    pub architecture: Option<String>,
+    pub domain: DomainSpec,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    #[serde(default)]
+    pub networks: Vec<Value>,
+    pub termination_grace_period_seconds: Option<i64>,
+    pub start_strategy: Option<String>,
+    // Placement fields: Kubernetes already acted on them when it scheduled
+    // the launcher's pod, so they have nothing left to ask of the VM.
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub affinity: Option<Value>,
+    pub tolerations: Option<Vec<Value>>,
+    pub topology_spread_constraints: Option<Vec<Value>>,
+    pub scheduler_name: Option<String>,
+    pub priority_class_name: Option<String>,
+    pub eviction_strategy: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainSpec {
+    pub cpu: Option<Cpu>,
+    pub memory: Option<Memory>,
+    pub resources: Option<Resources>,
+    pub firmware: Option<Firmware>,
+    #[serde(default)]
+    pub devices: Devices,
+    pub features: Option<Features>,
+    pub clock: Option<Clock>,
+    pub launch_security: Option<LaunchSecurity>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cpu {
+    pub sockets: Option<u32>,
+    pub cores: Option<u32>,
+    pub threads: Option<u32>,
+    pub max_sockets: Option<u32>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub guest: Option<Quantity>,
+    pub max_guest: Option<Quantity>,
+    pub hugepages: Option<Hugepages>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hugepages {
+    pub page_size: Quantity,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub requests: Option<ResourceList>,
+    pub limits: Option<ResourceList>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceList {
+    pub memory: Option<Quantity>,
+    pub cpu: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Firmware {
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    pub bootloader: Option<Bootloader>,
+    pub kernel_boot: Option<KernelBoot>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootloader {
+    pub bios: Option<Bios>,
+    pub efi: Option<Efi>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Bios {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Efi {
+    pub secure_boot: Option<bool>,
+    pub persistent: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelBoot {
+    pub kernel_args: Option<String>,
+    pub container: Option<KernelBootContainer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelBootContainer {
+    pub image: Option<String>,
+    pub kernel_path: Option<String>,
+    pub initrd_path: Option<String>,
+    pub image_pull_policy: Option<String>,
+    pub image_pull_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Devices {
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    pub rng: Option<Rng>,
+    pub autoattach_serial_console: Option<bool>,
+    pub autoattach_graphics_device: Option<bool>,
+    #[serde(default)]
+    pub inputs: Vec<Input>,
+    #[serde(default)]
+    pub interfaces: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Rng {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Input {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub bus: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub name: String,
+    pub disk: Option<DiskTarget>,
+    pub cdrom: Option<DiskTarget>,
+    pub lun: Option<DiskTarget>,
+    pub serial: Option<String>,
+    pub boot_order: Option<u32>,
+}
+
+/// The body of `disk`, `cdrom` and `lun`: the fields this launcher reads are
+/// the same for all three.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskTarget {
+    pub bus: Option<String>,
+    pub readonly: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    pub acpi: Option<FeatureState>,
+    pub smm: Option<FeatureState>,
+}
+
+/// KubeVirt's `FeatureState`: present means enabled unless `enabled: false`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FeatureState {
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Clock {
+    pub utc: Option<ClockOffsetUtc>,
+    pub timezone: Option<String>,
+    pub timer: Option<Timers>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClockOffsetUtc {
+    pub offset_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timers {
+    pub hpet: Option<Timer>,
+    pub kvm: Option<Timer>,
+    pub pit: Option<Timer>,
+    pub rtc: Option<Timer>,
+    pub hyperv: Option<Timer>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timer {
+    pub present: Option<bool>,
+    pub tick_policy: Option<String>,
+    pub track: Option<String>,
+}
+
+/// `launchSecurity: {}` (no kind) is IBM Z Secure Execution.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchSecurity {
+    pub sev: Option<Sev>,
+    pub snp: Option<Snp>,
+    pub tdx: Option<Tdx>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sev {
+    pub policy: Option<SevPolicy>,
+    pub attestation: Option<SevAttestation>,
+    pub session: Option<String>,
+    pub dh_cert: Option<String>,
+    /// The SEV-SNP enablement proposal's spelling of `snp: {}`.
+    pub secure_nested_paging: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SevPolicy {
+    pub encrypted_state: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SevAttestation {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Snp {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Tdx {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    pub host_disk: Option<HostDisk>,
+    pub container_disk: Option<ContainerDisk>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostDisk {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub capacity: Option<Quantity>,
+    pub shared: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDisk {
+    pub image: String,
+    /// Pull settings: the local convention reads an unpacked image file, so
+    /// there is nothing to pull.
+    pub image_pull_policy: Option<String>,
+    pub image_pull_secret: Option<String>,
+}
+
+/// Volume kinds of `kubevirt.io/v1` this launcher does not implement yet, so
+/// that their error says "not supported yet" rather than "unknown field".
+pub const UNSUPPORTED_VOLUME_KINDS: &[&str] = &[
+    "cloudInitNoCloud",
+    "cloudInitConfigDrive",
+    "configMap",
+    "dataVolume",
+    "downwardAPI",
+    "downwardMetrics",
+    "emptyDisk",
+    "ephemeral",
+    "memoryDump",
+    "persistentVolumeClaim",
+    "secret",
+    "serviceAccount",
+    "sysprep",
+];

@@ -1,0 +1,212 @@
+//! `spec.domain.launchSecurity`: which confidential-computing kind the spec
+//! asks for, checked the way KubeVirt's admission webhook checks it, plus the
+//! feature gate each kind needs.
+//!
+//! Kinds: `sev` (SEV, or SEV-ES with `policy.encryptedState`), `snp: {}` or
+//! `sev.secureNestedPaging: true` (SEV-SNP), `tdx: {}` (Intel TDX), and an
+//! empty `launchSecurity: {}` on `spec.architecture: s390x` (IBM Z Secure
+//! Execution).
+
+use crate::api;
+use crate::error::SpecErrors;
+use crate::gates;
+use crate::{Architecture, Boot, LaunchSecurity};
+
+const PATH: &str = "spec.domain.launchSecurity";
+const EFI_PATH: &str = "spec.domain.firmware.bootloader.efi";
+
+/// What the launch-security rules look at besides `launchSecurity` itself.
+pub struct Context<'a> {
+    pub architecture: Architecture,
+    /// `None` when the boot source had errors of its own.
+    pub boot: Option<&'a Boot>,
+    pub smm: bool,
+    pub start_paused: bool,
+    pub feature_gates: &'a [String],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sev,
+    Snp,
+    Tdx,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Sev => "SEV",
+            Kind::Snp => "SEV-SNP",
+            Kind::Tdx => "TDX",
+        }
+    }
+    fn gate(self) -> &'static str {
+        match self {
+            Kind::Sev | Kind::Snp => gates::WORKLOAD_ENCRYPTION_SEV,
+            Kind::Tdx => gates::WORKLOAD_ENCRYPTION_TDX,
+        }
+    }
+}
+
+/// Validates `spec` and returns the kind it selects; problems go to `errors`.
+pub fn resolve(
+    spec: &api::LaunchSecurity,
+    ctx: &Context,
+    errors: &mut SpecErrors,
+) -> Option<LaunchSecurity> {
+    let snp_via_sev = spec
+        .sev
+        .as_ref()
+        .is_some_and(|s| s.secure_nested_paging == Some(true));
+    let mut kinds: Vec<(Kind, String)> = Vec::new();
+    if spec.sev.is_some() {
+        let kind = if snp_via_sev { Kind::Snp } else { Kind::Sev };
+        kinds.push((kind, format!("{PATH}.sev")));
+    }
+    if spec.snp.is_some() {
+        kinds.push((Kind::Snp, format!("{PATH}.snp")));
+    }
+    if spec.tdx.is_some() {
+        kinds.push((Kind::Tdx, format!("{PATH}.tdx")));
+    }
+
+    let (kind, kind_path) = match kinds.as_slice() {
+        [] => return secure_execution(ctx, errors),
+        [one] => one.clone(),
+        _ => {
+            let names: Vec<&str> = kinds
+                .iter()
+                .map(|(_, p)| p.rsplit('.').next().unwrap_or(p))
+                .collect();
+            errors.push(
+                PATH,
+                format!(
+                    "set at most one of sev, snp, tdx (found {}; sev.secureNestedPaging: true \
+                     already means SEV-SNP)",
+                    names.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let before = errors.0.len();
+    let label = kind.label();
+
+    if ctx.architecture != Architecture::Amd64 {
+        errors.push(
+            &kind_path,
+            format!("{label} needs spec.architecture: amd64"),
+        );
+    }
+    if !gates::is_enabled(ctx.feature_gates, kind.gate()) {
+        errors.push(&kind_path, gates::disabled_message(kind.gate(), label));
+    }
+    match ctx.boot {
+        Some(Boot::Efi {
+            secure_boot,
+            persistent,
+        }) => {
+            if *secure_boot && kind != Kind::Tdx {
+                errors.push(
+                    format!("{EFI_PATH}.secureBoot"),
+                    format!(
+                        "{label} does not work with EFI secure boot, which is on by default \
+                         when efi is given: set secureBoot: false"
+                    ),
+                );
+            }
+            if *persistent && kind != Kind::Sev {
+                errors.push(
+                    format!("{EFI_PATH}.persistent"),
+                    format!("{label} does not work with persistent EFI variables"),
+                );
+            }
+        }
+        Some(_) => errors.push(
+            &kind_path,
+            format!(
+                "{label} needs EFI firmware: set {EFI_PATH} (kernel and BIOS boot cannot be used)"
+            ),
+        ),
+        None => {}
+    }
+    if kind == Kind::Tdx && ctx.smm {
+        errors.push(
+            "spec.domain.features.smm",
+            "TDX does not work with SMM: remove features.smm or set enabled: false",
+        );
+    }
+
+    let result = match kind {
+        Kind::Tdx => LaunchSecurity::Tdx,
+        Kind::Snp => {
+            if let Some(sev) = &spec.sev {
+                snp_spelled_as_sev(sev, errors);
+            }
+            LaunchSecurity::SevSnp { host_data: None }
+        }
+        Kind::Sev => {
+            let sev = spec.sev.clone().unwrap_or_default();
+            if sev.attestation.is_some() && !ctx.start_paused {
+                errors.push(
+                    format!("{PATH}.sev.attestation"),
+                    "SEV attestation needs spec.startStrategy: Paused (the guest owner injects \
+                     secrets before it runs)",
+                );
+            }
+            LaunchSecurity::Sev {
+                encrypted_state: sev
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.encrypted_state)
+                    .unwrap_or(false),
+                dh_cert: sev.dh_cert.clone(),
+                session: sev.session.clone(),
+                attestation: sev.attestation.is_some(),
+            }
+        }
+    };
+    (errors.0.len() == before).then_some(result)
+}
+
+/// The SEV-only fields make no sense once `secureNestedPaging` turned the
+/// `sev` block into SEV-SNP; refusing them beats dropping them.
+fn snp_spelled_as_sev(sev: &api::Sev, errors: &mut SpecErrors) {
+    let base = format!("{PATH}.sev");
+    let only_sev = "applies to SEV and SEV-ES only, not to SEV-SNP (secureNestedPaging: true)";
+    if sev.attestation.is_some() {
+        errors.push(format!("{base}.attestation"), only_sev);
+    }
+    if sev.session.is_some() {
+        errors.push(format!("{base}.session"), only_sev);
+    }
+    if sev.dh_cert.is_some() {
+        errors.push(format!("{base}.dhCert"), only_sev);
+    }
+    if sev.policy.as_ref().and_then(|p| p.encrypted_state) == Some(false) {
+        errors.push(
+            format!("{base}.policy.encryptedState"),
+            "SEV-SNP always encrypts the guest state; encryptedState: false contradicts \
+             secureNestedPaging: true",
+        );
+    }
+}
+
+fn secure_execution(ctx: &Context, errors: &mut SpecErrors) -> Option<LaunchSecurity> {
+    if ctx.architecture != Architecture::S390x {
+        errors.push(
+            PATH,
+            "an empty launchSecurity selects IBM Z Secure Execution, which needs \
+             spec.architecture: s390x; for AMD or Intel set sev, snp or tdx",
+        );
+        return None;
+    }
+    if !gates::is_enabled(ctx.feature_gates, gates::SECURE_EXECUTION) {
+        errors.push(
+            PATH,
+            gates::disabled_message(gates::SECURE_EXECUTION, "Secure Execution"),
+        );
+        return None;
+    }
+    Some(LaunchSecurity::SecureExecution)
+}

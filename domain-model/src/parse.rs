@@ -1,0 +1,292 @@
+//! Spec text (YAML or JSON) to the API view, with every unknown key and every
+//! type error reported by its field path.
+//!
+//! Text is first read into a `serde_json::Value`, then into the typed
+//! [`api`](crate::api) structs through `serde_ignored` (keys no struct field
+//! takes) and `serde_path_to_error` (where a type error is). A type error
+//! stops serde, so after one the offending key is removed from the value and
+//! deserialization is retried: every type error is reported, not only the
+//! first.
+
+use crate::api::{VirtualMachineInstance, UNSUPPORTED_VOLUME_KINDS};
+use crate::error::{FieldError, SpecErrors};
+use serde_json::Value;
+
+/// The only `apiVersion` and `kind` accepted.
+pub const API_VERSION: &str = "kubevirt.io/v1";
+pub const KIND: &str = "VirtualMachineInstance";
+
+/// Path used for problems with the document as a whole.
+pub const DOCUMENT_PATH: &str = "(document)";
+
+/// Retries after type errors; bounds the work on hostile input.
+const MAX_TYPE_ERRORS: usize = 32;
+
+/// A parsed spec and the problems found in its shape.
+#[derive(Debug)]
+pub struct Parsed {
+    pub vmi: VirtualMachineInstance,
+    /// Keys that no field took (unknown or not implemented), each already an
+    /// error naming its path.
+    pub unknown: Vec<FieldError>,
+}
+
+/// Reads YAML or JSON into a JSON value.
+pub fn to_value(text: &str) -> Result<Value, SpecErrors> {
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    let parsed = if trimmed.starts_with('{') {
+        serde_json::from_str::<Value>(trimmed).map_err(|e| format!("invalid JSON: {e}"))
+    } else {
+        serde_saphyr::from_str::<Value>(trimmed).map_err(|e| format!("invalid YAML: {e}"))
+    };
+    parsed.map_err(|message| {
+        let mut errors = SpecErrors::default();
+        errors.push(DOCUMENT_PATH, message);
+        errors
+    })
+}
+
+/// Parses spec text. `Err` when the document cannot be read as a
+/// `VirtualMachineInstance` at all; otherwise unknown keys come back in
+/// [`Parsed::unknown`] for the caller to report with the rest.
+pub fn parse(text: &str) -> Result<Parsed, SpecErrors> {
+    let value = to_value(text)?;
+    from_value(value)
+}
+
+pub fn from_value(mut value: Value) -> Result<Parsed, SpecErrors> {
+    let mut errors = SpecErrors::default();
+    check_type_meta(&value, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let mut unknown: Vec<String> = Vec::new();
+    let mut removed: Vec<Vec<Segment>> = Vec::new();
+    for _ in 0..MAX_TYPE_ERRORS {
+        let mut ignored = Vec::new();
+        let result = {
+            let mut on_ignored = |path: serde_ignored::Path| ignored.push(ignored_path(&path));
+            let de = serde_ignored::Deserializer::new(&value, &mut on_ignored);
+            serde_path_to_error::deserialize::<_, VirtualMachineInstance>(de)
+        };
+        for p in ignored {
+            if !unknown.contains(&p) {
+                unknown.push(p);
+            }
+        }
+        match result {
+            Ok(vmi) => {
+                let unknown: Vec<FieldError> =
+                    unknown.iter().map(|p| unknown_field_error(p)).collect();
+                if errors.is_empty() {
+                    return Ok(Parsed { vmi, unknown });
+                }
+                errors.0.extend(unknown);
+                return Err(errors);
+            }
+            Err(err) => {
+                let segments = segments_of(err.path());
+                // An error at or above a key removed earlier ("missing field")
+                // is a consequence of that removal, not a new problem.
+                if removed
+                    .iter()
+                    .any(|r| r.len() >= segments.len() && r[..segments.len()] == segments[..])
+                {
+                    break;
+                }
+                errors.push(format_segments(&segments), describe(err.inner()));
+                let Some(cut) = removable_prefix(&segments) else {
+                    break;
+                };
+                if !remove_at(&mut value, cut) {
+                    break;
+                }
+                removed.push(cut.to_vec());
+            }
+        }
+    }
+    for p in &unknown {
+        errors.0.push(unknown_field_error(p));
+    }
+    if errors.is_empty() {
+        errors.push(DOCUMENT_PATH, "spec has too many type errors to list");
+    }
+    Err(errors)
+}
+
+fn check_type_meta(value: &Value, errors: &mut SpecErrors) {
+    let Some(object) = value.as_object() else {
+        errors.push(
+            DOCUMENT_PATH,
+            format!("expected a {KIND} object (apiVersion: {API_VERSION}), found {}", kind_of(value)),
+        );
+        return;
+    };
+    match object.get("apiVersion") {
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(Value::String(v)) => errors.push(
+            "apiVersion",
+            format!("unsupported apiVersion {v:?}: expected {API_VERSION:?}"),
+        ),
+        Some(other) => errors.push(
+            "apiVersion",
+            format!("expected the string {API_VERSION:?}, found {}", kind_of(other)),
+        ),
+        None => errors.push("apiVersion", format!("required: apiVersion: {API_VERSION}")),
+    }
+    match object.get("kind") {
+        Some(Value::String(v)) if v == KIND => {}
+        Some(Value::String(v)) => errors.push(
+            "kind",
+            format!("unsupported kind {v:?}: expected {KIND:?} (a VirtualMachine's spec.template is not read)"),
+        ),
+        Some(other) => errors.push(
+            "kind",
+            format!("expected the string {KIND:?}, found {}", kind_of(other)),
+        ),
+        None => errors.push("kind", format!("required: kind: {KIND}")),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe(err: &serde_json::Error) -> String {
+    // serde_json appends " at line 0 column 0" for errors from a Value.
+    let text = err.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    if let Some(field) = text.strip_prefix("missing field ") {
+        return format!("required field {field} is missing");
+    }
+    text
+}
+
+fn unknown_field_error(path: &str) -> FieldError {
+    if let Some(kind) = unsupported_volume_kind(path) {
+        return FieldError::new(
+            path,
+            format!(
+                "volume kind {kind} is not supported yet (supported: hostDisk, containerDisk)"
+            ),
+        );
+    }
+    FieldError::new(
+        path,
+        "unknown field, or a kubevirt.io/v1 field this launcher does not implement yet",
+    )
+}
+
+/// `spec.volumes[3].emptyDisk` -> `emptyDisk`.
+pub(crate) fn unsupported_volume_kind(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("spec.volumes[")?;
+    let (index, key) = rest.split_once("].")?;
+    if index.parse::<usize>().is_err() {
+        return None;
+    }
+    UNSUPPORTED_VOLUME_KINDS.iter().copied().find(|k| *k == key)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments_of(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    path.iter()
+        .filter_map(|s| match s {
+            serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Segment::Key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn format_segments(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        match s {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    if out.is_empty() {
+        out.push_str(DOCUMENT_PATH);
+    }
+    out
+}
+
+/// Formats a `serde_ignored` path like `spec.domain.devices.disks[1].cdrom`.
+pub(crate) fn ignored_path(path: &serde_ignored::Path) -> String {
+    fn walk(path: &serde_ignored::Path, out: &mut String) {
+        match path {
+            serde_ignored::Path::Root => {}
+            serde_ignored::Path::Seq { parent, index } => {
+                walk(parent, out);
+                out.push_str(&format!("[{index}]"));
+            }
+            serde_ignored::Path::Map { parent, key } => {
+                walk(parent, out);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => walk(parent, out),
+        }
+    }
+    let mut out = String::new();
+    walk(path, &mut out);
+    out
+}
+
+/// The key to remove so that deserialization can go past a type error: the
+/// innermost map key, so that list indices of later elements stay true.
+fn removable_prefix(segments: &[Segment]) -> Option<&[Segment]> {
+    let last_key = segments.iter().rposition(|s| matches!(s, Segment::Key(_)))?;
+    Some(&segments[..=last_key])
+}
+
+fn remove_at(value: &mut Value, segments: &[Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for s in parents {
+        node = match (s, node) {
+            (Segment::Key(k), Value::Object(map)) => match map.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Index(i), Value::Array(items)) => match items.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Key(k), Value::Object(map)) => map.remove(k).is_some(),
+        _ => false,
+    }
+}

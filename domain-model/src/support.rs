@@ -1,0 +1,366 @@
+//! What each hypervisor can provide, in one table ([`Feature::support`]), and
+//! the two views over it: [`check_support`] (errors for the chosen
+//! hypervisor) and [`explain`] (every feature a `Domain` uses, with each
+//! hypervisor's answer, for `validate --explain`).
+
+use crate::error::SpecErrors;
+use crate::{Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, Hypervisor, LaunchSecurity};
+use serde::Serialize;
+
+/// Every hypervisor, in the order `explain` lists them.
+pub const HYPERVISORS: &[Hypervisor] = &[Hypervisor::CloudHypervisor, Hypervisor::Libvirt];
+
+/// A capability a spec can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Feature {
+    VirtioDisk,
+    CdromDisk,
+    LunDisk,
+    SataDiskBus,
+    ScsiDiskBus,
+    UsbDiskBus,
+    DiskBootOrder,
+    Rng,
+    SerialConsole,
+    Graphics,
+    InputDevice,
+    VirtioNic,
+    EmulatedNic,
+    HostCpuModel,
+    NamedCpuModel,
+    CpuHotplug,
+    MemoryHotplug,
+    Hugepages,
+    KernelBoot,
+    EfiBoot,
+    EfiSecureBoot,
+    EfiPersistentVars,
+    BiosBoot,
+    Smm,
+    AcpiDisabled,
+    ClockOffset,
+    ClockTimers,
+    Arm64,
+    S390x,
+    Sev,
+    SevEs,
+    SevSnp,
+    Tdx,
+    TdxCpuHotplug,
+    TdxMemoryHotplug,
+    SecureExecution,
+}
+
+impl Feature {
+    /// How an error names the feature, and whether that name is plural.
+    pub fn noun(self) -> (&'static str, bool) {
+        use Feature::*;
+        match self {
+            VirtioDisk => ("virtio disks", true),
+            CdromDisk => ("cdrom disks", true),
+            LunDisk => ("lun disks", true),
+            SataDiskBus => ("the sata disk bus", false),
+            ScsiDiskBus => ("the scsi disk bus", false),
+            UsbDiskBus => ("the usb disk bus", false),
+            DiskBootOrder => ("disk boot order", false),
+            Rng => ("the virtio RNG device", false),
+            SerialConsole => ("the serial console", false),
+            Graphics => ("graphics (VNC) devices", true),
+            InputDevice => ("input devices", true),
+            VirtioNic => ("virtio network interfaces", true),
+            EmulatedNic => ("an emulated network interface", false),
+            HostCpuModel => ("the host CPU model", false),
+            NamedCpuModel => ("a named CPU model", false),
+            CpuHotplug => ("CPU hotplug", false),
+            MemoryHotplug => ("memory hotplug", false),
+            Hugepages => ("hugepages", true),
+            KernelBoot => ("direct kernel boot", false),
+            EfiBoot => ("EFI boot", false),
+            EfiSecureBoot => ("EFI secure boot", false),
+            EfiPersistentVars => ("persistent EFI variables", true),
+            BiosBoot => ("BIOS boot", false),
+            Smm => ("SMM", false),
+            AcpiDisabled => ("turning ACPI off", false),
+            ClockOffset => ("a guest clock offset or timezone", false),
+            ClockTimers => ("timer configuration", false),
+            Arm64 => ("the arm64 architecture", false),
+            S390x => ("the s390x architecture", false),
+            Sev => ("AMD SEV", false),
+            SevEs => ("AMD SEV-ES", false),
+            SevSnp => ("AMD SEV-SNP", false),
+            Tdx => ("Intel TDX", false),
+            TdxCpuHotplug => ("CPU hotplug with TDX", false),
+            TdxMemoryHotplug => ("memory hotplug with TDX", false),
+            SecureExecution => ("IBM Z Secure Execution", false),
+        }
+    }
+
+    /// The table: `Err(reason)` when `hypervisor` cannot provide the feature.
+    pub fn support(self, hypervisor: Hypervisor) -> Result<(), &'static str> {
+        use Feature::*;
+        match hypervisor {
+            Hypervisor::Libvirt => Ok(()),
+            Hypervisor::CloudHypervisor => match self {
+                CdromDisk | LunDisk | SataDiskBus | ScsiDiskBus | UsbDiskBus => {
+                    Err("Cloud Hypervisor has only virtio-blk disks")
+                }
+                DiskBootOrder => {
+                    Err("Cloud Hypervisor has no boot order; the firmware picks the disk")
+                }
+                Graphics => Err("Cloud Hypervisor has no graphics devices"),
+                InputDevice => Err("Cloud Hypervisor has no input devices"),
+                EmulatedNic => Err("Cloud Hypervisor has only virtio-net interfaces"),
+                NamedCpuModel => Err("Cloud Hypervisor always gives the guest the host CPU"),
+                BiosBoot => Err(
+                    "Cloud Hypervisor boots a kernel (kernelBoot) or EFI firmware \
+                     (bootloader.efi) only",
+                ),
+                EfiSecureBoot => Err("Cloud Hypervisor's EFI firmware has no secure boot"),
+                EfiPersistentVars => Err("Cloud Hypervisor has no persistent EFI variable store"),
+                Smm => Err("Cloud Hypervisor does not emulate SMM"),
+                AcpiDisabled => Err("Cloud Hypervisor always exposes ACPI"),
+                ClockOffset | ClockTimers => {
+                    Err("Cloud Hypervisor's guest clock and timers are fixed")
+                }
+                S390x | SecureExecution => Err("Cloud Hypervisor does not run on s390x"),
+                Sev | SevEs => {
+                    Err("Cloud Hypervisor supports SEV-SNP but not SEV or SEV-ES")
+                }
+                TdxCpuHotplug => Err("Cloud Hypervisor TDX guests boot all their vCPUs"),
+                TdxMemoryHotplug => Err("Cloud Hypervisor TDX guests cannot hotplug memory"),
+                VirtioDisk | Rng | SerialConsole | VirtioNic | HostCpuModel | CpuHotplug
+                | MemoryHotplug | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx => Ok(()),
+            },
+        }
+    }
+}
+
+/// One feature a `Domain` uses, where, and what each hypervisor says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeatureSupport {
+    pub feature: Feature,
+    /// How the feature is named in messages, e.g. `cdrom disks`.
+    pub label: String,
+    pub spec_path: String,
+    pub hypervisors: Vec<HypervisorSupport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HypervisorSupport {
+    pub hypervisor: Hypervisor,
+    pub supported: bool,
+    /// Why not, when not supported.
+    pub reason: Option<String>,
+}
+
+impl FeatureSupport {
+    pub fn supported_by(&self, hypervisor: Hypervisor) -> bool {
+        self.hypervisors
+            .iter()
+            .any(|h| h.hypervisor == hypervisor && h.supported)
+    }
+
+    fn error_message(&self, hypervisor: Hypervisor) -> String {
+        let (_, plural) = self.feature.noun();
+        let verb = if plural { "are" } else { "is" };
+        format!("{} {verb} not supported by {hypervisor}", self.label)
+    }
+}
+
+struct Use {
+    feature: Feature,
+    label: Option<String>,
+    spec_path: String,
+}
+
+fn uses(domain: &Domain) -> Vec<Use> {
+    let mut out = Vec::new();
+    let mut add = |feature: Feature, spec_path: String| {
+        out.push(Use {
+            feature,
+            label: None,
+            spec_path,
+        })
+    };
+    let d = domain;
+    match d.architecture {
+        Architecture::Amd64 => {}
+        Architecture::Arm64 => add(Feature::Arm64, "spec.architecture".into()),
+        Architecture::S390x => add(Feature::S390x, "spec.architecture".into()),
+    }
+    let cpu_model_path = "spec.domain.cpu.model".to_string();
+    let mut named_model = None;
+    match &d.cpu.model {
+        CpuModel::HostModel | CpuModel::HostPassthrough => {
+            add(Feature::HostCpuModel, cpu_model_path)
+        }
+        CpuModel::Named(name) => named_model = Some(name.clone()),
+    }
+    let tdx = matches!(d.launch_security, Some(LaunchSecurity::Tdx));
+    if d.cpu.max_sockets > d.cpu.sockets {
+        add(Feature::CpuHotplug, "spec.domain.cpu.maxSockets".into());
+        if tdx {
+            add(Feature::TdxCpuHotplug, "spec.domain.cpu.maxSockets".into());
+        }
+    }
+    if d.memory.max_guest.is_some() {
+        add(Feature::MemoryHotplug, "spec.domain.memory.maxGuest".into());
+        if tdx {
+            add(Feature::TdxMemoryHotplug, "spec.domain.memory.maxGuest".into());
+        }
+    }
+    if d.memory.hugepage_size.is_some() {
+        add(Feature::Hugepages, "spec.domain.memory.hugepages.pageSize".into());
+    }
+    let fw = "spec.domain.firmware";
+    match &d.boot {
+        Boot::Kernel { .. } => add(Feature::KernelBoot, format!("{fw}.kernelBoot")),
+        Boot::Efi {
+            secure_boot,
+            persistent,
+        } => {
+            add(Feature::EfiBoot, format!("{fw}.bootloader.efi"));
+            if *secure_boot {
+                add(Feature::EfiSecureBoot, format!("{fw}.bootloader.efi.secureBoot"));
+            }
+            if *persistent {
+                add(Feature::EfiPersistentVars, format!("{fw}.bootloader.efi.persistent"));
+            }
+        }
+        Boot::Bios => add(Feature::BiosBoot, format!("{fw}.bootloader")),
+    }
+    if d.features.smm {
+        add(Feature::Smm, "spec.domain.features.smm".into());
+    }
+    if !d.features.acpi {
+        add(Feature::AcpiDisabled, "spec.domain.features.acpi".into());
+    }
+    if let Some(clock) = &d.clock {
+        if clock.offset != "utc" {
+            let field = if clock.offset.starts_with("timezone:") {
+                "timezone"
+            } else {
+                "utc.offsetSeconds"
+            };
+            add(Feature::ClockOffset, format!("{}.{field}", clock.spec_path));
+        }
+        if !clock.timers.is_empty() {
+            add(Feature::ClockTimers, format!("{}.timer", clock.spec_path));
+        }
+    }
+    for disk in &d.disks {
+        let (feature, key) = match disk.device {
+            DiskDevice::Disk => (None, "disk"),
+            DiskDevice::Cdrom => (Some(Feature::CdromDisk), "cdrom"),
+            DiskDevice::Lun => (Some(Feature::LunDisk), "lun"),
+        };
+        match feature {
+            Some(f) => add(f, format!("{}.{key}", disk.spec_path)),
+            // A cdrom or lun is refused as a whole; its bus adds nothing.
+            None => match disk.bus {
+                DiskBus::Virtio => add(Feature::VirtioDisk, format!("{}.disk", disk.spec_path)),
+                DiskBus::Sata => add(Feature::SataDiskBus, format!("{}.disk.bus", disk.spec_path)),
+                DiskBus::Scsi => add(Feature::ScsiDiskBus, format!("{}.disk.bus", disk.spec_path)),
+                DiskBus::Usb => add(Feature::UsbDiskBus, format!("{}.disk.bus", disk.spec_path)),
+            },
+        }
+        if disk.boot_order.is_some() {
+            add(Feature::DiskBootOrder, format!("{}.bootOrder", disk.spec_path));
+        }
+    }
+    if d.devices.rng {
+        add(Feature::Rng, "spec.domain.devices.rng".into());
+    }
+    if d.devices.serial_console {
+        add(
+            Feature::SerialConsole,
+            "spec.domain.devices.autoattachSerialConsole".into(),
+        );
+    }
+    if let Some(g) = &d.devices.graphics {
+        add(Feature::Graphics, g.spec_path.clone());
+    }
+    for input in &d.devices.inputs {
+        add(Feature::InputDevice, input.spec_path.clone());
+    }
+    let mut emulated = Vec::new();
+    for nic in &d.devices.interfaces {
+        if nic.kind == "virtio" {
+            add(Feature::VirtioNic, nic.spec_path.clone());
+        } else {
+            emulated.push(nic.clone());
+        }
+    }
+    let ls = "spec.domain.launchSecurity";
+    match &d.launch_security {
+        None => {}
+        Some(LaunchSecurity::Sev {
+            encrypted_state: false,
+            ..
+        }) => add(Feature::Sev, format!("{ls}.sev")),
+        Some(LaunchSecurity::Sev {
+            encrypted_state: true,
+            ..
+        }) => add(Feature::SevEs, format!("{ls}.sev.policy.encryptedState")),
+        Some(LaunchSecurity::SevSnp { .. }) => add(Feature::SevSnp, ls.into()),
+        Some(LaunchSecurity::Tdx) => add(Feature::Tdx, format!("{ls}.tdx")),
+        Some(LaunchSecurity::SecureExecution) => add(Feature::SecureExecution, ls.into()),
+    }
+    if let Some(name) = named_model {
+        out.push(Use {
+            feature: Feature::NamedCpuModel,
+            label: Some(format!("CPU model {name:?}")),
+            spec_path: "spec.domain.cpu.model".into(),
+        });
+    }
+    for nic in emulated {
+        out.push(Use {
+            feature: Feature::EmulatedNic,
+            label: Some(format!("emulated network interface model {:?}", nic.kind)),
+            spec_path: nic.spec_path,
+        });
+    }
+    out
+}
+
+/// Every feature `domain` uses, with each hypervisor's support.
+pub fn explain(domain: &Domain) -> Vec<FeatureSupport> {
+    uses(domain)
+        .into_iter()
+        .map(|u| FeatureSupport {
+            feature: u.feature,
+            label: u
+                .label
+                .unwrap_or_else(|| u.feature.noun().0.to_string()),
+            spec_path: u.spec_path,
+            hypervisors: HYPERVISORS
+                .iter()
+                .map(|&h| match u.feature.support(h) {
+                    Ok(()) => HypervisorSupport {
+                        hypervisor: h,
+                        supported: true,
+                        reason: None,
+                    },
+                    Err(reason) => HypervisorSupport {
+                        hypervisor: h,
+                        supported: false,
+                        reason: Some(reason.to_string()),
+                    },
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Every feature of `domain` that `domain.hypervisor` cannot provide, each as
+/// an error naming the field, the feature and the hypervisor.
+pub fn check_support(domain: &Domain) -> Result<(), SpecErrors> {
+    let mut errors = SpecErrors::default();
+    for f in explain(domain) {
+        if !f.supported_by(domain.hypervisor) {
+            errors.push(f.spec_path.clone(), f.error_message(domain.hypervisor));
+        }
+    }
+    errors.into_result(())
+}

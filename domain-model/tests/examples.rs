@@ -1,0 +1,114 @@
+//! Every real KubeVirt example either resolves or fails with field-named
+//! errors, and the reported paths are exactly the unsupported parts.
+
+mod common;
+
+use common::{examples_dir, paths, Fixture};
+use domain_model::{load_path, resolve_path, Boot, DiskBus, Hypervisor, ImageFormat, LoadOptions};
+use std::collections::BTreeMap;
+
+/// Expected error paths per example, with the local container disk images
+/// present.
+fn expected_with_images() -> BTreeMap<&'static str, Vec<&'static str>> {
+    BTreeMap::from([
+        ("vmi-ephemeral.yaml", vec![]),
+        (
+            "vmi-fedora.yaml",
+            vec![
+                "spec.volumes[1].cloudInitNoCloud",
+                "spec.domain.devices.interfaces[0]",
+                "spec.networks[0]",
+            ],
+        ),
+        ("vmi-host-disk.yaml", vec![]),
+        (
+            "vmi-kernel-boot.yaml",
+            vec!["spec.domain.firmware.kernelBoot.container.image"],
+        ),
+        (
+            "vmi-masquerade.yaml",
+            vec![
+                "spec.volumes[1].cloudInitNoCloud",
+                "spec.domain.devices.interfaces[0]",
+                "spec.networks[0]",
+            ],
+        ),
+        (
+            "vmi-nocloud.yaml",
+            vec!["spec.volumes[1].cloudInitNoCloud", "spec.volumes[2].emptyDisk"],
+        ),
+    ])
+}
+
+#[test]
+fn every_example_resolves_or_names_its_unsupported_fields() {
+    let fixture = Fixture::new();
+    let expected = expected_with_images();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(examples_dir()).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
+        let want = expected
+            .get(file.as_str())
+            .unwrap_or_else(|| panic!("no expectation for new example {file}"));
+        seen += 1;
+        match resolve_path(&path, &fixture.opts()) {
+            Ok(d) => assert!(want.is_empty(), "{file} resolved but expected {want:?}: {d:?}"),
+            Err(e) => {
+                assert_eq!(&paths(&e), want, "{file}:\n{e}");
+                for f in &e.0 {
+                    assert!(!f.message.is_empty(), "{file}: empty message at {}", f.path);
+                }
+            }
+        }
+    }
+    assert_eq!(seen, expected.len(), "examples missing from {:?}", examples_dir());
+}
+
+#[test]
+fn missing_container_disk_image_names_the_volume_and_the_convention() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let opts = LoadOptions {
+        container_disk_dir: empty.path().to_path_buf(),
+        ..LoadOptions::default()
+    };
+    let e = resolve_path(&examples_dir().join("vmi-ephemeral.yaml"), &opts).unwrap_err();
+    assert_eq!(paths(&e), vec!["spec.volumes[0].containerDisk"]);
+    let want = empty.path().join("containerdisk").join("disk.img");
+    assert!(e.0[0].message.contains(&want.display().to_string()), "{e}");
+    assert!(e.0[0].message.contains("<volume name>/disk.img"), "{e}");
+}
+
+#[test]
+fn ephemeral_example_resolves_to_a_raw_virtio_disk_from_the_convention() {
+    let fixture = Fixture::new();
+    let d = resolve_path(&examples_dir().join("vmi-ephemeral.yaml"), &fixture.opts()).unwrap();
+    assert_eq!(d.name, "vmi-ephemeral");
+    assert_eq!(d.memory.guest, 128 << 20);
+    assert_eq!(d.termination_grace_period.as_secs(), 0);
+    assert_eq!(d.disks.len(), 1);
+    assert_eq!(d.disks[0].bus, DiskBus::Virtio);
+    assert_eq!(d.disks[0].source.format, ImageFormat::Raw);
+    assert_eq!(
+        d.disks[0].source.path,
+        fixture.path().join("container-disks/containerdisk/disk.img")
+    );
+    assert_eq!(d.boot, Boot::Bios);
+    assert_eq!(d.hypervisor, Hypervisor::Libvirt);
+}
+
+#[test]
+fn host_disk_example_fails_support_on_cloud_hypervisor_only_for_bios_boot() {
+    let opts = LoadOptions {
+        hypervisor: Some(Hypervisor::CloudHypervisor),
+        ..LoadOptions::default()
+    };
+    let e = load_path(&examples_dir().join("vmi-host-disk.yaml"), &opts).unwrap_err();
+    assert_eq!(paths(&e), vec!["spec.domain.firmware.bootloader"], "{e}");
+    assert_eq!(
+        e.0[0].message,
+        "BIOS boot is not supported by cloud-hypervisor"
+    );
+    let d = load_path(&examples_dir().join("vmi-host-disk.yaml"), &LoadOptions::default()).unwrap();
+    assert_eq!(d.disks[0].source.create_with_capacity, Some(1 << 30));
+}

@@ -1,0 +1,185 @@
+//! Shared test helpers: Domains with a given boot/launch security, and
+//! synthesized descriptor trees on disk.
+
+#![allow(dead_code)]
+
+use domain_model::{
+    Architecture, Boot, Cpu, CpuModel, Devices, Domain, Features, Firmware, Hypervisor,
+    LaunchSecurity, Memory, MigrationCondition,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub fn domain(hypervisor: Hypervisor, boot: Boot) -> Domain {
+    Domain {
+        name: "vm1".into(),
+        namespace: "default".into(),
+        uid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
+        hypervisor,
+        architecture: Architecture::Amd64,
+        cpu: Cpu {
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+            max_sockets: 1,
+            model: CpuModel::HostModel,
+        },
+        memory: Memory {
+            guest: 64 << 20,
+            max_guest: None,
+            hugepage_size: None,
+        },
+        firmware: Firmware {
+            uuid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
+            serial: None,
+        },
+        boot,
+        disks: vec![],
+        devices: Devices {
+            rng: false,
+            serial_console: true,
+            graphics: None,
+            inputs: vec![],
+            interfaces: vec![],
+        },
+        features: Features {
+            acpi: true,
+            smm: false,
+        },
+        clock: None,
+        launch_security: None,
+        termination_grace_period: Duration::from_secs(30),
+        start_paused: false,
+        live_migratable: MigrationCondition {
+            live_migratable: true,
+            reason: None,
+            message: None,
+        },
+    }
+}
+
+pub fn efi(secure_boot: bool) -> Boot {
+    Boot::Efi {
+        secure_boot,
+        persistent: false,
+    }
+}
+
+pub fn kernel_boot() -> Boot {
+    Boot::Kernel {
+        kernel: "/images/vmlinuz".into(),
+        initrd: None,
+        cmdline: None,
+    }
+}
+
+pub fn with_security(mut d: Domain, ls: LaunchSecurity) -> Domain {
+    d.launch_security = Some(ls);
+    d
+}
+
+pub fn with_smm(mut d: Domain) -> Domain {
+    d.features.smm = true;
+    d
+}
+
+pub fn sev(encrypted_state: bool) -> LaunchSecurity {
+    LaunchSecurity::Sev {
+        encrypted_state,
+        dh_cert: None,
+        session: None,
+        attestation: false,
+    }
+}
+
+pub fn snp() -> LaunchSecurity {
+    LaunchSecurity::SevSnp { host_data: None }
+}
+
+/// A descriptor's JSON text. `mapping` is the raw JSON of the mapping object.
+pub fn descriptor(mapping: &str, machines: &[&str], features: &[&str]) -> String {
+    descriptor_for("uefi", "x86_64", mapping, machines, features)
+}
+
+pub fn descriptor_for(
+    interface: &str,
+    arch: &str,
+    mapping: &str,
+    machines: &[&str],
+    features: &[&str],
+) -> String {
+    let machines: Vec<String> = machines.iter().map(|m| format!("{m:?}")).collect();
+    let features: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
+    format!(
+        r#"{{"description": "test", "interface-types": [{interface:?}],
+            "mapping": {mapping},
+            "targets": [{{"architecture": {arch:?}, "machines": [{}]}}],
+            "features": [{}], "tags": []}}"#,
+        machines.join(", "),
+        features.join(", ")
+    )
+}
+
+pub fn split(code: &Path, vars: &Path) -> String {
+    format!(
+        r#"{{"device": "flash", "mode": "split",
+             "executable": {{"filename": {:?}, "format": "raw"}},
+             "nvram-template": {{"filename": {:?}, "format": "raw"}}}}"#,
+        code.display().to_string(),
+        vars.display().to_string()
+    )
+}
+
+pub fn stateless_flash(code: &Path) -> String {
+    format!(
+        r#"{{"device": "flash", "mode": "stateless",
+             "executable": {{"filename": {:?}, "format": "raw"}}}}"#,
+        code.display().to_string()
+    )
+}
+
+pub fn memory(file: &Path) -> String {
+    format!(
+        r#"{{"device": "memory", "filename": {:?}}}"#,
+        file.display().to_string()
+    )
+}
+
+/// A temporary host: `share/`, `etc/`, `user/` descriptor directories and an
+/// `images/` directory whose files exist.
+pub struct Tree {
+    pub root: tempfile::TempDir,
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        for d in ["share", "etc", "user", "images"] {
+            std::fs::create_dir_all(root.path().join(d)).expect("mkdir");
+        }
+        Tree { root }
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// An image file that exists.
+    pub fn image(&self, name: &str) -> PathBuf {
+        let p = self.dir("images").join(name);
+        std::fs::write(&p, b"firmware").expect("write image");
+        p
+    }
+
+    pub fn write(&self, dir: &str, name: &str, text: &str) {
+        std::fs::write(self.dir(dir).join(name), text).expect("write descriptor");
+    }
+
+    pub fn paths(&self) -> firmware::SearchPaths {
+        firmware::SearchPaths::new(vec![self.dir("user"), self.dir("etc"), self.dir("share")])
+    }
+
+    pub fn catalog(&self) -> firmware::Catalog {
+        firmware::Catalog::load(&self.paths())
+    }
+}

@@ -1,0 +1,710 @@
+//! The VMM's state machine as Cloud Hypervisor implements it: one optional VM
+//! config (`vm.create`), the console back ends made for it, and one optional
+//! VM object (made at `vm.boot`, kept even when booting it fails, dropped at
+//! shutdown). Every API action checks and errs, emits events, and changes state
+//! in the same order as CH, so status codes, error chains and event sequences
+//! come out as recorded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::config::{ConsoleOutputMode, HotplugMethod, VmConfig};
+use super::consoles::{self, ConsoleDevices};
+use super::events::EventMonitor;
+use super::log::Logger;
+use super::serial::{is_halting_guest, GuestAction, SerialManager};
+
+/// An HTTP error reply: status and the JSON array of messages, outermost first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub chain: Vec<String>,
+}
+
+/// CH's `vm::Error` as far as the stand-in can produce it.
+#[derive(Debug, Clone)]
+pub enum VmError {
+    NotCreated,
+    MissingConfig,
+    AlreadyCreated,
+    NotRunning,
+    /// 400: below "Failed to validate config".
+    ConfigValidation(Vec<String>),
+    /// 500: any other chain, outermost first.
+    Other(Vec<String>),
+}
+
+impl VmError {
+    fn status(&self) -> u16 {
+        match self {
+            VmError::NotCreated | VmError::MissingConfig => 404,
+            VmError::ConfigValidation(_) => 400,
+            _ => 500,
+        }
+    }
+
+    fn chain(self) -> Vec<String> {
+        match self {
+            VmError::NotCreated => vec!["VM is not created".to_string()],
+            VmError::MissingConfig => vec!["VM config is missing".to_string()],
+            VmError::AlreadyCreated => vec!["VM is already created".to_string()],
+            VmError::NotRunning => vec!["VM is not running".to_string()],
+            VmError::ConfigValidation(rest) => {
+                let mut chain = vec!["Failed to validate config".to_string()];
+                chain.extend(rest);
+                chain
+            }
+            VmError::Other(chain) => chain,
+        }
+    }
+
+    fn other(chain: &[&str]) -> VmError {
+        VmError::Other(chain.iter().map(|s| s.to_string()).collect())
+    }
+}
+
+/// Wraps a VM error the way CH's HTTP layer does: "Error from API", then the
+/// action's own message, then the cause chain.
+pub fn api_error(action: &str, error: VmError) -> ApiError {
+    let status = error.status();
+    let mut chain = vec!["Error from API".to_string(), action.to_string()];
+    chain.extend(error.chain());
+    ApiError { status, chain }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    Created,
+    Running,
+    Shutdown,
+    Paused,
+}
+
+impl VmState {
+    fn name(self) -> &'static str {
+        match self {
+            VmState::Created => "Created",
+            VmState::Running => "Running",
+            VmState::Shutdown => "Shutdown",
+            VmState::Paused => "Paused",
+        }
+    }
+
+    /// CH's transition table (BreakPoint, a debugger state, is never entered).
+    fn check_transition(self, to: VmState) -> Result<(), String> {
+        use VmState::*;
+        let ok = match self {
+            Created => to != Created,
+            Running => matches!(to, Paused | Shutdown),
+            Shutdown => to == Running,
+            Paused => matches!(to, Running | Shutdown),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "InvalidStateTransition({}, {})",
+                self.name(),
+                to.name()
+            ))
+        }
+    }
+
+    fn transition_error(self, to: VmState) -> String {
+        format!(
+            "invalid VM state transition: {} to {}",
+            self.name(),
+            to.name()
+        )
+    }
+}
+
+/// A VM object: exists from `vm.boot` (even a failed one) to shutdown.
+struct Vm {
+    state: VmState,
+    generation: u64,
+    serial: Option<SerialManager>,
+}
+
+/// `vm.resize` body.
+#[derive(Debug, Default, Deserialize)]
+pub struct ResizeRequest {
+    pub desired_vcpus: Option<u32>,
+    pub desired_ram: Option<u64>,
+    pub desired_balloon: Option<u64>,
+}
+
+/// `vm.snapshot` body.
+#[derive(Debug, Deserialize)]
+pub struct SnapshotRequest {
+    pub destination_url: String,
+}
+
+/// `vm.restore` body (only what the stand-in reads).
+#[derive(Debug, Deserialize)]
+pub struct RestoreRequest {
+    pub source_url: PathBuf,
+}
+
+/// Called (from the guest's thread) when the guest powers off or reboots.
+pub type GuestEvents = Arc<dyn Fn(u64, GuestAction) + Send + Sync>;
+
+pub struct Vmm {
+    config: Option<VmConfig>,
+    consoles: Option<ConsoleDevices>,
+    vm: Option<Vm>,
+    next_generation: u64,
+    events: Arc<EventMonitor>,
+    logger: Logger,
+    features: Vec<String>,
+    build_version: String,
+    guest_events: GuestEvents,
+}
+
+/// What the guest's action did to the process.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GuestOutcome {
+    Continue,
+    Exit,
+}
+
+impl Vmm {
+    pub fn new(
+        events: Arc<EventMonitor>,
+        logger: Logger,
+        features: Vec<String>,
+        build_version: String,
+        guest_events: GuestEvents,
+    ) -> Vmm {
+        Vmm {
+            config: None,
+            consoles: None,
+            vm: None,
+            next_generation: 1,
+            events,
+            logger,
+            features,
+            build_version,
+            guest_events,
+        }
+    }
+
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// `vmm.ping` serialized with CH's field order.
+    pub fn vmm_ping_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Ping<'a> {
+            build_version: &'a str,
+            version: &'a str,
+            pid: u32,
+            features: &'a [String],
+        }
+        serde_json::to_string(&Ping {
+            build_version: &self.build_version,
+            version: "54.0.0",
+            pid: std::process::id(),
+            features: &self.features,
+        })
+        .unwrap_or_default()
+    }
+
+    pub fn vm_create(&mut self, config: VmConfig) -> Result<(), VmError> {
+        if self.config.is_some() {
+            return Err(VmError::AlreadyCreated);
+        }
+        // CH stores the config before making the consoles: a console failure
+        // still leaves a created VM behind.
+        let config = self.config.insert(config);
+        self.consoles = Some(consoles::pre_create(config).map_err(VmError::Other)?);
+        Ok(())
+    }
+
+    pub fn vm_boot(&mut self) -> Result<(), VmError> {
+        if self.vm.is_some() {
+            return Err(VmError::AlreadyCreated);
+        }
+        self.events.emit("vm", "booting");
+        let Some(config) = self.config.as_mut() else {
+            return Err(VmError::MissingConfig);
+        };
+        if self.consoles.is_none() {
+            self.consoles = Some(consoles::pre_create(config).map_err(VmError::Other)?);
+        }
+        validate(config)?;
+        let mut vm = self.new_vm();
+        let result = self.boot_vm(&mut vm);
+        self.vm = Some(vm);
+        result?;
+        self.events.emit("vm", "booted");
+        Ok(())
+    }
+
+    fn new_vm(&mut self) -> Vm {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        Vm {
+            state: VmState::Created,
+            generation,
+            serial: None,
+        }
+    }
+
+    /// Loads the payload and starts the guest; the VM stays Created on failure.
+    fn boot_vm(&self, vm: &mut Vm) -> Result<(), VmError> {
+        vm.state
+            .check_transition(VmState::Running)
+            .map_err(|_| VmError::Other(vec![vm.state.transition_error(VmState::Running)]))?;
+        let (Some(config), Some(consoles)) = (self.config.as_ref(), self.consoles.as_ref()) else {
+            return Err(VmError::NotCreated);
+        };
+        let payload = config.payload.as_ref().ok_or(VmError::MissingConfig)?;
+        let image = match (&payload.firmware, &payload.kernel) {
+            (Some(firmware), None) => read_payload(firmware, "Error manipulating firmware file")?,
+            (_, Some(kernel)) => read_payload(kernel, "Cannot open kernel file")?,
+            (None, None) => return Err(VmError::MissingConfig),
+        };
+        let halting = is_halting_guest(&image);
+        self.logger.info(&format!(
+            "Booting the {} tiny guest",
+            if halting { "halting" } else { "echoing" }
+        ));
+        let notify = Arc::clone(&self.guest_events);
+        let generation = vm.generation;
+        let serial = SerialManager::start(
+            &consoles.serial,
+            halting,
+            Box::new(move |action| notify(generation, action)),
+        )
+        .map_err(|e| {
+            VmError::Other(vec!["Error from device manager".to_string(), e.to_string()])
+        })?;
+        vm.serial = Some(serial);
+        vm.state = VmState::Running;
+        Ok(())
+    }
+
+    pub fn vm_pause(&mut self) -> Result<(), VmError> {
+        let vm = self.vm.as_mut().ok_or(VmError::NotRunning)?;
+        self.events.emit("vm", "pausing");
+        if let Err(transition) = vm.state.check_transition(VmState::Paused) {
+            return Err(VmError::Other(vec![
+                "Cannot pause VM".to_string(),
+                "Failed to pause migratable component".to_string(),
+                format!("Invalid transition: {transition}"),
+            ]));
+        }
+        if let Some(serial) = vm.serial.as_ref() {
+            serial.pause();
+        }
+        vm.state = VmState::Paused;
+        self.events.emit("vm", "paused");
+        Ok(())
+    }
+
+    pub fn vm_resume(&mut self) -> Result<(), VmError> {
+        let mut vm = self.vm.take().ok_or(VmError::NotRunning)?;
+        let result = self.resume_vm(&mut vm);
+        self.vm = Some(vm);
+        result.map_err(|chain| {
+            let mut full = vec!["Cannot resume VM".to_string()];
+            full.extend(chain);
+            VmError::Other(full)
+        })
+    }
+
+    fn resume_vm(&self, vm: &mut Vm) -> Result<(), Vec<String>> {
+        self.events.emit("vm", "resuming");
+        if let Err(transition) = vm.state.check_transition(VmState::Running) {
+            return Err(vec![
+                "Failed to resume migratable component".to_string(),
+                format!("Invalid transition: {transition}"),
+            ]);
+        }
+        if let Some(serial) = vm.serial.as_ref() {
+            serial.resume();
+        }
+        vm.state = VmState::Running;
+        self.events.emit("vm", "resumed");
+        Ok(())
+    }
+
+    pub fn vm_snapshot(&mut self, request: &SnapshotRequest) -> Result<(), VmError> {
+        let vm = self.vm.as_ref().ok_or(VmError::NotRunning)?;
+        // CH gives up the console back ends whenever a snapshot is attempted.
+        self.consoles.take();
+        self.events.emit("vm", "snapshotting");
+        self.logger.debug(&format!(
+            "Snapshot requested to {}",
+            request.destination_url
+        ));
+        let cause = if vm.state == VmState::Paused {
+            // What nested KVM answers when asked for a vCPU's nested state.
+            "Could not get vCPU state GetNestedState(Invalid argument (os error 22))"
+        } else {
+            "Trying to snapshot while VM is running"
+        };
+        Err(VmError::other(&[
+            "Cannot snapshot VM",
+            "Failed to snapshot migratable component",
+            cause,
+        ]))
+    }
+
+    pub fn vm_restore(&mut self, request: &RestoreRequest) -> Result<(), VmError> {
+        if self.vm.is_some() || self.config.is_some() {
+            return Err(VmError::AlreadyCreated);
+        }
+        let url = request.source_url.to_string_lossy();
+        let restore_error = |kind: &str, cause: String| {
+            VmError::Other(vec![
+                "Cannot restore VM".to_string(),
+                kind.to_string(),
+                cause,
+            ])
+        };
+        let Some(dir) = url.strip_prefix("file://") else {
+            return Err(restore_error(
+                "Failed to send migratable component snapshot",
+                format!("Could not extract path from URL: {url}"),
+            ));
+        };
+        let dir = Path::new(dir);
+        if !dir.is_dir() {
+            return Err(restore_error(
+                "Failed to send migratable component snapshot",
+                format!("Destination is not a directory: {dir:?}"),
+            ));
+        }
+        let config_path = dir.join("config.json");
+        if let Err(e) = std::fs::File::open(&config_path) {
+            let mut chain = vec![
+                "Cannot restore VM".to_string(),
+                "Failed to receive migratable component snapshot".to_string(),
+                format!("Error opening VM config snapshot file {config_path:?}"),
+            ];
+            chain.push(e.to_string());
+            return Err(VmError::Other(chain));
+        }
+        // Snapshots cannot be taken on these machines, so none can be restored.
+        Err(restore_error(
+            "Failed to receive migratable component snapshot",
+            "the Cloud Hypervisor stand-in cannot restore snapshots".to_string(),
+        ))
+    }
+
+    pub fn vm_shutdown(&mut self) -> Result<(), VmError> {
+        let mut vm = self.vm.take().ok_or(VmError::NotRunning)?;
+        self.consoles.take();
+        vm.state
+            .check_transition(VmState::Shutdown)
+            .map_err(|_| VmError::Other(vec![vm.state.transition_error(VmState::Shutdown)]))?;
+        // Stops the guest and the serial back end (and removes the serial socket).
+        vm.serial.take();
+        vm.state = VmState::Shutdown;
+        self.events.emit("vm", "shutdown");
+        Ok(())
+    }
+
+    pub fn vm_reboot(&mut self) -> Result<(), VmError> {
+        self.events.emit("vm", "rebooting");
+        {
+            let mut vm = self.vm.take().ok_or(VmError::NotCreated)?;
+            vm.state
+                .check_transition(VmState::Shutdown)
+                .map_err(|_| VmError::Other(vec![vm.state.transition_error(VmState::Shutdown)]))?;
+            vm.serial.take();
+        }
+        self.consoles.take();
+        let config = self.config.as_mut().ok_or(VmError::NotCreated)?;
+        self.consoles = Some(consoles::pre_create(config).map_err(VmError::Other)?);
+        let mut vm = self.new_vm();
+        self.boot_vm(&mut vm)?;
+        self.vm = Some(vm);
+        self.events.emit("vm", "rebooted");
+        Ok(())
+    }
+
+    /// `vm.info`, serialized with CH's field order (config as sent, then
+    /// defaults; `device_tree` only once a VM object exists).
+    pub fn vm_info(&self) -> Result<String, VmError> {
+        #[derive(Serialize)]
+        struct Info<'a> {
+            config: &'a VmConfig,
+            state: &'static str,
+            memory_actual_size: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            device_tree: Option<Value>,
+        }
+        let config = self.config.as_ref().ok_or(VmError::NotCreated)?;
+        let state = self.vm.as_ref().map_or(VmState::Created, |vm| vm.state);
+        let info = Info {
+            config,
+            state: state.name(),
+            memory_actual_size: config.memory_actual_size(),
+            device_tree: self.vm.as_ref().map(|_| device_tree(config)),
+        };
+        serde_json::to_string(&info).map_err(|e| {
+            VmError::Other(vec![
+                "Failed serializing into JSON".to_string(),
+                e.to_string(),
+            ])
+        })
+    }
+
+    pub fn vm_delete(&mut self) -> Result<(), VmError> {
+        if self.config.is_none() {
+            return Ok(());
+        }
+        if self.vm.is_some() {
+            self.vm_shutdown()?;
+        }
+        self.config = None;
+        self.events.emit("vm", "deleted");
+        Ok(())
+    }
+
+    pub fn vmm_shutdown(&mut self) -> Result<(), VmError> {
+        self.vm_delete()?;
+        self.events.emit("vmm", "shutdown");
+        Ok(())
+    }
+
+    pub fn vm_resize(&mut self, request: &ResizeRequest) -> Result<(), VmError> {
+        let config = self.config.as_mut().ok_or(VmError::NotCreated)?;
+        let Some(vm) = self.vm.as_ref() else {
+            // Not booted: only the config changes.
+            if let Some(vcpus) = request.desired_vcpus {
+                config.cpus.boot_vcpus = vcpus;
+            }
+            if let Some(ram) = request.desired_ram {
+                config.memory.size = ram;
+            }
+            if let (Some(size), Some(balloon)) = (request.desired_balloon, config.balloon.as_mut())
+            {
+                balloon["size"] = json!(size);
+            }
+            return Ok(());
+        };
+        let _ = vm;
+        self.events.emit("vm", "resizing");
+        if let Some(vcpus) = request.desired_vcpus {
+            if vcpus != config.cpus.boot_vcpus {
+                if vcpus == 0 {
+                    return Err(VmError::other(&[
+                        "Error from CPU manager",
+                        "Requested zero vCPUs",
+                    ]));
+                }
+                if vcpus > config.cpus.max_vcpus {
+                    return Err(VmError::other(&[
+                        "Error from CPU manager",
+                        "Requested vCPUs exceed maximum",
+                    ]));
+                }
+            }
+            config.cpus.boot_vcpus = vcpus;
+        }
+        if let Some(ram) = request.desired_ram {
+            match config.memory.hotplug_method {
+                HotplugMethod::Acpi => config.memory.size = ram,
+                HotplugMethod::VirtioMem => {
+                    if ram < config.memory.size {
+                        return Err(VmError::Other(vec![
+                            "Memory manager error".to_string(),
+                            format!(
+                                "Cannot resize below the boot size: {ram} < {}",
+                                config.memory.size
+                            ),
+                        ]));
+                    }
+                    config.memory.hotplugged_size =
+                        (ram > config.memory.size).then(|| ram - config.memory.size);
+                }
+            }
+        }
+        if let Some(size) = request.desired_balloon {
+            let Some(balloon) = config.balloon.as_mut() else {
+                return Err(VmError::other(&[
+                    "Error from device manager",
+                    "Missing virtio-balloon, can't proceed as expected",
+                ]));
+            };
+            balloon["size"] = json!(size);
+        }
+        self.events.emit("vm", "resized");
+        Ok(())
+    }
+
+    pub fn vm_counters(&self) -> Result<Value, VmError> {
+        self.vm.as_ref().ok_or(VmError::NotRunning)?;
+        // Counters come from virtio-blk/net devices; the stand-in has none.
+        Ok(json!({}))
+    }
+
+    /// `vm.power-button` and `vm.nmi`: the tiny guest ignores both.
+    pub fn vm_notify_guest(&self) -> Result<(), VmError> {
+        self.vm.as_ref().ok_or(VmError::NotRunning)?;
+        Ok(())
+    }
+
+    /// Device hotplug and migration, which the stand-in does not emulate.
+    pub fn vm_unemulated(&self, what: &str) -> Result<(), VmError> {
+        self.config.as_ref().ok_or(VmError::NotCreated)?;
+        Err(VmError::Other(vec![format!(
+            "the Cloud Hypervisor stand-in does not emulate {what}"
+        )]))
+    }
+
+    /// The guest powered off (ACPI S5) or reset itself; ignores actions of a
+    /// guest whose VM is already gone.
+    pub fn on_guest_action(
+        &mut self,
+        generation: u64,
+        action: GuestAction,
+        no_shutdown: bool,
+    ) -> Result<GuestOutcome, VmError> {
+        if self.vm.as_ref().map(|vm| vm.generation) != Some(generation) {
+            return Ok(GuestOutcome::Continue);
+        }
+        match action {
+            GuestAction::Reboot => {
+                self.vm_reboot()?;
+                Ok(GuestOutcome::Continue)
+            }
+            GuestAction::PowerOff if no_shutdown => {
+                self.vm_shutdown()?;
+                Ok(GuestOutcome::Continue)
+            }
+            GuestAction::PowerOff => {
+                self.vmm_shutdown()?;
+                Ok(GuestOutcome::Exit)
+            }
+        }
+    }
+}
+
+fn read_payload(path: &Path, open_error: &str) -> Result<Vec<u8>, VmError> {
+    std::fs::read(path).map_err(|e| VmError::Other(vec![open_error.to_string(), e.to_string()]))
+}
+
+fn validate(config: &VmConfig) -> Result<(), VmError> {
+    let invalid =
+        |chain: &[&str]| VmError::ConfigValidation(chain.iter().map(|s| s.to_string()).collect());
+    match config.payload.as_ref().map(|p| (&p.firmware, &p.kernel)) {
+        None | Some((None, None)) => {
+            return Err(invalid(&[
+                "Payload configuration is not bootable",
+                "No bootitem provided: neither firmware nor kernel",
+            ]))
+        }
+        Some((Some(_), Some(_))) => {
+            return Err(invalid(&[
+                "Payload configuration is not bootable",
+                "Specifying a kernel is not supported when a firmware is provided",
+            ]))
+        }
+        _ => {}
+    }
+    let file_without_path = |mode: ConsoleOutputMode, file: &Option<PathBuf>| {
+        mode == ConsoleOutputMode::File && file.is_none()
+    };
+    if file_without_path(config.console.common.mode, &config.console.common.file)
+        || file_without_path(config.serial.common.mode, &config.serial.common.file)
+    {
+        return Err(invalid(&["Path missing when using file console mode"]));
+    }
+    if config.cpus.max_vcpus < config.cpus.boot_vcpus {
+        return Err(VmError::ConfigValidation(vec![format!(
+            "Max CPUs ({}) lower than boot CPUs ({})",
+            config.cpus.max_vcpus, config.cpus.boot_vcpus
+        )]));
+    }
+    if config.debug_console.mode == ConsoleOutputMode::File && config.debug_console.file.is_none() {
+        return Err(invalid(&[
+            "Path missing when using file mode for debug console",
+        ]));
+    }
+    Ok(())
+}
+
+/// The device tree CH reports for the devices the stand-in models: the
+/// IOAPIC, the serial port, the virtio-console and virtio-rng on PCI segment
+/// 0, with BARs allocated downwards from the top of the 64-bit MMIO window as
+/// CH allocates them for a 64 MiB guest.
+fn device_tree(config: &VmConfig) -> Value {
+    const FIRST_BAR: u64 = 70_368_735_789_056;
+    const BAR_STRIDE: u64 = 0x80_0000;
+    const BAR_SIZE: u64 = 0x8_0000;
+    let mut tree = serde_json::Map::new();
+    tree.insert(
+        "__ioapic".to_string(),
+        json!({"id": "__ioapic", "resources": [], "children": []}),
+    );
+    if config.serial.common.mode != ConsoleOutputMode::Off {
+        tree.insert(
+            "__serial".to_string(),
+            json!({"id": "__serial", "resources": [], "children": []}),
+        );
+    }
+    let mut pci_devices = Vec::new();
+    if config.console.common.mode != ConsoleOutputMode::Off {
+        pci_devices.push("__console");
+    }
+    pci_devices.push("__rng");
+    for (slot, device) in pci_devices.into_iter().enumerate() {
+        let pci_id = format!("_virtio-pci-{device}");
+        tree.insert(
+            device.to_string(),
+            json!({"id": device, "resources": [], "parent": pci_id, "children": []}),
+        );
+        tree.insert(
+            pci_id.clone(),
+            json!({
+                "id": pci_id,
+                "resources": [{"PciBar": {
+                    "index": 0,
+                    "base": FIRST_BAR - BAR_STRIDE * slot as u64,
+                    "size": BAR_SIZE,
+                    "type_": "Mmio64",
+                    "prefetchable": false
+                }}],
+                "children": [device],
+                "pci_bdf": format!("0000:00:{:02x}.0", slot + 1),
+            }),
+        );
+    }
+    Value::Object(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_follow_ch_table() {
+        assert!(VmState::Running.check_transition(VmState::Running).is_err());
+        assert_eq!(
+            VmState::Paused.check_transition(VmState::Paused),
+            Err("InvalidStateTransition(Paused, Paused)".to_string())
+        );
+        assert!(VmState::Created.check_transition(VmState::Shutdown).is_ok());
+        assert!(VmState::Paused.check_transition(VmState::Shutdown).is_ok());
+    }
+
+    #[test]
+    fn vm_errors_map_to_recorded_statuses() {
+        assert_eq!(api_error("x", VmError::NotCreated).status, 404);
+        assert_eq!(api_error("x", VmError::MissingConfig).status, 404);
+        assert_eq!(api_error("x", VmError::NotRunning).status, 500);
+        assert_eq!(
+            api_error("x", VmError::ConfigValidation(vec![])).status,
+            400
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! `ch-launcher run` end to end under Cloud Hypervisor: the real one when
+//! `CLOUD_HYPERVISOR_BIN` is set, otherwise the stand-in (with a SKIP line).
+//! The guest is the tiny test guest: it prints `TINY-GUEST-UP`, echoes its
+//! input, powers off on `q`, reboots on `r` and ignores the ACPI power button.
+
+mod ch_support;
+
+use ch_support::{wait_file_contains, Launcher, VmOptions, SLOW};
+use nix::sys::signal::{kill, Signal};
+use std::time::{Duration, Instant};
+
+const BANNER: &str = images::BANNER;
+
+#[test]
+fn banner_reaches_the_console_socket_and_the_log_from_the_first_byte() {
+    // Started paused, so a client can be connected before the first byte.
+    let launcher = Launcher::start(VmOptions {
+        start_paused: true,
+        ..VmOptions::default()
+    });
+    let status = launcher.ctl("status");
+    assert_eq!(
+        (&status["state"], &status["reason"]),
+        (&"Paused".into(), &"StartingUp".into())
+    );
+    let mut console = launcher.console();
+
+    let status = launcher.ctl("resume");
+    assert_eq!(status["state"], "Running");
+    console.expect(BANNER.as_bytes());
+    let log = wait_file_contains(&launcher.serial_log(), BANNER);
+    assert_eq!(log, BANNER, "the log holds exactly the guest's output");
+}
+
+#[test]
+fn guest_output_without_a_client_is_logged() {
+    let launcher = Launcher::start(VmOptions::default());
+    // Nobody connected: the banner still goes to the log.
+    let log = wait_file_contains(&launcher.serial_log(), BANNER);
+    assert!(log.starts_with(BANNER), "{log:?}");
+}
+
+#[test]
+fn echo_round_trip_over_virt_serial0() {
+    let launcher = Launcher::start(VmOptions::default());
+    wait_file_contains(&launcher.serial_log(), BANNER);
+    let mut console = launcher.console();
+    console.send(b"hello");
+    console.expect(b"hello");
+    let log = wait_file_contains(&launcher.serial_log(), "hello");
+    assert_eq!(log, format!("{BANNER}hello"));
+}
+
+#[test]
+fn second_console_connection_replaces_the_first() {
+    let launcher = Launcher::start(VmOptions::default());
+    wait_file_contains(&launcher.serial_log(), BANNER);
+    let mut first = launcher.console();
+    first.send(b"a");
+    first.expect(b"a");
+
+    let mut second = launcher.console();
+    first.expect_closed();
+    second.send(b"b");
+    second.expect(b"b");
+}
+
+#[test]
+fn guest_poweroff_exits_0_with_shutoff_shutdown() {
+    let mut launcher = Launcher::start(VmOptions::default());
+    let status = launcher.wait_status("Running", |s| s["state"] == "Running");
+    assert_eq!(status["reason"], "Booted");
+
+    let mut console = launcher.console();
+    console.send(b"q");
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    assert_eq!(
+        launcher.logged_final_state(),
+        ("Shutoff".to_owned(), "Shutdown".to_owned())
+    );
+    launcher.expect_no_vmm(SLOW);
+    assert!(!launcher.serial_socket().exists(), "virt-serial0 removed");
+    assert!(!launcher.control_socket().exists(), "launcher-sock removed");
+    assert!(launcher.serial_log().exists(), "the console log stays");
+}
+
+#[test]
+fn sigterm_stops_gracefully_after_the_grace_period_and_exits_0() {
+    let mut launcher = Launcher::start(VmOptions {
+        grace_seconds: 1,
+        ..VmOptions::default()
+    });
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+    let sent = Instant::now();
+    launcher.signal(Signal::SIGTERM);
+    let exit = launcher.expect_exit(SLOW);
+    let took = sent.elapsed();
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    // The guest ignores the power button, so the launcher waited it out.
+    assert!(took >= Duration::from_secs(1), "stopped after {took:?}");
+    assert_eq!(
+        launcher.logged_final_state(),
+        ("Shutoff".to_owned(), "Destroyed".to_owned())
+    );
+    launcher.expect_no_vmm(SLOW);
+}
+
+#[test]
+fn control_stop_is_the_same_graceful_stop() {
+    let mut launcher = Launcher::start(VmOptions::default());
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+    launcher.ctl("stop");
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    assert_eq!(
+        launcher.logged_final_state(),
+        ("Shutoff".to_owned(), "Destroyed".to_owned())
+    );
+}
+
+#[test]
+fn vmm_sigkill_is_a_crash_with_nonzero_exit_within_a_second() {
+    let mut launcher = Launcher::start(VmOptions::default());
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+    let vmm = launcher.vmm_pid();
+    let killed = Instant::now();
+    kill(vmm, Signal::SIGKILL).expect("kill the VMM");
+    let exit = launcher.expect_exit(Duration::from_secs(1));
+    let took = killed.elapsed();
+    assert!(!exit.success(), "exit {exit} after a crash");
+    assert!(took <= Duration::from_secs(1), "noticed after {took:?}");
+    assert_eq!(launcher.logged_final_state().0, "Crashed");
+}
+
+#[test]
+fn launcher_sigkill_leaves_no_vmm_behind() {
+    let mut launcher = Launcher::start(VmOptions::default());
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+    assert_eq!(launcher.vmm_pids().len(), 1);
+    launcher.signal(Signal::SIGKILL);
+    launcher.expect_exit(SLOW);
+    launcher.expect_no_vmm(Duration::from_secs(5));
+}
+
+#[test]
+fn pause_reports_paused_user_and_resume_running_again() {
+    let launcher = Launcher::start(VmOptions::default());
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+
+    let paused = launcher.ctl("pause");
+    assert_eq!(
+        (&paused["state"], &paused["reason"]),
+        (&"Paused".into(), &"User".into())
+    );
+    let status = launcher.ctl("status");
+    assert_eq!(
+        (&status["state"], &status["reason"]),
+        (&"Paused".into(), &"User".into())
+    );
+
+    let resumed = launcher.ctl("resume");
+    assert_eq!(resumed["state"], "Running");
+    // And the guest really runs again.
+    let mut console = launcher.console();
+    console.send(b"x");
+    console.expect(b"x");
+}
+
+#[test]
+fn guest_reboot_keeps_it_running_and_prints_the_banner_again() {
+    let launcher = Launcher::start(VmOptions::default());
+    wait_file_contains(&launcher.serial_log(), BANNER);
+    let mut console = launcher.console();
+    console.send(b"r");
+    console.expect(format!("r{BANNER}").as_bytes());
+    let status = launcher.ctl("status");
+    assert_eq!(status["state"], "Running");
+}
+
+#[test]
+fn control_commands_find_the_vm_by_its_spec_too() {
+    let launcher = Launcher::start(VmOptions::default());
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+    let out = std::process::Command::new(ch_support::launcher_bin())
+        .arg("--private-dir")
+        .arg(launcher.private_dir())
+        .arg("status")
+        .arg(launcher.spec())
+        .output()
+        .expect("run ch-launcher status SPEC");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    assert_eq!(status["state"], "Running");
+}
+
+#[test]
+fn control_command_without_a_launcher_fails_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(ch_support::launcher_bin())
+        .arg("--private-dir")
+        .arg(dir.path())
+        .args(["status", "--uid", "nope"])
+        .output()
+        .expect("run ch-launcher status");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the launcher"), "{err}");
+}

@@ -1,0 +1,517 @@
+//! Running the real `ch-launcher` binary against Cloud Hypervisor (or the
+//! stand-in) for the end-to-end tests: one private directory per test, every
+//! process killed in `Drop` even when the test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use domain_model::Hypervisor;
+use images::{TestGuestSpec, Variant};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Set to test a prebuilt launcher instead of building one.
+pub const LAUNCHER_BIN_ENV: &str = "CH_LAUNCHER_BIN";
+/// Set to test against a real Cloud Hypervisor.
+pub const CH_BIN_ENV: &str = "CLOUD_HYPERVISOR_BIN";
+
+/// Generous bound for things that normally take milliseconds; the machine
+/// is shared and tests run in parallel.
+pub const SLOW: Duration = Duration::from_secs(15);
+
+/// The hypervisor binary the tests run: the real one when
+/// `CLOUD_HYPERVISOR_BIN` is set, else the stand-in (announced once with a
+/// visible SKIP line).
+pub fn vmm_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(
+        || match std::env::var_os(CH_BIN_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => PathBuf::from(path),
+            None => {
+                // Written straight to stderr: libtest captures print macros only.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIP: CLOUD_HYPERVISOR_BIN unset, using the stand-in"
+                );
+                PathBuf::from(env!("CARGO_BIN_EXE_ch-standin"))
+            }
+        },
+    )
+}
+
+/// The `ch-launcher` binary: `$CH_LAUNCHER_BIN`, else built once with cargo
+/// (same profile as these tests) and located from cargo's own report.
+pub fn launcher_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os(LAUNCHER_BIN_ENV).filter(|v| !v.is_empty()) {
+            return PathBuf::from(path);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-p",
+            "ch-launcher",
+            "--bin",
+            "ch-launcher",
+            "--message-format=json-render-diagnostics",
+        ]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let out = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build for ch-launcher");
+        assert!(out.status.success(), "cargo build -p ch-launcher failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ch-launcher")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no ch-launcher executable")
+    })
+}
+
+/// How to start the test VM.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub grace_seconds: u32,
+    pub start_paused: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            grace_seconds: 1,
+            start_paused: false,
+        }
+    }
+}
+
+/// A `ch-launcher run` of the interactive test guest in its own private dir.
+pub struct Launcher {
+    child: Option<Child>,
+    // Under /tmp with a short name: unix socket paths are limited to 107 bytes.
+    dir: tempfile::TempDir,
+    spec: PathBuf,
+    vm_dir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Launcher {
+    /// Starts the launcher and waits until its control socket answers.
+    pub fn start(opts: VmOptions) -> Launcher {
+        let dir = tempfile::Builder::new()
+            .prefix("chl")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let mut text = TestGuestSpec::new(Hypervisor::CloudHypervisor, Variant::Interactive)
+            .termination_grace_period_seconds(opts.grace_seconds)
+            .render()
+            .expect("render test guest spec");
+        if opts.start_paused {
+            // `render` ends inside `spec:` at two spaces of indentation.
+            text.push_str("  startStrategy: Paused\n");
+        }
+        let spec = dir.path().join("vmi.yaml");
+        std::fs::write(&spec, text).expect("write spec");
+        let private = dir.path().join("p");
+
+        let mut child = Command::new(launcher_bin())
+            .arg("--private-dir")
+            .arg(&private)
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                "run",
+                "--no-attach",
+            ])
+            .arg(&spec)
+            .env(CH_BIN_ENV, vmm_bin())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ch-launcher");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let sink = logs.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut launcher = Launcher {
+            child: Some(child),
+            dir,
+            spec,
+            vm_dir: PathBuf::new(),
+            logs,
+            reader: Some(reader),
+        };
+        launcher.vm_dir = launcher.wait_for_vm_dir(&private);
+        launcher
+    }
+
+    fn wait_for_vm_dir(&mut self, private: &Path) -> PathBuf {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let found = std::fs::read_dir(private)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.path());
+            if let Some(dir) = found {
+                let control = dir.join("launcher-sock");
+                if UnixStream::connect(&control).is_ok() {
+                    return dir;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "ch-launcher exited ({status}) before its control socket was up:\n{}",
+                    self.logs_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control socket never came up:\n{}",
+                self.logs_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn private_dir(&self) -> PathBuf {
+        self.dir.path().join("p")
+    }
+
+    pub fn uid(&self) -> String {
+        self.vm_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .expect("vm dir has a name")
+    }
+
+    pub fn spec(&self) -> &Path {
+        &self.spec
+    }
+
+    pub fn serial_socket(&self) -> PathBuf {
+        self.vm_dir.join("virt-serial0")
+    }
+
+    pub fn serial_log(&self) -> PathBuf {
+        self.vm_dir.join("virt-serial0-log")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.vm_dir.join("launcher-sock")
+    }
+
+    pub fn console(&self) -> Console {
+        let stream = UnixStream::connect(self.serial_socket()).expect("connect virt-serial0");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        Console {
+            stream,
+            seen: Vec::new(),
+        }
+    }
+
+    /// `ch-launcher <command> --uid <uid>` with this launcher's private dir.
+    pub fn ctl_output(&self, command: &str) -> Output {
+        Command::new(launcher_bin())
+            .arg("--private-dir")
+            .arg(self.private_dir())
+            .args([command, "--uid", &self.uid()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ch-launcher control command")
+    }
+
+    /// A control command that must succeed; returns the status it printed.
+    pub fn ctl(&self, command: &str) -> serde_json::Value {
+        let out = self.ctl_output(command);
+        assert!(
+            out.status.success(),
+            "`ch-launcher {command}` failed ({}): {}\nlauncher log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.logs_text()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`ch-launcher {command}` printed no JSON status ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Polls until `check` holds for the status `ch-launcher status` prints.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let status = self.ctl("status");
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never became {what}; last {status}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal ch-launcher");
+    }
+
+    /// Waits for the launcher to exit; `None` if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("launcher started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for ch-launcher") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Like [`Self::wait_exit`] but fails the test with the logs on timeout.
+    pub fn expect_exit(&mut self, limit: Duration) -> ExitStatus {
+        match self.wait_exit(limit) {
+            Some(status) => {
+                // The stderr pipe is closed now; collect the last lines.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                status
+            }
+            None => panic!(
+                "ch-launcher still running after {limit:?}:\n{}",
+                self.logs_text()
+            ),
+        }
+    }
+
+    pub fn logs_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// JSON log records whose message is `message`.
+    pub fn log_records(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["message"] == message)
+            .collect()
+    }
+
+    /// The `(state, reason)` of the launcher's "VM final state" log record.
+    pub fn logged_final_state(&self) -> (String, String) {
+        let records = self.log_records("VM final state");
+        let record = records
+            .last()
+            .unwrap_or_else(|| panic!("no final state logged:\n{}", self.logs_text()));
+        (
+            record["state"].as_str().unwrap_or_default().to_owned(),
+            record["reason"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// Live (non-zombie) processes whose command line names this VM's API
+    /// socket: the VMM, whoever its parent is by now.
+    pub fn vmm_pids(&self) -> Vec<Pid> {
+        let needle = self.vm_dir.join("ch-api.sock");
+        let needle = needle.to_string_lossy();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains(needle.as_ref()) && !is_zombie(*pid)
+            })
+            .map(Pid::from_raw)
+            .collect()
+    }
+
+    /// The single VMM process of this VM.
+    pub fn vmm_pid(&self) -> Pid {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let pids = self.vmm_pids();
+            match pids.as_slice() {
+                [pid] => return *pid,
+                [] if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("expected one VMM process, found {other:?}"),
+            }
+        }
+    }
+
+    /// Waits until no VMM process of this VM is left.
+    pub fn expect_no_vmm(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pids = self.vmm_pids();
+            if pids.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "VMM processes {pids:?} still alive after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name, which may contain spaces.
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        .unwrap_or(true)
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        for pid in self.vmm_pids() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if std::thread::panicking() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "--- ch-launcher log ---\n{}\n--- end of log ---",
+                self.logs_text()
+            );
+        }
+    }
+}
+
+/// A client of `virt-serial0`.
+pub struct Console {
+    stream: UnixStream,
+    seen: Vec<u8>,
+}
+
+impl Console {
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to virt-serial0");
+    }
+
+    /// Reads until `want` has arrived (after what earlier calls consumed);
+    /// fails with what did arrive.
+    pub fn expect(&mut self, want: &[u8]) {
+        let deadline = Instant::now() + SLOW;
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Some(at) = self.seen.windows(want.len()).position(|w| w == want) {
+                self.seen.drain(..at + want.len());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "console never showed {:?}; got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&self.seen)
+            );
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!(
+                    "console closed before {:?}; got {:?}",
+                    String::from_utf8_lossy(want),
+                    String::from_utf8_lossy(&self.seen)
+                ),
+                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => panic!("console read failed: {e}"),
+            }
+        }
+    }
+
+    /// Waits until the launcher closes this connection.
+    pub fn expect_closed(&mut self) {
+        let deadline = Instant::now() + SLOW;
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+                Err(e) if is_timeout(&e) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("console read failed: {e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "console connection was not closed"
+            );
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads a whole file, waiting until it contains `want`.
+pub fn wait_file_contains(path: &Path, want: &str) -> String {
+    let deadline = Instant::now() + SLOW;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(want) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never contained {want:?}; has {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,424 @@
+//! The test guest under libvirt + QEMU through the real `ch-launcher run`
+//! (`spec.hypervisor: libvirt`): console, echo, pause/resume, reboot, guest
+//! power-off, SIGTERM and a killed QEMU, each mapped onto the same lifecycle
+//! states and exit codes as the Cloud Hypervisor path; no domain is left
+//! defined or running afterwards.
+//!
+//! Needs a reachable libvirtd (`.ci/setup-host.sh`); otherwise every test
+//! prints a `SKIP:` line and passes. `LIBVIRT_URI` overrides
+//! `qemu:///system`; `CH_LAUNCHER_BIN` names a prebuilt launcher.
+
+use domain_model::Hypervisor;
+use images::{TestGuestSpec, Variant};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// QEMU boots take seconds on these nested machines; one VM at a time keeps
+/// the timing of every test independent of the others.
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn uri() -> String {
+    std::env::var("LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
+}
+
+fn virsh(args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("virsh").arg("-c").arg(uri()).args(args).output()
+}
+
+/// `None` (after printing the SKIP line) when libvirtd cannot be reached.
+fn libvirt_or_skip(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    match virsh(&["version"]) {
+        Ok(out) if out.status.success() => {
+            Some(ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+        Ok(out) => {
+            println!(
+                "SKIP: {test}: libvirtd not reachable at {} ({}); run .ci/setup-host.sh",
+                uri(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            println!("SKIP: {test}: virsh not runnable ({e}); run .ci/setup-host.sh");
+            None
+        }
+    }
+}
+
+/// The launcher binary: `$CH_LAUNCHER_BIN`, else built by cargo next to
+/// this test binary (`target/<profile>/ch-launcher`).
+fn launcher() -> PathBuf {
+    if let Some(path) = std::env::var_os("CH_LAUNCHER_BIN") {
+        return PathBuf::from(path);
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "ch-launcher", "--bin", "ch-launcher"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building ch-launcher failed");
+            let exe = std::env::current_exe().expect("test binary path");
+            let mut dir = exe.parent().expect("test binary dir").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir.join("ch-launcher")
+        })
+        .clone()
+}
+
+/// One `ch-launcher run` of the test guest. Dropping it kills the launcher's
+/// process group and removes the libvirt domain if anything is left.
+struct LaunchedVm {
+    dir: tempfile::TempDir,
+    spec: PathBuf,
+    domain: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl LaunchedVm {
+    fn start(name: &str, grace_seconds: u32, extra_spec: &str) -> LaunchedVm {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = format!("{name}-{}", std::process::id());
+        let text = TestGuestSpec::new(Hypervisor::Libvirt, Variant::Interactive)
+            .name(&name)
+            .termination_grace_period_seconds(grace_seconds)
+            .render()
+            .expect("spec renders");
+        let text = text.replacen("spec:\n", &format!("spec:\n{extra_spec}"), 1);
+        let spec = dir.path().join("vmi.yaml");
+        std::fs::write(&spec, text).expect("write spec");
+        let log = dir.path().join("launcher.log");
+        let mut vm = LaunchedVm {
+            domain: format!("default_{name}"),
+            spec,
+            child: None,
+            log,
+            dir,
+        };
+        let stderr = std::fs::File::create(&vm.log).expect("log file");
+        let child = Command::new(launcher())
+            .args(vm.global_args())
+            .arg("--log-format=json")
+            .arg("run")
+            .arg("--no-attach")
+            .arg(&vm.spec)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .expect("ch-launcher starts");
+        vm.child = Some(child);
+        vm
+    }
+
+    fn global_args(&self) -> Vec<String> {
+        vec![
+            "--private-dir".into(),
+            self.private_dir().display().to_string(),
+            "--libvirt-uri".into(),
+            uri(),
+        ]
+    }
+
+    fn private_dir(&self) -> PathBuf {
+        self.dir.path().join("private")
+    }
+
+    /// `<private dir>/<uid>`: the only directory the launcher creates there.
+    fn vm_dir(&self) -> PathBuf {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(entry) = std::fs::read_dir(self.private_dir())
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(Result::ok)
+            {
+                return entry.path();
+            }
+            assert!(Instant::now() < deadline, "no VM directory appeared\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn serial_log(&self) -> PathBuf {
+        self.vm_dir().join("virt-serial0-log")
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A control command (`status`, `pause`, ...); its JSON answer.
+    fn control(&self, command: &str) -> Result<Value, String> {
+        let out = Command::new(launcher())
+            .args(self.global_args())
+            .arg(command)
+            .arg(&self.spec)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    fn wait_status(&self, state: &str, reason: &str) {
+        let deadline = Instant::now() + WAIT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.control("status") {
+                Ok(v) if v["state"] == state && v["reason"] == reason => return,
+                Ok(v) => last = v.to_string(),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("never reached {state}/{reason}; last: {last}\n{}", self.logs());
+    }
+
+    fn connect_console(&self) -> UnixStream {
+        let socket = self.vm_dir().join("virt-serial0");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                    return s;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    panic!("cannot connect {}: {e}\n{}", socket.display(), self.logs())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("launcher started");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "launcher did not exit\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("launcher started").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+    }
+
+    /// The launcher's last `VM final state` log record.
+    fn final_state(&self) -> (String, String) {
+        let logs = self.logs();
+        let record = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("VM final state"))
+            })
+            .last()
+            .unwrap_or_else(|| panic!("no final state logged\n{logs}"));
+        let field = |name: &str| record[name].as_str().unwrap_or_default().to_owned();
+        (field("state"), field("reason"))
+    }
+
+    fn assert_domain_gone(&self) {
+        let out = virsh(&["list", "--all", "--name"]).expect("virsh list");
+        let names = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !names.lines().any(|n| n.trim() == self.domain),
+            "domain {} is still defined:\n{names}",
+            self.domain
+        );
+    }
+}
+
+impl Drop for LaunchedVm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+            }
+        }
+        let _ = virsh(&["destroy", &self.domain]);
+        let _ = virsh(&["undefine", "--nvram", &self.domain]);
+    }
+}
+
+/// Reads from the console until `want` has been seen or the wait ends.
+fn read_until(console: &mut UnixStream, want: &str, wait: Duration) -> String {
+    let deadline = Instant::now() + wait;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        match console.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("console read failed: {e}"),
+        }
+        if String::from_utf8_lossy(&seen).contains(want) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+fn wait_for_file_text(path: &Path, want: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(want) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const BANNER: &str = "TINY-GUEST-UP";
+
+#[test]
+fn libvirt_guest_boots_echoes_and_powers_off_with_exit_0() {
+    let Some(_guard) = libvirt_or_skip("libvirt_guest_boots_echoes_and_powers_off_with_exit_0")
+    else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-echo", 5, "");
+    vm.wait_status("Running", "Booted");
+    let banner = wait_for_file_text(&vm.serial_log(), BANNER);
+    assert!(banner.contains(BANNER), "no banner in virt-serial0-log: {banner:?}");
+
+    let mut console = vm.connect_console();
+    console.write_all(b"ping").unwrap();
+    let echoed = read_until(&mut console, "ping", Duration::from_secs(20));
+    assert!(echoed.contains("ping"), "echo round trip failed: {echoed:?}");
+
+    console.write_all(b"q").unwrap();
+    let status = vm.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", vm.logs());
+    assert_eq!(vm.final_state(), ("Shutoff".into(), "Shutdown".into()));
+    let log = std::fs::read_to_string(vm.serial_log()).unwrap_or_default();
+    assert!(log.contains("ping"), "the echo is logged too: {log:?}");
+    vm.assert_domain_gone();
+}
+
+#[test]
+fn libvirt_start_paused_shows_the_banner_on_virt_serial0_after_resume() {
+    let Some(_guard) = libvirt_or_skip("libvirt_start_paused_shows_the_banner_on_virt_serial0")
+    else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-paused", 5, "  startStrategy: Paused\n");
+    vm.wait_status("Paused", "StartingUp");
+    let mut console = vm.connect_console();
+    let resumed = vm.control("resume").expect("resume");
+    assert_eq!(resumed["state"], "Running", "{resumed}");
+    let seen = read_until(&mut console, BANNER, Duration::from_secs(30));
+    assert!(seen.contains(BANNER), "no banner on virt-serial0: {seen:?}");
+
+    // A reset reboots the guest: the banner comes again.
+    vm.control("reboot").expect("reboot");
+    let again = read_until(&mut console, BANNER, Duration::from_secs(30));
+    assert!(again.contains(BANNER), "no banner after reboot: {again:?}");
+    vm.wait_status("Running", "Booted");
+
+    console.write_all(b"q").unwrap();
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    vm.assert_domain_gone();
+}
+
+#[test]
+fn libvirt_pause_then_resume_maps_to_paused_user_then_running() {
+    let Some(_guard) = libvirt_or_skip("libvirt_pause_then_resume") else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-pause", 5, "");
+    vm.wait_status("Running", "Booted");
+    let paused = vm.control("pause").expect("pause");
+    assert_eq!((&paused["state"], &paused["reason"]), (&"Paused".into(), &"User".into()));
+    let domstate = virsh(&["domstate", &vm.domain]).expect("virsh domstate");
+    assert_eq!(String::from_utf8_lossy(&domstate.stdout).trim(), "paused");
+
+    let resumed = vm.control("resume").expect("resume");
+    assert_eq!((&resumed["state"], &resumed["reason"]), (&"Running".into(), &"Unpaused".into()));
+    let mut console = vm.connect_console();
+    console.write_all(b"x").unwrap();
+    assert!(read_until(&mut console, "x", Duration::from_secs(20)).contains('x'));
+
+    console.write_all(b"q").unwrap();
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    vm.assert_domain_gone();
+}
+
+#[test]
+fn libvirt_sigterm_waits_the_grace_period_then_destroys() {
+    let Some(_guard) = libvirt_or_skip("libvirt_sigterm_waits_the_grace_period_then_destroys")
+    else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-sigterm", 2, "");
+    vm.wait_status("Running", "Booted");
+    let sent = Instant::now();
+    vm.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = vm.wait_exit();
+    let took = sent.elapsed();
+    // The guest ignores the ACPI power button, so the stop takes the grace
+    // period and ends in a destroy the launcher asked for: success.
+    assert_eq!(status.code(), Some(0), "{}", vm.logs());
+    assert!(took >= Duration::from_secs(2), "stopped before the grace period: {took:?}");
+    assert_eq!(vm.final_state(), ("Shutoff".into(), "Destroyed".into()));
+    vm.assert_domain_gone();
+}
+
+#[test]
+fn libvirt_killed_qemu_maps_to_crashed_and_exit_3() {
+    let Some(_guard) = libvirt_or_skip("libvirt_killed_qemu_maps_to_crashed_and_exit_3") else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-kill", 5, "");
+    vm.wait_status("Running", "Booted");
+    let pidfile = format!("/var/run/libvirt/qemu/{}.pid", vm.domain);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("{pidfile}: {e}"))
+        .trim()
+        .parse()
+        .expect("QEMU pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill QEMU");
+    let status = vm.wait_exit();
+    assert_eq!(status.code(), Some(3), "{}", vm.logs());
+    assert_eq!(vm.final_state(), ("Crashed".into(), "Unknown".into()));
+    vm.assert_domain_gone();
+}
