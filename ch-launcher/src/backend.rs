@@ -40,6 +40,13 @@ pub trait Backend: Send + Sync {
     fn power_button(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Stop the VM now, without the guest's cooperation.
     fn destroy(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// The serial PTY the VM has now, if the launcher relays one. Cloud
+    /// Hypervisor allocates a new PTY on every reboot (and closes the old
+    /// one), so the runner asks again after [`Event::Rebooted`]. Backends
+    /// whose console does not move keep the default.
+    fn serial_pty(&self) -> impl Future<Output = Result<Option<PathBuf>, BackendError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// Where the guest's serial console comes from.

@@ -71,6 +71,14 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "URI", env = "LIBVIRT_DEFAULT_URI",
         default_value = libvirt::DEFAULT_URI)]
     pub libvirt_uri: String,
+    /// Use host capabilities recorded with `virsh domcapabilities` instead of
+    /// probing this host (host, run, validate, render).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub domcapabilities: Option<PathBuf>,
+    /// Intel TDX: the Quote Generation Service socket for guest attestation
+    /// (libvirt backend).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub tdx_qgs_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,18 +115,11 @@ pub enum Commands {
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
     /// Print the node labels for this host (SEV, SEV-ES, SEV-SNP, TDX,
-    /// Secure Execution), one `key=value` per line.
-    Labels(HostArgs),
+    /// Secure Execution), one `key=value` per line; `--domcapabilities FILE`
+    /// reads recorded `virsh domcapabilities` output instead of probing.
+    Labels,
     /// Print everything detected about the host as JSON.
-    Capabilities(HostArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct HostArgs {
-    /// Read recorded `virsh domcapabilities` output instead of probing the
-    /// kernel.
-    #[arg(long, value_name = "FILE")]
-    pub domcapabilities: Option<PathBuf>,
+    Capabilities,
 }
 
 #[derive(Debug, Args)]
@@ -211,16 +212,15 @@ async fn dispatch(cli: Cli) -> u8 {
         Commands::Reboot(t) => control_command(g, t, Command::Reboot).await,
         Commands::Stop(t) => control_command(g, t, Command::Stop).await,
         Commands::Status(t) => control_command(g, t, Command::Status).await,
-        Commands::Host(command) => host(command),
+        Commands::Host(command) => host(g, command),
     }
 }
 
-fn host(command: &HostCommand) -> u8 {
+fn host(g: &GlobalArgs, command: &HostCommand) -> u8 {
+    let recorded = g.domcapabilities.as_deref();
     let output = match command {
-        HostCommand::Labels(args) => crate::host::labels_command(args.domcapabilities.as_deref()),
-        HostCommand::Capabilities(args) => {
-            crate::host::capabilities_command(args.domcapabilities.as_deref())
-        }
+        HostCommand::Labels => crate::host::labels_command(recorded),
+        HostCommand::Capabilities => crate::host::capabilities_command(recorded),
     };
     match output {
         Ok(text) => print_stdout(&text, exit::SUCCESS),
@@ -229,6 +229,33 @@ fn host(command: &HostCommand) -> u8 {
             exit::FAILURE
         }
     }
+}
+
+/// The host facts a confidential libvirt launch renders (SEV C-bit, TDX
+/// quote service), from `--domcapabilities` or the native probe. A run
+/// refuses a launch-security kind the host cannot do; a dry run warns.
+fn confidential_host(
+    g: &GlobalArgs,
+    domain: &Domain,
+    for_run: bool,
+) -> Result<libvirt::ConfidentialHost, String> {
+    let Some(ls) = &domain.launch_security else {
+        return Ok(libvirt::ConfidentialHost::default());
+    };
+    let caps = crate::host::capabilities(g.domcapabilities.as_deref()).map_err(|e| e.to_string())?;
+    for note in &caps.notes {
+        tracing::warn!("host capabilities: {note}");
+    }
+    if let Some(problem) = caps.unsupported(ls) {
+        if for_run {
+            return Err(problem);
+        }
+        tracing::warn!("{problem}");
+    }
+    Ok(libvirt::ConfidentialHost {
+        sev: caps.sev,
+        tdx_quote_generation_socket: g.tdx_qgs_socket.clone(),
+    })
 }
 
 fn load_options(g: &GlobalArgs) -> LoadOptions {
@@ -303,7 +330,7 @@ async fn run(g: &GlobalArgs, args: &RunArgs) -> u8 {
                 .await
         }
         Hypervisor::Libvirt => {
-            let lv_opts =
+            let mut lv_opts =
                 match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, true) {
                     Ok(o) => o,
                     Err(e) => {
@@ -311,6 +338,13 @@ async fn run(g: &GlobalArgs, args: &RunArgs) -> u8 {
                         return exit::FAILURE;
                     }
                 };
+            lv_opts.confidential = match confidential_host(g, &domain, true) {
+                Ok(host) => host,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return exit::FAILURE;
+                }
+            };
             runner
                 .run(|d, p| async move { libvirt::create(&d, &p, &lv_opts).await })
                 .await
@@ -377,9 +411,17 @@ fn validate(g: &GlobalArgs, args: &ValidateArgs) -> u8 {
         let paths = VmPaths::new(&g.private_dir, &domain.uid);
         match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, false) {
             Ok(opts) => {
+                let confidential = match confidential_host(g, &domain, false) {
+                    Ok(host) => host,
+                    Err(e) => {
+                        eprintln!("ch-launcher: {e}");
+                        return exit::FAILURE;
+                    }
+                };
                 let ctx = libvirt::RenderContext {
                     paths,
                     firmware: opts.firmware,
+                    confidential,
                 };
                 if let Err(errors) = libvirt::render::build(&domain, &ctx) {
                     print_spec_errors(&args.spec, &errors);
@@ -434,9 +476,17 @@ fn render(g: &GlobalArgs, spec: &Path) -> u8 {
                         return exit::FAILURE;
                     }
                 };
+            let confidential = match confidential_host(g, &domain, false) {
+                Ok(host) => host,
+                Err(e) => {
+                    eprintln!("ch-launcher: {e}");
+                    return exit::FAILURE;
+                }
+            };
             let ctx = libvirt::RenderContext {
                 paths,
                 firmware: opts.firmware,
+                confidential,
             };
             match libvirt::render(&domain, &ctx) {
                 Ok(xml) => print_stdout(&xml, exit::SUCCESS),

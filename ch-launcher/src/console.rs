@@ -12,7 +12,6 @@ use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::termios::{self, SetArg};
@@ -31,6 +30,10 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 const CLIENT_QUEUE_CHUNKS: usize = 256;
 
 const READ_CHUNK: usize = 4096;
+
+/// Client input buffered while the PTY does not take it; beyond this the
+/// relay stops reading from the client (backpressure).
+const MAX_PENDING_INPUT: usize = 64 * 1024;
 
 /// Where the relay listens and logs, and with which permissions.
 #[derive(Debug, Clone)]
@@ -64,8 +67,16 @@ pub fn open_pty(path: &Path) -> io::Result<File> {
 /// log stays.
 pub struct ConsoleRelay {
     socket: PathBuf,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+    control: mpsc::UnboundedSender<RelayControl>,
     pty_closed: watch::Receiver<bool>,
+}
+
+enum RelayControl {
+    /// The hypervisor replaced the serial PTY (Cloud Hypervisor does on reboot).
+    SwitchPty(File),
+    /// Hand the client what is queued for it, then stop.
+    Finish,
 }
 
 impl ConsoleRelay {
@@ -83,12 +94,23 @@ impl ConsoleRelay {
         log.set_permissions(Permissions::from_mode(config.mode))
             .map_err(|e| annotate(e, "setting mode of console log", &config.log))?;
         let listener = bind_socket(&config.socket, config.mode)?;
-        let pty = Arc::new(register(pty)?);
+        let pty = register(pty)?;
         let (closed_tx, pty_closed) = watch::channel(false);
-        let task = tokio::spawn(relay(pty, listener, log, config.log.clone(), closed_tx));
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let relay = Relay {
+            pty: Some(pty),
+            pty_closed: closed_tx,
+            log,
+            log_path: config.log.clone(),
+            log_ok: true,
+            client: None,
+            pending_input: Vec::new(),
+        };
+        let task = tokio::spawn(relay.run(listener, control_rx));
         Ok(ConsoleRelay {
             socket: config.socket.clone(),
-            task,
+            task: Some(task),
+            control,
             pty_closed,
         })
     }
@@ -97,16 +119,28 @@ impl ConsoleRelay {
         &self.socket
     }
 
-    /// Stops the relay once the hypervisor closed the PTY and the guest's
-    /// last bytes are logged, or after `limit`.
+    /// Relays `pty` (as returned by [`open_pty`]) from now on instead of the
+    /// current one; the client stays connected.
+    pub fn switch_pty(&self, pty: File) {
+        let _ = self.control.send(RelayControl::SwitchPty(pty));
+    }
+
+    /// Stops the relay once the hypervisor closed the PTY (so the guest's
+    /// last bytes are logged and sent), or after `limit`.
     pub async fn finish(mut self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.pty_closed.wait_for(|closed| *closed)).await;
+        let _ = self.control.send(RelayControl::Finish);
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(limit, task).await;
+        }
     }
 }
 
 impl Drop for ConsoleRelay {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
         remove_socket(&self.socket);
     }
 }
@@ -139,10 +173,12 @@ fn annotate(err: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
 }
 
-/// The connected client: a task that writes guest output to it and copies its
-/// input to the PTY.
+/// The connected client: a task that writes guest output to it and passes
+/// its input back to the relay.
 struct Client {
     output: mpsc::Sender<Vec<u8>>,
+    /// Closes when the client is gone.
+    input: mpsc::Receiver<Vec<u8>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -162,78 +198,127 @@ impl Drop for Client {
     }
 }
 
-async fn relay(
-    pty: Arc<AsyncFd<File>>,
-    listener: UnixListener,
-    mut log: File,
-    log_path: PathBuf,
+/// The relay's state; [`Relay::run`] owns it.
+struct Relay {
+    /// `None` after the hypervisor closed it (until a switch brings a new one).
+    pty: Option<AsyncFd<File>>,
     pty_closed: watch::Sender<bool>,
-) {
-    let mut client: Option<Client> = None;
-    let mut pty_open = true;
-    let mut log_ok = true;
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    if client.take().is_some() {
-                        tracing::info!("new console connection replaces the previous one");
-                    } else {
-                        tracing::info!("console client connected");
+    log: File,
+    log_path: PathBuf,
+    log_ok: bool,
+    client: Option<Client>,
+    /// Client input the PTY has not taken yet.
+    pending_input: Vec<u8>,
+}
+
+impl Relay {
+    async fn run(
+        mut self,
+        listener: UnixListener,
+        mut control: mpsc::UnboundedReceiver<RelayControl>,
+    ) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let input_room = self.pending_input.len() < MAX_PENDING_INPUT;
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        if self.client.take().is_some() {
+                            tracing::info!("new console connection replaces the previous one");
+                        } else {
+                            tracing::info!("console client connected");
+                        }
+                        self.client = Some(spawn_client(stream));
                     }
-                    client = Some(spawn_client(stream, pty.clone(), pty_open));
-                }
-                Err(e) => {
-                    // E.g. out of file descriptors: retry later instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept console connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            read = read_pty(&pty, &mut buf), if pty_open => {
-                match read {
-                Ok(0) => {
-                    tracing::info!("serial console closed by the hypervisor");
-                    pty_open = false;
-                    if let Some(c) = client.take() { c.drain(); }
-                }
-                Ok(n) => {
-                    let bytes = &buf[..n];
-                    if log_ok {
-                        if let Err(e) = log.write_all(bytes) {
-                            tracing::error!(path = %log_path.display(), error = %e,
-                                "cannot write console log; further guest output is not logged");
-                            log_ok = false;
+                    Err(e) => {
+                        // E.g. out of file descriptors: retry later instead of spinning.
+                        tracing::warn!(error = %e, "cannot accept console connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                command = control.recv() => match command {
+                    Some(RelayControl::SwitchPty(file)) => self.switch(file),
+                    Some(RelayControl::Finish) | None => {
+                        if let Some(c) = self.client.take() {
+                            c.drain();
+                        }
+                        return;
+                    }
+                },
+                read = read_pty(self.pty.as_ref(), &mut buf) => self.guest_output(read, &buf),
+                written = write_pty(self.pty.as_ref(), &self.pending_input),
+                    if !self.pending_input.is_empty() =>
+                {
+                    match written {
+                        Ok(n) => {
+                            self.pending_input.drain(..n);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot write to the serial console");
+                            self.pending_input.clear();
                         }
                     }
-                    if let Some(c) = &client {
-                        if c.output.try_send(bytes.to_vec()).is_err() {
-                            tracing::warn!("console client does not keep up or is gone; disconnecting it");
-                            client = None;
-                        }
+                }
+                input = client_input(&mut self.client), if input_room => match input {
+                    Some(bytes) if self.pty.is_some() => self.pending_input.extend_from_slice(&bytes),
+                    // The guest has no console right now; typing into the void.
+                    Some(_) => tracing::debug!("console input dropped: no serial PTY"),
+                    None => {
+                        tracing::info!("console client disconnected");
+                        self.client = None;
                     }
-                }
-                // EIO: the master side (the hypervisor) is gone.
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                    tracing::info!("serial console closed by the hypervisor");
-                    pty_open = false;
-                    if let Some(c) = client.take() { c.drain(); }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the serial console; relay stops");
-                    pty_open = false;
-                    if let Some(c) = client.take() { c.drain(); }
-                }
-                }
-                if !pty_open {
-                    pty_closed.send_replace(true);
-                }
-            },
-            () = client_gone(&mut client) => {
-                tracing::info!("console client disconnected");
-                client = None;
+                },
             }
         }
+    }
+
+    fn switch(&mut self, file: File) {
+        match register(file) {
+            Ok(pty) => {
+                tracing::info!("serial console reattached to the hypervisor's new PTY");
+                self.pty = Some(pty);
+                self.pty_closed.send_replace(false);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot watch the new serial PTY"),
+        }
+    }
+
+    fn guest_output(&mut self, read: io::Result<usize>, buf: &[u8]) {
+        match read {
+            Ok(n) if n > 0 => {
+                let bytes = &buf[..n];
+                if self.log_ok {
+                    if let Err(e) = self.log.write_all(bytes) {
+                        tracing::error!(path = %self.log_path.display(), error = %e,
+                            "cannot write the console log; further guest output is not logged");
+                        self.log_ok = false;
+                    }
+                }
+                if let Some(c) = &self.client {
+                    if c.output.try_send(bytes.to_vec()).is_err() {
+                        tracing::warn!("console client does not keep up; disconnecting it");
+                        self.client = None;
+                    }
+                }
+            }
+            // EOF or EIO: the hypervisor closed its side (it exited, or it
+            // replaces the PTY for a reboot). The client stays connected.
+            Ok(_) => self.pty_gone(None),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => self.pty_gone(None),
+            Err(e) => self.pty_gone(Some(e)),
+        }
+    }
+
+    fn pty_gone(&mut self, error: Option<io::Error>) {
+        match error {
+            None => tracing::info!("the hypervisor closed the serial PTY"),
+            Some(e) => {
+                tracing::error!(error = %e, "cannot read the serial PTY; stopped reading it")
+            }
+        }
+        self.pty = None;
+        self.pending_input.clear();
+        self.pty_closed.send_replace(true);
     }
 }
 
@@ -245,7 +330,11 @@ pub(crate) fn register(file: File) -> io::Result<AsyncFd<File>> {
     unsafe { AsyncFd::register(file) }.map_err(|e| e.into_parts().1)
 }
 
-async fn read_pty(pty: &AsyncFd<File>, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads guest output; never resolves without a PTY.
+async fn read_pty(pty: Option<&AsyncFd<File>>, buf: &mut [u8]) -> io::Result<usize> {
+    let Some(pty) = pty else {
+        return std::future::pending().await;
+    };
     loop {
         let mut guard = pty.readable().await?;
         match guard.try_io(|fd| io::Read::read(&mut fd.get_ref(), buf)) {
@@ -255,40 +344,39 @@ async fn read_pty(pty: &AsyncFd<File>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-async fn write_pty(pty: &AsyncFd<File>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
+/// Writes some of `data` to the guest; never resolves without a PTY.
+async fn write_pty(pty: Option<&AsyncFd<File>>, data: &[u8]) -> io::Result<usize> {
+    let Some(pty) = pty else {
+        return std::future::pending().await;
+    };
+    loop {
         let mut guard = pty.writable().await?;
         match guard.try_io(|fd| io::Write::write(&mut fd.get_ref(), data)) {
             Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
+            Ok(result) => return result,
             Err(_would_block) => continue,
         }
     }
-    Ok(())
 }
 
-/// Resolves when the current client's task has ended; never when there is none.
-async fn client_gone(client: &mut Option<Client>) {
+/// The current client's next input; `None` once it is gone; never resolves
+/// without a client.
+async fn client_input(client: &mut Option<Client>) -> Option<Vec<u8>> {
     match client {
-        Some(Client {
-            task: Some(task), ..
-        }) => {
-            let _ = task.await;
-        }
-        _ => std::future::pending().await,
+        Some(c) => c.input.recv().await,
+        None => std::future::pending().await,
     }
 }
 
-fn spawn_client(stream: UnixStream, pty: Arc<AsyncFd<File>>, pty_open: bool) -> Client {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_CHUNKS);
+fn spawn_client(stream: UnixStream) -> Client {
+    let (output, mut output_rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_CHUNKS);
+    let (input_tx, input) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_CHUNKS);
     let task = tokio::spawn(async move {
         let (mut reader, mut writer) = stream.into_split();
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut input_open = true;
         loop {
             tokio::select! {
-                out = rx.recv() => match out {
+                out = output_rx.recv() => match out {
                     Some(bytes) => {
                         if let Err(e) = writer.write_all(&bytes).await {
                             tracing::debug!(error = %e, "console client write failed");
@@ -297,16 +385,13 @@ fn spawn_client(stream: UnixStream, pty: Arc<AsyncFd<File>>, pty_open: bool) -> 
                     }
                     None => return,
                 },
-                read = reader.read(&mut buf), if input_open => match read {
+                read = reader.read(&mut buf) => match read {
                     Ok(0) => return,
-                    Ok(n) if pty_open => {
-                        if let Err(e) = write_pty(&pty, &buf[..n]).await {
-                            tracing::warn!(error = %e, "cannot write to the serial console");
-                            input_open = false;
+                    Ok(n) => {
+                        if input_tx.send(buf[..n].to_vec()).await.is_err() {
+                            return;
                         }
                     }
-                    // The guest console is gone; the client's input has nowhere to go.
-                    Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "console client read failed");
                         return;
@@ -316,7 +401,8 @@ fn spawn_client(stream: UnixStream, pty: Arc<AsyncFd<File>>, pty_open: bool) -> 
         }
     });
     Client {
-        output: tx,
+        output,
+        input,
         task: Some(task),
     }
 }
@@ -326,6 +412,7 @@ mod tests {
     use super::*;
     use nix::pty::openpty;
     use std::os::fd::OwnedFd;
+    use std::sync::Arc;
     use tokio::time::timeout;
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -351,6 +438,14 @@ mod tests {
             slave_path,
             _slave: pty.slave,
         }
+    }
+
+    async fn master_write(master: &AsyncFd<File>, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = write_pty(Some(master), data).await?;
+            data = &data[n..];
+        }
+        Ok(())
     }
 
     fn config(dir: &Path) -> ConsoleConfig {
@@ -381,7 +476,7 @@ mod tests {
         let mut buf = [0u8; 256];
         timeout(WAIT, async {
             while !got.windows(want.len()).any(|w| w == want) {
-                let n = read_pty(master, &mut buf).await.expect("read master");
+                let n = read_pty(Some(master), &mut buf).await.expect("read master");
                 got.extend_from_slice(&buf[..n]);
             }
         })
@@ -412,7 +507,7 @@ mod tests {
         let cfg = config(dir.path());
         let _relay = ConsoleRelay::start(open_pty(&serial.slave_path).unwrap(), &cfg).unwrap();
 
-        write_pty(&serial.master, b"TINY-GUEST-UP\r\n")
+        master_write(&serial.master, b"TINY-GUEST-UP\r\n")
             .await
             .unwrap();
         wait_for_log(&cfg.log, "TINY-GUEST-UP\r\n").await;
@@ -420,7 +515,9 @@ mod tests {
         let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
         // Let the relay accept before the guest writes again.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        write_pty(&serial.master, b"second line\r\n").await.unwrap();
+        master_write(&serial.master, b"second line\r\n")
+            .await
+            .unwrap();
         read_until(&mut client, b"second line\r\n").await;
         let log = wait_for_log(&cfg.log, "second line").await;
         assert_eq!(log, "TINY-GUEST-UP\r\nsecond line\r\n");
@@ -440,7 +537,7 @@ mod tests {
         assert_eq!(got, b"hello\n");
 
         // The guest echoes; the line discipline must not have echoed too.
-        write_pty(&serial.master, b"hello\r\n").await.unwrap();
+        master_write(&serial.master, b"hello\r\n").await.unwrap();
         let got = read_until(&mut client, b"hello\r\n").await;
         assert_eq!(got, b"hello\r\n");
     }
@@ -463,7 +560,9 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(n, 0, "first connection got data instead of EOF");
 
-        write_pty(&serial.master, b"to-second\r\n").await.unwrap();
+        master_write(&serial.master, b"to-second\r\n")
+            .await
+            .unwrap();
         read_until(&mut second, b"to-second\r\n").await;
         second.write_all(b"x").await.unwrap();
         read_master_until(&serial.master, b"x").await;
@@ -487,23 +586,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn hypervisor_closing_the_pty_closes_the_client() {
+    async fn client_stays_across_a_pty_switch_and_finish_closes_it_after_the_last_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let serial = fake_serial();
+        let first = fake_serial();
         let cfg = config(dir.path());
-        let _relay = ConsoleRelay::start(open_pty(&serial.slave_path).unwrap(), &cfg).unwrap();
+        let relay = ConsoleRelay::start(open_pty(&first.slave_path).unwrap(), &cfg).unwrap();
         let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        write_pty(&serial.master, b"bye\r\n").await.unwrap();
-        read_until(&mut client, b"bye\r\n").await;
-        let FakeSerial { master, _slave, .. } = serial;
-        drop(master);
-        drop(_slave);
+        master_write(&first.master, b"TINY-GUEST-UP\r\n")
+            .await
+            .unwrap();
+        read_until(&mut client, b"TINY-GUEST-UP\r\n").await;
+
+        // A reboot: the hypervisor closes the PTY and opens a new one.
+        drop(first);
+        let second = fake_serial();
+        relay.switch_pty(open_pty(&second.slave_path).unwrap());
+        master_write(&second.master, b"TINY-GUEST-UP\r\n")
+            .await
+            .unwrap();
+        read_until(&mut client, b"TINY-GUEST-UP\r\n").await;
+        client.write_all(b"after").await.unwrap();
+        read_master_until(&second.master, b"after").await;
+
+        // The VM ends: last output, PTY closed, then the relay finishes.
+        master_write(&second.master, b"bye").await.unwrap();
+        drop(second);
+        relay.finish(WAIT).await;
+        let rest = read_until(&mut client, b"bye").await;
+        assert!(rest.ends_with(b"bye"));
         let mut buf = [0u8; 16];
         let n = timeout(WAIT, client.read(&mut buf))
             .await
-            .expect("client not closed after the PTY went away")
+            .expect("client not closed after finish")
             .unwrap_or(0);
         assert_eq!(n, 0);
+        assert!(!cfg.socket.exists());
+        assert_eq!(
+            std::fs::read_to_string(&cfg.log).unwrap(),
+            "TINY-GUEST-UP\r\nTINY-GUEST-UP\r\nbye"
+        );
     }
 }

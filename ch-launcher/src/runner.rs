@@ -207,7 +207,7 @@ impl Runner {
         let status = &outcome.status;
         match &result {
             Ok(()) => tracing::info!(state = ?status.state, reason = ?status.reason,
-                message = status.message.as_deref(),
+                detail = status.message.as_deref(),
                 stop_requested = outcome.stop_requested, succeeded = outcome.succeeded(),
                 "VM final state"),
             Err(e) => tracing::error!(state = ?status.state, reason = ?status.reason,
@@ -269,7 +269,12 @@ impl Runner {
             }
             tokio::select! {
                 event = session.events.recv() => match event {
-                    Some(event) => session.apply(&event),
+                    Some(event) => {
+                        session.apply(&event);
+                        if event == Event::Rebooted {
+                            session.reattach_console().await;
+                        }
+                    }
                     None => session.events_open = false,
                 },
                 Some(request) = self.stop_rx.recv() => {
@@ -354,8 +359,26 @@ impl<B: Backend> Session<B> {
         tracing::debug!(?event, "backend event");
         if let Some(status) = self.lifecycle.apply(event) {
             tracing::info!(state = ?status.state, reason = ?status.reason,
-                message = status.message.as_deref(), "VM state changed");
+                detail = status.message.as_deref(), "VM state changed");
             self.status_tx.send_replace(status.clone());
+        }
+    }
+
+    /// Follows the serial console to the PTY the hypervisor has after a
+    /// reboot, keeping the socket, its client and the log.
+    async fn reattach_console(&mut self) {
+        let Some(relay) = &self.console else {
+            return;
+        };
+        match self.backend.serial_pty().await {
+            Ok(Some(path)) => match console::open_pty(&path) {
+                Ok(file) => relay.switch_pty(file),
+                Err(e) => tracing::error!(pty = %path.display(), error = %e,
+                    "cannot open the serial PTY after the reboot; the console stays detached"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e,
+                "cannot find the serial PTY after the reboot; the console stays detached"),
         }
     }
 

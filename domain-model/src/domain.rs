@@ -226,7 +226,8 @@ pub struct Devices {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpecFeature {
     pub spec_path: String,
-    /// What it is, e.g. `vnc`, `tablet`, `e1000`.
+    /// What it is, e.g. `vnc` (graphics), `tablet:usb` or `tablet:virtio`
+    /// (inputs: `<type>:<bus>`), `e1000`.
     pub kind: String,
 }
 
@@ -241,9 +242,13 @@ pub struct Features {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Clock {
     pub spec_path: String,
-    /// `utc` or `timezone:<name>`.
+    /// `utc`, `utc:<+/-seconds>` (`clock.utc.offsetSeconds`, e.g. `utc:+3600`)
+    /// or `timezone:<name>`.
     pub offset: String,
-    /// Timer names the spec configured, e.g. `hpet`, `rtc`.
+    /// Timers the spec configured, in the order hpet, kvm, pit, rtc, hyperv:
+    /// the KubeVirt name, followed by `,present=<bool>`, `,tickPolicy=<policy>`
+    /// and `,track=<guest|wall>` for each option the spec set, e.g. `hpet` or
+    /// `hpet,present=false` or `rtc,tickPolicy=catchup,track=guest`.
     pub timers: Vec<String>,
 }
 

@@ -177,7 +177,10 @@ mod tests {
         assert!(!gates.is_enabled(WORKLOAD_ENCRYPTION_TDX));
         assert_eq!(
             default_enabled(),
-            vec![SECURE_EXECUTION.to_string(), WORKLOAD_ENCRYPTION_SEV.to_string()]
+            vec![
+                SECURE_EXECUTION.to_string(),
+                WORKLOAD_ENCRYPTION_SEV.to_string()
+            ]
         );
     }
 
@@ -187,15 +190,25 @@ mod tests {
             ("", &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_SEV]),
             (
                 "WorkloadEncryptionTDX",
-                &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_SEV, WORKLOAD_ENCRYPTION_TDX],
+                &[
+                    SECURE_EXECUTION,
+                    WORKLOAD_ENCRYPTION_SEV,
+                    WORKLOAD_ENCRYPTION_TDX,
+                ],
             ),
             ("-WorkloadEncryptionSEV", &[SECURE_EXECUTION]),
             (
                 " WorkloadEncryptionTDX , -WorkloadEncryptionSEV ",
                 &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_TDX],
             ),
-            ("SecureExecution", &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_SEV]),
-            ("-WorkloadEncryptionTDX", &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_SEV]),
+            (
+                "SecureExecution",
+                &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_SEV],
+            ),
+            (
+                "-WorkloadEncryptionTDX",
+                &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_SEV],
+            ),
             (
                 "-WorkloadEncryptionSEV,WorkloadEncryptionSEV",
                 &[SECURE_EXECUTION, WORKLOAD_ENCRYPTION_SEV],
@@ -203,7 +216,11 @@ mod tests {
         ];
         for (list, want) in cases {
             let got = FeatureGates::parse(list).unwrap().enabled();
-            assert_eq!(got, want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{list:?}");
+            assert_eq!(
+                got,
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{list:?}"
+            );
         }
     }
 
@@ -216,7 +233,10 @@ mod tests {
         let err = FeatureGates::parse("WorkloadEncryptionSev").unwrap_err();
         assert_eq!(err, GateError::Unknown("WorkloadEncryptionSev".into()));
         assert!(err.to_string().contains("WorkloadEncryptionSEV (beta)"));
-        assert!(matches!(FeatureGates::parse("WorkloadEncryptionTDX,,SecureExecution"), Err(GateError::Empty(_))));
+        assert!(matches!(
+            FeatureGates::parse("WorkloadEncryptionTDX,,SecureExecution"),
+            Err(GateError::Empty(_))
+        ));
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub fn resolve_str(text: &str, opts: &LoadOptions) -> Result<Domain, SpecErrors>
 pub fn resolve_path(path: &Path, opts: &LoadOptions) -> Result<Domain, SpecErrors> {
     let text = std::fs::read_to_string(path).map_err(|err| {
         let mut e = SpecErrors::default();
-        e.push(path.display().to_string(), format!("cannot read spec: {err}"));
+        e.push(
+            path.display().to_string(),
+            format!("cannot read spec: {err}"),
+        );
         e
     })?;
     let mut opts = opts.clone();

@@ -35,15 +35,88 @@ pub struct Parsed {
 pub fn to_value(text: &str) -> Result<Value, SpecErrors> {
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     let parsed = if trimmed.starts_with('{') {
-        serde_json::from_str::<Value>(trimmed).map_err(|e| format!("invalid JSON: {e}"))
+        serde_json::from_str::<StrictValue>(trimmed)
+            .map(|v| v.0)
+            .map_err(|e| format!("invalid JSON: {e}"))
     } else {
-        serde_saphyr::from_str::<Value>(trimmed).map_err(|e| format!("invalid YAML: {e}"))
+        // serde-saphyr refuses duplicate keys itself. Its message goes on
+        // with a source excerpt; the first line already has line and column.
+        serde_saphyr::from_str::<Value>(trimmed).map_err(|e| {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            format!("invalid YAML: {}", first.trim_start_matches("error: "))
+        })
     };
     parsed.map_err(|message| {
         let mut errors = SpecErrors::default();
         errors.push(DOCUMENT_PATH, message);
         errors
     })
+}
+
+/// A JSON value read without letting a duplicate key silently replace the
+/// first one (serde_json keeps the last).
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(v) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// Parses spec text. `Err` when the document cannot be read as a
@@ -119,7 +192,10 @@ fn check_type_meta(value: &Value, errors: &mut SpecErrors) {
     let Some(object) = value.as_object() else {
         errors.push(
             DOCUMENT_PATH,
-            format!("expected a {KIND} object (apiVersion: {API_VERSION}), found {}", kind_of(value)),
+            format!(
+                "expected a {KIND} object (apiVersion: {API_VERSION}), found {}",
+                kind_of(value)
+            ),
         );
         return;
     };
@@ -131,7 +207,10 @@ fn check_type_meta(value: &Value, errors: &mut SpecErrors) {
         ),
         Some(other) => errors.push(
             "apiVersion",
-            format!("expected the string {API_VERSION:?}, found {}", kind_of(other)),
+            format!(
+                "expected the string {API_VERSION:?}, found {}",
+                kind_of(other)
+            ),
         ),
         None => errors.push("apiVersion", format!("required: apiVersion: {API_VERSION}")),
     }
@@ -177,9 +256,7 @@ fn unknown_field_error(path: &str) -> FieldError {
     if let Some(kind) = unsupported_volume_kind(path) {
         return FieldError::new(
             path,
-            format!(
-                "volume kind {kind} is not supported yet (supported: hostDisk, containerDisk)"
-            ),
+            format!("volume kind {kind} is not supported yet (supported: hostDisk, containerDisk)"),
         );
     }
     FieldError::new(
@@ -219,12 +296,7 @@ fn format_segments(segments: &[Segment]) -> String {
     let mut out = String::new();
     for s in segments {
         match s {
-            Segment::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
+            Segment::Key(k) => push_key(&mut out, k),
             Segment::Index(i) => out.push_str(&format!("[{i}]")),
         }
     }
@@ -232,6 +304,23 @@ fn format_segments(segments: &[Segment]) -> String {
         out.push_str(DOCUMENT_PATH);
     }
     out
+}
+
+/// Appends `.key`, or `["key"]` when the key is empty or holds characters
+/// that would make the path ambiguous.
+fn push_key(out: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '/');
+    if plain {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+    } else {
+        out.push_str(&format!("[{key:?}]"));
+    }
 }
 
 /// Formats a `serde_ignored` path like `spec.domain.devices.disks[1].cdrom`.
@@ -245,10 +334,7 @@ pub(crate) fn ignored_path(path: &serde_ignored::Path) -> String {
             }
             serde_ignored::Path::Map { parent, key } => {
                 walk(parent, out);
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
+                push_key(out, key);
             }
             serde_ignored::Path::Some { parent }
             | serde_ignored::Path::NewtypeStruct { parent }
@@ -263,7 +349,9 @@ pub(crate) fn ignored_path(path: &serde_ignored::Path) -> String {
 /// The key to remove so that deserialization can go past a type error: the
 /// innermost map key, so that list indices of later elements stay true.
 fn removable_prefix(segments: &[Segment]) -> Option<&[Segment]> {
-    let last_key = segments.iter().rposition(|s| matches!(s, Segment::Key(_)))?;
+    let last_key = segments
+        .iter()
+        .rposition(|s| matches!(s, Segment::Key(_)))?;
     Some(&segments[..=last_key])
 }
 
@@ -288,5 +376,33 @@ fn remove_at(value: &mut Value, segments: &[Segment]) -> bool {
     match (last, node) {
         (Segment::Key(k), Value::Object(map)) => map.remove(k).is_some(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_keys_are_quoted_so_every_path_is_non_empty_and_unambiguous() {
+        let text = r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineInstance",
+            "": 1, "spec": {"domain": {"a.b": 2}}}"#;
+        let parsed = parse(text).unwrap();
+        let paths: Vec<&str> = parsed.unknown.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec![r#"[""]"#, r#"spec.domain["a.b"]"#]);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_json_and_yaml() {
+        let json = r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineInstance",
+            "spec":{"domain":{"memory":{"guest":"1Gi","guest":"2Gi"}}}}"#;
+        let e = parse(json).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.0[0].message.contains("duplicate key \"guest\" at line 2"), "{e}");
+        let yaml = "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nkind: X\nspec: {}\n";
+        let e = parse(yaml).unwrap_err();
+        assert_eq!(e.0[0].path, DOCUMENT_PATH);
+        assert!(e.0[0].message.starts_with("invalid YAML: line 3 column 1: duplicate"), "{e}");
+        assert!(!e.0[0].message.contains('\n'), "{e}");
     }
 }

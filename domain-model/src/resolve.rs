@@ -58,7 +58,10 @@ pub const HUGEPAGE_SIZES: &[(&str, u64)] = &[("2Mi", 2 << 20), ("1Gi", 1 << 30)]
 
 /// The UUID namespace in which uids are derived from `<namespace>/<name>`.
 pub fn uid_namespace() -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, b"https://kubevirt.io/ch-launcher/vmi-uid")
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        b"https://kubevirt.io/ch-launcher/vmi-uid",
+    )
 }
 
 /// The uid a VMI without `metadata.uid` gets.
@@ -383,7 +386,9 @@ impl Resolver<'_> {
             if req > lim {
                 self.err(
                     req_path,
-                    format!("requests.memory ({req} bytes) must not exceed limits.memory ({lim} bytes)"),
+                    format!(
+                        "requests.memory ({req} bytes) must not exceed limits.memory ({lim} bytes)"
+                    ),
                 );
             }
         }
@@ -416,7 +421,9 @@ impl Resolver<'_> {
             if guest > lim && guest_from == guest_path {
                 self.err(
                     &guest_path,
-                    format!("guest memory ({guest} bytes) must not exceed limits.memory ({lim} bytes)"),
+                    format!(
+                        "guest memory ({guest} bytes) must not exceed limits.memory ({lim} bytes)"
+                    ),
                 );
             }
         }
@@ -438,14 +445,20 @@ impl Resolver<'_> {
         let page_path = format!("{base}.hugepages.pageSize");
         let hugepage_size = match memory.and_then(|m| m.hugepages.as_ref()) {
             None => None,
-            Some(h) => match HUGEPAGE_SIZES.iter().find(|(_, v)| parse_bytes(&h.page_size.0) == Ok(*v)) {
+            Some(h) => match HUGEPAGE_SIZES
+                .iter()
+                .find(|(_, v)| parse_bytes(&h.page_size.0) == Ok(*v))
+            {
                 Some((_, size)) => {
                     for (path, bytes) in [(&guest_from, Some(guest)), (&max_path, max_guest)] {
                         if let Some(b) = bytes {
                             if b % size != 0 {
                                 self.err(
                                     path.as_str(),
-                                    format!("{b} bytes is not a multiple of the hugepage size {}", h.page_size),
+                                    format!(
+                                        "{b} bytes is not a multiple of the hugepage size {}",
+                                        h.page_size
+                                    ),
                                 );
                             }
                         }
@@ -455,7 +468,10 @@ impl Resolver<'_> {
                 None => {
                     self.err(
                         &page_path,
-                        format!("unsupported hugepage size {:?}: expected 2Mi or 1Gi", h.page_size.0),
+                        format!(
+                            "unsupported hugepage size {:?}: expected 2Mi or 1Gi",
+                            h.page_size.0
+                        ),
                     );
                     None
                 }
@@ -483,7 +499,10 @@ impl Resolver<'_> {
             Some(u) if !u.is_empty() => match Uuid::parse_str(u) {
                 Ok(parsed) => parsed.hyphenated().to_string(),
                 Err(e) => {
-                    self.err("spec.domain.firmware.uuid", format!("{u:?} is not a UUID: {e}"));
+                    self.err(
+                        "spec.domain.firmware.uuid",
+                        format!("{u:?} is not a UUID: {e}"),
+                    );
                     u.to_string()
                 }
             },
@@ -506,10 +525,7 @@ impl Resolver<'_> {
             bootloader.and_then(|b| b.efi.as_ref()),
         );
         if bios.is_some() && efi.is_some() {
-            self.err(
-                format!("{base}.bootloader"),
-                "set only one of bios or efi",
-            );
+            self.err(format!("{base}.bootloader"), "set only one of bios or efi");
             return None;
         }
         if let Some(kb) = fw.and_then(|f| f.kernel_boot.as_ref()) {
@@ -612,7 +628,10 @@ impl Resolver<'_> {
         match std::fs::metadata(&abs) {
             Ok(m) if m.is_file() => Some(abs),
             Ok(_) => {
-                self.err(path, format!("{what} {} is not a regular file", abs.display()));
+                self.err(
+                    path,
+                    format!("{what} {} is not a regular file", abs.display()),
+                );
                 None
             }
             Err(e) => {
@@ -648,17 +667,17 @@ impl Resolver<'_> {
             let has_other_key = self.unknown_paths.iter().any(|p| p.starts_with(&prefix));
             let source = match (&v.host_disk, &v.container_disk) {
                 (Some(_), Some(_)) => {
-                    self.err(&path, "set only one volume source (hostDisk or containerDisk)");
+                    self.err(
+                        &path,
+                        "set only one volume source (hostDisk or containerDisk)",
+                    );
                     None
                 }
                 (Some(hd), None) if !has_other_key => self.host_disk(&path, hd),
                 (None, Some(_)) if !name_ok => None,
                 (None, Some(cd)) if !has_other_key => self.container_disk(&path, &v.name, cd),
                 (None, None) if !has_other_key => {
-                    self.err(
-                        &path,
-                        "no volume source: set hostDisk or containerDisk",
-                    );
+                    self.err(&path, "no volume source: set hostDisk or containerDisk");
                     None
                 }
                 _ => None,
@@ -671,7 +690,10 @@ impl Resolver<'_> {
     fn host_disk(&mut self, path: &str, hd: &api::HostDisk) -> Option<DiskSource> {
         let base = format!("{path}.hostDisk");
         if hd.path.is_empty() {
-            self.err(format!("{base}.path"), "required: the disk image's host path");
+            self.err(
+                format!("{base}.path"),
+                "required: the disk image's host path",
+            );
             return None;
         }
         let abs = self.absolute(&hd.path);
@@ -708,7 +730,10 @@ impl Resolver<'_> {
             "DiskOrCreate" => {
                 let cap_path = format!("{base}.capacity");
                 let Some(q) = hd.capacity.as_ref() else {
-                    self.err(&cap_path, "required for type DiskOrCreate: the size of the image to create");
+                    self.err(
+                        &cap_path,
+                        "required for type DiskOrCreate: the size of the image to create",
+                    );
                     return None;
                 };
                 let bytes = self.quantity_bytes(&cap_path, q)?;
@@ -751,7 +776,10 @@ impl Resolver<'_> {
     ) -> Option<DiskSource> {
         let base = format!("{path}.containerDisk");
         if cd.image.is_empty() {
-            self.err(format!("{base}.image"), "required: the container disk image");
+            self.err(
+                format!("{base}.image"),
+                "required: the container disk image",
+            );
             return None;
         }
         let dir = std::path::absolute(&self.opts.container_disk_dir)
@@ -812,7 +840,10 @@ impl Resolver<'_> {
         for (i, d) in disks.iter().enumerate() {
             let path = format!("spec.domain.devices.disks[{i}]");
             if d.name.is_empty() {
-                self.err(format!("{path}.name"), "required: the name of the volume to use");
+                self.err(
+                    format!("{path}.name"),
+                    "required: the name of the volume to use",
+                );
             } else if !names.insert(d.name.as_str()) {
                 // Disk names are volume names: a duplicate says it all.
                 self.err(
@@ -871,7 +902,10 @@ impl Resolver<'_> {
                 }
             };
             if device == DiskDevice::Cdrom && bus == DiskBus::Virtio {
-                self.err(&bus_path, "a cdrom cannot use the virtio bus: use sata or scsi");
+                self.err(
+                    &bus_path,
+                    "a cdrom cannot use the virtio bus: use sata or scsi",
+                );
             }
             let readonly = target.readonly.unwrap_or(device == DiskDevice::Cdrom);
             if let Some(serial) = &d.serial {
@@ -916,10 +950,9 @@ impl Resolver<'_> {
         }
         for (j, v) in volumes.iter().enumerate() {
             let path = format!("spec.volumes[{j}]");
-            let unsupported = self
-                .unknown_paths
-                .iter()
-                .any(|p| p.starts_with(&format!("{path}.")) && unsupported_volume_kind(p).is_some());
+            let unsupported = self.unknown_paths.iter().any(|p| {
+                p.starts_with(&format!("{path}.")) && unsupported_volume_kind(p).is_some()
+            });
             let duplicate = volumes.iter().position(|w| w.name == v.name) != Some(j);
             if !used_by.contains_key(&j) && !unsupported && !duplicate {
                 self.err(
@@ -952,7 +985,10 @@ impl Resolver<'_> {
         for (i, input) in devices.inputs.iter().enumerate() {
             let path = format!("{base}.inputs[{i}]");
             if input.name.is_empty() {
-                self.err(format!("{path}.name"), "required: a name for the input device");
+                self.err(
+                    format!("{path}.name"),
+                    "required: a name for the input device",
+                );
             } else if !names.insert(input.name.as_str()) {
                 self.err(
                     format!("{path}.name"),
@@ -1091,10 +1127,7 @@ impl Resolver<'_> {
             Some(s) => match u64::try_from(s) {
                 Ok(s) => Duration::from_secs(s),
                 Err(_) => {
-                    self.err(
-                        "spec.terminationGracePeriodSeconds",
-                        "must not be negative",
-                    );
+                    self.err("spec.terminationGracePeriodSeconds", "must not be negative");
                     Duration::from_secs(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
                 }
             },

@@ -4,7 +4,9 @@
 //! hypervisor's answer, for `validate --explain`).
 
 use crate::error::SpecErrors;
-use crate::{Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, Hypervisor, LaunchSecurity};
+use crate::{
+    Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, Hypervisor, LaunchSecurity,
+};
 use serde::Serialize;
 
 /// Every hypervisor, in the order `explain` lists them.
@@ -124,9 +126,7 @@ impl Feature {
                     Err("Cloud Hypervisor's guest clock and timers are fixed")
                 }
                 S390x | SecureExecution => Err("Cloud Hypervisor does not run on s390x"),
-                Sev | SevEs => {
-                    Err("Cloud Hypervisor supports SEV-SNP but not SEV or SEV-ES")
-                }
+                Sev | SevEs => Err("Cloud Hypervisor supports SEV-SNP but not SEV or SEV-ES"),
                 TdxCpuHotplug => Err("Cloud Hypervisor TDX guests boot all their vCPUs"),
                 TdxMemoryHotplug => Err("Cloud Hypervisor TDX guests cannot hotplug memory"),
                 VirtioDisk | Rng | SerialConsole | VirtioNic | HostCpuModel | CpuHotplug
@@ -207,11 +207,17 @@ fn uses(domain: &Domain) -> Vec<Use> {
     if d.memory.max_guest.is_some() {
         add(Feature::MemoryHotplug, "spec.domain.memory.maxGuest".into());
         if tdx {
-            add(Feature::TdxMemoryHotplug, "spec.domain.memory.maxGuest".into());
+            add(
+                Feature::TdxMemoryHotplug,
+                "spec.domain.memory.maxGuest".into(),
+            );
         }
     }
     if d.memory.hugepage_size.is_some() {
-        add(Feature::Hugepages, "spec.domain.memory.hugepages.pageSize".into());
+        add(
+            Feature::Hugepages,
+            "spec.domain.memory.hugepages.pageSize".into(),
+        );
     }
     let fw = "spec.domain.firmware";
     match &d.boot {
@@ -222,10 +228,16 @@ fn uses(domain: &Domain) -> Vec<Use> {
         } => {
             add(Feature::EfiBoot, format!("{fw}.bootloader.efi"));
             if *secure_boot {
-                add(Feature::EfiSecureBoot, format!("{fw}.bootloader.efi.secureBoot"));
+                add(
+                    Feature::EfiSecureBoot,
+                    format!("{fw}.bootloader.efi.secureBoot"),
+                );
             }
             if *persistent {
-                add(Feature::EfiPersistentVars, format!("{fw}.bootloader.efi.persistent"));
+                add(
+                    Feature::EfiPersistentVars,
+                    format!("{fw}.bootloader.efi.persistent"),
+                );
             }
         }
         Boot::Bios => add(Feature::BiosBoot, format!("{fw}.bootloader")),
@@ -266,7 +278,10 @@ fn uses(domain: &Domain) -> Vec<Use> {
             },
         }
         if disk.boot_order.is_some() {
-            add(Feature::DiskBootOrder, format!("{}.bootOrder", disk.spec_path));
+            add(
+                Feature::DiskBootOrder,
+                format!("{}.bootOrder", disk.spec_path),
+            );
         }
     }
     if d.devices.rng {
@@ -330,9 +345,7 @@ pub fn explain(domain: &Domain) -> Vec<FeatureSupport> {
         .into_iter()
         .map(|u| FeatureSupport {
             feature: u.feature,
-            label: u
-                .label
-                .unwrap_or_else(|| u.feature.noun().0.to_string()),
+            label: u.label.unwrap_or_else(|| u.feature.noun().0.to_string()),
             spec_path: u.spec_path,
             hypervisors: HYPERVISORS
                 .iter()

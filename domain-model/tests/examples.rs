@@ -35,7 +35,10 @@ fn expected_with_images() -> BTreeMap<&'static str, Vec<&'static str>> {
         ),
         (
             "vmi-nocloud.yaml",
-            vec!["spec.volumes[1].cloudInitNoCloud", "spec.volumes[2].emptyDisk"],
+            vec![
+                "spec.volumes[1].cloudInitNoCloud",
+                "spec.volumes[2].emptyDisk",
+            ],
         ),
     ])
 }
@@ -47,13 +50,20 @@ fn every_example_resolves_or_names_its_unsupported_fields() {
     let mut seen = 0;
     for entry in std::fs::read_dir(examples_dir()).expect("examples dir") {
         let path = entry.expect("entry").path();
-        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default()
+            .to_string();
         let want = expected
             .get(file.as_str())
             .unwrap_or_else(|| panic!("no expectation for new example {file}"));
         seen += 1;
         match resolve_path(&path, &fixture.opts()) {
-            Ok(d) => assert!(want.is_empty(), "{file} resolved but expected {want:?}: {d:?}"),
+            Ok(d) => assert!(
+                want.is_empty(),
+                "{file} resolved but expected {want:?}: {d:?}"
+            ),
             Err(e) => {
                 assert_eq!(&paths(&e), want, "{file}:\n{e}");
                 for f in &e.0 {
@@ -62,7 +72,12 @@ fn every_example_resolves_or_names_its_unsupported_fields() {
             }
         }
     }
-    assert_eq!(seen, expected.len(), "examples missing from {:?}", examples_dir());
+    assert_eq!(
+        seen,
+        expected.len(),
+        "examples missing from {:?}",
+        examples_dir()
+    );
 }
 
 #[test]
@@ -91,7 +106,9 @@ fn ephemeral_example_resolves_to_a_raw_virtio_disk_from_the_convention() {
     assert_eq!(d.disks[0].source.format, ImageFormat::Raw);
     assert_eq!(
         d.disks[0].source.path,
-        fixture.path().join("container-disks/containerdisk/disk.img")
+        fixture
+            .path()
+            .join("container-disks/containerdisk/disk.img")
     );
     assert_eq!(d.boot, Boot::Bios);
     assert_eq!(d.hypervisor, Hypervisor::Libvirt);
@@ -109,6 +126,10 @@ fn host_disk_example_fails_support_on_cloud_hypervisor_only_for_bios_boot() {
         e.0[0].message,
         "BIOS boot is not supported by cloud-hypervisor"
     );
-    let d = load_path(&examples_dir().join("vmi-host-disk.yaml"), &LoadOptions::default()).unwrap();
+    let d = load_path(
+        &examples_dir().join("vmi-host-disk.yaml"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(d.disks[0].source.create_with_capacity, Some(1 << 30));
 }

@@ -91,9 +91,29 @@ fn interesting(i: usize) -> Value {
 }
 
 const KEYS: &[&str] = &[
-    "name", "disk", "cdrom", "lun", "bus", "sev", "snp", "tdx", "efi", "bios", "smm",
-    "guest", "maxGuest", "sockets", "maxSockets", "hostDisk", "containerDisk", "emptyDisk",
-    "kernelBoot", "launchSecurity", "secureNestedPaging", "unknownKey", "",
+    "name",
+    "disk",
+    "cdrom",
+    "lun",
+    "bus",
+    "sev",
+    "snp",
+    "tdx",
+    "efi",
+    "bios",
+    "smm",
+    "guest",
+    "maxGuest",
+    "sockets",
+    "maxSockets",
+    "hostDisk",
+    "containerDisk",
+    "emptyDisk",
+    "kernelBoot",
+    "launchSecurity",
+    "secureNestedPaging",
+    "unknownKey",
+    "",
 ];
 
 /// Every path (as keys/indices) in `v`, root first.
@@ -163,13 +183,13 @@ fn mutate(v: &mut Value, (pick, op, arg): (usize, u8, usize)) {
         }
         2 => {
             // Rename a key, or add one.
-            if let Some(n) = node_mut(v, &path) {
-                if let Value::Object(m) = n {
-                    let key = KEYS[arg % KEYS.len()].to_string();
-                    let old = m.keys().nth(arg % m.len().max(1)).cloned();
-                    let value = old.and_then(|k| m.remove(&k)).unwrap_or_else(|| interesting(arg));
-                    m.insert(key, value);
-                }
+            if let Some(Value::Object(m)) = node_mut(v, &path) {
+                let key = KEYS[arg % KEYS.len()].to_string();
+                let old = m.keys().nth(arg % m.len().max(1)).cloned();
+                let value = old
+                    .and_then(|k| m.remove(&k))
+                    .unwrap_or_else(|| interesting(arg));
+                m.insert(key, value);
             }
         }
         3 => {
@@ -199,7 +219,10 @@ fn check_outcome(r: Result<Domain, SpecErrors>) -> Result<(), TestCaseError> {
     match r {
         Ok(d) => {
             let table = explain(&d);
-            let refused = table.iter().filter(|f| !f.supported_by(d.hypervisor)).count();
+            let refused = table
+                .iter()
+                .filter(|f| !f.supported_by(d.hypervisor))
+                .count();
             match check_support(&d) {
                 Ok(()) => prop_assert_eq!(refused, 0),
                 Err(e) => prop_assert_eq!(e.0.len(), refused),

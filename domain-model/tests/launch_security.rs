@@ -19,8 +19,15 @@ fn gates(list: &str) -> Vec<String> {
     FeatureGates::parse(list).unwrap().enabled()
 }
 
-fn resolve_with(f: &Fixture, patch: Value, gate_list: &str) -> Result<domain_model::Domain, domain_model::SpecErrors> {
-    let opts = LoadOptions { feature_gates: gates(gate_list), ..f.opts() };
+fn resolve_with(
+    f: &Fixture,
+    patch: Value,
+    gate_list: &str,
+) -> Result<domain_model::Domain, domain_model::SpecErrors> {
+    let opts = LoadOptions {
+        feature_gates: gates(gate_list),
+        ..f.opts()
+    };
     resolve_str(&spec(patch), &opts)
 }
 
@@ -28,25 +35,77 @@ fn resolve_with(f: &Fixture, patch: Value, gate_list: &str) -> Result<domain_mod
 fn each_kind_resolves_with_its_migration_reason() {
     let f = Fixture::new();
     let cases: Vec<(Value, &str, LaunchSecurity, &str)> = vec![
-        (efi_with(json!({"sev": {}})), "",
-            LaunchSecurity::Sev { encrypted_state: false, dh_cert: None, session: None, attestation: false },
-            "SEVNotLiveMigratable"),
-        (efi_with(json!({"sev": {"policy": {"encryptedState": true}, "dhCert": "cert", "session": "sess"}})), "",
-            LaunchSecurity::Sev { encrypted_state: true, dh_cert: Some("cert".into()), session: Some("sess".into()), attestation: false },
-            "SEVNotLiveMigratable"),
-        ({
-            let mut v = efi_with(json!({"sev": {"attestation": {}}}));
-            common::merge(&mut v, &json!({"spec": {"startStrategy": "Paused"}}));
-            v
-        }, "",
-            LaunchSecurity::Sev { encrypted_state: false, dh_cert: None, session: None, attestation: true },
-            "SEVNotLiveMigratable"),
-        (efi_with(json!({"snp": {}})), "", LaunchSecurity::SevSnp { host_data: None }, "SEVNotLiveMigratable"),
-        (efi_with(json!({"sev": {"secureNestedPaging": true}})), "", LaunchSecurity::SevSnp { host_data: None }, "SEVNotLiveMigratable"),
-        (efi_with(json!({"sev": {"secureNestedPaging": true, "policy": {"encryptedState": true}}})), "", LaunchSecurity::SevSnp { host_data: None }, "SEVNotLiveMigratable"),
-        (efi_with(json!({"tdx": {}})), "WorkloadEncryptionTDX", LaunchSecurity::Tdx, "TDXNotLiveMigratable"),
-        (json!({"spec": {"architecture": "s390x", "domain": {"launchSecurity": {}}}}), "",
-            LaunchSecurity::SecureExecution, "SecureExecutionNotLiveMigratable"),
+        (
+            efi_with(json!({"sev": {}})),
+            "",
+            LaunchSecurity::Sev {
+                encrypted_state: false,
+                dh_cert: None,
+                session: None,
+                attestation: false,
+            },
+            "SEVNotLiveMigratable",
+        ),
+        (
+            efi_with(
+                json!({"sev": {"policy": {"encryptedState": true}, "dhCert": "cert", "session": "sess"}}),
+            ),
+            "",
+            LaunchSecurity::Sev {
+                encrypted_state: true,
+                dh_cert: Some("cert".into()),
+                session: Some("sess".into()),
+                attestation: false,
+            },
+            "SEVNotLiveMigratable",
+        ),
+        (
+            {
+                let mut v = efi_with(json!({"sev": {"attestation": {}}}));
+                common::merge(&mut v, &json!({"spec": {"startStrategy": "Paused"}}));
+                v
+            },
+            "",
+            LaunchSecurity::Sev {
+                encrypted_state: false,
+                dh_cert: None,
+                session: None,
+                attestation: true,
+            },
+            "SEVNotLiveMigratable",
+        ),
+        (
+            efi_with(json!({"snp": {}})),
+            "",
+            LaunchSecurity::SevSnp { host_data: None },
+            "SEVNotLiveMigratable",
+        ),
+        (
+            efi_with(json!({"sev": {"secureNestedPaging": true}})),
+            "",
+            LaunchSecurity::SevSnp { host_data: None },
+            "SEVNotLiveMigratable",
+        ),
+        (
+            efi_with(
+                json!({"sev": {"secureNestedPaging": true, "policy": {"encryptedState": true}}}),
+            ),
+            "",
+            LaunchSecurity::SevSnp { host_data: None },
+            "SEVNotLiveMigratable",
+        ),
+        (
+            efi_with(json!({"tdx": {}})),
+            "WorkloadEncryptionTDX",
+            LaunchSecurity::Tdx,
+            "TDXNotLiveMigratable",
+        ),
+        (
+            json!({"spec": {"architecture": "s390x", "domain": {"launchSecurity": {}}}}),
+            "",
+            LaunchSecurity::SecureExecution,
+            "SecureExecutionNotLiveMigratable",
+        ),
     ];
     for (patch, gate_list, want, reason) in cases {
         let d = ok(resolve_with(&f, patch.clone(), gate_list));
@@ -54,9 +113,16 @@ fn each_kind_resolves_with_its_migration_reason() {
         assert!(!d.live_migratable.live_migratable);
         assert_eq!(d.live_migratable.reason.as_deref(), Some(reason), "{patch}");
     }
-    let d = ok(resolve_with(&f, json!({"spec": {"architecture": "s390x", "domain": {"launchSecurity": {}}}}), ""));
+    let d = ok(resolve_with(
+        &f,
+        json!({"spec": {"architecture": "s390x", "domain": {"launchSecurity": {}}}}),
+        "",
+    ));
     assert_eq!(d.architecture, Architecture::S390x);
-    assert_eq!(d.live_migratable.message.as_deref(), Some("VMI uses Secure Execution"));
+    assert_eq!(
+        d.live_migratable.message.as_deref(),
+        Some("VMI uses Secure Execution")
+    );
 }
 
 #[test]
@@ -105,40 +171,63 @@ fn webhook_rules_report_their_exact_path() {
     for (patch, gate_list, path, needle) in cases {
         let e = err(resolve_with(&f, patch.clone(), gate_list));
         assert_eq!(paths(&e), vec![path], "patch {patch}:\n{e}");
-        assert!(e.0[0].message.contains(needle), "{path}: {:?} lacks {needle:?}", e.0[0].message);
+        assert!(
+            e.0[0].message.contains(needle),
+            "{path}: {:?} lacks {needle:?}",
+            e.0[0].message
+        );
     }
 }
 
 #[test]
 fn secure_execution_is_ga_and_needs_no_gate_even_in_an_empty_list() {
     let f = Fixture::new();
-    let opts = LoadOptions { feature_gates: Vec::new(), ..f.opts() };
-    let d = resolve_str(&spec(json!({"spec": {"architecture": "s390x", "domain": {"launchSecurity": {}}}})), &opts).unwrap();
+    let opts = LoadOptions {
+        feature_gates: Vec::new(),
+        ..f.opts()
+    };
+    let d = resolve_str(
+        &spec(json!({"spec": {"architecture": "s390x", "domain": {"launchSecurity": {}}}})),
+        &opts,
+    )
+    .unwrap();
     assert_eq!(d.launch_security, Some(LaunchSecurity::SecureExecution));
     let e = resolve_str(&spec(efi_with(json!({"sev": {}}))), &opts).unwrap_err();
-    assert_only(&e, "spec.domain.launchSecurity.sev", "WorkloadEncryptionSEV");
+    assert_only(
+        &e,
+        "spec.domain.launchSecurity.sev",
+        "WorkloadEncryptionSEV",
+    );
 }
 
 #[test]
 fn default_load_options_enable_kubevirt_default_gates() {
     assert_eq!(
         LoadOptions::default().feature_gates,
-        vec!["SecureExecution".to_string(), "WorkloadEncryptionSEV".to_string()]
+        vec![
+            "SecureExecution".to_string(),
+            "WorkloadEncryptionSEV".to_string()
+        ]
     );
 }
 
 #[test]
 fn shared_host_disks_keep_the_vm_migratable_and_reasons_combine() {
     let f = Fixture::new();
-    let disks = |shared: bool| json!({"spec": {"domain": {"devices": {"disks": [{"name": "h"}]}},
-        "volumes": [{"name": "h", "hostDisk": {"path": "existing.img", "type": "Disk", "shared": shared}}]}});
+    let disks = |shared: bool| {
+        json!({"spec": {"domain": {"devices": {"disks": [{"name": "h"}]}},
+        "volumes": [{"name": "h", "hostDisk": {"path": "existing.img", "type": "Disk", "shared": shared}}]}})
+    };
     let d = ok(f.resolve(disks(true)));
     assert!(d.live_migratable.live_migratable);
     assert_eq!(d.live_migratable.reason, None);
     let mut v = disks(false);
     common::merge(&mut v, &efi_with(json!({"sev": {}})));
     let d = ok(f.resolve(v));
-    assert_eq!(d.live_migratable.reason.as_deref(), Some("DisksNotLiveMigratable"));
+    assert_eq!(
+        d.live_migratable.reason.as_deref(),
+        Some("DisksNotLiveMigratable")
+    );
     assert_eq!(
         d.live_migratable.message.as_deref(),
         Some("cannot migrate VMI with non-shared HostDisk; VMI uses SEV")

@@ -35,29 +35,103 @@ fn a_virtio_kernel_boot_spec_is_supported_by_cloud_hypervisor() {
 fn cloud_hypervisor_refuses_each_unsupported_feature_by_path() {
     let f = Fixture::new();
     let disk = |d: serde_json::Value| json!({"spec": {"domain": {"devices": {"disks": [d]}}}});
-    let efi = |e: serde_json::Value| {
-        json!({"spec": {"domain": {"firmware": {"kernelBoot": null, "bootloader": {"efi": e}}}}})
-    };
+    let efi = |e: serde_json::Value| json!({"spec": {"domain": {"firmware": {"kernelBoot": null, "bootloader": {"efi": e}}}}});
     let cases: Vec<(serde_json::Value, &str, &str)> = vec![
-        (disk(json!({"name": "rootdisk", "disk": null, "cdrom": {}})), "spec.domain.devices.disks[0].cdrom", "cdrom disks are not supported by cloud-hypervisor"),
-        (disk(json!({"name": "rootdisk", "disk": null, "lun": {}})), "spec.domain.devices.disks[0].lun", "lun disks are not supported by cloud-hypervisor"),
-        (disk(json!({"name": "rootdisk", "disk": {"bus": "sata"}})), "spec.domain.devices.disks[0].disk.bus", "the sata disk bus is not supported by cloud-hypervisor"),
-        (disk(json!({"name": "rootdisk", "disk": {"bus": "scsi"}})), "spec.domain.devices.disks[0].disk.bus", "the scsi disk bus is not supported by cloud-hypervisor"),
-        (disk(json!({"name": "rootdisk", "disk": {"bus": "usb"}})), "spec.domain.devices.disks[0].disk.bus", "the usb disk bus is not supported by cloud-hypervisor"),
-        (disk(json!({"name": "rootdisk", "bootOrder": 1})), "spec.domain.devices.disks[0].bootOrder", "disk boot order is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"devices": {"autoattachGraphicsDevice": true}}}}), "spec.domain.devices.autoattachGraphicsDevice", "graphics (VNC) devices are not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"devices": {"inputs": [{"name": "t", "type": "tablet"}]}}}}), "spec.domain.devices.inputs[0]", "input devices are not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"cpu": {"model": "Skylake-Server"}}}}), "spec.domain.cpu.model", "CPU model \"Skylake-Server\" is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"clock": {"timezone": "Europe/Berlin"}}}}), "spec.domain.clock.timezone", "a guest clock offset or timezone is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"clock": {"utc": {"offsetSeconds": 60}}}}}), "spec.domain.clock.utc.offsetSeconds", "a guest clock offset or timezone is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"clock": {"timer": {"hpet": {"present": false}}}}}}), "spec.domain.clock.timer", "timer configuration is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"firmware": {"kernelBoot": null}}}}), "spec.domain.firmware.bootloader", "BIOS boot is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"features": {"smm": {}}}}}), "spec.domain.features.smm", "SMM is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}}}}), "spec.domain.features.acpi", "turning ACPI off is not supported by cloud-hypervisor"),
-        (efi(json!({"secureBoot": false, "persistent": true})), "spec.domain.firmware.bootloader.efi.persistent", "persistent EFI variables are not supported by cloud-hypervisor"),
-        (json!({"spec": {"architecture": "s390x", "domain": {"cpu": {"model": "host-model"}}}}), "spec.architecture", "the s390x architecture is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"launchSecurity": {"sev": {}}, "firmware": {"kernelBoot": null, "bootloader": {"efi": {"secureBoot": false}}}}}}), "spec.domain.launchSecurity.sev", "AMD SEV is not supported by cloud-hypervisor"),
-        (json!({"spec": {"domain": {"launchSecurity": {"sev": {"policy": {"encryptedState": true}}}, "firmware": {"kernelBoot": null, "bootloader": {"efi": {"secureBoot": false}}}}}}), "spec.domain.launchSecurity.sev.policy.encryptedState", "AMD SEV-ES is not supported by cloud-hypervisor"),
+        (
+            disk(json!({"name": "rootdisk", "disk": null, "cdrom": {}})),
+            "spec.domain.devices.disks[0].cdrom",
+            "cdrom disks are not supported by cloud-hypervisor",
+        ),
+        (
+            disk(json!({"name": "rootdisk", "disk": null, "lun": {}})),
+            "spec.domain.devices.disks[0].lun",
+            "lun disks are not supported by cloud-hypervisor",
+        ),
+        (
+            disk(json!({"name": "rootdisk", "disk": {"bus": "sata"}})),
+            "spec.domain.devices.disks[0].disk.bus",
+            "the sata disk bus is not supported by cloud-hypervisor",
+        ),
+        (
+            disk(json!({"name": "rootdisk", "disk": {"bus": "scsi"}})),
+            "spec.domain.devices.disks[0].disk.bus",
+            "the scsi disk bus is not supported by cloud-hypervisor",
+        ),
+        (
+            disk(json!({"name": "rootdisk", "disk": {"bus": "usb"}})),
+            "spec.domain.devices.disks[0].disk.bus",
+            "the usb disk bus is not supported by cloud-hypervisor",
+        ),
+        (
+            disk(json!({"name": "rootdisk", "bootOrder": 1})),
+            "spec.domain.devices.disks[0].bootOrder",
+            "disk boot order is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"devices": {"autoattachGraphicsDevice": true}}}}),
+            "spec.domain.devices.autoattachGraphicsDevice",
+            "graphics (VNC) devices are not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"devices": {"inputs": [{"name": "t", "type": "tablet"}]}}}}),
+            "spec.domain.devices.inputs[0]",
+            "input devices are not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"cpu": {"model": "Skylake-Server"}}}}),
+            "spec.domain.cpu.model",
+            "CPU model \"Skylake-Server\" is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"clock": {"timezone": "Europe/Berlin"}}}}),
+            "spec.domain.clock.timezone",
+            "a guest clock offset or timezone is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"clock": {"utc": {"offsetSeconds": 60}}}}}),
+            "spec.domain.clock.utc.offsetSeconds",
+            "a guest clock offset or timezone is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"clock": {"timer": {"hpet": {"present": false}}}}}}),
+            "spec.domain.clock.timer",
+            "timer configuration is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"firmware": {"kernelBoot": null}}}}),
+            "spec.domain.firmware.bootloader",
+            "BIOS boot is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"features": {"smm": {}}}}}),
+            "spec.domain.features.smm",
+            "SMM is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}}}}),
+            "spec.domain.features.acpi",
+            "turning ACPI off is not supported by cloud-hypervisor",
+        ),
+        (
+            efi(json!({"secureBoot": false, "persistent": true})),
+            "spec.domain.firmware.bootloader.efi.persistent",
+            "persistent EFI variables are not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"architecture": "s390x", "domain": {"cpu": {"model": "host-model"}}}}),
+            "spec.architecture",
+            "the s390x architecture is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"launchSecurity": {"sev": {}}, "firmware": {"kernelBoot": null, "bootloader": {"efi": {"secureBoot": false}}}}}}),
+            "spec.domain.launchSecurity.sev",
+            "AMD SEV is not supported by cloud-hypervisor",
+        ),
+        (
+            json!({"spec": {"domain": {"launchSecurity": {"sev": {"policy": {"encryptedState": true}}}, "firmware": {"kernelBoot": null, "bootloader": {"efi": {"secureBoot": false}}}}}}),
+            "spec.domain.launchSecurity.sev.policy.encryptedState",
+            "AMD SEV-ES is not supported by cloud-hypervisor",
+        ),
     ];
     for (patch, path, message) in cases {
         let d = ok(f.resolve(with(patch.clone())));
@@ -73,9 +147,16 @@ fn cloud_hypervisor_refuses_each_unsupported_feature_by_path() {
 #[test]
 fn efi_secure_boot_on_cloud_hypervisor_names_secure_boot_and_the_smm_it_needs() {
     let f = Fixture::new();
-    let d = ok(f.resolve(with(json!({"spec": {"domain": {"features": {"smm": {}},
-        "firmware": {"kernelBoot": null, "bootloader": {"efi": {}}}}}}))));
-    let got: Vec<String> = check_support(&d).unwrap_err().0.iter().map(|x| x.to_string()).collect();
+    let d = ok(
+        f.resolve(with(json!({"spec": {"domain": {"features": {"smm": {}},
+        "firmware": {"kernelBoot": null, "bootloader": {"efi": {}}}}}}))),
+    );
+    let got: Vec<String> = check_support(&d)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -92,8 +173,14 @@ fn secure_execution_on_cloud_hypervisor_names_both_the_architecture_and_launch_s
         "domain": {"launchSecurity": {}}}}))));
     let e = check_support(&d).unwrap_err();
     let paths: Vec<&str> = e.0.iter().map(|x| x.path.as_str()).collect();
-    assert_eq!(paths, vec!["spec.architecture", "spec.domain.launchSecurity"], "{e}");
-    assert!(e.0[1].message.contains("IBM Z Secure Execution is not supported by cloud-hypervisor"));
+    assert_eq!(
+        paths,
+        vec!["spec.architecture", "spec.domain.launchSecurity"],
+        "{e}"
+    );
+    assert!(e.0[1]
+        .message
+        .contains("IBM Z Secure Execution is not supported by cloud-hypervisor"));
 }
 
 #[test]
@@ -103,8 +190,14 @@ fn emulated_nics_are_refused_and_virtio_nics_accepted_by_cloud_hypervisor() {
     let f = Fixture::new();
     let mut d = ok(f.resolve(ch_base()));
     d.devices.interfaces = vec![
-        SpecFeature { spec_path: "spec.domain.devices.interfaces[0]".into(), kind: "virtio".into() },
-        SpecFeature { spec_path: "spec.domain.devices.interfaces[1]".into(), kind: "e1000".into() },
+        SpecFeature {
+            spec_path: "spec.domain.devices.interfaces[0]".into(),
+            kind: "virtio".into(),
+        },
+        SpecFeature {
+            spec_path: "spec.domain.devices.interfaces[1]".into(),
+            kind: "e1000".into(),
+        },
     ];
     let e = check_support(&d).unwrap_err();
     let got: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
@@ -118,7 +211,9 @@ fn emulated_nics_are_refused_and_virtio_nics_accepted_by_cloud_hypervisor() {
 fn tdx_on_cloud_hypervisor_refuses_cpu_and_memory_hotplug() {
     let f = Fixture::new();
     let opts = domain_model::LoadOptions {
-        feature_gates: domain_model::gates::FeatureGates::parse("WorkloadEncryptionTDX").unwrap().enabled(),
+        feature_gates: domain_model::gates::FeatureGates::parse("WorkloadEncryptionTDX")
+            .unwrap()
+            .enabled(),
         ..f.opts()
     };
     let text = common::spec(with(json!({"spec": {"domain": {
@@ -141,8 +236,10 @@ fn tdx_on_cloud_hypervisor_refuses_cpu_and_memory_hotplug() {
 #[test]
 fn explain_lists_every_used_feature_with_each_hypervisors_answer() {
     let f = Fixture::new();
-    let d = ok(f.resolve(with(json!({"spec": {"domain": {"cpu": {"model": "Haswell"},
-        "memory": {"guest": "1Gi", "hugepages": {"pageSize": "2Mi"}}}}}))));
+    let d = ok(f.resolve(with(
+        json!({"spec": {"domain": {"cpu": {"model": "Haswell"},
+        "memory": {"guest": "1Gi", "hugepages": {"pageSize": "2Mi"}}}}}),
+    )));
     let table = explain(&d);
     let features: Vec<Feature> = table.iter().map(|f| f.feature).collect();
     assert_eq!(
@@ -163,7 +260,9 @@ fn explain_lists_every_used_feature_with_each_hypervisors_answer() {
     let ch = &named.hypervisors[0];
     assert_eq!(ch.hypervisor, Hypervisor::CloudHypervisor);
     assert!(ch.reason.as_deref().is_some_and(|r| r.contains("host CPU")));
-    assert!(table[..5].iter().all(|f| f.supported_by(Hypervisor::CloudHypervisor)));
+    assert!(table[..5]
+        .iter()
+        .all(|f| f.supported_by(Hypervisor::CloudHypervisor)));
     // Serializable for `validate --explain --json`.
     let json = serde_json::to_value(&table).unwrap();
     assert_eq!(json[5]["feature"], "named-cpu-model");

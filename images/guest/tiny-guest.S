@@ -14,8 +14,9 @@
  * Power off and reboot write to the ports of both hypervisors in turn, so one
  * binary serves both: a write to a port nobody claims is simply dropped.
  *
- * Only C-style comments are used so the file reads the same whether it goes
- * through cpp (as a .S file) or straight into `as --defsym`.
+ * The halting variant is chosen with `as --defsym HALT_AFTER_BANNER=1` (what
+ * build.rs does; through gcc: `-Wa,--defsym,HALT_AFTER_BANNER=1`). Only C-style
+ * comments are used so the file assembles the same with or without cpp.
  */
 
         .set COM1_DATA,             0x3f8

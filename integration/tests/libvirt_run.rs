@@ -229,14 +229,12 @@ impl LaunchedVm {
     /// The launcher's last `VM final state` log record.
     fn final_state(&self) -> (String, String) {
         let logs = self.logs();
+        // Matched on the raw line: the record may carry a second `message`
+        // field (the state's detail), which shadows the log message in JSON.
         let record = logs
             .lines()
+            .filter(|l| l.contains("\"message\":\"VM final state"))
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| {
-                v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("VM final state"))
-            })
             .last()
             .unwrap_or_else(|| panic!("no final state logged\n{logs}"));
         let field = |name: &str| record[name].as_str().unwrap_or_default().to_owned();

@@ -140,7 +140,10 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_a_chain_is_kept_with_its_status() {
-        assert_eq!(error_chain(502, "bad gateway\n"), ["HTTP status 502: bad gateway"]);
+        assert_eq!(
+            error_chain(502, "bad gateway\n"),
+            ["HTTP status 502: bad gateway"]
+        );
         assert_eq!(error_chain(500, ""), ["HTTP status 500"]);
         assert_eq!(error_chain(500, "[]"), ["HTTP status 500: []"]);
     }

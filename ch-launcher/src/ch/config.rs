@@ -139,7 +139,10 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
         disks: (!disks.is_empty()).then_some(disks),
         // Cloud Hypervisor adds a virtio-rng from /dev/urandom even when the
         // field is absent (its serde default); there is no way to leave it out.
-        rng: domain.devices.rng.then(|| RngConfig::new(RNG_SOURCE.into())),
+        rng: domain
+            .devices
+            .rng
+            .then(|| RngConfig::new(RNG_SOURCE.into())),
         serial: Some(SerialConfig::new(if domain.devices.serial_console {
             ConsoleMode::Pty
         } else {
@@ -372,13 +375,16 @@ fn launch_security(
             encrypted_state, ..
         }) => errors.push(unsupported(
             format!("{BASE}.sev"),
-            if *encrypted_state { "AMD SEV-ES" } else { "AMD SEV" },
+            if *encrypted_state {
+                "AMD SEV-ES"
+            } else {
+                "AMD SEV"
+            },
         )),
         // Secure Execution is an empty `launchSecurity: {}`; no sub-field to name.
-        Some(LaunchSecurity::SecureExecution) => errors.push(unsupported(
-            BASE,
-            "IBM Secure Execution",
-        )),
+        Some(LaunchSecurity::SecureExecution) => {
+            errors.push(unsupported(BASE, "IBM Secure Execution"))
+        }
         Some(LaunchSecurity::Tdx) => {
             platform.tdx = Some(true);
             if domain.cpu.max_vcpus() != domain.cpu.vcpus() {
@@ -389,7 +395,11 @@ fn launch_security(
             }
             // A TD's private memory is accepted by the guest at boot; CH
             // cannot plug more into it later.
-            if domain.memory.max_guest.is_some_and(|max| max > domain.memory.guest) {
+            if domain
+                .memory
+                .max_guest
+                .is_some_and(|max| max > domain.memory.guest)
+            {
                 errors.push(unsupported(
                     "spec.domain.memory.maxGuest",
                     "memory hotplug with Intel TDX",
@@ -434,7 +444,9 @@ fn launch_security(
 
 fn check_host_data(data: &str) -> Result<(), String> {
     if let Some((i, c)) = data.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
-        return Err(format!("character {c:?} at position {i} is not hexadecimal"));
+        return Err(format!(
+            "character {c:?} at position {i} is not hexadecimal"
+        ));
     }
     if data.len() != 64 {
         return Err(format!("got {} characters", data.len()));
@@ -717,7 +729,10 @@ mod tests {
         data.source.format = ImageFormat::Qcow2;
         d.disks = vec![data, disk(1, "root", Some(1)), disk(2, "scratch", None)];
         let disks = translate(&d).disks.expect("disks");
-        let ids: Vec<_> = disks.iter().map(|d| d.id.as_deref().unwrap_or("")).collect();
+        let ids: Vec<_> = disks
+            .iter()
+            .map(|d| d.id.as_deref().unwrap_or(""))
+            .collect();
         assert_eq!(ids, ["root", "data", "scratch"]);
         assert_eq!(disks[1].path.as_deref(), Some("/disks/data.img"));
         assert_eq!(disks[1].readonly, Some(true));
@@ -763,9 +778,67 @@ mod tests {
                     path: EFI_PATH.into()
                 },
                 unsupported("spec.domain.cpu.maxSockets", "CPU hotplug with Intel TDX"),
-                unsupported("spec.domain.memory.maxGuest", "memory hotplug with Intel TDX"),
+                unsupported(
+                    "spec.domain.memory.maxGuest",
+                    "memory hotplug with Intel TDX"
+                ),
             ]
         );
+    }
+
+    #[test]
+    fn host_inputs_take_the_firmware_crates_choice() {
+        let choice = |kind, path: &str| {
+            firmware::Choice::CloudHypervisor(firmware::ChSelection {
+                kind,
+                path: path.into(),
+                reasons: vec![],
+            })
+        };
+        assert_eq!(
+            HostInputs::from_choice(&choice(firmware::ChFirmwareKind::Igvm, "/fw/snp.igvm")),
+            HostInputs {
+                firmware: None,
+                igvm: Some("/fw/snp.igvm".into())
+            }
+        );
+        assert_eq!(
+            HostInputs::from_choice(&choice(
+                firmware::ChFirmwareKind::CloudHvEfi,
+                "/fw/CLOUDHV.fd"
+            )),
+            HostInputs {
+                firmware: Some("/fw/CLOUDHV.fd".into()),
+                igvm: None
+            }
+        );
+        let none = firmware::Choice::NotNeeded {
+            reason: "direct kernel boot".into(),
+        };
+        assert_eq!(HostInputs::from_choice(&none), HostInputs::default());
+    }
+
+    #[test]
+    fn confidential_guests_cannot_boot_a_kernel_directly() {
+        for ls in [
+            LaunchSecurity::Tdx,
+            LaunchSecurity::SevSnp { host_data: None },
+        ] {
+            let mut d = domain();
+            let feature = match ls {
+                LaunchSecurity::Tdx => "direct kernel boot with Intel TDX",
+                _ => "direct kernel boot with AMD SEV-SNP",
+            };
+            d.launch_security = Some(ls);
+            let host = HostInputs {
+                firmware: Some("/fw/tdvf.fd".into()),
+                igvm: Some("/fw/snp.igvm".into()),
+            };
+            assert_eq!(
+                errors_of(&d, &host),
+                vec![unsupported("spec.domain.firmware.kernelBoot", feature)]
+            );
+        }
     }
 
     #[test]
@@ -991,7 +1064,10 @@ mod tests {
                 "spec.domain.firmware.bootloader"
             ]
         );
-        assert_eq!(spec.0[0].message, "SMM is not supported by cloud-hypervisor");
+        assert_eq!(
+            spec.0[0].message,
+            "SMM is not supported by cloud-hypervisor"
+        );
     }
 
     #[test]

@@ -117,7 +117,11 @@ pub async fn create(
     let kill = Arc::new(Notify::new());
     let (exited_tx, exited) = watch::channel(None);
     let pid = spawned.child.id();
-    let Spawned { child, events: pipe, .. } = spawned;
+    let Spawned {
+        child,
+        events: pipe,
+        ..
+    } = spawned;
     tokio::spawn(
         Monitor {
             child,

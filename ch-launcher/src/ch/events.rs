@@ -227,7 +227,9 @@ impl Monitor {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("event monitor still open {DRAIN_AFTER_EXIT:?} after cloud-hypervisor exited");
+            tracing::warn!(
+                "event monitor still open {DRAIN_AFTER_EXIT:?} after cloud-hypervisor exited"
+            );
         }
         match &exit {
             Ok(status) => tracing::info!("{}", describe_exit(*status)),
@@ -377,7 +379,10 @@ mod tests {
             ]
         );
         let pty = parse_all(&recording("events-pty.jsonstream"));
-        assert_eq!(map_all(&pty, false), [Event::Booted, Event::GuestPoweredOff]);
+        assert_eq!(
+            map_all(&pty, false),
+            [Event::Booted, Event::GuestPoweredOff]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub use config::{render_json, vm_config, ConfigError, ConfigErrors, HostInputs};
 pub use driver::{create, ChOptions, CreateError};
 
 use crate::backend::{Backend, BackendError};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,14 @@ impl ChVm {
     /// The VMM's process id (while it runs).
     pub fn pid(&self) -> Option<u32> {
         self.pid
+    }
+
+    /// The serial PTY CH currently serves. CH closes the serial PTY and opens
+    /// a new one on every reboot (guest- or API-initiated), so a console relay
+    /// must reattach here after [`crate::lifecycle::Event::Rebooted`].
+    pub async fn serial_pty(&self) -> Result<Option<PathBuf>, BackendError> {
+        let info = self.api.info().await?;
+        Ok(info.config.serial.and_then(|s| s.file).map(PathBuf::from))
     }
 
     /// Whether the VMM process is gone (and its last events were delivered).
@@ -73,6 +82,15 @@ impl Backend for ChVm {
     }
     async fn power_button(&self) -> Result<(), BackendError> {
         self.api.power_button().await
+    }
+    /// CH re-creates its console devices on reboot; `vm.info` names the new PTY.
+    async fn serial_pty(&self) -> Result<Option<std::path::PathBuf>, BackendError> {
+        let info = self.api.info().await?;
+        Ok(info
+            .config
+            .serial
+            .and_then(|s| s.file)
+            .map(std::path::PathBuf::from))
     }
 
     /// Shuts the VM down and the VMM with it; SIGKILLs the VMM when its API

@@ -130,7 +130,14 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
     // async-signal-safe calls (prctl, getppid, fcntl), allocating nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The launcher may have died before prctl took effect.
@@ -290,8 +297,7 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
         let socket = dir.path().join("api.sock");
-        let mut spawned =
-            spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
+        let mut spawned = spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
         let api = Api::new(&socket);
         let started = Instant::now();
         let err = wait_ready(
@@ -321,8 +327,7 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
         let socket = dir.path().join("api.sock");
-        let mut spawned =
-            spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
+        let mut spawned = spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
         let api = Api::new(&socket);
         let err = wait_ready(
             &mut spawned,

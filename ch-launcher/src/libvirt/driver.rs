@@ -21,6 +21,7 @@
 
 use super::events::{EventMapper, Mapped};
 use super::render::{domain_name, render, RenderContext};
+use super::launch_security::ConfidentialHost;
 use firmware::LibvirtFirmware;
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
 use crate::lifecycle::Event;
@@ -44,6 +45,9 @@ pub struct LibvirtOptions {
     pub uri: String,
     /// The firmware chosen for this VM, when it boots with EFI.
     pub firmware: Option<LibvirtFirmware>,
+    /// The host's confidential-computing parameters (SEV C-bit, TDX quote
+    /// service), for a VM with launch security.
+    pub confidential: ConfidentialHost,
 }
 
 impl Default for LibvirtOptions {
@@ -51,6 +55,7 @@ impl Default for LibvirtOptions {
         LibvirtOptions {
             uri: DEFAULT_URI.to_owned(),
             firmware: None,
+            confidential: ConfidentialHost::default(),
         }
     }
 }
@@ -78,6 +83,7 @@ pub async fn create(
     let ctx = RenderContext {
         paths: paths.clone(),
         firmware: opts.firmware.clone(),
+        confidential: opts.confidential.clone(),
     };
     let xml = render(domain, &ctx).map_err(|e| BackendError::Host(e.to_string()))?;
     prepare_host_files(domain, paths)?;

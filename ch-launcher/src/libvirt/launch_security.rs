@@ -259,6 +259,14 @@ fn host_data_base64(hex: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::domcaps;
+    use crate::libvirt::render::{build, render, RenderContext};
+    use crate::paths::VmPaths;
+    use domain_model::*;
+    use quick_xml::events::Event as XmlEvent;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::time::Duration;
 
     #[test]
     fn sev_policies_match_kubevirt() {
@@ -278,5 +286,670 @@ mod tests {
         assert!(host_data_base64(&format!("{}zz", "ab".repeat(31)))
             .unwrap_err()
             .contains("position 62"));
+    }
+
+    // ---- fixtures ----------------------------------------------------
+
+    const UUID: &str = "7b0e3c52-4a1d-4f0e-9c3b-2d8e6f1a5b90";
+
+    /// An EFI guest with one device of each kind that may need the IOMMU
+    /// flag: a virtio disk, a SCSI disk (virtio-scsi controller), a SATA
+    /// disk (not virtio), a virtio-rng and a virtio tablet.
+    fn guest(ls: LaunchSecurity) -> Domain {
+        let disk = |i: usize, name: &str, bus: DiskBus| Disk {
+            spec_path: format!("spec.domain.devices.disks[{i}]"),
+            name: name.into(),
+            device: DiskDevice::Disk,
+            bus,
+            readonly: false,
+            serial: None,
+            boot_order: None,
+            source: DiskSource {
+                spec_path: format!("spec.volumes[{i}]"),
+                path: format!("/var/run/kubevirt-private/vmi-disks/{name}/disk.img").into(),
+                format: ImageFormat::Raw,
+                create_with_capacity: None,
+            },
+        };
+        Domain {
+            name: "cvm".into(),
+            namespace: "default".into(),
+            uid: "cvm-uid".into(),
+            hypervisor: Hypervisor::Libvirt,
+            architecture: Architecture::Amd64,
+            cpu: Cpu {
+                sockets: 1,
+                cores: 2,
+                threads: 1,
+                max_sockets: 1,
+                model: CpuModel::HostPassthrough,
+            },
+            memory: Memory {
+                guest: 1 << 30,
+                max_guest: None,
+                hugepage_size: None,
+            },
+            firmware: Firmware {
+                uuid: UUID.into(),
+                serial: None,
+            },
+            boot: Boot::Efi {
+                secure_boot: false,
+                persistent: false,
+            },
+            disks: vec![
+                disk(0, "root", DiskBus::Virtio),
+                disk(1, "data", DiskBus::Scsi),
+                disk(2, "legacy", DiskBus::Sata),
+            ],
+            devices: Devices {
+                rng: true,
+                serial_console: true,
+                graphics: None,
+                inputs: vec![SpecFeature {
+                    spec_path: "spec.domain.devices.inputs[0]".into(),
+                    kind: "tablet:virtio".into(),
+                }],
+                interfaces: Vec::new(),
+            },
+            features: Features {
+                acpi: true,
+                smm: false,
+            },
+            clock: None,
+            launch_security: Some(ls),
+            termination_grace_period: Duration::from_secs(30),
+            start_paused: false,
+            live_migratable: MigrationCondition {
+                live_migratable: false,
+                reason: None,
+                message: None,
+            },
+        }
+    }
+
+    fn sev(encrypted_state: bool) -> LaunchSecurity {
+        LaunchSecurity::Sev {
+            encrypted_state,
+            dh_cert: None,
+            session: None,
+            attestation: false,
+        }
+    }
+
+    fn snp() -> LaunchSecurity {
+        LaunchSecurity::SevSnp { host_data: None }
+    }
+
+    /// The host's SEV parameters as `virsh domcapabilities` recorded them.
+    fn host_from(sample: &str) -> ConfidentialHost {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/domcapabilities")
+            .join(sample);
+        ConfidentialHost {
+            sev: domcaps::load(&path).unwrap_or_else(|e| panic!("{e}")).sev,
+            tdx_quote_generation_socket: None,
+        }
+    }
+
+    /// A host whose C-bit differs from every sample, to show the value is
+    /// the host's.
+    fn host_cbit_51() -> ConfidentialHost {
+        ConfidentialHost {
+            sev: Some(crate::host::SevParameters {
+                cbitpos: 51,
+                reduced_phys_bits: 5,
+                max_guests: 509,
+                max_es_guests: 99,
+            }),
+            tdx_quote_generation_socket: None,
+        }
+    }
+
+    /// Firmware descriptors as distributions ship them: Debian's OVMF (split
+    /// flash, amd-sev), the stateless AmdSev build and the TDX build.
+    const DESCRIPTORS: &[(&str, &str)] = &[
+        (
+            "60-edk2-x86_64.json",
+            r#"{"description": "UEFI firmware for x86_64, with SEV",
+                "interface-types": ["uefi"],
+                "mapping": {"device": "flash",
+                    "executable": {"filename": "/usr/share/OVMF/OVMF_CODE_4M.fd", "format": "raw"},
+                    "nvram-template": {"filename": "/usr/share/OVMF/OVMF_VARS_4M.fd", "format": "raw"}},
+                "targets": [{"architecture": "x86_64", "machines": ["pc-i440fx-*", "pc-q35-*"]}],
+                "features": ["acpi-s3", "amd-sev", "verbose-dynamic"], "tags": []}"#,
+        ),
+        (
+            "40-edk2-x86_64-amdsev.json",
+            r#"{"description": "OVMF for SEV, SEV-ES and SEV-SNP guests, stateless",
+                "interface-types": ["uefi"],
+                "mapping": {"device": "memory", "filename": "/usr/share/OVMF/OVMF.amdsev.fd"},
+                "targets": [{"architecture": "x86_64", "machines": ["pc-q35-*"]}],
+                "features": ["amd-sev", "amd-sev-es", "amd-sev-snp", "verbose-static"], "tags": []}"#,
+        ),
+        (
+            "40-edk2-x86_64-inteltdx.json",
+            r#"{"description": "OVMF for Intel TDX guests, stateless",
+                "interface-types": ["uefi"],
+                "mapping": {"device": "memory", "filename": "/usr/share/OVMF/OVMF.inteltdx.fd"},
+                "targets": [{"architecture": "x86_64", "machines": ["pc-q35-*"]}],
+                "features": ["intel-tdx", "verbose-static"], "tags": []}"#,
+        ),
+    ];
+
+    /// The render context the launcher builds: firmware chosen by the
+    /// firmware crate from [`DESCRIPTORS`], host facts from `host`.
+    fn ctx(domain: &Domain, host: ConfidentialHost) -> RenderContext {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in DESCRIPTORS {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let config = firmware::FirmwareConfig {
+            qemu: firmware::SearchPaths::new(vec![dir.path().to_path_buf()]),
+            ..firmware::FirmwareConfig::default()
+        };
+        let paths = VmPaths::new(Path::new("/var/run/kubevirt-private"), &domain.uid);
+        let firmware = match firmware::choose_for_domain(domain, &config) {
+            Ok(firmware::Choice::Qemu(selection)) => Some(firmware::LibvirtFirmware::from_selection(
+                &selection,
+                &crate::libvirt::domain_name(domain),
+                crate::libvirt::render::nvram_dir(&paths),
+            )),
+            Ok(_) => None,
+            Err(e) => panic!("firmware choice: {e}"),
+        };
+        RenderContext {
+            paths,
+            firmware,
+            confidential: host,
+        }
+    }
+
+    fn rendered(domain: &Domain, host: ConfidentialHost) -> (String, Node) {
+        let xml = render(domain, &ctx(domain, host)).unwrap_or_else(|e| panic!("{e}"));
+        let tree = parse(&xml);
+        (xml, tree)
+    }
+
+    fn error_paths(domain: &Domain, host: ConfidentialHost) -> Vec<(String, String)> {
+        let c = RenderContext {
+            firmware: None,
+            ..ctx(&guest(sev(false)), host)
+        };
+        match build(domain, &c) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    // ---- a small element tree, to assert on the document as libvirt reads it
+
+    #[derive(Debug, Default)]
+    struct Node {
+        name: String,
+        attrs: BTreeMap<String, String>,
+        text: String,
+        children: Vec<Node>,
+    }
+
+    impl Node {
+        fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
+            self.children.iter().filter(move |c| c.name == name)
+        }
+        fn get(&self, path: &str) -> Option<&Node> {
+            let mut node = self;
+            for name in path.split('/') {
+                node = node.children.iter().find(|c| c.name == name)?;
+            }
+            Some(node)
+        }
+        fn at(&self, path: &str) -> &Node {
+            self.get(path)
+                .unwrap_or_else(|| panic!("no <{path}> under <{}>", self.name))
+        }
+        fn attr(&self, name: &str) -> Option<&str> {
+            self.attrs.get(name).map(String::as_str)
+        }
+    }
+
+    fn parse(xml: &str) -> Node {
+        let mut reader = quick_xml::Reader::from_str(xml);
+        let mut stack = vec![Node::default()];
+        let open = |e: &quick_xml::events::BytesStart| Node {
+            name: String::from_utf8_lossy(e.name().as_ref()).into_owned(),
+            attrs: e
+                .attributes()
+                .map(|a| {
+                    let a = a.unwrap();
+                    (
+                        String::from_utf8_lossy(a.key.as_ref()).into_owned(),
+                        a.unescape_value().unwrap().into_owned(),
+                    )
+                })
+                .collect(),
+            ..Node::default()
+        };
+        loop {
+            match reader.read_event().unwrap() {
+                XmlEvent::Start(e) => stack.push(open(&e)),
+                XmlEvent::Empty(e) => stack.last_mut().unwrap().children.push(open(&e)),
+                XmlEvent::Text(t) => {
+                    stack.last_mut().unwrap().text += t.unescape().unwrap().trim();
+                }
+                XmlEvent::End(_) => {
+                    let done = stack.pop().unwrap();
+                    stack.last_mut().unwrap().children.push(done);
+                }
+                XmlEvent::Eof => break,
+                _ => {}
+            }
+        }
+        stack.pop().unwrap().children.pop().expect("a root element")
+    }
+
+    /// `iommu` of each virtio device's driver, by device.
+    fn iommu_flags(doc: &Node) -> Vec<(String, Option<String>)> {
+        let devices = doc.at("devices");
+        let mut out = Vec::new();
+        for disk in devices.all("disk") {
+            out.push((
+                format!("disk {}", disk.at("target").attr("bus").unwrap_or("?")),
+                disk.at("driver").attr("iommu").map(str::to_owned),
+            ));
+        }
+        for c in devices.all("controller") {
+            out.push((
+                format!("controller {}", c.attr("model").unwrap_or("?")),
+                c.get("driver").and_then(|d| d.attr("iommu")).map(str::to_owned),
+            ));
+        }
+        for kind in ["rng", "input", "memballoon"] {
+            for d in devices.all(kind) {
+                out.push((
+                    kind.to_string(),
+                    d.get("driver").and_then(|d| d.attr("iommu")).map(str::to_owned),
+                ));
+            }
+        }
+        out
+    }
+
+    fn flags(expected: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect()
+    }
+
+    /// Every virtio device has the flag; SATA and the absent USB/balloon
+    /// devices do not.
+    const IOMMU_ON: &[(&str, Option<&str>)] = &[
+        ("disk virtio", Some("on")),
+        ("disk scsi", None),
+        ("disk sata", None),
+        ("controller none", None),
+        ("controller virtio-scsi", Some("on")),
+        ("rng", Some("on")),
+        ("input", Some("on")),
+        ("memballoon", None),
+    ];
+
+    // ---- per launch path ----------------------------------------------
+
+    #[test]
+    fn sev_renders_policy_0x0001_with_the_hosts_cbitpos_and_iommu_on_virtio_devices() {
+        let d = guest(sev(false));
+        let (_, doc) = rendered(&d, host_cbit_51());
+        let ls = doc.at("launchSecurity");
+        assert_eq!(ls.attr("type"), Some("sev"));
+        assert_eq!(ls.at("cbitpos").text, "51");
+        assert_eq!(ls.at("reducedPhysBits").text, "5");
+        assert_eq!(ls.at("policy").text, "0x0001");
+        assert!(ls.get("dhCert").is_none() && ls.get("session").is_none());
+        assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
+        // OVMF with amd-sev, with its variable store (SEV keeps NVRAM).
+        let loader = doc.at("os/loader");
+        assert_eq!(loader.text, "/usr/share/OVMF/OVMF_CODE_4M.fd");
+        assert_eq!(loader.attr("type"), Some("pflash"));
+        assert!(doc.get("os/nvram").is_some());
+        assert!(doc.get("features/pmu").is_none());
+    }
+
+    #[test]
+    fn sev_parameters_come_from_recorded_domcapabilities() {
+        let d = guest(sev(false));
+        let (_, doc) = rendered(&d, host_from("domcapabilities_sev.xml"));
+        assert_eq!(doc.at("launchSecurity/cbitpos").text, "47");
+        assert_eq!(doc.at("launchSecurity/reducedPhysBits").text, "1");
+    }
+
+    #[test]
+    fn sev_es_renders_policy_0x0005_with_dh_cert_and_session() {
+        let d = guest(LaunchSecurity::Sev {
+            encrypted_state: true,
+            dh_cert: Some("RBBBSDDD=FDDCCCDDDG".into()),
+            session: Some("AAACCCDD=FFFCCCDSDS".into()),
+            attestation: false,
+        });
+        let (_, doc) = rendered(&d, host_from("domcapabilities_sev.xml"));
+        let ls = doc.at("launchSecurity");
+        assert_eq!(ls.attr("type"), Some("sev"));
+        assert_eq!(ls.at("policy").text, "0x0005");
+        assert_eq!(ls.at("dhCert").text, "RBBBSDDD=FDDCCCDDDG");
+        assert_eq!(ls.at("session").text, "AAACCCDD=FFFCCCDSDS");
+        assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
+    }
+
+    #[test]
+    fn sev_snp_renders_type_sev_snp_policy_0x00030000_on_the_stateless_amdsev_image() {
+        let d = guest(snp());
+        let (_, doc) = rendered(&d, host_from("domcapabilities_sevsnp.xml"));
+        let ls = doc.at("launchSecurity");
+        assert_eq!(ls.attr("type"), Some("sev-snp"));
+        assert_eq!(ls.at("cbitpos").text, "47");
+        assert_eq!(ls.at("reducedPhysBits").text, "1");
+        assert_eq!(ls.at("policy").text, "0x00030000");
+        assert!(ls.get("hostData").is_none());
+        assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
+        let loader = doc.at("os/loader");
+        assert_eq!(loader.text, "/usr/share/OVMF/OVMF.amdsev.fd");
+        assert_eq!(loader.attr("type"), Some("rom"));
+        assert!(doc.get("os/nvram").is_none(), "SEV-SNP firmware is stateless");
+    }
+
+    #[test]
+    fn sev_snp_host_data_is_rendered_as_base64() {
+        let d = guest(LaunchSecurity::SevSnp {
+            host_data: Some("00".repeat(31) + "ff"),
+        });
+        let (_, doc) = rendered(&d, host_from("domcapabilities_sevsnp.xml"));
+        assert_eq!(
+            doc.at("launchSecurity/hostData").text,
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAP8="
+        );
+    }
+
+    #[test]
+    fn tdx_renders_type_tdx_with_pmu_off_and_no_iommu_flags() {
+        let d = guest(LaunchSecurity::Tdx);
+        let (_, doc) = rendered(&d, ConfidentialHost::default());
+        let ls = doc.at("launchSecurity");
+        assert_eq!(ls.attr("type"), Some("tdx"));
+        assert!(ls.children.is_empty(), "no quote service unless configured: {ls:?}");
+        assert_eq!(doc.at("features/pmu").attr("state"), Some("off"));
+        assert!(doc.get("features/smm").is_none());
+        assert!(iommu_flags(&doc).iter().all(|(_, v)| v.is_none()));
+        let loader = doc.at("os/loader");
+        assert_eq!(loader.text, "/usr/share/OVMF/OVMF.inteltdx.fd");
+        assert_eq!(loader.attr("type"), Some("rom"));
+        assert!(doc.get("os/nvram").is_none(), "TDX firmware is stateless");
+    }
+
+    #[test]
+    fn tdx_quote_generation_socket_is_rendered_when_configured() {
+        let d = guest(LaunchSecurity::Tdx);
+        let host = ConfidentialHost {
+            sev: None,
+            tdx_quote_generation_socket: Some("/var/run/tdx-qgs/qgs.socket".into()),
+        };
+        let (_, doc) = rendered(&d, host);
+        assert_eq!(
+            doc.at("launchSecurity/quoteGenerationService").attr("path"),
+            Some("/var/run/tdx-qgs/qgs.socket")
+        );
+    }
+
+    #[test]
+    fn secure_execution_renders_an_s390_guest_without_launch_security_and_iommu_on() {
+        let mut d = guest(LaunchSecurity::SecureExecution);
+        d.architecture = Architecture::S390x;
+        d.boot = Boot::Kernel {
+            kernel: "/var/lib/images/se-guest.img".into(),
+            initrd: None,
+            cmdline: None,
+        };
+        // s390x has neither SATA nor SCSI-on-ISA legacy, nor USB input.
+        d.disks.truncate(1);
+        d.devices.inputs.clear();
+        let (_, doc) = rendered(&d, ConfidentialHost::default());
+        assert_eq!(doc.at("os/type").attr("machine"), Some("s390-ccw-virtio"));
+        assert_eq!(doc.at("os/type").attr("arch"), Some("s390x"));
+        assert!(doc.get("launchSecurity").is_none());
+        assert_eq!(
+            iommu_flags(&doc),
+            flags(&[
+                ("disk virtio", Some("on")),
+                ("controller none", None),
+                ("rng", Some("on")),
+                ("memballoon", None),
+            ])
+        );
+    }
+
+    #[test]
+    fn no_launch_security_leaves_devices_alone() {
+        let mut d = guest(sev(false));
+        d.launch_security = None;
+        let (_, doc) = rendered(&d, ConfidentialHost::default());
+        assert!(doc.get("launchSecurity").is_none());
+        assert!(iommu_flags(&doc).iter().all(|(_, v)| v.is_none()));
+    }
+
+    // ---- refusals --------------------------------------------------------
+
+    #[test]
+    fn sev_and_snp_without_host_sev_parameters_are_refused() {
+        for (ls, path) in [
+            (sev(false), "spec.domain.launchSecurity.sev"),
+            (sev(true), "spec.domain.launchSecurity.sev"),
+            (snp(), "spec.domain.launchSecurity"),
+        ] {
+            let errors = error_paths(&guest(ls), ConfidentialHost::default());
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].0, path);
+            assert!(errors[0].1.contains("cbitpos"), "{}", errors[0].1);
+        }
+    }
+
+    #[test]
+    fn confidential_guests_need_efi_and_their_architecture() {
+        let mut d = guest(LaunchSecurity::Tdx);
+        d.boot = Boot::Bios;
+        let errors = error_paths(&d, ConfidentialHost::default());
+        assert_eq!(errors[0].0, "spec.domain.launchSecurity.tdx");
+        assert!(errors[0].1.contains("needs EFI"), "{}", errors[0].1);
+
+        let mut d = guest(LaunchSecurity::SecureExecution);
+        d.boot = Boot::Bios;
+        let errors = error_paths(&d, ConfidentialHost::default());
+        assert_eq!(errors[0].0, "spec.domain.launchSecurity");
+        assert!(errors[0].1.contains("s390x"), "{}", errors[0].1);
+    }
+
+    #[test]
+    fn smm_with_encrypted_vcpu_state_is_refused() {
+        for ls in [sev(true), snp(), LaunchSecurity::Tdx] {
+            let mut d = guest(ls);
+            d.features.smm = true;
+            let errors = error_paths(&d, host_cbit_51());
+            assert!(
+                errors.iter().any(|(p, _)| p == "spec.domain.features.smm"),
+                "{errors:?}"
+            );
+        }
+        let mut d = guest(sev(false));
+        d.features.smm = true;
+        assert!(error_paths(&d, host_cbit_51())
+            .iter()
+            .all(|(p, _)| p != "spec.domain.features.smm"));
+    }
+
+    #[test]
+    fn tdx_cpu_hotplug_and_confidential_memory_hotplug_are_refused() {
+        let mut d = guest(LaunchSecurity::Tdx);
+        d.cpu.max_sockets = 2;
+        let errors = error_paths(&d, ConfidentialHost::default());
+        assert!(errors.iter().any(|(p, _)| p == "spec.domain.cpu.maxSockets"), "{errors:?}");
+
+        for ls in [sev(false), snp(), LaunchSecurity::Tdx] {
+            let mut d = guest(ls);
+            d.memory.max_guest = Some(2 << 30);
+            let errors = error_paths(&d, host_cbit_51());
+            assert!(
+                errors
+                    .iter()
+                    .any(|(p, m)| p == "spec.domain.memory.maxGuest" && m.contains("virtio-mem")),
+                "{errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_snp_host_data_is_refused_with_its_path() {
+        let d = guest(LaunchSecurity::SevSnp {
+            host_data: Some("xyz".into()),
+        });
+        let errors = error_paths(&d, host_cbit_51());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "spec.domain.launchSecurity.snp.hostData");
+    }
+
+    // ---- libvirt's schema ------------------------------------------------
+
+    /// Every confidential document, with the name it is reported under.
+    fn confidential_corpus() -> Vec<(&'static str, String)> {
+        let snp_host = host_from("domcapabilities_sevsnp.xml");
+        let mut se = guest(LaunchSecurity::SecureExecution);
+        se.architecture = Architecture::S390x;
+        se.boot = Boot::Kernel {
+            kernel: "/var/lib/images/se-guest.img".into(),
+            initrd: None,
+            cmdline: None,
+        };
+        se.disks.truncate(1);
+        se.devices.inputs.clear();
+        let qgs = ConfidentialHost {
+            sev: None,
+            tdx_quote_generation_socket: Some("/var/run/tdx-qgs/qgs.socket".into()),
+        };
+        let sev_es = LaunchSecurity::Sev {
+            encrypted_state: true,
+            dh_cert: Some("RBBBSDDD=FDDCCCDDDG".into()),
+            session: Some("AAACCCDD=FFFCCCDSDS".into()),
+            attestation: true,
+        };
+        let snp_data = LaunchSecurity::SevSnp {
+            host_data: Some("ab".repeat(32)),
+        };
+        [
+            ("sev", guest(sev(false)), snp_host.clone()),
+            ("sev-es", guest(sev_es), snp_host.clone()),
+            ("sev-snp", guest(snp()), snp_host.clone()),
+            ("sev-snp-host-data", guest(snp_data), snp_host),
+            ("tdx", guest(LaunchSecurity::Tdx), ConfidentialHost::default()),
+            ("tdx-qgs", guest(LaunchSecurity::Tdx), qgs),
+            ("secure-execution", se, ConfidentialHost::default()),
+        ]
+        .into_iter()
+        .map(|(name, d, host)| (name, rendered(&d, host).0))
+        .collect()
+    }
+
+    fn which(tool: &str) -> Option<std::path::PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|dir| Path::new(dir).join(tool))
+            .find(|p| p.is_file())
+    }
+
+    /// libvirt's own schema accepts every confidential document. The
+    /// installed schema (libvirt 9 on Debian 12) has no sev-snp or tdx, so
+    /// those are checked against it with libvirt's newer launchSecurity
+    /// grammar (testdata/libvirt-schema) in place of the old one.
+    #[test]
+    fn every_confidential_document_validates_against_libvirt_schema() {
+        const SCHEMAS: &str = "/usr/share/libvirt/schemas";
+        let (Some(validate), Some(xmllint)) = (which("virt-xml-validate"), which("xmllint"))
+        else {
+            println!("SKIP: virt-xml-validate or xmllint missing (apt-get install libvirt-clients libxml2-utils)");
+            return;
+        };
+        let Ok(common) = std::fs::read_to_string(Path::new(SCHEMAS).join("domaincommon.rng"))
+        else {
+            println!("SKIP: libvirt's schema is not installed in {SCHEMAS}");
+            return;
+        };
+        let installed_knows_new_types = common.contains("launchSecuritySEVSNP")
+            && common.contains("launchSecurityTDX");
+        let dir = tempfile::tempdir().unwrap();
+        let extended = dir.path().join("domain-launch-security.rng");
+        let grammar = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/libvirt-schema/launch-security.rng"),
+        )
+        .unwrap();
+        std::fs::write(&extended, grammar.replace("@SCHEMAS@", SCHEMAS)).unwrap();
+
+        let mut failures = Vec::new();
+        for (name, xml) in confidential_corpus() {
+            let file = dir.path().join(format!("{name}.xml"));
+            std::fs::write(&file, &xml).unwrap();
+            let new_type = xml.contains("type=\"sev-snp\"") || xml.contains("type=\"tdx\"");
+            let out = if new_type && !installed_knows_new_types {
+                std::process::Command::new(&xmllint)
+                    .args(["--noout", "--relaxng"])
+                    .arg(&extended)
+                    .arg(&file)
+                    .output()
+            } else {
+                std::process::Command::new(&validate).arg(&file).arg("domain").output()
+            }
+            .expect("the validator runs");
+            if !out.status.success() {
+                failures.push(format!(
+                    "{name}:\n{}{}\n{xml}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    /// The extended grammar is strict: it is not a schema that accepts
+    /// anything under `<launchSecurity>`.
+    #[test]
+    fn extended_schema_rejects_unknown_launch_security_content() {
+        let Some(xmllint) = which("xmllint") else {
+            println!("SKIP: xmllint missing (apt-get install libxml2-utils)");
+            return;
+        };
+        const SCHEMAS: &str = "/usr/share/libvirt/schemas";
+        if !Path::new(SCHEMAS).join("domain.rng").is_file() {
+            println!("SKIP: libvirt's schema is not installed in {SCHEMAS}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let extended = dir.path().join("domain-launch-security.rng");
+        let grammar = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/libvirt-schema/launch-security.rng"),
+        )
+        .unwrap();
+        std::fs::write(&extended, grammar.replace("@SCHEMAS@", SCHEMAS)).unwrap();
+        let (_, xml) = confidential_corpus()
+            .into_iter()
+            .find(|(name, _)| *name == "tdx")
+            .unwrap();
+        let broken = xml.replace("<launchSecurity type=\"tdx\"/>", "<launchSecurity type=\"tdx\"><bogus/></launchSecurity>");
+        assert_ne!(broken, xml, "the TDX element was not found to break:\n{xml}");
+        let file = dir.path().join("broken.xml");
+        std::fs::write(&file, broken).unwrap();
+        let out = std::process::Command::new(&xmllint)
+            .args(["--noout", "--relaxng"])
+            .arg(&extended)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a bogus child was accepted");
     }
 }

@@ -5,10 +5,12 @@
 
 pub mod driver;
 pub mod events;
+pub mod launch_security;
 pub mod render;
 pub mod xml;
 
 pub use driver::{create, LibvirtBackend, LibvirtOptions, DEFAULT_URI};
+pub use launch_security::ConfidentialHost;
 pub use render::{domain_name, render, RenderContext, RenderError};
 
 use crate::paths::VmPaths;
@@ -49,6 +51,7 @@ impl LibvirtOptions {
         Ok(LibvirtOptions {
             uri: uri.to_owned(),
             firmware,
+            confidential: ConfidentialHost::default(),
         })
     }
 }

@@ -15,6 +15,7 @@ use crate::paths::VmPaths;
 use domain_model::{
     Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, ImageFormat, SpecErrors,
 };
+use super::launch_security::{self, ConfidentialHost};
 use firmware::LibvirtFirmware;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,9 @@ pub struct RenderContext {
     /// descriptors ([`firmware::LibvirtFirmware::from_selection`]). Required
     /// when the Domain boots with EFI.
     pub firmware: Option<LibvirtFirmware>,
+    /// The host's confidential-computing parameters, for a Domain with
+    /// launch security.
+    pub confidential: ConfidentialHost,
 }
 
 /// Why a Domain could not be rendered.
@@ -85,16 +89,7 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
             ),
         );
     }
-    if let Some(ls) = &domain.launch_security {
-        errors.push(
-            "spec.domain.launchSecurity",
-            format!(
-                "{} is not supported by the libvirt backend yet: it needs the host's SEV/TDX \
-                 parameters from domain capabilities",
-                launch_security_name(ls)
-            ),
-        );
-    }
+    launch_security::check(domain, &ctx.confidential, &mut errors);
     for nic in &domain.devices.interfaces {
         errors.push(
             &nic.spec_path,
@@ -175,7 +170,7 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
     let devices = devices(domain, ctx, memory_devices, &mut errors);
     let clock = clock(domain, &mut errors);
 
-    errors.into_result(DomainXml {
+    let mut doc = DomainXml {
         kind: "kvm",
         name: domain_name(domain),
         uuid: domain.firmware.uuid.clone(),
@@ -209,6 +204,7 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
         features: FeaturesXml {
             acpi: domain.features.acpi.then_some(Empty {}),
             smm: (domain.features.smm || efi_needs_smm).then_some(State { state: "on" }),
+            pmu: None,
         },
         cpu: CpuXml {
             mode,
@@ -227,7 +223,10 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
         on_reboot: "restart",
         on_crash: "destroy",
         devices,
-    })
+        launch_security: None,
+    };
+    launch_security::apply(domain, &ctx.confidential, &mut doc);
+    errors.into_result(doc)
 }
 
 /// QEMU's target and the machine type KubeVirt uses for it.
@@ -376,6 +375,7 @@ fn devices(
                     ImageFormat::Raw => "raw",
                     ImageFormat::Qcow2 => "qcow2",
                 },
+                iommu: None,
             },
             source,
             target: DiskTarget {
@@ -396,6 +396,7 @@ fn devices(
                 kind,
                 bus,
                 alias: None,
+                driver: None,
             }),
             None => errors.push(
                 &input.spec_path,
@@ -442,12 +443,14 @@ fn devices(
         kind: "usb",
         index: 0,
         model: if needs_usb { "qemu-xhci" } else { "none" },
+        driver: None,
     });
     if domain.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
         controllers.push(Controller {
             kind: "scsi",
             index: 0,
             model: "virtio-scsi",
+            driver: None,
         });
     }
 
@@ -492,11 +495,15 @@ fn devices(
                     model: "random",
                     source: "/dev/urandom",
                 },
+                driver: None,
             }]
         } else {
             Vec::new()
         },
-        memballoon: Memballoon { model: "none" },
+        memballoon: Memballoon {
+            model: "none",
+            driver: None,
+        },
         memory,
     }
 }
@@ -650,19 +657,6 @@ fn is_uuid(s: &str) -> bool {
             .iter()
             .zip(lens)
             .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-fn launch_security_name(ls: &domain_model::LaunchSecurity) -> &'static str {
-    match ls {
-        domain_model::LaunchSecurity::Sev {
-            encrypted_state: true,
-            ..
-        } => "SEV-ES",
-        domain_model::LaunchSecurity::Sev { .. } => "SEV",
-        domain_model::LaunchSecurity::SevSnp { .. } => "SEV-SNP",
-        domain_model::LaunchSecurity::Tdx => "TDX",
-        domain_model::LaunchSecurity::SecureExecution => "IBM Secure Execution",
-    }
 }
 
 #[cfg(test)]

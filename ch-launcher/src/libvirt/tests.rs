@@ -88,6 +88,7 @@ fn ctx() -> RenderContext {
     RenderContext {
         paths: VmPaths::new(Path::new("/var/run/kubevirt-private"), "0f4c-uid"),
         firmware: None,
+        confidential: Default::default(),
     }
 }
 
@@ -619,7 +620,7 @@ fn unsupported_parts_are_all_reported_with_their_paths() {
         paths,
         [
             "spec.domain.firmware.uuid",
-            "spec.domain.launchSecurity",
+            "spec.domain.launchSecurity.tdx",
             "spec.domain.devices.interfaces[0]",
             "spec.domain.devices.disks[0].cdrom.bus",
             "spec.domain.devices.disks[1].disk.readonly",

@@ -38,6 +38,66 @@ pub struct DomainXml {
     pub on_reboot: &'static str,
     pub on_crash: &'static str,
     pub devices: DevicesXml,
+    #[serde(rename = "launchSecurity", skip_serializing_if = "Option::is_none")]
+    pub launch_security: Option<LaunchSecurityXml>,
+}
+
+/// `<launchSecurity type='sev|sev-snp|tdx'>`; which children apply depends on
+/// the type (see `launch_security`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LaunchSecurityXml {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cbitpos: Option<u32>,
+    #[serde(rename = "reducedPhysBits", skip_serializing_if = "Option::is_none")]
+    pub reduced_phys_bits: Option<u32>,
+    /// Hexadecimal, `0x...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(rename = "dhCert", skip_serializing_if = "Option::is_none")]
+    pub dh_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// SEV-SNP host data, base64.
+    #[serde(rename = "hostData", skip_serializing_if = "Option::is_none")]
+    pub host_data: Option<String>,
+    #[serde(
+        rename = "quoteGenerationService",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quote_generation_service: Option<QuoteGenerationService>,
+}
+
+impl LaunchSecurityXml {
+    /// The element with only its type set.
+    pub fn of_kind(kind: &'static str) -> Self {
+        LaunchSecurityXml {
+            kind,
+            cbitpos: None,
+            reduced_phys_bits: None,
+            policy: None,
+            dh_cert: None,
+            session: None,
+            host_data: None,
+            quote_generation_service: None,
+        }
+    }
+}
+
+/// TDX: where QEMU sends the guest's quote requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuoteGenerationService {
+    #[serde(rename = "@path")]
+    pub path: String,
+}
+
+/// `<driver iommu='on'/>` of a virtio device: DMA through the guest-visible
+/// IOMMU path, which confidential guests need to see the device at all.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceDriver {
+    #[serde(rename = "@iommu")]
+    pub iommu: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,6 +239,8 @@ pub struct FeaturesXml {
     pub acpi: Option<Empty>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smm: Option<State>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pmu: Option<State>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -291,6 +353,8 @@ pub struct DiskDriver {
     pub name: &'static str,
     #[serde(rename = "@type")]
     pub format: &'static str,
+    #[serde(rename = "@iommu", skip_serializing_if = "Option::is_none")]
+    pub iommu: Option<&'static str>,
 }
 
 /// `file=` for image files, `dev=` for block devices (LUN pass-through).
@@ -330,6 +394,8 @@ pub struct Controller {
     pub index: u32,
     #[serde(rename = "@model")]
     pub model: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DeviceDriver>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -386,6 +452,8 @@ pub struct InputXml {
     pub bus: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alias: Option<Alias>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DeviceDriver>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -421,6 +489,8 @@ pub struct RngXml {
     #[serde(rename = "@model")]
     pub model: &'static str,
     pub backend: RngBackend,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DeviceDriver>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -435,6 +505,8 @@ pub struct RngBackend {
 pub struct Memballoon {
     #[serde(rename = "@model")]
     pub model: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DeviceDriver>,
 }
 
 /// A virtio-mem device: the hotpluggable part of guest memory.

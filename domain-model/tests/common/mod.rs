@@ -100,7 +100,11 @@ pub fn paths(e: &SpecErrors) -> Vec<&str> {
 /// `needle`.
 pub fn assert_only(e: &SpecErrors, path: &str, needle: &str) {
     assert_eq!(paths(e), vec![path], "{e}");
-    assert!(e.0[0].message.contains(needle), "{path}: {:?} lacks {needle:?}", e.0[0].message);
+    assert!(
+        e.0[0].message.contains(needle),
+        "{path}: {:?} lacks {needle:?}",
+        e.0[0].message
+    );
 }
 
 pub fn examples_dir() -> PathBuf {

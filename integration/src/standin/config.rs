@@ -3,10 +3,11 @@
 //! rejects is rejected here with the same serde message, and `vm.info` echoes
 //! the config with the same defaults filled in.
 //!
-//! Only the sections the recordings show (and the launcher sets) are typed;
-//! device lists (disks, net, fs, ...) are kept as the JSON that was sent and
-//! echoed back unchanged: the stand-in neither validates nor defaults them.
-//! Unknown fields are ignored, as CH ignores them.
+//! The sections the recordings show and the launcher sets (cpus, memory,
+//! payload, consoles, platform, disks, net) are typed; the other device lists
+//! (fs, pmem, vsock, ...) are kept as the JSON that was sent and echoed back
+//! unchanged: the stand-in neither validates nor defaults them. Unknown fields
+//! are ignored, as CH ignores them.
 
 use std::path::PathBuf;
 
@@ -47,9 +48,9 @@ pub struct VmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_groups: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disks: Option<Value>,
+    pub disks: Option<Vec<DiskConfig>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub net: Option<Value>,
+    pub net: Option<Vec<NetConfig>>,
     #[serde(default)]
     pub rng: RngConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,6 +240,139 @@ pub struct PciDeviceCommonConfig {
     pub pci_segment: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_device_id: Option<u8>,
+}
+
+fn default_disk_num_queues() -> usize {
+    1
+}
+
+fn default_disk_queue_size() -> u16 {
+    128
+}
+
+fn default_net_num_queues() -> usize {
+    2
+}
+
+fn default_net_queue_size() -> u16 {
+    256
+}
+
+/// A disk image's format, as CH detects it when the VM is built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageType {
+    FlatVmdk,
+    FixedVhd,
+    Qcow2,
+    Raw,
+    Vhdx,
+    #[default]
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub enum LockGranularity {
+    #[default]
+    ByteRange,
+    Full,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiskConfig {
+    #[serde(flatten)]
+    pub pci_common: PciDeviceCommonConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default)]
+    pub direct: bool,
+    #[serde(default = "default_disk_num_queues")]
+    pub num_queues: usize,
+    #[serde(default = "default_disk_queue_size")]
+    pub queue_size: u16,
+    #[serde(default)]
+    pub vhost_user: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<Value>,
+    #[serde(default)]
+    pub disable_io_uring: bool,
+    #[serde(default)]
+    pub disable_aio: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_affinity: Option<Value>,
+    #[serde(default)]
+    pub backing_files: bool,
+    #[serde(default = "default_true")]
+    pub sparse: bool,
+    #[serde(default)]
+    pub image_type: ImageType,
+    #[serde(default)]
+    pub lock_granularity: LockGranularity,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub enum VhostMode {
+    #[default]
+    Client,
+    Server,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetConfig {
+    #[serde(flatten)]
+    pub pci_common: PciDeviceCommonConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<std::net::IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    #[serde(default = "default_net_num_queues")]
+    pub num_queues: usize,
+    #[serde(default = "default_net_queue_size")]
+    pub queue_size: u16,
+    #[serde(default)]
+    pub vhost_user: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_socket: Option<String>,
+    #[serde(default)]
+    pub vhost_mode: VhostMode,
+    /// Descriptor numbers in a body are meaningless here: kept as -1s.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_invalid_fds",
+        skip_serializing
+    )]
+    pub fds: Option<Vec<i32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<Value>,
+    #[serde(default = "default_true")]
+    pub offload_tso: bool,
+    #[serde(default = "default_true")]
+    pub offload_ufo: bool,
+    #[serde(default = "default_true")]
+    pub offload_csum: bool,
+}
+
+fn deserialize_invalid_fds<'de, D>(deserializer: D) -> Result<Option<Vec<i32>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let given: Option<Vec<i32>> = Option::deserialize(deserializer)?;
+    Ok(given.map(|fds| vec![-1; fds.len()]))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -483,6 +617,29 @@ mod tests {
             "pvpanic": false, "iommu": false, "watchdog": false, "landlock_enable": false
         });
         assert_eq!(echoed, expected);
+    }
+
+    #[test]
+    fn disk_and_net_defaults_match_ch() {
+        let config = VmConfig::from_body(
+            br#"{"disks":[{"path":"/d.img"}],"net":[{"mac":"52:54:00:12:34:56","fds":[3]}]}"#,
+            &[],
+        )
+        .unwrap();
+        let echoed = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            echoed["disks"],
+            serde_json::json!([{"pci_segment": 0, "path": "/d.img", "readonly": false, "direct": false,
+                "num_queues": 1, "queue_size": 128, "vhost_user": false, "disable_io_uring": false,
+                "disable_aio": false, "backing_files": false, "sparse": true, "image_type": "Unknown",
+                "lock_granularity": "ByteRange"}])
+        );
+        assert_eq!(
+            echoed["net"],
+            serde_json::json!([{"pci_segment": 0, "mac": "52:54:00:12:34:56", "num_queues": 2,
+                "queue_size": 256, "vhost_user": false, "vhost_mode": "Client", "offload_tso": true,
+                "offload_ufo": true, "offload_csum": true}])
+        );
     }
 
     #[test]

@@ -38,22 +38,41 @@ pub struct ConsoleDevices {
     _console_slave: Option<OwnedFd>,
 }
 
-/// An error chain below "Error creating console devices".
-pub type ConsoleError = Vec<String>;
+/// Why the back ends could not be made.
+#[derive(Debug)]
+pub enum ConsoleError {
+    /// An error chain below "Error creating console devices".
+    Chain(Vec<String>),
+    /// A `File` or `Socket` device without its path: CH unwraps the missing
+    /// path and its VMM thread dies (the panic message is kept for the log).
+    VmmPanic(String),
+}
 
 fn device_error(cause: impl ToString) -> ConsoleError {
-    vec![
+    ConsoleError::Chain(vec![
         "Error creating console devices".to_string(),
         "Error creating console device".to_string(),
         cause.to_string(),
-    ]
+    ])
+}
+
+fn raw_mode_error(cause: nix::Error) -> ConsoleError {
+    ConsoleError::Chain(vec![
+        "Error creating console devices".to_string(),
+        "Error setting pty raw mode".to_string(),
+        std::io::Error::from(cause).to_string(),
+    ])
 }
 
 fn no_socket_support() -> ConsoleError {
-    vec![
+    ConsoleError::Chain(vec![
         "Error creating console devices".to_string(),
         "No socket option support for console device".to_string(),
-    ]
+    ])
+}
+
+fn missing_path(device: &str) -> ConsoleError {
+    ConsoleError::VmmPanic(format!("{device}: mode needs a path but none was given"))
 }
 
 struct Pty {
@@ -66,21 +85,9 @@ fn create_pty() -> Result<Pty, ConsoleError> {
     let pair = openpty(None, None).map_err(|e| device_error(std::io::Error::from(e)))?;
     let path = std::fs::read_link(format!("/proc/self/fd/{}", pair.slave.as_raw_fd()))
         .map_err(device_error)?;
-    let mut termios = tcgetattr(pair.slave.as_fd()).map_err(|e| {
-        vec![
-            "Error creating console devices".to_string(),
-            "Error setting pty raw mode".to_string(),
-            std::io::Error::from(e).to_string(),
-        ]
-    })?;
+    let mut termios = tcgetattr(pair.slave.as_fd()).map_err(raw_mode_error)?;
     cfmakeraw(&mut termios);
-    tcsetattr(pair.slave.as_fd(), SetArg::TCSANOW, &termios).map_err(|e| {
-        vec![
-            "Error creating console devices".to_string(),
-            "Error setting pty raw mode".to_string(),
-            std::io::Error::from(e).to_string(),
-        ]
-    })?;
+    tcsetattr(pair.slave.as_fd(), SetArg::TCSANOW, &termios).map_err(raw_mode_error)?;
     for fd in [&pair.master, &pair.slave] {
         // Children of the stand-in must not keep the PTY alive.
         let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
@@ -99,8 +106,8 @@ fn create_pty() -> Result<Pty, ConsoleError> {
     })
 }
 
-fn create_file(path: Option<&PathBuf>) -> Result<Transport, ConsoleError> {
-    let path = path.ok_or_else(|| device_error("Path missing when using file console mode"))?;
+fn create_file(device: &str, path: Option<&PathBuf>) -> Result<Transport, ConsoleError> {
+    let path = path.ok_or_else(|| missing_path(device))?;
     let file = File::create(path).map_err(device_error)?;
     Ok(Transport::File(Arc::new(file)))
 }
@@ -109,7 +116,7 @@ fn create_file(path: Option<&PathBuf>) -> Result<Transport, ConsoleError> {
 pub fn pre_create(config: &mut VmConfig) -> Result<ConsoleDevices, ConsoleError> {
     let mut console_slave = None;
     let console = match config.console.common.mode {
-        ConsoleOutputMode::File => create_file(config.console.common.file.as_ref())?,
+        ConsoleOutputMode::File => create_file("console", config.console.common.file.as_ref())?,
         ConsoleOutputMode::Pty => {
             let pty = create_pty()?;
             config.console.common.file = Some(pty.path);
@@ -123,7 +130,7 @@ pub fn pre_create(config: &mut VmConfig) -> Result<ConsoleDevices, ConsoleError>
     };
     let serial =
         match config.serial.common.mode {
-            ConsoleOutputMode::File => create_file(config.serial.common.file.as_ref())?,
+            ConsoleOutputMode::File => create_file("serial", config.serial.common.file.as_ref())?,
             ConsoleOutputMode::Pty => {
                 let pty = create_pty()?;
                 config.serial.common.file = Some(pty.path);
@@ -143,7 +150,7 @@ pub fn pre_create(config: &mut VmConfig) -> Result<ConsoleDevices, ConsoleError>
             ConsoleOutputMode::Off => Transport::Off,
         };
     let debug = match config.debug_console.mode {
-        ConsoleOutputMode::File => create_file(config.debug_console.file.as_ref())?,
+        ConsoleOutputMode::File => create_file("debug_console", config.debug_console.file.as_ref())?,
         ConsoleOutputMode::Pty => {
             let pty = create_pty()?;
             config.debug_console.file = Some(pty.path);

@@ -15,7 +15,9 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::config::VmConfig;
-use super::vmm::{api_error, ApiError, ResizeRequest, RestoreRequest, SnapshotRequest, Vmm};
+use super::vmm::{
+    api_error, vmm_gone, ApiError, ResizeRequest, RestoreRequest, SnapshotRequest, Vmm,
+};
 use super::ControlEvent;
 
 const API_ROOT: &str = "/api/v1/";
@@ -32,6 +34,9 @@ enum Reply {
     Empty(StatusCode),
     /// A status with a JSON body.
     Json(StatusCode, String),
+    /// micro_http's own answer to a request it cannot parse, after which it
+    /// drops the connection.
+    Unparsable(String),
 }
 
 fn error_reply(error: ApiError) -> Reply {
@@ -68,7 +73,20 @@ pub async fn serve(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // micro_http routes on the whole request target: a query string makes the
+    // path unknown.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().to_string(), |p| p.as_str().to_string());
+    if !matches!(
+        method,
+        Method::GET | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return Ok(respond(Reply::Unparsable(
+            "{ \"error\": \"Invalid HTTP Method: Unsupported HTTP method.\nAll previous unanswered requests will be dropped.\" }".to_string(),
+        )));
+    }
     let body = match Limited::new(request.into_body(), MAX_PAYLOAD)
         .collect()
         .await
@@ -86,21 +104,24 @@ pub async fn serve(
 }
 
 fn respond(reply: Reply) -> Response<Full<Bytes>> {
-    let (status, body) = match reply {
-        Reply::Empty(status) => (status, Bytes::new()),
-        Reply::Json(status, text) => (status, Bytes::from(text)),
+    use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, SERVER};
+    let (status, body, server) = match reply {
+        Reply::Empty(status) => (status, Bytes::new(), "Cloud Hypervisor API"),
+        Reply::Json(status, text) => (status, Bytes::from(text), "Cloud Hypervisor API"),
+        Reply::Unparsable(text) => (StatusCode::BAD_REQUEST, Bytes::from(text), "Firecracker API"),
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        hyper::header::SERVER,
-        hyper::header::HeaderValue::from_static("Cloud Hypervisor API"),
-    );
-    headers.insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    headers.insert(SERVER, HeaderValue::from_static(server));
+    // micro_http writes a content type with every response that has a length,
+    // which is every one but 204.
+    if status != StatusCode::NO_CONTENT {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if server != "Cloud Hypervisor API" {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -124,10 +145,12 @@ fn route(ctx: &ApiContext, method: &Method, path: &str, body: Option<&[u8]>) -> 
     };
     match action {
         "vmm.ping" => match *method {
+            Method::GET if vmm.is_dead() => error_reply(vmm_gone()),
             Method::GET => Reply::Json(StatusCode::OK, vmm.vmm_ping_json()),
             _ => bad_request(),
         },
         "vmm.shutdown" => match *method {
+            Method::PUT if vmm.is_dead() => error_reply(vmm_gone()),
             Method::PUT => {
                 let result = vmm.vmm_shutdown();
                 // CH's VMM loop ends after this request whatever its outcome.
@@ -154,11 +177,15 @@ fn route(ctx: &ApiContext, method: &Method, path: &str, body: Option<&[u8]>) -> 
                         )
                     }
                 };
+                if vmm.is_dead() {
+                    return error_reply(vmm_gone());
+                }
                 unit(vmm.vm_create(config), "The VM could not be created")
             }
             _ => bad_request(),
         },
         "vm.info" => match *method {
+            Method::GET if vmm.is_dead() => error_reply(vmm_gone()),
             Method::GET => match vmm.vm_info() {
                 Ok(info) => Reply::Json(StatusCode::OK, info),
                 Err(e) => error_reply(api_error("The VM info is not available", e)),
@@ -239,6 +266,11 @@ fn action_shape(action: &str) -> Option<(Shape, &'static str)> {
     })
 }
 
+/// Actions whose request carries no body: nothing to check before the VMM.
+fn shape_is_bare(action: &str) -> bool {
+    matches!(action_shape(action), Some((Shape::PutBare | Shape::Get, _)))
+}
+
 enum DispatchError {
     Api(super::vmm::VmError),
     Reply(Reply),
@@ -255,7 +287,9 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, DispatchError> {
 }
 
 fn dispatch(vmm: &mut Vmm, action: &str, body: &[u8]) -> Result<Option<Value>, DispatchError> {
+    let gone = || DispatchError::Reply(error_reply(vmm_gone()));
     match action {
+        _ if vmm.is_dead() && shape_is_bare(action) => return Err(gone()),
         "vm.boot" => vmm.vm_boot()?,
         "vm.delete" => vmm.vm_delete()?,
         "vm.shutdown" => vmm.vm_shutdown()?,
@@ -264,11 +298,32 @@ fn dispatch(vmm: &mut Vmm, action: &str, body: &[u8]) -> Result<Option<Value>, D
         "vm.resume" => vmm.vm_resume()?,
         "vm.power-button" | "vm.nmi" => vmm.vm_notify_guest()?,
         "vm.counters" => return Ok(Some(vmm.vm_counters()?)),
-        "vm.resize" => vmm.vm_resize(&parse::<ResizeRequest>(body)?)?,
-        "vm.snapshot" => vmm.vm_snapshot(&parse::<SnapshotRequest>(body)?)?,
-        "vm.restore" => vmm.vm_restore(&parse::<RestoreRequest>(body)?)?,
+        "vm.resize" => {
+            let request = parse::<ResizeRequest>(body)?;
+            if vmm.is_dead() {
+                return Err(gone());
+            }
+            vmm.vm_resize(&request)?
+        }
+        "vm.snapshot" => {
+            let request = parse::<SnapshotRequest>(body)?;
+            if vmm.is_dead() {
+                return Err(gone());
+            }
+            vmm.vm_snapshot(&request)?
+        }
+        "vm.restore" => {
+            let request = parse::<RestoreRequest>(body)?;
+            if vmm.is_dead() {
+                return Err(gone());
+            }
+            vmm.vm_restore(&request)?
+        }
         other => {
             parse::<Value>(body)?;
+            if vmm.is_dead() {
+                return Err(gone());
+            }
             vmm.vm_unemulated(other)?
         }
     }

@@ -265,8 +265,12 @@ async fn serve(
                     }
                 }
             },
-            _ = terminate.recv() => break shutdown_on_signal(&mut lock_vmm()),
-            _ = interrupt.recv() => break shutdown_on_signal(&mut lock_vmm()),
+            _ = terminate.recv() => if let Some(code) = shutdown_on_signal(&mut lock_vmm()) {
+                break code;
+            },
+            _ = interrupt.recv() => if let Some(code) = shutdown_on_signal(&mut lock_vmm()) {
+                break code;
+            },
         }
     };
 
@@ -282,15 +286,19 @@ async fn serve(
     Ok(code)
 }
 
-/// SIGTERM/SIGINT: CH shuts the VMM down as for `vmm.shutdown` and exits.
-fn shutdown_on_signal(vmm: &mut Vmm) -> i32 {
+/// SIGTERM/SIGINT: CH shuts the VMM down as for `vmm.shutdown` and exits
+/// (unless its VMM thread is gone: then nobody acts on the signal).
+fn shutdown_on_signal(vmm: &mut Vmm) -> Option<i32> {
+    if vmm.is_dead() {
+        return None;
+    }
     match vmm.vmm_shutdown() {
-        Ok(()) => 0,
+        Ok(()) => Some(0),
         Err(e) => {
             let mut chain = vec!["Error shutting down VMM".to_string()];
             chain.extend(vmm::api_error("", e).chain.into_iter().skip(2));
             cli::StartupError(chain).print();
-            1
+            Some(1)
         }
     }
 }

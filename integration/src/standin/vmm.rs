@@ -12,10 +12,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::config::{ConsoleOutputMode, HotplugMethod, VmConfig};
-use super::consoles::{self, ConsoleDevices};
+use super::consoles::{self, ConsoleDevices, ConsoleError};
 use super::events::EventMonitor;
 use super::log::Logger;
 use super::serial::{is_halting_guest, GuestAction, SerialManager};
+
+/// What every request gets once the VMM thread is gone.
+pub fn vmm_gone() -> ApiError {
+    ApiError {
+        status: 500,
+        chain: vec![
+            "Error from API".to_string(),
+            "API request send error".to_string(),
+            "sending on a closed channel".to_string(),
+        ],
+    }
+}
 
 /// An HTTP error reply: status and the JSON array of messages, outermost first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +47,9 @@ pub enum VmError {
     ConfigValidation(Vec<String>),
     /// 500: any other chain, outermost first.
     Other(Vec<String>),
+    /// CH's VMM thread panicked while handling this request; the HTTP thread
+    /// lives on but no request reaches a VMM again.
+    VmmDied,
 }
 
 impl VmError {
@@ -58,6 +73,7 @@ impl VmError {
                 chain
             }
             VmError::Other(chain) => chain,
+            VmError::VmmDied => vec![],
         }
     }
 
@@ -69,6 +85,16 @@ impl VmError {
 /// Wraps a VM error the way CH's HTTP layer does: "Error from API", then the
 /// action's own message, then the cause chain.
 pub fn api_error(action: &str, error: VmError) -> ApiError {
+    if let VmError::VmmDied = error {
+        return ApiError {
+            status: 500,
+            chain: vec![
+                "Error from API".to_string(),
+                "API response receive error".to_string(),
+                "receiving on a closed channel".to_string(),
+            ],
+        };
+    }
     let status = error.status();
     let mut chain = vec!["Error from API".to_string(), action.to_string()];
     chain.extend(error.chain());
@@ -127,6 +153,11 @@ struct Vm {
     state: VmState,
     generation: u64,
     serial: Option<SerialManager>,
+    /// vCPUs started: the boot count once booted, 0 if booting failed.
+    present_vcpus: u32,
+    /// Guest RAM at boot and now, for ACPI memory hotplug.
+    boot_ram: u64,
+    current_ram: u64,
 }
 
 /// `vm.resize` body.
@@ -162,6 +193,8 @@ pub struct Vmm {
     features: Vec<String>,
     build_version: String,
     guest_events: GuestEvents,
+    /// Set when CH's VMM thread would have panicked: see [`VmError::VmmDied`].
+    dead: bool,
 }
 
 /// What the guest's action did to the process.
@@ -189,6 +222,31 @@ impl Vmm {
             features,
             build_version,
             guest_events,
+            dead: false,
+        }
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Makes the console back ends, recording a VMM-thread death.
+    fn pre_create_consoles(&mut self) -> Result<(), VmError> {
+        let Some(config) = self.config.as_mut() else {
+            return Err(VmError::NotCreated);
+        };
+        match consoles::pre_create(config) {
+            Ok(devices) => {
+                self.consoles = Some(devices);
+                Ok(())
+            }
+            Err(ConsoleError::Chain(chain)) => Err(VmError::Other(chain)),
+            Err(ConsoleError::VmmPanic(why)) => {
+                self.logger.info(&format!("VMM thread panicked: {why}"));
+                self.vm.take();
+                self.dead = true;
+                Err(VmError::VmmDied)
+            }
         }
     }
 
@@ -220,9 +278,8 @@ impl Vmm {
         }
         // CH stores the config before making the consoles: a console failure
         // still leaves a created VM behind.
-        let config = self.config.insert(config);
-        self.consoles = Some(consoles::pre_create(config).map_err(VmError::Other)?);
-        Ok(())
+        self.config = Some(config);
+        self.pre_create_consoles()
     }
 
     pub fn vm_boot(&mut self) -> Result<(), VmError> {
@@ -230,13 +287,13 @@ impl Vmm {
             return Err(VmError::AlreadyCreated);
         }
         self.events.emit("vm", "booting");
-        let Some(config) = self.config.as_mut() else {
+        if self.config.is_none() {
             return Err(VmError::MissingConfig);
-        };
-        if self.consoles.is_none() {
-            self.consoles = Some(consoles::pre_create(config).map_err(VmError::Other)?);
         }
-        validate(config)?;
+        if self.consoles.is_none() {
+            self.pre_create_consoles()?;
+        }
+        validate(self.config.as_ref().ok_or(VmError::MissingConfig)?)?;
         let mut vm = self.new_vm();
         let result = self.boot_vm(&mut vm);
         self.vm = Some(vm);
@@ -252,6 +309,9 @@ impl Vmm {
             state: VmState::Created,
             generation,
             serial: None,
+            present_vcpus: 0,
+            boot_ram: 0,
+            current_ram: 0,
         }
     }
 
@@ -285,6 +345,9 @@ impl Vmm {
             VmError::Other(vec!["Error from device manager".to_string(), e.to_string()])
         })?;
         vm.serial = Some(serial);
+        vm.present_vcpus = config.cpus.boot_vcpus;
+        vm.boot_ram = config.memory.size;
+        vm.current_ram = config.memory.size;
         vm.state = VmState::Running;
         Ok(())
     }
@@ -421,8 +484,7 @@ impl Vmm {
             vm.serial.take();
         }
         self.consoles.take();
-        let config = self.config.as_mut().ok_or(VmError::NotCreated)?;
-        self.consoles = Some(consoles::pre_create(config).map_err(VmError::Other)?);
+        self.pre_create_consoles()?;
         let mut vm = self.new_vm();
         self.boot_vm(&mut vm)?;
         self.vm = Some(vm);
@@ -477,7 +539,7 @@ impl Vmm {
 
     pub fn vm_resize(&mut self, request: &ResizeRequest) -> Result<(), VmError> {
         let config = self.config.as_mut().ok_or(VmError::NotCreated)?;
-        let Some(vm) = self.vm.as_ref() else {
+        if self.vm.is_none() {
             // Not booted: only the config changes.
             if let Some(vcpus) = request.desired_vcpus {
                 config.cpus.boot_vcpus = vcpus;
@@ -491,10 +553,13 @@ impl Vmm {
             }
             return Ok(());
         };
-        let _ = vm;
+        let Some(vm) = self.vm.as_mut() else {
+            return Err(VmError::NotCreated);
+        };
         self.events.emit("vm", "resizing");
         if let Some(vcpus) = request.desired_vcpus {
-            if vcpus != config.cpus.boot_vcpus {
+            // CH compares with the vCPUs actually started, not the config.
+            if vcpus != vm.present_vcpus {
                 if vcpus == 0 {
                     return Err(VmError::other(&[
                         "Error from CPU manager",
@@ -507,20 +572,24 @@ impl Vmm {
                         "Requested vCPUs exceed maximum",
                     ]));
                 }
+                vm.present_vcpus = vcpus;
             }
             config.cpus.boot_vcpus = vcpus;
         }
         if let Some(ram) = request.desired_ram {
             match config.memory.hotplug_method {
-                HotplugMethod::Acpi => config.memory.size = ram,
+                HotplugMethod::Acpi => {
+                    if ram > vm.current_ram {
+                        hotplug_ram(config, vm.boot_ram, vm.current_ram, ram)?;
+                        vm.current_ram = ram;
+                    }
+                    config.memory.size = ram;
+                }
                 HotplugMethod::VirtioMem => {
                     if ram < config.memory.size {
-                        return Err(VmError::Other(vec![
-                            "Memory manager error".to_string(),
-                            format!(
-                                "Cannot resize below the boot size: {ram} < {}",
-                                config.memory.size
-                            ),
+                        return Err(VmError::other(&[
+                            "Memory manager error",
+                            "Invalid resize below boot size",
                         ]));
                     }
                     config.memory.hotplugged_size =
@@ -587,6 +656,27 @@ impl Vmm {
             }
         }
     }
+}
+
+/// ACPI memory hotplug: DIMMs come in 128 MiB steps and must fit in the
+/// hotplug area sized by `hotplug_size`.
+fn hotplug_ram(config: &VmConfig, boot: u64, current: u64, desired: u64) -> Result<(), VmError> {
+    const DIMM_ALIGN: u64 = 128 << 20;
+    let added = desired - current;
+    if added % DIMM_ALIGN != 0 {
+        return Err(VmError::other(&[
+            "Memory manager error",
+            "The requested hotplug memory addition is not a valid size",
+        ]));
+    }
+    let room = config.memory.hotplug_size.unwrap_or(0);
+    if desired - boot > room {
+        return Err(VmError::other(&[
+            "Memory manager error",
+            "Not enough space in the hotplug RAM region",
+        ]));
+    }
+    Ok(())
 }
 
 fn read_payload(path: &Path, open_error: &str) -> Result<Vec<u8>, VmError> {
