@@ -111,7 +111,9 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         while let Some(key) = map.next_key::<String>()? {
             let StrictValue(v) = map.next_value()?;
             if object.contains_key(&key) {
-                return Err(serde::de::Error::custom(format_args!("duplicate key {key:?}")));
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key {key:?}"
+                )));
             }
             object.insert(key, v);
         }
@@ -398,11 +400,19 @@ mod tests {
             "spec":{"domain":{"memory":{"guest":"1Gi","guest":"2Gi"}}}}"#;
         let e = parse(json).unwrap_err();
         assert_eq!(e.0.len(), 1);
-        assert!(e.0[0].message.contains("duplicate key \"guest\" at line 2"), "{e}");
+        assert!(
+            e.0[0].message.contains("duplicate key \"guest\" at line 2"),
+            "{e}"
+        );
         let yaml = "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nkind: X\nspec: {}\n";
         let e = parse(yaml).unwrap_err();
         assert_eq!(e.0[0].path, DOCUMENT_PATH);
-        assert!(e.0[0].message.starts_with("invalid YAML: line 3 column 1: duplicate"), "{e}");
+        assert!(
+            e.0[0]
+                .message
+                .starts_with("invalid YAML: line 3 column 1: duplicate"),
+            "{e}"
+        );
         assert!(!e.0[0].message.contains('\n'), "{e}");
     }
 }

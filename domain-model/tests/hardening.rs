@@ -315,3 +315,26 @@ fn every_seed_resolves_or_reports_errors() {
     let d = resolve_str(&full.to_string(), &f.opts()).unwrap();
     assert_eq!(d.name, "full");
 }
+
+#[test]
+fn deep_nesting_and_alias_bombs_are_refused_not_followed() {
+    let deep_yaml = format!(
+        "apiVersion: {}1{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let deep_json = format!("{{\"a\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut bomb = String::from("a: &a [1,2,3,4,5,6,7,8,9]\n");
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .iter()
+        .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+    {
+        let refs = vec![format!("*{prev}"); 9].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    for text in [deep_yaml, deep_json, bomb] {
+        let e = resolve_str(&text, &LoadOptions::default()).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].path, "(document)");
+    }
+}

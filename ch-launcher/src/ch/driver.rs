@@ -120,7 +120,7 @@ pub async fn create(
     let Spawned {
         child,
         events: pipe,
-        ..
+        log,
     } = spawned;
     tokio::spawn(
         Monitor {
@@ -130,6 +130,7 @@ pub async fn create(
             tx,
             kill: kill.clone(),
             exited: exited_tx,
+            log,
         }
         .run(),
     );

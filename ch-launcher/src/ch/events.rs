@@ -10,6 +10,7 @@
 use crate::lifecycle::Event;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -197,6 +198,8 @@ pub struct Monitor {
     pub kill: Arc<Notify>,
     /// Receives the exit once the VMM is gone and its events are delivered.
     pub exited: watch::Sender<Option<Result<ExitStatus, String>>>,
+    /// The VMM's own output, quoted when it dies unexpectedly.
+    pub log: PathBuf,
 }
 
 impl Monitor {
@@ -236,6 +239,13 @@ impl Monitor {
             Err(e) => tracing::error!("cannot wait for cloud-hypervisor: {e}"),
         }
         if let Some(event) = self.mapper.on_exit(&exit) {
+            if let Event::HypervisorDied { detail } = &event {
+                tracing::error!(
+                    "{detail}; last lines of {}:\n{}",
+                    self.log.display(),
+                    super::process::log_tail(&self.log, 20)
+                );
+            }
             let _ = self.tx.send(event);
         }
         self.exited.send_replace(Some(exit));

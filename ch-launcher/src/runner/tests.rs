@@ -73,6 +73,8 @@ enum Call {
 /// events; the channel closes once the "hypervisor" is gone.
 struct FakeBackend {
     calls: Arc<Mutex<Vec<Call>>>,
+    /// What `serial_pty` reports (the test moves it for a "reboot").
+    pty: Arc<Mutex<Option<PathBuf>>>,
     events: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
     /// Whether the guest powers off on the ACPI power button.
     honors_acpi: bool,
@@ -140,6 +142,9 @@ impl Backend for FakeBackend {
         self.hypervisor_exits();
         Ok(())
     }
+    async fn serial_pty(&self) -> Result<Option<PathBuf>, BackendError> {
+        Ok(self.pty.lock().unwrap().clone())
+    }
 }
 
 /// What the test keeps to drive the fake from outside (the guest, the
@@ -147,6 +152,7 @@ impl Backend for FakeBackend {
 #[derive(Clone)]
 struct Handle {
     calls: Arc<Mutex<Vec<Call>>>,
+    pty: Arc<Mutex<Option<PathBuf>>>,
     events: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
 }
 
@@ -182,17 +188,19 @@ fn setup() -> Setup {
     let (tx, rx) = mpsc::unbounded_channel();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let events = Arc::new(Mutex::new(Some(tx)));
+    let pty = Arc::new(Mutex::new(None));
     Setup {
         events_rx: Some(rx),
         _dir: dir,
         opts,
         fake: Some(FakeBackend {
             calls: calls.clone(),
+            pty: pty.clone(),
             events: events.clone(),
             honors_acpi: false,
             fail_boot: false,
         }),
-        handle: Handle { calls, events },
+        handle: Handle { calls, events, pty },
         pty: None,
     }
 }
@@ -647,6 +655,67 @@ async fn a_second_launcher_for_the_same_vm_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, RunError::AlreadyRunning(_)), "{err}");
+
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn console_follows_the_new_pty_after_a_reboot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = setup().with_pty();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let paths = s.opts.paths.clone();
+    let run = tokio::spawn(runner.run(create));
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+
+    let mut client = tokio::net::UnixStream::connect(paths.serial_socket())
+        .await
+        .unwrap();
+    // The "hypervisor" reboots: old PTY closed, a new one in its place.
+    let (old, _) = s.pty.take().unwrap();
+    drop(old);
+    let new = nix::pty::openpty(None, None).unwrap();
+    // Like Cloud Hypervisor, make the new PTY raw at once, so bytes written
+    // before the launcher reopens it are not cooked by the line discipline.
+    let mut raw = nix::sys::termios::tcgetattr(&new.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut raw);
+    nix::sys::termios::tcsetattr(&new.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
+    *handle.pty.lock().unwrap() = Some(nix::unistd::ttyname(&new.slave).unwrap());
+    handle.emit(Event::Rebooting);
+    handle.emit(Event::Rebooted);
+
+    nix::unistd::write(&new.master, b"TINY-GUEST-UP\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(T, async {
+        while !got.ends_with(b"TINY-GUEST-UP\r\n") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "console closed across the reboot");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no output from the new PTY");
+    client.write_all(b"e").await.unwrap();
+    let mut echo = [0u8; 1];
+    let master = std::fs::File::from(new.master);
+    tokio::task::spawn_blocking(move || {
+        std::io::Read::read_exact(&mut &master, &mut echo).map(|()| echo)
+    })
+    .await
+    .unwrap()
+    .map(|b| assert_eq!(&b, b"e"))
+    .unwrap();
 
     stopper.request(StopRequest::Signal("SIGTERM"));
     stopper.request(StopRequest::Signal("SIGTERM"));

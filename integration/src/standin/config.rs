@@ -350,12 +350,9 @@ pub struct NetConfig {
     pub vhost_socket: Option<String>,
     #[serde(default)]
     pub vhost_mode: VhostMode,
-    /// Descriptor numbers in a body are meaningless here: kept as -1s.
-    #[serde(
-        default,
-        deserialize_with = "deserialize_invalid_fds",
-        skip_serializing
-    )]
+    /// Descriptor numbers in a body mean nothing in this process; `vm.create`
+    /// drops them (see [`VmConfig::from_body`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fds: Option<Vec<i32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter_config: Option<Value>,
@@ -365,14 +362,6 @@ pub struct NetConfig {
     pub offload_ufo: bool,
     #[serde(default = "default_true")]
     pub offload_csum: bool,
-}
-
-fn deserialize_invalid_fds<'de, D>(deserializer: D) -> Result<Option<Vec<i32>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let given: Option<Vec<i32>> = Option::deserialize(deserializer)?;
-    Ok(given.map(|fds| vec![-1; fds.len()]))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -569,6 +558,11 @@ impl VmConfig {
     /// Parses a `vm.create` body; the error text is serde_json's, as CH sends it.
     pub fn from_body(body: &[u8], features: &[String]) -> Result<VmConfig, String> {
         let mut config: VmConfig = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        // CH takes a net device's descriptors only over SCM_RIGHTS, never from
+        // `vm.create`: numbers in the body are dropped.
+        for net in config.net.iter_mut().flatten() {
+            let _ignored = net.fds.take();
+        }
         if let Some(platform) = config.platform.as_mut() {
             platform.apply_build_features(features)?;
         }

@@ -296,7 +296,8 @@ fn dispatch(vmm: &mut Vmm, action: &str, body: &[u8]) -> Result<Option<Value>, D
         "vm.reboot" => vmm.vm_reboot()?,
         "vm.pause" => vmm.vm_pause()?,
         "vm.resume" => vmm.vm_resume()?,
-        "vm.power-button" | "vm.nmi" => vmm.vm_notify_guest()?,
+        "vm.power-button" => vmm.vm_power_button()?,
+        "vm.nmi" => vmm.vm_nmi()?,
         "vm.counters" => return Ok(Some(vmm.vm_counters()?)),
         "vm.resize" => {
             let request = parse::<ResizeRequest>(body)?;

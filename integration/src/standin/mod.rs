@@ -12,6 +12,7 @@
 mod cli;
 mod config;
 mod consoles;
+mod disks;
 mod events;
 mod http;
 mod log;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::config::{ConsoleOutputMode, HotplugMethod, VmConfig};
 use super::consoles::{self, ConsoleDevices, ConsoleError};
+use super::disks::{self, OpenDisk};
 use super::events::EventMonitor;
 use super::log::Logger;
 use super::serial::{is_halting_guest, GuestAction, SerialManager};
@@ -158,6 +159,8 @@ struct Vm {
     /// Guest RAM at boot and now, for ACPI memory hotplug.
     boot_ram: u64,
     current_ram: u64,
+    /// The disk images, open (and, once booted, locked) while the VM exists.
+    disks: Vec<OpenDisk>,
 }
 
 /// `vm.resize` body.
@@ -294,7 +297,7 @@ impl Vmm {
             self.pre_create_consoles()?;
         }
         validate(self.config.as_ref().ok_or(VmError::MissingConfig)?)?;
-        let mut vm = self.new_vm();
+        let mut vm = self.build_vm()?;
         let result = self.boot_vm(&mut vm);
         self.vm = Some(vm);
         result?;
@@ -312,7 +315,18 @@ impl Vmm {
             present_vcpus: 0,
             boot_ram: 0,
             current_ram: 0,
+            disks: Vec::new(),
         }
+    }
+
+    /// CH's `Vm::new`: builds the devices; a disk that cannot be opened means
+    /// no VM object at all.
+    fn build_vm(&mut self) -> Result<Vm, VmError> {
+        let config = self.config.as_mut().ok_or(VmError::NotCreated)?;
+        let opened = disks::open_disks(config).map_err(VmError::Other)?;
+        let mut vm = self.new_vm();
+        vm.disks = opened;
+        Ok(vm)
     }
 
     /// Loads the payload and starts the guest; the VM stays Created on failure.
@@ -323,6 +337,7 @@ impl Vmm {
         let (Some(config), Some(consoles)) = (self.config.as_ref(), self.consoles.as_ref()) else {
             return Err(VmError::NotCreated);
         };
+        disks::lock_disks(&vm.disks).map_err(VmError::Other)?;
         let payload = config.payload.as_ref().ok_or(VmError::MissingConfig)?;
         let image = match (&payload.firmware, &payload.kernel) {
             (Some(firmware), None) => read_payload(firmware, "Error manipulating firmware file")?,
@@ -467,8 +482,10 @@ impl Vmm {
         vm.state
             .check_transition(VmState::Shutdown)
             .map_err(|_| VmError::Other(vec![vm.state.transition_error(VmState::Shutdown)]))?;
-        // Stops the guest and the serial back end (and removes the serial socket).
+        // Stops the guest and the serial back end (and removes the serial
+        // socket); closing the images drops their locks.
         vm.serial.take();
+        vm.disks.clear();
         vm.state = VmState::Shutdown;
         self.events.emit("vm", "shutdown");
         Ok(())
@@ -485,7 +502,7 @@ impl Vmm {
         }
         self.consoles.take();
         self.pre_create_consoles()?;
-        let mut vm = self.new_vm();
+        let mut vm = self.build_vm()?;
         self.boot_vm(&mut vm)?;
         self.vm = Some(vm);
         self.events.emit("vm", "rebooted");
@@ -616,9 +633,20 @@ impl Vmm {
         Ok(json!({}))
     }
 
-    /// `vm.power-button` and `vm.nmi`: the tiny guest ignores both.
-    pub fn vm_notify_guest(&self) -> Result<(), VmError> {
+    /// `vm.power-button`: the tiny guest has no ACPI, so nothing happens.
+    pub fn vm_power_button(&self) -> Result<(), VmError> {
         self.vm.as_ref().ok_or(VmError::NotRunning)?;
+        Ok(())
+    }
+
+    /// `vm.nmi`: the tiny guest has no IDT, so a running guest triple-faults
+    /// and resets (seen on a real CH: `vm:rebooting`, `vm:rebooted`). An NMI
+    /// sent while paused was not seen to do anything.
+    pub fn vm_nmi(&self) -> Result<(), VmError> {
+        let vm = self.vm.as_ref().ok_or(VmError::NotRunning)?;
+        if vm.state == VmState::Running {
+            (self.guest_events)(vm.generation, GuestAction::Reboot);
+        }
         Ok(())
     }
 
@@ -724,12 +752,15 @@ fn validate(config: &VmConfig) -> Result<(), VmError> {
 }
 
 /// The device tree CH reports for the devices the stand-in models: the
-/// IOAPIC, the serial port, the virtio-console and virtio-rng on PCI segment
-/// 0, with BARs allocated downwards from the top of the 64-bit MMIO window as
-/// CH allocates them for a 64 MiB guest.
+/// IOAPIC, the serial port, and on PCI segment 0 the virtio-console, the
+/// disks and virtio-rng, in that slot order. Disks get 32-bit BARs, the others
+/// 64-bit ones, each allocated downwards from the top of its window as CH
+/// allocates them for a 64 MiB guest (checked against a real CH).
 fn device_tree(config: &VmConfig) -> Value {
     const FIRST_BAR: u64 = 70_368_735_789_056;
     const BAR_STRIDE: u64 = 0x80_0000;
+    const FIRST_BAR32: u64 = 3_891_789_824;
+    const BAR32_STRIDE: u64 = 0x8_0000;
     const BAR_SIZE: u64 = 0x8_0000;
     let mut tree = serde_json::Map::new();
     tree.insert(
@@ -742,15 +773,29 @@ fn device_tree(config: &VmConfig) -> Value {
             json!({"id": "__serial", "resources": [], "children": []}),
         );
     }
-    let mut pci_devices = Vec::new();
+    // (device id, uses a 32-bit BAR)
+    let mut pci_devices: Vec<(String, bool)> = Vec::new();
     if config.console.common.mode != ConsoleOutputMode::Off {
-        pci_devices.push("__console");
+        pci_devices.push(("__console".to_string(), false));
     }
-    pci_devices.push("__rng");
-    for (slot, device) in pci_devices.into_iter().enumerate() {
+    for disk in config.disks.iter().flatten() {
+        if let Some(id) = &disk.pci_common.id {
+            pci_devices.push((id.clone(), true));
+        }
+    }
+    pci_devices.push(("__rng".to_string(), false));
+    let (mut next64, mut next32) = (FIRST_BAR, FIRST_BAR32);
+    for (slot, (device, bar32)) in pci_devices.into_iter().enumerate() {
         let pci_id = format!("_virtio-pci-{device}");
+        let (base, kind) = if bar32 {
+            next32 -= BAR32_STRIDE;
+            (next32 + BAR32_STRIDE, "Mmio32")
+        } else {
+            next64 -= BAR_STRIDE;
+            (next64 + BAR_STRIDE, "Mmio64")
+        };
         tree.insert(
-            device.to_string(),
+            device.clone(),
             json!({"id": device, "resources": [], "parent": pci_id, "children": []}),
         );
         tree.insert(
@@ -759,9 +804,9 @@ fn device_tree(config: &VmConfig) -> Value {
                 "id": pci_id,
                 "resources": [{"PciBar": {
                     "index": 0,
-                    "base": FIRST_BAR - BAR_STRIDE * slot as u64,
+                    "base": base,
                     "size": BAR_SIZE,
-                    "type_": "Mmio64",
+                    "type_": kind,
                     "prefetchable": false
                 }}],
                 "children": [device],

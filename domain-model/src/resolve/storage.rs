@@ -1,0 +1,335 @@
+//! Volumes, their host image files, and the disks that use them.
+
+use super::*;
+
+impl Resolver<'_> {
+    pub(super) fn volumes(&mut self, volumes: &[api::Volume]) -> Vec<Option<DiskSource>> {
+        let mut names = BTreeSet::new();
+        let mut out = Vec::with_capacity(volumes.len());
+        for (i, v) in volumes.iter().enumerate() {
+            let path = format!("spec.volumes[{i}]");
+            // The name becomes a directory name for containerDisk images.
+            let name_ok = is_dns_label(&v.name, 63);
+            if !name_ok {
+                self.err(
+                    format!("{path}.name"),
+                    format!(
+                        "{:?} is not a valid volume name: use lowercase letters, digits and '-' \
+                         (at most 63 characters)",
+                        v.name
+                    ),
+                );
+            } else if !names.insert(v.name.as_str()) {
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate volume name {:?}", v.name),
+                );
+            }
+            let prefix = format!("{path}.");
+            let has_other_key = self.unknown_paths.iter().any(|p| p.starts_with(&prefix));
+            let source = match (&v.host_disk, &v.container_disk) {
+                (Some(_), Some(_)) => {
+                    self.err(
+                        &path,
+                        "set only one volume source (hostDisk or containerDisk)",
+                    );
+                    None
+                }
+                (Some(hd), None) if !has_other_key => self.host_disk(&path, hd),
+                (None, Some(_)) if !name_ok => None,
+                (None, Some(cd)) if !has_other_key => self.container_disk(&path, &v.name, cd),
+                (None, None) if !has_other_key => {
+                    self.err(&path, "no volume source: set hostDisk or containerDisk");
+                    None
+                }
+                _ => None,
+            };
+            out.push(source);
+        }
+        out
+    }
+
+    fn host_disk(&mut self, path: &str, hd: &api::HostDisk) -> Option<DiskSource> {
+        let base = format!("{path}.hostDisk");
+        if hd.path.is_empty() {
+            self.err(
+                format!("{base}.path"),
+                "required: the disk image's host path",
+            );
+            return None;
+        }
+        let abs = self.absolute(&hd.path);
+        let create_with_capacity = match hd.kind.as_str() {
+            "Disk" => {
+                if hd.capacity.is_some() {
+                    self.err(
+                        format!("{base}.capacity"),
+                        "capacity only applies to type DiskOrCreate",
+                    );
+                }
+                match std::fs::metadata(&abs) {
+                    Ok(m) if !m.is_dir() => None,
+                    Ok(_) => {
+                        self.err(
+                            format!("{base}.path"),
+                            format!("{} is a directory, not a disk image", abs.display()),
+                        );
+                        return None;
+                    }
+                    Err(e) => {
+                        self.err(
+                            format!("{base}.path"),
+                            format!(
+                                "cannot use disk image {}: {e} (type Disk needs an existing \
+                                 image; DiskOrCreate creates one)",
+                                abs.display()
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+            "DiskOrCreate" => {
+                let cap_path = format!("{base}.capacity");
+                let Some(q) = hd.capacity.as_ref() else {
+                    self.err(
+                        &cap_path,
+                        "required for type DiskOrCreate: the size of the image to create",
+                    );
+                    return None;
+                };
+                let bytes = self.quantity_bytes(&cap_path, q)?;
+                if bytes == 0 {
+                    self.err(&cap_path, "must be more than 0");
+                    return None;
+                }
+                if abs.is_dir() {
+                    self.err(
+                        format!("{base}.path"),
+                        format!("{} is a directory, not a disk image", abs.display()),
+                    );
+                    return None;
+                }
+                Some(bytes)
+            }
+            other => {
+                self.err(
+                    format!("{base}.type"),
+                    format!("unknown hostDisk type {other:?}: expected Disk or DiskOrCreate"),
+                );
+                return None;
+            }
+        };
+        Some(DiskSource {
+            spec_path: path.to_string(),
+            path: abs,
+            // KubeVirt's hostDisk is always raw; probing a guest-writable image
+            // for a format would let the guest choose it.
+            format: ImageFormat::Raw,
+            create_with_capacity,
+        })
+    }
+
+    fn container_disk(
+        &mut self,
+        path: &str,
+        name: &str,
+        cd: &api::ContainerDisk,
+    ) -> Option<DiskSource> {
+        let base = format!("{path}.containerDisk");
+        if cd.image.is_empty() {
+            self.err(
+                format!("{base}.image"),
+                "required: the container disk image",
+            );
+            return None;
+        }
+        let dir = std::path::absolute(&self.opts.container_disk_dir)
+            .unwrap_or_else(|_| self.opts.container_disk_dir.clone())
+            .join(name);
+        let candidates = [
+            (dir.join("disk.img"), ImageFormat::Raw),
+            (dir.join("disk.qcow2"), ImageFormat::Qcow2),
+        ];
+        let found: Vec<&(PathBuf, ImageFormat)> =
+            candidates.iter().filter(|(p, _)| is_file(p)).collect();
+        match found.as_slice() {
+            [(file, format)] => Some(DiskSource {
+                spec_path: path.to_string(),
+                path: file.clone(),
+                format: *format,
+                create_with_capacity: None,
+            }),
+            [] => {
+                self.err(
+                    &base,
+                    format!(
+                        "no local image for containerDisk {:?}: containerDisk volumes are read \
+                         from <container disk dir>/<volume name>/disk.img (raw) or disk.qcow2 \
+                         (qcow2); put the unpacked image at {} or {}",
+                        cd.image,
+                        candidates[0].0.display(),
+                        candidates[1].0.display()
+                    ),
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    &base,
+                    format!(
+                        "both {} and {} exist: keep only one so the format is unambiguous",
+                        candidates[0].0.display(),
+                        candidates[1].0.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn disks(
+        &mut self,
+        disks: &[api::Disk],
+        volumes: &[api::Volume],
+        sources: &[Option<DiskSource>],
+        arch: Architecture,
+    ) -> Vec<Disk> {
+        let mut out = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut boot_orders: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut used_by: BTreeMap<usize, usize> = BTreeMap::new();
+        for (i, d) in disks.iter().enumerate() {
+            let path = format!("spec.domain.devices.disks[{i}]");
+            if d.name.is_empty() {
+                self.err(
+                    format!("{path}.name"),
+                    "required: the name of the volume to use",
+                );
+            } else if !names.insert(d.name.as_str()) {
+                // Disk names are volume names: a duplicate says it all.
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate disk name {:?}", d.name),
+                );
+                continue;
+            }
+            // Looked up first so that a disk with other errors still counts as
+            // using its volume.
+            let vol_index = volumes.iter().position(|v| v.name == d.name);
+            match vol_index {
+                None if !d.name.is_empty() => self.err(
+                    format!("{path}.name"),
+                    format!("no volume named {:?} in spec.volumes", d.name),
+                ),
+                None => {}
+                Some(j) => {
+                    used_by.insert(j, i);
+                }
+            }
+            let targets: Vec<(DiskDevice, &str, &api::DiskTarget)> = [
+                (DiskDevice::Disk, "disk", d.disk.as_ref()),
+                (DiskDevice::Cdrom, "cdrom", d.cdrom.as_ref()),
+                (DiskDevice::Lun, "lun", d.lun.as_ref()),
+            ]
+            .into_iter()
+            .filter_map(|(dev, key, t)| t.map(|t| (dev, key, t)))
+            .collect();
+            let default_target = api::DiskTarget::default();
+            let (device, key, target) = match targets.as_slice() {
+                [] => (DiskDevice::Disk, "disk", &default_target),
+                [one] => *one,
+                _ => {
+                    self.err(&path, "set only one of disk, cdrom or lun");
+                    continue;
+                }
+            };
+            let bus_path = format!("{path}.{key}.bus");
+            let bus = match target.bus.as_deref() {
+                None | Some("") => match (device, arch) {
+                    (DiskDevice::Disk, _) => DiskBus::Virtio,
+                    (DiskDevice::Cdrom, Architecture::Amd64) => DiskBus::Sata,
+                    (DiskDevice::Cdrom, _) | (DiskDevice::Lun, _) => DiskBus::Scsi,
+                },
+                Some("virtio") => DiskBus::Virtio,
+                Some("sata") => DiskBus::Sata,
+                Some("scsi") => DiskBus::Scsi,
+                Some("usb") => DiskBus::Usb,
+                Some(other) => {
+                    self.err(
+                        &bus_path,
+                        format!("unknown disk bus {other:?}: expected virtio, sata, scsi or usb"),
+                    );
+                    DiskBus::Virtio
+                }
+            };
+            if device == DiskDevice::Cdrom && bus == DiskBus::Virtio {
+                self.err(
+                    &bus_path,
+                    "a cdrom cannot use the virtio bus: use sata or scsi",
+                );
+            }
+            let readonly = target.readonly.unwrap_or(device == DiskDevice::Cdrom);
+            if let Some(serial) = &d.serial {
+                let valid = !serial.is_empty()
+                    && serial.len() <= 20
+                    && serial
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b));
+                if !valid {
+                    self.err(
+                        format!("{path}.serial"),
+                        format!(
+                            "{serial:?} is not a valid disk serial: 1 to 20 letters, digits, \
+                             '_', '.', '+' or '-'"
+                        ),
+                    );
+                }
+            }
+            if let Some(order) = d.boot_order {
+                if order == 0 {
+                    self.err(format!("{path}.bootOrder"), "must be at least 1");
+                } else if let Some(first) = boot_orders.insert(order, i) {
+                    self.err(
+                        format!("{path}.bootOrder"),
+                        format!("boot order {order} is already used by spec.domain.devices.disks[{first}]"),
+                    );
+                }
+            }
+            let Some(vol_index) = vol_index else { continue };
+            if let Some(Some(source)) = sources.get(vol_index) {
+                out.push(Disk {
+                    spec_path: path,
+                    name: d.name.clone(),
+                    device,
+                    bus,
+                    readonly,
+                    serial: d.serial.clone(),
+                    boot_order: d.boot_order,
+                    source: source.clone(),
+                });
+            }
+        }
+        for (j, v) in volumes.iter().enumerate() {
+            let path = format!("spec.volumes[{j}]");
+            let unsupported = self.unknown_paths.iter().any(|p| {
+                p.starts_with(&format!("{path}.")) && unsupported_volume_kind(p).is_some()
+            });
+            let duplicate = volumes.iter().position(|w| w.name == v.name) != Some(j);
+            if !used_by.contains_key(&j) && !unsupported && !duplicate {
+                self.err(
+                    path,
+                    format!(
+                        "volume {:?} is not used by any disk in spec.domain.devices.disks",
+                        v.name
+                    ),
+                );
+            }
+        }
+        out
+    }
+}
+
+fn is_file(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file())
+}
