@@ -147,6 +147,10 @@ pub struct ValidateArgs {
     /// Print the resolved VM as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// Show, feature by feature, which hypervisor supports what the spec
+    /// uses, and what each backend's translation refuses.
+    #[arg(long, conflicts_with = "json")]
+    pub explain: bool,
 }
 
 /// Which running VM: by its VMI uid, or by the spec it was started from (its
@@ -232,7 +236,8 @@ fn host(g: &GlobalArgs, command: &HostCommand) -> u8 {
 }
 
 /// The host facts a confidential libvirt launch renders (SEV C-bit, TDX
-/// quote service), from `--domcapabilities` or the native probe. A run
+/// quote service): from `--domcapabilities`, else from libvirt's domain
+/// capabilities, else (libvirt unreachable) from the native probe. A run
 /// refuses a launch-security kind the host cannot do; a dry run warns.
 fn confidential_host(
     g: &GlobalArgs,
@@ -242,7 +247,16 @@ fn confidential_host(
     let Some(ls) = &domain.launch_security else {
         return Ok(libvirt::ConfidentialHost::default());
     };
-    let caps = crate::host::capabilities(g.domcapabilities.as_deref()).map_err(|e| e.to_string())?;
+    let caps = match &g.domcapabilities {
+        Some(file) => crate::host::domcaps::load(file).map_err(|e| e.to_string())?,
+        None => match libvirt::launch_security::probe_libvirt(&g.libvirt_uri, domain) {
+            Ok(caps) => caps,
+            Err(e) => {
+                tracing::warn!("{e}; probing the kernel instead");
+                crate::host::probe::NativeProbe::default().probe()
+            }
+        },
+    };
     for note in &caps.notes {
         tracing::warn!("host capabilities: {note}");
     }
@@ -390,6 +404,9 @@ fn ch_options(g: &GlobalArgs, domain: &Domain, for_run: bool) -> Result<ch::ChOp
 }
 
 fn validate(g: &GlobalArgs, args: &ValidateArgs) -> u8 {
+    if args.explain {
+        return explain(g, &args.spec);
+    }
     let domain = match load(g, &args.spec) {
         Ok(d) => d,
         Err(code) => return code,
@@ -442,6 +459,79 @@ fn validate(g: &GlobalArgs, args: &ValidateArgs) -> u8 {
     } else {
         print_stdout(&summary(&domain), exit::SUCCESS)
     }
+}
+
+/// `validate --explain`: every feature the spec uses with each hypervisor's
+/// answer, then what each backend's translation refuses on top. Exits like
+/// `validate` for the hypervisor the spec chose.
+fn explain(g: &GlobalArgs, spec: &Path) -> u8 {
+    let domain = match domain_model::resolve_path(spec, &load_options(g)) {
+        Ok(d) => d,
+        Err(errors) => {
+            print_spec_errors(spec, &errors);
+            return exit::INVALID_SPEC;
+        }
+    };
+    let mut out = format!(
+        "{}: {} (chosen hypervisor: {})\n",
+        spec.display(),
+        domain.name,
+        domain.hypervisor
+    );
+    let features = domain_model::explain(&domain);
+    if features.is_empty() {
+        out.push_str("  uses no feature that any hypervisor lacks\n");
+    }
+    for f in &features {
+        out.push_str(&format!("- {} ({})\n", f.label, f.spec_path));
+        for h in &f.hypervisors {
+            match &h.reason {
+                None => out.push_str(&format!("    {:<17} yes\n", h.hypervisor.as_str())),
+                Some(why) => out.push_str(&format!("    {:<17} no: {why}\n", h.hypervisor.as_str())),
+            }
+        }
+    }
+    let mut chosen_refuses = domain_model::check_support(&domain).is_err();
+    for hypervisor in [Hypervisor::CloudHypervisor, Hypervisor::Libvirt] {
+        let mut d = domain.clone();
+        d.hypervisor = hypervisor;
+        let refusals = match hypervisor {
+            Hypervisor::CloudHypervisor => ch_options(g, &d, false)
+                .map(|opts| ch::vm_config(&d, &opts.host).err().map(SpecErrors::from)),
+            Hypervisor::Libvirt => {
+                let paths = VmPaths::new(&g.private_dir, &d.uid);
+                libvirt::LibvirtOptions::for_domain(&d, &paths, &g.libvirt_uri, false).map(|o| {
+                    let confidential = confidential_host(g, &d, false).unwrap_or_else(|e| {
+                        tracing::warn!("{e}");
+                        libvirt::ConfidentialHost::default()
+                    });
+                    let ctx = libvirt::RenderContext {
+                        paths,
+                        firmware: o.firmware,
+                        confidential,
+                    };
+                    libvirt::render::build(&d, &ctx).err()
+                })
+            }
+        };
+        match refusals {
+            Ok(None) => {}
+            Ok(Some(errors)) => {
+                chosen_refuses |= hypervisor == domain.hypervisor;
+                out.push_str(&format!("{hypervisor} translation also refuses:\n"));
+                for e in &errors.0 {
+                    out.push_str(&format!("  - {e}\n"));
+                }
+            }
+            Err(e) => out.push_str(&format!("{hypervisor}: {e}\n")),
+        }
+    }
+    let code = if chosen_refuses {
+        exit::INVALID_SPEC
+    } else {
+        exit::SUCCESS
+    };
+    print_stdout(&out, code)
 }
 
 fn render(g: &GlobalArgs, spec: &Path) -> u8 {
@@ -642,6 +732,11 @@ fn summary(d: &Domain) -> String {
     let _ = writeln!(s, "  acpi:          {}", d.features.acpi);
     if let Some(ls) = &d.launch_security {
         let _ = writeln!(s, "  launch security: {ls:?}");
+        let selector: Vec<String> = crate::host::labels::node_selector(Some(ls))
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(s, "  node selector: {}", selector.join(", "));
     }
     let _ = writeln!(
         s,

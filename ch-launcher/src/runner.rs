@@ -254,7 +254,12 @@ impl Runner {
         session.control = Some(server);
         session.apply(&Event::Created);
 
-        if self.domain.start_paused {
+        if let Ok(request) = self.stop_rx.try_recv() {
+            // Asked to stop while the VM was being created: do not run it at all.
+            tracing::info!(?request, "stop requested before boot");
+            session.stop_requested = true;
+            session.destroy("the stop came before the boot").await;
+        } else if self.domain.start_paused {
             tracing::info!("startStrategy Paused: the VM boots on `resume`");
         } else {
             session.backend.boot().await.map_err(RunError::Boot)?;

@@ -105,7 +105,10 @@ async fn expect_refusal(
             ..
         } => {
             if features.iter().any(|f| f == feature) {
-                println!("SKIP: {test}: {} has the {feature:?} feature", bin.display());
+                println!(
+                    "SKIP: {test}: {} has the {feature:?} feature",
+                    bin.display()
+                );
                 return None;
             }
             assert_eq!(*missing, feature, "{err}");
@@ -137,7 +140,10 @@ async fn tdx_is_refused_by_a_cloud_hypervisor_without_tdx() {
     )
     .await;
     if let Some(message) = message {
-        assert!(message.contains("Intel TDX") && message.contains("\"tdx\""), "{message}");
+        assert!(
+            message.contains("Intel TDX") && message.contains("\"tdx\""),
+            "{message}"
+        );
     }
 }
 
@@ -154,6 +160,9 @@ async fn sev_snp_is_refused_by_a_cloud_hypervisor_without_sev_snp() {
     )
     .await;
     if let Some(message) = message {
-        assert!(message.contains("AMD SEV-SNP") && message.contains("\"sev_snp\""), "{message}");
+        assert!(
+            message.contains("AMD SEV-SNP") && message.contains("\"sev_snp\""),
+            "{message}"
+        );
     }
 }

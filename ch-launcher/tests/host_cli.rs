@@ -22,8 +22,15 @@ fn host_labels_prints_tdx_label_for_tdx_domcapabilities() {
         .arg(sample("domcapabilities_tdx.xml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "kubevirt.io/tdx=true\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "kubevirt.io/tdx=true\n"
+    );
 }
 
 #[test]
@@ -33,7 +40,11 @@ fn host_capabilities_prints_sev_parameters_as_json() {
         .arg(sample("domcapabilities_sevsnp.xml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["sev"]["cbitpos"], 47);
     assert_eq!(json["sev"]["reduced_phys_bits"], 1);
@@ -43,7 +54,11 @@ fn host_capabilities_prints_sev_parameters_as_json() {
 #[test]
 fn host_capabilities_without_file_runs_the_native_probe() {
     let out = launcher().args(["host", "capabilities"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["source"], "native probe");
 }
@@ -51,7 +66,12 @@ fn host_capabilities_without_file_runs_the_native_probe() {
 #[test]
 fn host_labels_with_missing_file_fails_naming_it() {
     let out = launcher()
-        .args(["host", "labels", "--domcapabilities", "/nonexistent/caps.xml"])
+        .args([
+            "host",
+            "labels",
+            "--domcapabilities",
+            "/nonexistent/caps.xml",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -261,11 +261,94 @@ fn unknown_field_error(path: &str) -> FieldError {
             format!("volume kind {kind} is not supported yet (supported: hostDisk, containerDisk)"),
         );
     }
+    if KNOWN_UNIMPLEMENTED.contains(&normalized(path).as_str()) {
+        return FieldError::new(path, "kubevirt.io/v1 field not implemented yet");
+    }
     FieldError::new(
         path,
-        "unknown field, or a kubevirt.io/v1 field this launcher does not implement yet",
+        "unknown field (not a kubevirt.io/v1 field this launcher knows; check the spelling)",
     )
 }
+
+/// `spec.domain.devices.disks[3].cache` -> `spec.domain.devices.disks[].cache`.
+fn normalized(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Fields of `kubevirt.io/v1` that exist but that this launcher does not
+/// implement yet, so that their error does not read like a typo.
+const KNOWN_UNIMPLEMENTED: &[&str] = &[
+    "spec.accessCredentials",
+    "spec.dnsConfig",
+    "spec.dnsPolicy",
+    "spec.hostname",
+    "spec.livenessProbe",
+    "spec.readinessProbe",
+    "spec.subdomain",
+    "spec.domain.chassis",
+    "spec.domain.ioThreads",
+    "spec.domain.ioThreadsPolicy",
+    "spec.domain.machine",
+    "spec.domain.cpu.dedicatedCpuPlacement",
+    "spec.domain.cpu.features",
+    "spec.domain.cpu.isolateEmulatorThread",
+    "spec.domain.cpu.numa",
+    "spec.domain.cpu.realtime",
+    "spec.domain.features.apic",
+    "spec.domain.features.hyperv",
+    "spec.domain.features.hypervPassthrough",
+    "spec.domain.features.kvm",
+    "spec.domain.features.pvspinlock",
+    "spec.domain.firmware.acpi",
+    "spec.domain.firmware.bootloader.bios.useSerial",
+    "spec.domain.firmware.bootloader.efi.secureBootKeys",
+    "spec.domain.resources.overcommitGuestOverhead",
+    "spec.domain.devices.autoattachInputDevice",
+    "spec.domain.devices.autoattachMemBalloon",
+    "spec.domain.devices.autoattachPodInterface",
+    "spec.domain.devices.autoattachVSOCK",
+    "spec.domain.devices.blockMultiQueue",
+    "spec.domain.devices.clientPassthrough",
+    "spec.domain.devices.disableHotplug",
+    "spec.domain.devices.downwardMetrics",
+    "spec.domain.devices.filesystems",
+    "spec.domain.devices.gpus",
+    "spec.domain.devices.hostDevices",
+    "spec.domain.devices.logSerialConsole",
+    "spec.domain.devices.networkInterfaceMultiqueue",
+    "spec.domain.devices.panicDevices",
+    "spec.domain.devices.sound",
+    "spec.domain.devices.tpm",
+    "spec.domain.devices.useVirtioTransitional",
+    "spec.domain.devices.video",
+    "spec.domain.devices.watchdog",
+    "spec.domain.devices.disks[].blockSize",
+    "spec.domain.devices.disks[].cache",
+    "spec.domain.devices.disks[].dedicatedIOThread",
+    "spec.domain.devices.disks[].errorPolicy",
+    "spec.domain.devices.disks[].io",
+    "spec.domain.devices.disks[].shareable",
+    "spec.domain.devices.disks[].cdrom.tray",
+    "spec.domain.devices.disks[].disk.pciAddress",
+    "spec.domain.devices.disks[].lun.reservation",
+    "spec.volumes[].containerDisk.path",
+];
 
 /// `spec.volumes[3].emptyDisk` -> `emptyDisk`.
 pub(crate) fn unsupported_volume_kind(path: &str) -> Option<&str> {
@@ -392,6 +475,24 @@ mod tests {
         let parsed = parse(text).unwrap();
         let paths: Vec<&str> = parsed.unknown.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec![r#"[""]"#, r#"spec.domain["a.b"]"#]);
+    }
+
+    #[test]
+    fn unimplemented_kubevirt_fields_are_told_apart_from_typos() {
+        let text = r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineInstance",
+            "spec":{"domain":{"devices":{"disks":[{"name":"a"},{"name":"b","cache":"none"}],
+            "tpm":{},"dsks":[]}}}}"#;
+        let unknown = parse(text).unwrap().unknown;
+        let got: Vec<String> = unknown.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "spec.domain.devices.disks[1].cache: kubevirt.io/v1 field not implemented yet",
+                "spec.domain.devices.dsks: unknown field (not a kubevirt.io/v1 field this \
+                 launcher knows; check the spelling)",
+                "spec.domain.devices.tpm: kubevirt.io/v1 field not implemented yet",
+            ]
+        );
     }
 
     #[test]

@@ -23,11 +23,10 @@ pub fn load(path: &Path) -> Result<HostCapabilities, HostError> {
 
 /// Interprets a domain capabilities document; `source` says where it came from.
 pub fn parse(xml: &str, source: &str) -> Result<HostCapabilities, HostError> {
-    let doc: DomainCapabilities =
-        quick_xml::de::from_str(xml).map_err(|e| HostError::Parse {
-            origin: source.to_string(),
-            message: e.to_string(),
-        })?;
+    let doc: DomainCapabilities = quick_xml::de::from_str(xml).map_err(|e| HostError::Parse {
+        origin: source.to_string(),
+        message: e.to_string(),
+    })?;
     Ok(doc.into_capabilities(source))
 }
 
@@ -205,7 +204,10 @@ mod tests {
         assert!(caps.sev_es);
         assert!(!caps.sev_snp && !caps.tdx && !caps.secure_execution);
         assert_eq!(caps.arch.as_deref(), Some("x86_64"));
-        assert_eq!(caps.emulator.as_deref(), Some("/usr/bin/qemu-system-x86_64"));
+        assert_eq!(
+            caps.emulator.as_deref(),
+            Some("/usr/bin/qemu-system-x86_64")
+        );
         assert_eq!(caps.machine.as_deref(), Some("pc-i440fx-6.0"));
         assert_eq!(caps.firmware, ["bios", "efi"]);
         assert_eq!(caps.loaders.len(), 10);

@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn tdx_sample_labels_tdx_only() {
-        assert_eq!(labels_of("domcapabilities_tdx.xml"), ["kubevirt.io/tdx=true"]);
+        assert_eq!(
+            labels_of("domcapabilities_tdx.xml"),
+            ["kubevirt.io/tdx=true"]
+        );
     }
 
     #[test]
@@ -162,7 +165,10 @@ mod tests {
             selector(Some(&LaunchSecurity::SevSnp { host_data: None })),
             ["kubevirt.io/sev=true", "kubevirt.io/sev-snp=true"]
         );
-        assert_eq!(selector(Some(&LaunchSecurity::Tdx)), ["kubevirt.io/tdx=true"]);
+        assert_eq!(
+            selector(Some(&LaunchSecurity::Tdx)),
+            ["kubevirt.io/tdx=true"]
+        );
         assert_eq!(
             selector(Some(&LaunchSecurity::SecureExecution)),
             ["kubevirt.io/s390-pv=true"]

@@ -80,7 +80,7 @@ impl HostCapabilities {
             return None;
         }
         Some(format!(
-            "{} needs host support this host ({}) lacks: {}",
+            "{} cannot run on this host ({}): it lacks {}",
             launch_security_name(ls),
             self.source,
             missing.join(", ")

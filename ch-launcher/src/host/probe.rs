@@ -327,7 +327,11 @@ mod tests {
         let root = sysfs(&[("module/kvm_amd/parameters/sev", "Y")]);
         let caps = probe(root.path(), no_cpuid);
         assert_eq!(caps.sev, None);
-        assert!(caps.notes.iter().any(|n| n.contains("0x8000001F")), "{:?}", caps.notes);
+        assert!(
+            caps.notes.iter().any(|n| n.contains("0x8000001F")),
+            "{:?}",
+            caps.notes
+        );
     }
 
     #[test]
@@ -366,7 +370,11 @@ mod tests {
         fs::create_dir_all(root.path().join("module/kvm_intel/parameters/tdx")).unwrap();
         let caps = probe(root.path(), no_cpuid);
         assert!(!caps.tdx);
-        assert!(caps.notes.iter().any(|n| n.contains("tdx")), "{:?}", caps.notes);
+        assert!(
+            caps.notes.iter().any(|n| n.contains("tdx")),
+            "{:?}",
+            caps.notes
+        );
     }
 
     #[test]
@@ -388,7 +396,11 @@ mod tests {
         }
         .probe();
         assert_eq!(caps.kvm_vm_types, None);
-        assert!(caps.notes.iter().any(|n| n.contains("no-such-kvm")), "{:?}", caps.notes);
+        assert!(
+            caps.notes.iter().any(|n| n.contains("no-such-kvm")),
+            "{:?}",
+            caps.notes
+        );
     }
 
     /// This development host (nested KVM on Intel, no TDX module) has none of
@@ -401,14 +413,19 @@ mod tests {
             .filter(|l| l.starts_with("flags"))
             .flat_map(|l| l.split_whitespace())
             .collect();
-        if flags.iter().any(|f| ["sev", "tdx_host_platform"].contains(f))
+        if flags
+            .iter()
+            .any(|f| ["sev", "tdx_host_platform"].contains(f))
             || Path::new("/sys/firmware/uv").exists()
         {
             println!("SKIP: this host's CPU advertises SEV, TDX or an Ultravisor");
             return;
         }
         let caps = NativeProbe::default().probe();
-        println!("{}", serde_json::to_string_pretty(&caps).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&caps).unwrap_or_default()
+        );
         assert_eq!(caps.sev, None, "{caps:?}");
         assert!(!caps.sev_es && !caps.sev_snp && !caps.tdx && !caps.secure_execution);
         assert!(caps.launch_security_types.is_empty());

@@ -20,8 +20,8 @@
 //! persistent EFI variables). A failure after `define` undefines too.
 
 use super::events::{EventMapper, Mapped};
-use super::render::{domain_name, render, RenderContext};
 use super::launch_security::ConfidentialHost;
+use super::render::{domain_name, render, RenderContext};
 use firmware::LibvirtFirmware;
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
 use crate::lifecycle::Event;
@@ -288,7 +288,7 @@ static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// libvirt delivers events only to processes that run its event loop, and
 /// the loop must be registered before the first connection is opened.
-fn ensure_event_loop() -> Result<(), BackendError> {
+pub(crate) fn ensure_event_loop() -> Result<(), BackendError> {
     let started = EVENT_LOOP.get_or_init(|| {
         // libvirt prints every error to stderr by default; ours are returned.
         virt::error::clear_error_callback();

@@ -18,7 +18,7 @@
 //! `render::build` calls both.
 
 use super::xml::{DeviceDriver, DomainXml, LaunchSecurityXml, QuoteGenerationService, State};
-use crate::host::SevParameters;
+use crate::host::{HostCapabilities, SevParameters};
 use domain_model::{Architecture, Boot, Domain, LaunchSecurity, SpecErrors};
 use std::path::PathBuf;
 
@@ -76,7 +76,10 @@ pub fn check(domain: &Domain, host: &ConfidentialHost, errors: &mut SpecErrors) 
     };
     let path = kind_path(ls);
     let name = crate::host::launch_security_name(ls);
-    let sev_family = matches!(ls, LaunchSecurity::Sev { .. } | LaunchSecurity::SevSnp { .. });
+    let sev_family = matches!(
+        ls,
+        LaunchSecurity::Sev { .. } | LaunchSecurity::SevSnp { .. }
+    );
 
     if sev_family && host.sev.is_none() {
         errors.push(
@@ -106,9 +109,7 @@ pub fn check(domain: &Domain, host: &ConfidentialHost, errors: &mut SpecErrors) 
             if !matches!(domain.boot, Boot::Efi { .. }) {
                 errors.push(
                     &path,
-                    format!(
-                        "{name} needs EFI firmware: set spec.domain.firmware.bootloader.efi"
-                    ),
+                    format!("{name} needs EFI firmware: set spec.domain.firmware.bootloader.efi"),
                 );
             }
         }
@@ -234,6 +235,31 @@ pub fn apply(domain: &Domain, host: &ConfidentialHost, doc: &mut DomainXml) {
     }
 }
 
+/// The host's capabilities as libvirt reports them (`virsh domcapabilities`)
+/// for `domain`'s architecture and machine type under KVM, over `uri`.
+pub fn probe_libvirt(uri: &str, domain: &Domain) -> Result<HostCapabilities, String> {
+    let (arch, machine) = match domain.architecture {
+        Architecture::Amd64 => ("x86_64", "q35"),
+        Architecture::Arm64 => ("aarch64", "virt"),
+        Architecture::S390x => ("s390x", "s390-ccw-virtio"),
+    };
+    // libvirt wants its event implementation chosen before any connection
+    // opens; the driver opens more later.
+    super::driver::ensure_event_loop().map_err(|e| e.to_string())?;
+    let conn = virt::connect::Connect::open(Some(uri))
+        .map_err(|e| format!("cannot connect to libvirt at {uri}: {}", e.message()))?;
+    let xml = conn
+        .domain_capabilities(None, Some(arch), Some(machine), Some("kvm"), 0)
+        .map_err(|e| {
+            format!(
+                "libvirt at {uri} gave no domain capabilities: {}",
+                e.message()
+            )
+        })?;
+    drop(conn);
+    crate::host::domcaps::parse(&xml, &format!("libvirt {uri}")).map_err(|e| e.to_string())
+}
+
 /// libvirt takes SEV-SNP host data as base64 of its 32 bytes; the spec (and
 /// Cloud Hypervisor) as 64 hexadecimal characters.
 fn host_data_base64(hex: &str) -> Result<String, String> {
@@ -282,7 +308,9 @@ mod tests {
             host_data_base64(&hex).unwrap(),
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAP8="
         );
-        assert!(host_data_base64(&"ab".repeat(31)).unwrap_err().contains("got 62"));
+        assert!(host_data_base64(&"ab".repeat(31))
+            .unwrap_err()
+            .contains("got 62"));
         assert!(host_data_base64(&format!("{}zz", "ab".repeat(31)))
             .unwrap_err()
             .contains("position 62"));
@@ -452,11 +480,13 @@ mod tests {
         };
         let paths = VmPaths::new(Path::new("/var/run/kubevirt-private"), &domain.uid);
         let firmware = match firmware::choose_for_domain(domain, &config) {
-            Ok(firmware::Choice::Qemu(selection)) => Some(firmware::LibvirtFirmware::from_selection(
-                &selection,
-                &crate::libvirt::domain_name(domain),
-                crate::libvirt::render::nvram_dir(&paths),
-            )),
+            Ok(firmware::Choice::Qemu(selection)) => {
+                Some(firmware::LibvirtFirmware::from_selection(
+                    &selection,
+                    &crate::libvirt::domain_name(domain),
+                    crate::libvirt::render::nvram_dir(&paths),
+                ))
+            }
             Ok(_) | Err(_) => None,
         };
         RenderContext {
@@ -561,14 +591,18 @@ mod tests {
         for c in devices.all("controller") {
             out.push((
                 format!("controller {}", c.attr("model").unwrap_or("?")),
-                c.get("driver").and_then(|d| d.attr("iommu")).map(str::to_owned),
+                c.get("driver")
+                    .and_then(|d| d.attr("iommu"))
+                    .map(str::to_owned),
             ));
         }
         for kind in ["rng", "input", "memballoon"] {
             for d in devices.all(kind) {
                 out.push((
                     kind.to_string(),
-                    d.get("driver").and_then(|d| d.attr("iommu")).map(str::to_owned),
+                    d.get("driver")
+                        .and_then(|d| d.attr("iommu"))
+                        .map(str::to_owned),
                 ));
             }
         }
@@ -655,7 +689,10 @@ mod tests {
         let loader = doc.at("os/loader");
         assert_eq!(loader.text, "/usr/share/OVMF/OVMF.amdsev.fd");
         assert_eq!(loader.attr("type"), Some("rom"));
-        assert!(doc.get("os/nvram").is_none(), "SEV-SNP firmware is stateless");
+        assert!(
+            doc.get("os/nvram").is_none(),
+            "SEV-SNP firmware is stateless"
+        );
     }
 
     #[test]
@@ -676,7 +713,10 @@ mod tests {
         let (_, doc) = rendered(&d, ConfidentialHost::default());
         let ls = doc.at("launchSecurity");
         assert_eq!(ls.attr("type"), Some("tdx"));
-        assert!(ls.children.is_empty(), "no quote service unless configured: {ls:?}");
+        assert!(
+            ls.children.is_empty(),
+            "no quote service unless configured: {ls:?}"
+        );
         assert_eq!(doc.at("features/pmu").attr("state"), Some("off"));
         assert!(doc.get("features/smm").is_none());
         assert!(iommu_flags(&doc).iter().all(|(_, v)| v.is_none()));
@@ -790,7 +830,12 @@ mod tests {
         let mut d = guest(LaunchSecurity::Tdx);
         d.cpu.max_sockets = 2;
         let errors = error_paths(&d, ConfidentialHost::default());
-        assert!(errors.iter().any(|(p, _)| p == "spec.domain.cpu.maxSockets"), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|(p, _)| p == "spec.domain.cpu.maxSockets"),
+            "{errors:?}"
+        );
 
         for ls in [sev(false), snp(), LaunchSecurity::Tdx] {
             let mut d = guest(ls);
@@ -847,7 +892,11 @@ mod tests {
             ("sev-es", guest(sev_es), snp_host.clone()),
             ("sev-snp", guest(snp()), snp_host.clone()),
             ("sev-snp-host-data", guest(snp_data), snp_host),
-            ("tdx", guest(LaunchSecurity::Tdx), ConfidentialHost::default()),
+            (
+                "tdx",
+                guest(LaunchSecurity::Tdx),
+                ConfidentialHost::default(),
+            ),
             ("tdx-qgs", guest(LaunchSecurity::Tdx), qgs),
             ("secure-execution", se, ConfidentialHost::default()),
         ]
@@ -871,8 +920,7 @@ mod tests {
     #[test]
     fn every_confidential_document_validates_against_libvirt_schema() {
         const SCHEMAS: &str = "/usr/share/libvirt/schemas";
-        let (Some(validate), Some(xmllint)) = (which("virt-xml-validate"), which("xmllint"))
-        else {
+        let (Some(validate), Some(xmllint)) = (which("virt-xml-validate"), which("xmllint")) else {
             println!("SKIP: virt-xml-validate or xmllint missing (apt-get install libvirt-clients libxml2-utils)");
             return;
         };
@@ -881,12 +929,13 @@ mod tests {
             println!("SKIP: libvirt's schema is not installed in {SCHEMAS}");
             return;
         };
-        let installed_knows_new_types = common.contains("launchSecuritySEVSNP")
-            && common.contains("launchSecurityTDX");
+        let installed_knows_new_types =
+            common.contains("launchSecuritySEVSNP") && common.contains("launchSecurityTDX");
         let dir = tempfile::tempdir().unwrap();
         let extended = dir.path().join("domain-launch-security.rng");
         let grammar = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/libvirt-schema/launch-security.rng"),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/libvirt-schema/launch-security.rng"),
         )
         .unwrap();
         std::fs::write(&extended, grammar.replace("@SCHEMAS@", SCHEMAS)).unwrap();
@@ -903,7 +952,10 @@ mod tests {
                     .arg(&file)
                     .output()
             } else {
-                std::process::Command::new(&validate).arg(&file).arg("domain").output()
+                std::process::Command::new(&validate)
+                    .arg(&file)
+                    .arg("domain")
+                    .output()
             }
             .expect("the validator runs");
             if !out.status.success() {
@@ -933,7 +985,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let extended = dir.path().join("domain-launch-security.rng");
         let grammar = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/libvirt-schema/launch-security.rng"),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/libvirt-schema/launch-security.rng"),
         )
         .unwrap();
         std::fs::write(&extended, grammar.replace("@SCHEMAS@", SCHEMAS)).unwrap();
@@ -941,8 +994,14 @@ mod tests {
             .into_iter()
             .find(|(name, _)| *name == "tdx")
             .unwrap();
-        let broken = xml.replace("<launchSecurity type=\"tdx\"/>", "<launchSecurity type=\"tdx\"><bogus/></launchSecurity>");
-        assert_ne!(broken, xml, "the TDX element was not found to break:\n{xml}");
+        let broken = xml.replace(
+            "<launchSecurity type=\"tdx\"/>",
+            "<launchSecurity type=\"tdx\"><bogus/></launchSecurity>",
+        );
+        assert_ne!(
+            broken, xml,
+            "the TDX element was not found to break:\n{xml}"
+        );
         let file = dir.path().join("broken.xml");
         std::fs::write(&file, broken).unwrap();
         let out = std::process::Command::new(&xmllint)

@@ -10,12 +10,12 @@
 //! Anything in the `Domain` that cannot be expressed here is an error naming
 //! the spec field, never dropped.
 
+use super::launch_security::{self, ConfidentialHost};
 use super::xml::*;
 use crate::paths::VmPaths;
 use domain_model::{
     Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, ImageFormat, SpecErrors,
 };
-use super::launch_security::{self, ConfidentialHost};
 use firmware::LibvirtFirmware;
 use std::path::{Path, PathBuf};
 

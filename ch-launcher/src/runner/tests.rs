@@ -725,3 +725,20 @@ async fn console_follows_the_new_pty_after_a_reboot() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn stop_requested_during_create_never_boots_the_vm() {
+    let mut s = setup();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    let outcome = tokio::time::timeout(T, runner.run(create))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handle.calls(), vec![Call::Destroy]);
+    assert_eq!(outcome.status.reason, Reason::Destroyed);
+    assert!(outcome.succeeded());
+}

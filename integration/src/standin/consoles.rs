@@ -150,7 +150,9 @@ pub fn pre_create(config: &mut VmConfig) -> Result<ConsoleDevices, ConsoleError>
             ConsoleOutputMode::Off => Transport::Off,
         };
     let debug = match config.debug_console.mode {
-        ConsoleOutputMode::File => create_file("debug_console", config.debug_console.file.as_ref())?,
+        ConsoleOutputMode::File => {
+            create_file("debug_console", config.debug_console.file.as_ref())?
+        }
         ConsoleOutputMode::Pty => {
             let pty = create_pty()?;
             config.debug_console.file = Some(pty.path);

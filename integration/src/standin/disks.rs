@@ -153,7 +153,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, bytes: &[u8]| {
             let path = dir.path().join(name);
-            std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+            std::fs::File::create(&path)
+                .unwrap()
+                .write_all(bytes)
+                .unwrap();
             std::fs::File::open(path).unwrap()
         };
         assert_eq!(

@@ -75,10 +75,10 @@ pub async fn serve(
     let method = request.method().clone();
     // micro_http routes on the whole request target: a query string makes the
     // path unknown.
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| request.uri().path().to_string(), |p| p.as_str().to_string());
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_string(),
+        |p| p.as_str().to_string(),
+    );
     if !matches!(
         method,
         Method::GET | Method::PUT | Method::PATCH | Method::DELETE
@@ -108,7 +108,11 @@ fn respond(reply: Reply) -> Response<Full<Bytes>> {
     let (status, body, server) = match reply {
         Reply::Empty(status) => (status, Bytes::new(), "Cloud Hypervisor API"),
         Reply::Json(status, text) => (status, Bytes::from(text), "Cloud Hypervisor API"),
-        Reply::Unparsable(text) => (StatusCode::BAD_REQUEST, Bytes::from(text), "Firecracker API"),
+        Reply::Unparsable(text) => (
+            StatusCode::BAD_REQUEST,
+            Bytes::from(text),
+            "Firecracker API",
+        ),
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;

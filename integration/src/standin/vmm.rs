@@ -691,7 +691,8 @@ impl Vmm {
 fn hotplug_ram(config: &VmConfig, boot: u64, current: u64, desired: u64) -> Result<(), VmError> {
     const DIMM_ALIGN: u64 = 128 << 20;
     let added = desired - current;
-    if added % DIMM_ALIGN != 0 {
+    // DIMM_ALIGN is a power of two.
+    if added & (DIMM_ALIGN - 1) != 0 {
         return Err(VmError::other(&[
             "Memory manager error",
             "The requested hotplug memory addition is not a valid size",
