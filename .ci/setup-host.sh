@@ -13,9 +13,11 @@
 set -eu
 
 LIBVIRT_URI=${LIBVIRT_URI:-qemu:///system}
-PACKAGES="qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libxml2-utils ovmf pkg-config"
+# binutils: `as` and `ld` build the test guest (images/build.rs); libvirt-dev and
+# pkg-config build the `virt` crate.
+PACKAGES="qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libxml2-utils ovmf pkg-config binutils"
 QEMU_CONF=/etc/libvirt/qemu.conf
-# A marker so that a qemu.conf written by someone else is never overwritten.
+# Marks the qemu.conf this script wrote.
 MARKER="# Written by ch-launcher .ci/setup-host.sh"
 
 log() { printf 'setup-host: %s\n' "$*"; }
@@ -59,12 +61,10 @@ fi
 install -d -m 0755 /etc/libvirt /var/run/libvirt /var/log/libvirt /var/log/libvirt/qemu \
     /var/lib/libvirt /var/lib/libvirt/qemu /var/lib/libvirt/qemu/nvram /var/cache/libvirt
 
-# /dev/kvm must be usable by QEMU; inside containers its group is often wrong.
-if [ -e /dev/kvm ]; then
-    chgrp kvm /dev/kvm 2>/dev/null || true
-    chmod 0660 /dev/kvm 2>/dev/null || true
-else
-    log "warning: /dev/kvm is missing; QEMU will fail to start KVM guests"
+# QEMU runs as root (below), so /dev/kvm only has to exist and be usable by
+# root; its owner is left alone (in a container it may be the host's node).
+if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+    log "warning: /dev/kvm is missing or not read-writable; QEMU cannot start KVM guests"
 fi
 
 # QEMU runs as root, because the launcher's sockets and the images it is given
@@ -90,15 +90,20 @@ CONF
 }
 
 restart_needed=0
-if [ ! -e "$QEMU_CONF" ] || head -n1 "$QEMU_CONF" | grep -qF "$MARKER"; then
-    before=$(cat "$QEMU_CONF" 2>/dev/null || true)
-    write_qemu_conf
-    if [ "$before" != "$(cat "$QEMU_CONF")" ]; then
-        log "wrote $QEMU_CONF"
-        restart_needed=1
+# A configuration from elsewhere (libvirt-daemon-system ships one) is kept
+# aside once, then replaced: its defaults (QEMU as libvirt-qemu, cgroups,
+# AppArmor) do not work in a container.
+if [ -e "$QEMU_CONF" ] && ! head -n1 "$QEMU_CONF" | grep -qF "$MARKER"; then
+    if [ ! -e "$QEMU_CONF.before-ch-launcher" ]; then
+        cp -p "$QEMU_CONF" "$QEMU_CONF.before-ch-launcher"
+        log "saved the previous $QEMU_CONF as $QEMU_CONF.before-ch-launcher"
     fi
-else
-    log "keeping $QEMU_CONF: not written by this script"
+fi
+before=$(cat "$QEMU_CONF" 2>/dev/null || true)
+write_qemu_conf
+if [ "$before" != "$(cat "$QEMU_CONF")" ]; then
+    log "wrote $QEMU_CONF"
+    restart_needed=1
 fi
 
 running() { pidof "$1" >/dev/null 2>&1; }

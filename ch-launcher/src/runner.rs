@@ -209,7 +209,7 @@ impl Runner {
             Ok(()) => tracing::info!(state = ?status.state, reason = ?status.reason,
                 detail = status.message.as_deref(),
                 stop_requested = outcome.stop_requested, succeeded = outcome.succeeded(),
-                "VM final state"),
+                launcher_peak_rss_kib = peak_rss_kib(), "VM final state"),
             Err(e) => tracing::error!(state = ?status.state, reason = ?status.reason,
                 error = %e, "VM final state after a launcher failure"),
         }
@@ -336,6 +336,14 @@ fn prepare_vm_dir(paths: &VmPaths) -> Result<(), RunError> {
         return Err(RunError::AlreadyRunning(control));
     }
     Ok(())
+}
+
+/// The launcher's own peak resident set (`VmHWM`), for the record: the
+/// launcher is meant to stay small next to the VMM.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -60,7 +60,10 @@ fn run() -> Result<(), String> {
         .output()
         .map_err(|e| format!("{}: {e}", launcher.display()))?;
     if !render.status.success() {
-        return Err(format!("render: {}", String::from_utf8_lossy(&render.stderr)));
+        return Err(format!(
+            "render: {}",
+            String::from_utf8_lossy(&render.stderr)
+        ));
     }
     let xml = work.path().join("domain.xml");
     std::fs::write(&xml, &render.stdout).map_err(|e| e.to_string())?;
@@ -134,7 +137,9 @@ fn time_launcher(
         return Err(format!("wait4: {}", std::io::Error::last_os_error()));
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(format!("ch-launcher run ended with wait status {status:#x}"));
+        return Err(format!(
+            "ch-launcher run ended with wait status {status:#x}"
+        ));
     }
     Ok((took, usage.ru_maxrss))
 }
@@ -143,7 +148,16 @@ fn time_launcher(
 fn time_virsh(uri: &str, xml: &Path, domain: &str) -> Result<Duration, String> {
     // The listener connects before the clock starts.
     let mut events = Command::new("virsh")
-        .args(["-c", uri, "event", "--event", "lifecycle", "--loop", "--timeout", "120"])
+        .args([
+            "-c",
+            uri,
+            "event",
+            "--event",
+            "lifecycle",
+            "--loop",
+            "--timeout",
+            "120",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("virsh event: {e}"))?;
@@ -178,7 +192,10 @@ fn time_virsh(uri: &str, xml: &Path, domain: &str) -> Result<Duration, String> {
 /// The VM directory named by the rendered XML's console socket.
 fn find_vm_dir(xml: &[u8]) -> Result<PathBuf, String> {
     let text = String::from_utf8_lossy(xml);
-    let start = text.find("path=\"").ok_or("rendered XML has no console socket")? + 6;
+    let start = text
+        .find("path=\"")
+        .ok_or("rendered XML has no console socket")?
+        + 6;
     let end = text[start..].find('"').ok_or("unterminated path")? + start;
     Path::new(&text[start..end])
         .parent()

@@ -30,7 +30,11 @@ fn uri() -> String {
 }
 
 fn virsh(args: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("virsh").arg("-c").arg(uri()).args(args).output()
+    Command::new("virsh")
+        .arg("-c")
+        .arg(uri())
+        .args(args)
+        .output()
 }
 
 /// `None` (after printing the SKIP line) when libvirtd cannot be reached.
@@ -151,7 +155,11 @@ impl LaunchedVm {
             {
                 return entry.path();
             }
-            assert!(Instant::now() < deadline, "no VM directory appeared\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "no VM directory appeared\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -189,7 +197,10 @@ impl LaunchedVm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("never reached {state}/{reason}; last: {last}\n{}", self.logs());
+        panic!(
+            "never reached {state}/{reason}; last: {last}\n{}",
+            self.logs()
+        );
     }
 
     fn connect_console(&self) -> UnixStream {
@@ -198,7 +209,8 @@ impl LaunchedVm {
         loop {
             match UnixStream::connect(&socket) {
                 Ok(s) => {
-                    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
                     return s;
                 }
                 Err(e) if Instant::now() > deadline => {
@@ -216,7 +228,11 @@ impl LaunchedVm {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "launcher did not exit\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "launcher did not exit\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -233,9 +249,9 @@ impl LaunchedVm {
         // field (the state's detail), which shadows the log message in JSON.
         let record = logs
             .lines()
+            .rev()
             .filter(|l| l.contains("\"message\":\"VM final state"))
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .last()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
             .unwrap_or_else(|| panic!("no final state logged\n{logs}"));
         let field = |name: &str| record[name].as_str().unwrap_or_default().to_owned();
         (field("state"), field("reason"))
@@ -313,12 +329,18 @@ fn libvirt_guest_boots_echoes_and_powers_off_with_exit_0() {
     let mut vm = LaunchedVm::start("lv-echo", 5, "");
     vm.wait_status("Running", "Booted");
     let banner = wait_for_file_text(&vm.serial_log(), BANNER);
-    assert!(banner.contains(BANNER), "no banner in virt-serial0-log: {banner:?}");
+    assert!(
+        banner.contains(BANNER),
+        "no banner in virt-serial0-log: {banner:?}"
+    );
 
     let mut console = vm.connect_console();
     console.write_all(b"ping").unwrap();
     let echoed = read_until(&mut console, "ping", Duration::from_secs(20));
-    assert!(echoed.contains("ping"), "echo round trip failed: {echoed:?}");
+    assert!(
+        echoed.contains("ping"),
+        "echo round trip failed: {echoed:?}"
+    );
 
     console.write_all(b"q").unwrap();
     let status = vm.wait_exit();
@@ -362,12 +384,18 @@ fn libvirt_pause_then_resume_maps_to_paused_user_then_running() {
     let mut vm = LaunchedVm::start("lv-pause", 5, "");
     vm.wait_status("Running", "Booted");
     let paused = vm.control("pause").expect("pause");
-    assert_eq!((&paused["state"], &paused["reason"]), (&"Paused".into(), &"User".into()));
+    assert_eq!(
+        (&paused["state"], &paused["reason"]),
+        (&"Paused".into(), &"User".into())
+    );
     let domstate = virsh(&["domstate", &vm.domain]).expect("virsh domstate");
     assert_eq!(String::from_utf8_lossy(&domstate.stdout).trim(), "paused");
 
     let resumed = vm.control("resume").expect("resume");
-    assert_eq!((&resumed["state"], &resumed["reason"]), (&"Running".into(), &"Unpaused".into()));
+    assert_eq!(
+        (&resumed["state"], &resumed["reason"]),
+        (&"Running".into(), &"Unpaused".into())
+    );
     let mut console = vm.connect_console();
     console.write_all(b"x").unwrap();
     assert!(read_until(&mut console, "x", Duration::from_secs(20)).contains('x'));
@@ -392,7 +420,10 @@ fn libvirt_sigterm_waits_the_grace_period_then_destroys() {
     // The guest ignores the ACPI power button, so the stop takes the grace
     // period and ends in a destroy the launcher asked for: success.
     assert_eq!(status.code(), Some(0), "{}", vm.logs());
-    assert!(took >= Duration::from_secs(2), "stopped before the grace period: {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped before the grace period: {took:?}"
+    );
     assert_eq!(vm.final_state(), ("Shutoff".into(), "Destroyed".into()));
     vm.assert_domain_gone();
 }

@@ -84,6 +84,19 @@ impl Vmm {
         parse_events(&text)
     }
 
+    /// The events once at least `expected` many were written (CH writes them
+    /// from a thread of its own, a little after the API call returns).
+    fn events_settled(&self, expected: usize) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let events = self.events();
+            if events.len() >= expected || Instant::now() >= deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + WAIT;
         while !done() {
@@ -122,6 +135,11 @@ impl Drop for Vmm {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Asserts the whole `source:event` sequence, waiting for late writes.
+fn assert_events(vmm: &Vmm, expected: &[&str]) {
+    assert_eq!(vmm.events_settled(expected.len()), expected);
 }
 
 fn parse_events(text: &str) -> Vec<String> {
@@ -417,9 +435,10 @@ fn replay(bin: &Path) {
             }
         }
         drop(serial);
+        let expected = recorded_events(events_file);
         assert_eq!(
-            vmm.events(),
-            recorded_events(events_file),
+            vmm.events_settled(expected.len()),
+            expected,
             "event stream of the session recorded in {events_file}"
         );
     }
@@ -468,16 +487,16 @@ fn sigterm_shuts_the_vmm_down(bin: &Path) {
     create_and_boot(&vmm, images::test_guest(), r#"{"mode": "Null"}"#);
     vmm.signal(Signal::SIGTERM);
     assert_eq!(vmm.wait_exit().code(), Some(0));
-    assert_eq!(
-        vmm.events(),
-        [
+    assert_events(
+        &vmm,
+        &[
             "vmm:starting",
             "vm:booting",
             "vm:booted",
             "vm:shutdown",
             "vm:deleted",
-            "vmm:shutdown"
-        ]
+            "vmm:shutdown",
+        ],
     );
     assert!(
         !vmm.api_socket().exists(),
@@ -506,16 +525,16 @@ fn halting_guest_powers_off_after_its_banner(bin: &Path) {
         &format!(r#"{{"mode": "Socket", "socket": "{}"}}"#, socket.display()),
     );
     assert_eq!(vmm.wait_exit().code(), Some(0));
-    assert_eq!(
-        vmm.events(),
-        [
+    assert_events(
+        &vmm,
+        &[
             "vmm:starting",
             "vm:booting",
             "vm:booted",
             "vm:shutdown",
             "vm:deleted",
-            "vmm:shutdown"
-        ]
+            "vmm:shutdown",
+        ],
     );
     assert!(!socket.exists(), "the serial socket is removed with the VM");
 }
@@ -613,4 +632,120 @@ fn standin_answers_unknown_endpoints_and_wrong_methods_like_ch() {
     assert_eq!(body_on_bare_action.status, 400);
     let no_body = vmm.request("PUT", "vm.create", None);
     assert_eq!((no_body.status, no_body.body.len()), (400, 0));
+}
+
+/// Every boot (and reboot) makes a new serial PTY, so a console relay must
+/// read `vm.info` again after a reboot.
+fn serial_pty_is_replaced_by_a_guest_reboot(bin: &Path) {
+    let vmm = Vmm::start(bin, &[]);
+    create_and_boot(&vmm, images::test_guest(), r#"{"mode": "Pty"}"#);
+    let first = serial_pty(&vmm);
+    let mut file = open_pty(&first);
+    assert_eq!(
+        read_until(&mut file, b"TINY-GUEST-UP\r\n"),
+        b"TINY-GUEST-UP\r\n"
+    );
+    file.write_all(b"r").expect("PTY write");
+    vmm.wait_for_event("vm:rebooted", 1);
+    let second = serial_pty(&vmm);
+    assert_ne!(first, second, "the reboot made a new PTY");
+    let mut file = open_pty(&second);
+    assert_eq!(
+        read_until(&mut file, b"TINY-GUEST-UP\r\n"),
+        b"TINY-GUEST-UP\r\n"
+    );
+}
+
+#[test]
+fn standin_serial_pty_is_replaced_by_a_guest_reboot() {
+    serial_pty_is_replaced_by_a_guest_reboot(&standin());
+}
+
+#[test]
+fn real_cloud_hypervisor_serial_pty_is_replaced_by_a_guest_reboot() {
+    if let Some(bin) = real_cloud_hypervisor() {
+        serial_pty_is_replaced_by_a_guest_reboot(&bin);
+    }
+}
+
+/// Disk images are opened when the VM is built and locked before it runs.
+fn disk_errors_fail_the_boot(bin: &Path) {
+    let vmm = Vmm::start(bin, &[]);
+    let image = vmm.workdir().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).expect("disk image");
+    let boot_with = |disks: &str| {
+        let body = format!(
+            r#"{{"payload": {{"kernel": "{}"}}, "memory": {{"size": 67108864}}, "serial": {{"mode": "Null"}}, "console": {{"mode": "Off"}}, "disks": {disks}}}"#,
+            images::test_guest().display()
+        );
+        assert_eq!(vmm.request("PUT", "vm.create", Some(&body)).status, 204);
+        let boot = vmm.request("PUT", "vm.boot", None);
+        let info = vmm.request("GET", "vm.info", None).json().unwrap().unwrap();
+        assert_eq!(vmm.request("PUT", "vm.delete", None).status, 204);
+        (boot, info)
+    };
+
+    let (boot, info) = boot_with(r#"[{"path": "/nonexistent/disk.img"}]"#);
+    assert_eq!(boot.status, 500);
+    assert_eq!(
+        boot.json().unwrap().unwrap(),
+        serde_json::json!([
+            "Error from API",
+            "The VM could not boot",
+            "Error from device manager",
+            "Cannot open disk path",
+            "I/O error (path=/nonexistent/disk.img op=open)",
+            "No such file or directory (os error 2)"
+        ])
+    );
+    assert_eq!(info["config"].get("disks"), None, "CH loses the disk list");
+    assert_eq!(info.get("device_tree"), None, "no VM object was built");
+
+    let disks = format!(
+        r#"[{{"path": "{0}"}}, {{"path": "{0}", "readonly": true}}]"#,
+        image.display()
+    );
+    let (boot, info) = boot_with(&disks);
+    assert_eq!(boot.status, 500);
+    assert_eq!(
+        boot.json().unwrap().unwrap(),
+        serde_json::json!([
+            "Error from API",
+            "The VM could not boot",
+            "Error locking disk images: Another instance likely holds a lock",
+            "Cannot lock images of all block devices",
+            format!(
+                "Failed to get Read lock for disk image: {}",
+                image.display()
+            ),
+            "The file is already locked"
+        ])
+    );
+    assert_eq!(info["state"], "Created");
+    assert_eq!(info["config"]["disks"][0]["id"], "_disk0");
+    assert_eq!(info["config"]["disks"][1]["image_type"], "Raw");
+    assert!(info["device_tree"].get("_disk1").is_some());
+    assert_events(
+        &vmm,
+        &[
+            "vmm:starting",
+            "vm:booting",
+            "vm:deleted",
+            "vm:booting",
+            "vm:shutdown",
+            "vm:deleted",
+        ],
+    );
+}
+
+#[test]
+fn standin_disk_errors_fail_the_boot() {
+    disk_errors_fail_the_boot(&standin());
+}
+
+#[test]
+fn real_cloud_hypervisor_disk_errors_fail_the_boot() {
+    if let Some(bin) = real_cloud_hypervisor() {
+        disk_errors_fail_the_boot(&bin);
+    }
 }

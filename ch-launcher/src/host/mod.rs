@@ -112,6 +112,8 @@ pub enum HostError {
     },
     #[error("cannot parse domain capabilities {origin}: {message}")]
     Parse { origin: String, message: String },
+    #[error("cannot print the host capabilities as JSON: {0}")]
+    Encode(String),
 }
 
 /// Host capabilities from a recorded `virsh domcapabilities` file when one is
@@ -132,10 +134,8 @@ pub fn labels_command(domcapabilities: Option<&Path>) -> Result<String, HostErro
 /// `ch-launcher host capabilities`: everything detected, as pretty JSON.
 pub fn capabilities_command(domcapabilities: Option<&Path>) -> Result<String, HostError> {
     let caps = capabilities(domcapabilities)?;
-    let mut json = serde_json::to_string_pretty(&caps).map_err(|e| HostError::Parse {
-        origin: caps.source.clone(),
-        message: format!("cannot print as JSON: {e}"),
-    })?;
+    let mut json =
+        serde_json::to_string_pretty(&caps).map_err(|e| HostError::Encode(e.to_string()))?;
     json.push('\n');
     Ok(json)
 }

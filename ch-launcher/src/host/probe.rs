@@ -119,7 +119,8 @@ impl NativeProbe {
 
         HostCapabilities {
             source: "native probe".to_string(),
-            arch: Some(libvirt_arch(std::env::consts::ARCH).to_string()),
+            // Rust names x86_64, aarch64 and s390x as libvirt does.
+            arch: Some(std::env::consts::ARCH.to_string()),
             sev,
             sev_es,
             sev_snp,
@@ -201,15 +202,6 @@ fn vm_type_names(mask: u32) -> Vec<String> {
         }
     }
     names
-}
-
-fn libvirt_arch(rust_arch: &str) -> &str {
-    match rust_arch {
-        "aarch64" => "aarch64",
-        "x86_64" => "x86_64",
-        "s390x" => "s390x",
-        other => other,
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -22,11 +22,11 @@
 use super::events::{EventMapper, Mapped};
 use super::launch_security::ConfidentialHost;
 use super::render::{domain_name, render, RenderContext};
-use firmware::LibvirtFirmware;
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
 use crate::lifecycle::Event;
 use crate::paths::VmPaths;
 use domain_model::{Boot, Domain};
+use firmware::LibvirtFirmware;
 use std::ffi::{c_int, c_void};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -97,11 +97,10 @@ pub async fn create(
         }
     );
     let (tx, events) = mpsc::unbounded_channel();
-    let inner = tokio::task::spawn_blocking(move || {
-        define_and_start(&uri, &name, &xml, keep_nvram, tx)
-    })
-    .await
-    .map_err(|e| BackendError::Host(format!("the libvirt worker thread failed: {e}")))??;
+    let inner =
+        tokio::task::spawn_blocking(move || define_and_start(&uri, &name, &xml, keep_nvram, tx))
+            .await
+            .map_err(|e| BackendError::Host(format!("the libvirt worker thread failed: {e}")))??;
     Ok(Created {
         backend: LibvirtBackend {
             inner: Arc::new(inner),
@@ -128,7 +127,9 @@ fn define_and_start(
         tracing::debug!(error = %e.message(), "libvirt keepalive not available");
     }
     remove_leftover(&conn, name, uri)?;
-    let dom = conn.define_domain_xml(xml).map_err(|e| refused("define the domain", &e))?;
+    let dom = conn
+        .define_domain_xml(xml)
+        .map_err(|e| refused("define the domain", &e))?;
     tracing::info!(domain = name, uri, "libvirt domain defined");
     let mut inner = Inner {
         conn,
@@ -161,7 +162,10 @@ fn remove_leftover(conn: &Connect, name: &str, uri: &str) -> Result<(), BackendE
              runs this VM (stop it, or `virsh -c {uri} destroy {name}`)"
         )));
     }
-    tracing::warn!(domain = name, "undefining a shut-off domain left from an earlier run");
+    tracing::warn!(
+        domain = name,
+        "undefining a shut-off domain left from an earlier run"
+    );
     old.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
         .map_err(|e| refused("undefine the leftover domain", &e))
 }
@@ -174,7 +178,11 @@ fn prepare_host_files(domain: &Domain, paths: &VmPaths) -> Result<(), BackendErr
             continue;
         };
         let path = &disk.source.path;
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
             Ok(file) => file.set_len(capacity).map_err(|e| {
                 BackendError::Host(format!(
                     "{}: cannot size {} to {capacity} bytes: {e}",
@@ -231,7 +239,8 @@ impl LibvirtBackend {
 
 impl Backend for LibvirtBackend {
     async fn boot(&self) -> Result<(), BackendError> {
-        self.call("boot (resume the paused domain)", |d| d.resume()).await
+        self.call("boot (resume the paused domain)", |d| d.resume())
+            .await
     }
 
     async fn pause(&self) -> Result<(), BackendError> {
@@ -339,13 +348,8 @@ struct Registration {
     close_registered: bool,
 }
 
-type LifecycleCallback = unsafe extern "C" fn(
-    sys::virConnectPtr,
-    sys::virDomainPtr,
-    c_int,
-    c_int,
-    *mut c_void,
-) -> c_int;
+type LifecycleCallback =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
 
 unsafe extern "C" fn on_lifecycle(
     _conn: sys::virConnectPtr,

@@ -140,32 +140,57 @@ mod tests {
     }
 
     const START_PAUSED: [(u32, u32); 2] = [
-        (sys::VIR_DOMAIN_EVENT_STARTED, sys::VIR_DOMAIN_EVENT_STARTED_BOOTED),
-        (sys::VIR_DOMAIN_EVENT_SUSPENDED, sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
+        (
+            sys::VIR_DOMAIN_EVENT_STARTED,
+            sys::VIR_DOMAIN_EVENT_STARTED_BOOTED,
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_SUSPENDED,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED,
+        ),
     ];
 
     fn with_start(rest: &[(u32, u32)]) -> Vec<(i32, i32)> {
-        START_PAUSED.iter().chain(rest).map(|&(e, d)| ev(e, d)).collect()
+        START_PAUSED
+            .iter()
+            .chain(rest)
+            .map(|&(e, d)| ev(e, d))
+            .collect()
     }
 
-    const BOOT: (u32, u32) = (sys::VIR_DOMAIN_EVENT_RESUMED, sys::VIR_DOMAIN_EVENT_RESUMED_UNPAUSED);
+    const BOOT: (u32, u32) = (
+        sys::VIR_DOMAIN_EVENT_RESUMED,
+        sys::VIR_DOMAIN_EVENT_RESUMED_UNPAUSED,
+    );
 
     #[test]
     fn start_paused_stays_starting_up_until_the_first_resume_boots() {
-        assert_eq!(run(&with_start(&[])), (State::Paused, Reason::StartingUp, false));
-        assert_eq!(run(&with_start(&[BOOT])), (State::Running, Reason::Booted, false));
+        assert_eq!(
+            run(&with_start(&[])),
+            (State::Paused, Reason::StartingUp, false)
+        );
+        assert_eq!(
+            run(&with_start(&[BOOT])),
+            (State::Running, Reason::Booted, false)
+        );
     }
 
     #[test]
     fn pause_then_resume_maps_to_paused_user_then_running_unpaused() {
         let paused = with_start(&[
             BOOT,
-            (sys::VIR_DOMAIN_EVENT_SUSPENDED, sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
+            (
+                sys::VIR_DOMAIN_EVENT_SUSPENDED,
+                sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED,
+            ),
         ]);
         assert_eq!(run(&paused), (State::Paused, Reason::User, false));
         let resumed = with_start(&[
             BOOT,
-            (sys::VIR_DOMAIN_EVENT_SUSPENDED, sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
+            (
+                sys::VIR_DOMAIN_EVENT_SUSPENDED,
+                sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED,
+            ),
             BOOT,
         ]);
         assert_eq!(run(&resumed), (State::Running, Reason::Unpaused, false));
@@ -175,8 +200,14 @@ mod tests {
     fn guest_poweroff_maps_to_shutoff_shutdown() {
         let events = with_start(&[
             BOOT,
-            (sys::VIR_DOMAIN_EVENT_SHUTDOWN, sys::VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED),
-            (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN),
+            (
+                sys::VIR_DOMAIN_EVENT_SHUTDOWN,
+                sys::VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED,
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_STOPPED,
+                sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN,
+            ),
         ]);
         assert_eq!(run(&events), (State::Shutoff, Reason::Shutdown, true));
     }
@@ -185,8 +216,14 @@ mod tests {
     fn destroy_maps_to_shutoff_destroyed() {
         let events = with_start(&[
             BOOT,
-            (sys::VIR_DOMAIN_EVENT_SHUTDOWN, sys::VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED),
-            (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED),
+            (
+                sys::VIR_DOMAIN_EVENT_SHUTDOWN,
+                sys::VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED,
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_STOPPED,
+                sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED,
+            ),
         ]);
         assert_eq!(run(&events), (State::Shutoff, Reason::Destroyed, true));
     }
@@ -195,7 +232,10 @@ mod tests {
     fn killed_qemu_maps_to_crashed() {
         let events = with_start(&[
             BOOT,
-            (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_FAILED),
+            (
+                sys::VIR_DOMAIN_EVENT_STOPPED,
+                sys::VIR_DOMAIN_EVENT_STOPPED_FAILED,
+            ),
         ]);
         assert_eq!(run(&events), (State::Crashed, Reason::Unknown, true));
     }
@@ -204,8 +244,14 @@ mod tests {
     fn guest_panic_maps_to_crashed_panicked() {
         let events = with_start(&[
             BOOT,
-            (sys::VIR_DOMAIN_EVENT_CRASHED, sys::VIR_DOMAIN_EVENT_CRASHED_PANICKED),
-            (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED),
+            (
+                sys::VIR_DOMAIN_EVENT_CRASHED,
+                sys::VIR_DOMAIN_EVENT_CRASHED_PANICKED,
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_STOPPED,
+                sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED,
+            ),
         ]);
         assert_eq!(run(&events), (State::Crashed, Reason::Panicked, true));
     }
@@ -218,7 +264,13 @@ mod tests {
     #[test]
     fn unknown_event_numbers_are_ignored() {
         let m = EventMapper::default().lifecycle(999, 0);
-        assert_eq!(m, Mapped { event: None, last: false });
+        assert_eq!(
+            m,
+            Mapped {
+                event: None,
+                last: false
+            }
+        );
         let m = EventMapper::default().lifecycle(-1, -1);
         assert_eq!(m.event, None);
     }

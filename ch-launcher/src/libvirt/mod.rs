@@ -28,10 +28,12 @@ impl LibvirtOptions {
         for_run: bool,
     ) -> Result<LibvirtOptions, String> {
         let config = firmware::FirmwareConfig::default();
-        let choice = firmware::choose_for_domain(domain, &config)
-            .map_err(|e| format!("firmware: {e}"))?;
+        let choice =
+            firmware::choose_for_domain(domain, &config).map_err(|e| format!("firmware: {e}"))?;
         if for_run {
-            choice.require_present().map_err(|e| format!("firmware: {e}"))?;
+            choice
+                .require_present()
+                .map_err(|e| format!("firmware: {e}"))?;
         } else {
             for warning in choice.warnings() {
                 tracing::warn!("firmware: {warning}");

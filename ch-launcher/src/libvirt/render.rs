@@ -93,7 +93,10 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
     for nic in &domain.devices.interfaces {
         errors.push(
             &nic.spec_path,
-            format!("network interface {:?} is not supported by the libvirt backend yet", nic.kind),
+            format!(
+                "network interface {:?} is not supported by the libvirt backend yet",
+                nic.kind
+            ),
         );
     }
 
@@ -101,7 +104,10 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
     let (arch, machine) = arch_and_machine(domain.architecture);
     let os = os(domain, ctx, arch, machine, &mut errors);
     let efi_needs_smm = matches!(domain.boot, Boot::Efi { .. })
-        && matches!(ctx.firmware, Some(LibvirtFirmware::Loader { smm: true, .. }));
+        && matches!(
+            ctx.firmware,
+            Some(LibvirtFirmware::Loader { smm: true, .. })
+        );
     if efi_needs_smm && !domain.features.smm {
         errors.push(
             "spec.domain.features.smm",
@@ -110,7 +116,10 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
     }
 
     let cpu = &domain.cpu;
-    let hotplug_memory = domain.memory.max_guest.filter(|max| *max > domain.memory.guest);
+    let hotplug_memory = domain
+        .memory
+        .max_guest
+        .filter(|max| *max > domain.memory.guest);
     let numa = hotplug_memory.map(|_| Numa {
         // virtio-mem plugs memory into a NUMA node, so one node must exist.
         cell: vec![NumaCell {
@@ -123,7 +132,7 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
     let mut memory_devices = Vec::new();
     if let Some(max) = hotplug_memory {
         let extra = max - domain.memory.guest;
-        if extra % VIRTIO_MEM_BLOCK != 0 {
+        if !extra.is_multiple_of(VIRTIO_MEM_BLOCK) {
             errors.push(
                 "spec.domain.memory.maxGuest",
                 format!(
@@ -290,7 +299,11 @@ fn os(
                     secure: yes_no(loader.secure),
                     kind: loader.loader_type.as_str(),
                     // raw is libvirt's default; naming it would need libvirt >= 9.2.
-                    format: loader.format.as_deref().filter(|f| *f != "raw").map(str::to_owned),
+                    format: loader
+                        .format
+                        .as_deref()
+                        .filter(|f| *f != "raw")
+                        .map(str::to_owned),
                     stateless: loader.stateless.then_some("yes"),
                     path: path_text(&loader.path),
                 });
@@ -429,14 +442,17 @@ fn devices(
         } else {
             errors.push(
                 &g.spec_path,
-                format!("graphics {:?} is not supported by the libvirt backend (only vnc)", g.kind),
+                format!(
+                    "graphics {:?} is not supported by the libvirt backend (only vnc)",
+                    g.kind
+                ),
             );
         }
     }
 
     let mut controllers = Vec::new();
-    let needs_usb = domain.disks.iter().any(|d| d.bus == DiskBus::Usb)
-        || inputs.iter().any(|i| i.bus == "usb");
+    let needs_usb =
+        domain.disks.iter().any(|d| d.bus == DiskBus::Usb) || inputs.iter().any(|i| i.bus == "usb");
     // KubeVirt removes the USB controller libvirt would add by default unless
     // something needs it.
     controllers.push(Controller {
@@ -517,7 +533,10 @@ fn clock(domain: &Domain, errors: &mut SpecErrors) -> Option<ClockXml> {
     } else {
         errors.push(
             format!("{}.offset", clock.spec_path),
-            format!("clock offset {:?} is neither utc nor a timezone", clock.offset),
+            format!(
+                "clock offset {:?} is neither utc nor a timezone",
+                clock.offset
+            ),
         );
         ("utc", None)
     };
@@ -628,14 +647,23 @@ fn check_paths_are_utf8(domain: &Domain, ctx: &RenderContext, errors: &mut SpecE
         if path.to_str().is_none() {
             errors.push(
                 field,
-                format!("path {} is not valid UTF-8; libvirt cannot name it", path.display()),
+                format!(
+                    "path {} is not valid UTF-8; libvirt cannot name it",
+                    path.display()
+                ),
             );
         }
     };
     if let Boot::Kernel { kernel, initrd, .. } = &domain.boot {
-        check("spec.domain.firmware.kernelBoot.container.kernelPath", kernel);
+        check(
+            "spec.domain.firmware.kernelBoot.container.kernelPath",
+            kernel,
+        );
         if let Some(initrd) = initrd {
-            check("spec.domain.firmware.kernelBoot.container.initrdPath", initrd);
+            check(
+                "spec.domain.firmware.kernelBoot.container.initrdPath",
+                initrd,
+            );
         }
     }
     for disk in &domain.disks {

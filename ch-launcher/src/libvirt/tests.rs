@@ -3,9 +3,9 @@
 //! validation of every document against libvirt's own schema.
 
 use super::render::{build, nvram_dir, render, vnc_socket_path, RenderContext};
-use firmware::{LibvirtFirmware, LibvirtLoader, LibvirtNvram, LoaderType};
 use crate::paths::VmPaths;
 use domain_model::*;
+use firmware::{LibvirtFirmware, LibvirtLoader, LibvirtNvram, LoaderType};
 use quick_xml::events::Event as XmlEvent;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,7 +116,11 @@ fn ovmf_firmware(code: &str, vars: &str, secure: bool) -> LibvirtFirmware {
 }
 
 fn ovmf() -> LibvirtFirmware {
-    ovmf_firmware("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd", false)
+    ovmf_firmware(
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        false,
+    )
 }
 
 fn ovmf_secure() -> LibvirtFirmware {
@@ -133,11 +137,29 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
 
     let mut d = tiny_guest();
     d.disks = vec![
-        disk(0, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.qcow2"),
+        disk(
+            0,
+            "rootdisk",
+            DiskDevice::Disk,
+            DiskBus::Virtio,
+            "/img/root.qcow2",
+        ),
         disk(1, "data", DiskDevice::Disk, DiskBus::Sata, "/img/data.raw"),
-        disk(2, "scratch", DiskDevice::Disk, DiskBus::Scsi, "/img/scratch.raw"),
+        disk(
+            2,
+            "scratch",
+            DiskDevice::Disk,
+            DiskBus::Scsi,
+            "/img/scratch.raw",
+        ),
         disk(3, "stick", DiskDevice::Disk, DiskBus::Usb, "/img/stick.raw"),
-        disk(4, "second", DiskDevice::Disk, DiskBus::Virtio, "/img/second.raw"),
+        disk(
+            4,
+            "second",
+            DiskDevice::Disk,
+            DiskBus::Virtio,
+            "/img/second.raw",
+        ),
     ];
     d.disks[0].source.format = ImageFormat::Qcow2;
     d.disks[0].boot_order = Some(1);
@@ -148,8 +170,20 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
     let mut d = tiny_guest();
     d.boot = Boot::Bios;
     d.disks = vec![
-        disk(0, "installer", DiskDevice::Cdrom, DiskBus::Sata, "/img/install.iso"),
-        disk(1, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.raw"),
+        disk(
+            0,
+            "installer",
+            DiskDevice::Cdrom,
+            DiskBus::Sata,
+            "/img/install.iso",
+        ),
+        disk(
+            1,
+            "rootdisk",
+            DiskDevice::Disk,
+            DiskBus::Virtio,
+            "/img/root.raw",
+        ),
     ];
     d.disks[0].boot_order = Some(1);
     d.disks[1].boot_order = Some(2);
@@ -160,7 +194,13 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
         secure_boot: false,
         persistent: false,
     };
-    d.disks = vec![disk(0, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.raw")];
+    d.disks = vec![disk(
+        0,
+        "rootdisk",
+        DiskDevice::Disk,
+        DiskBus::Virtio,
+        "/img/root.raw",
+    )];
     out.push((
         "efi",
         d,
@@ -176,7 +216,13 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
         persistent: false,
     };
     d.features.smm = true;
-    d.disks = vec![disk(0, "rootdisk", DiskDevice::Disk, DiskBus::Virtio, "/img/root.raw")];
+    d.disks = vec![disk(
+        0,
+        "rootdisk",
+        DiskDevice::Disk,
+        DiskBus::Virtio,
+        "/img/root.raw",
+    )];
     out.push((
         "efi-secure-boot",
         d,
@@ -218,7 +264,10 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
         offset: "timezone:Europe/Paris".into(),
         timers: vec!["hpet".into(), "rtc".into(), "pit".into(), "kvm".into()],
     });
-    if let Boot::Kernel { initrd, cmdline, .. } = &mut d.boot {
+    if let Boot::Kernel {
+        initrd, cmdline, ..
+    } = &mut d.boot
+    {
         *initrd = Some("/var/lib/images/initrd.img".into());
         *cmdline = Some("console=ttyS0 quiet a=\"<b>\" & c".into());
     }
@@ -317,7 +366,12 @@ impl Node {
 
     fn one(&self, path: &str) -> &Node {
         let found = self.all(path);
-        assert_eq!(found.len(), 1, "exactly one <{path}> expected, found {}", found.len());
+        assert_eq!(
+            found.len(),
+            1,
+            "exactly one <{path}> expected, found {}",
+            found.len()
+        );
         found[0]
     }
 
@@ -343,7 +397,7 @@ fn tiny_guest_renders_like_kubevirt_virt_launcher() {
     assert_eq!(dom.one("memory").text, (64u64 << 20).to_string());
     assert_eq!(dom.one("memory").attr("unit"), "b");
     assert_eq!(dom.one("vcpu").text, "1");
-    assert!(dom.one("vcpu").attrs.get("current").is_none());
+    assert!(!dom.one("vcpu").attrs.contains_key("current"));
 
     let os_type = dom.one("os/type");
     assert_eq!(os_type.attr("arch"), "x86_64");
@@ -511,7 +565,10 @@ fn memory_hotplug_adds_max_memory_a_numa_cell_and_virtio_mem() {
     let dom = rendered(&d, &c);
     assert_eq!(dom.one("maxMemory").text, (4u64 << 30).to_string());
     assert_eq!(dom.one("maxMemory").attr("slots"), "16");
-    assert_eq!(dom.one("cpu/numa/cell").attr("memory"), (1u64 << 30).to_string());
+    assert_eq!(
+        dom.one("cpu/numa/cell").attr("memory"),
+        (1u64 << 30).to_string()
+    );
     let mem = dom.one("devices/memory");
     assert_eq!(mem.attr("model"), "virtio-mem");
     assert_eq!(mem.one("target/size").text, (3u64 << 20).to_string());
@@ -526,7 +583,11 @@ fn topology_uses_max_sockets_and_current_vcpus() {
     assert_eq!(dom.one("vcpu").attr("current"), "8");
     let topo = dom.one("cpu/topology");
     assert_eq!(
-        (topo.attr("sockets"), topo.attr("cores"), topo.attr("threads")),
+        (
+            topo.attr("sockets"),
+            topo.attr("cores"),
+            topo.attr("threads")
+        ),
         ("4", "2", "2")
     );
     assert_eq!(dom.one("cpu").attr("mode"), "custom");
@@ -540,7 +601,10 @@ fn user_text_is_escaped_and_survives_the_round_trip() {
     let xml = render(&d, &c).unwrap();
     assert!(!xml.contains("<b>"), "markup from the spec must be escaped");
     let dom = Node::parse(&xml);
-    assert_eq!(dom.one("os/cmdline").text, "console=ttyS0 quiet a=\"<b>\" & c");
+    assert_eq!(
+        dom.one("os/cmdline").text,
+        "console=ttyS0 quiet a=\"<b>\" & c"
+    );
     assert_eq!(dom.one("os/initrd").text, "/var/lib/images/initrd.img");
     let serial = dom
         .all("sysinfo/system/entry")
@@ -553,7 +617,11 @@ fn user_text_is_escaped_and_survives_the_round_trip() {
     assert_eq!(dom.one("devices/rng/backend").text, "/dev/urandom");
     assert_eq!(dom.one("clock").attr("offset"), "timezone");
     assert_eq!(dom.one("clock").attr("timezone"), "Europe/Paris");
-    let timers: Vec<&str> = dom.all("clock/timer").iter().map(|t| t.attr("name")).collect();
+    let timers: Vec<&str> = dom
+        .all("clock/timer")
+        .iter()
+        .map(|t| t.attr("name"))
+        .collect();
     assert_eq!(timers, ["hpet", "rtc", "pit", "kvmclock"]);
 }
 
@@ -563,7 +631,10 @@ fn vnc_listens_on_a_socket_in_the_vm_directory_with_inputs() {
     let dom = rendered(&d, &c);
     let listen = dom.one("devices/graphics/listen");
     assert_eq!(listen.attr("type"), "socket");
-    assert_eq!(listen.attr("socket"), vnc_socket_path(&c.paths).to_str().unwrap());
+    assert_eq!(
+        listen.attr("socket"),
+        vnc_socket_path(&c.paths).to_str().unwrap()
+    );
     dom.one("devices/video/model");
     let inputs: Vec<(&str, &str)> = dom
         .all("devices/input")
@@ -645,7 +716,9 @@ fn disk_letters_continue_past_z() {
 #[test]
 fn every_corpus_document_validates_against_libvirt_schema() {
     let Some(validator) = which("virt-xml-validate") else {
-        println!("SKIP: virt-xml-validate not installed (apt-get install libvirt-clients libxml2-utils)");
+        println!(
+            "SKIP: virt-xml-validate not installed (apt-get install libvirt-clients libxml2-utils)"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

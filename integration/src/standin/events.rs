@@ -1,17 +1,17 @@
 //! The `--event-monitor` stream, written the way Cloud Hypervisor writes it:
 //! each event pretty-printed (2-space indent) and followed by a blank line,
 //! `{"timestamp":{"secs","nanos"},"source","event","properties"}`, timestamps
-//! measured from process start. A dedicated writer thread does the I/O on a
-//! non-blocking descriptor, as CH does, so a reader that stalls never stalls
-//! the API.
+//! measured from the monitor's creation early in startup. Like CH, the
+//! descriptor is non-blocking, so a reader that stalls loses events instead of
+//! stalling the VMM. Unlike CH (which hands events to a thread), an event is
+//! written before the action that emitted it returns, so a SIGKILL right after
+//! an API reply never loses it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -29,37 +29,20 @@ struct Event<'a> {
 
 pub struct EventMonitor {
     start: Instant,
-    sender: Mutex<Option<mpsc::Sender<String>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    file: Mutex<Option<File>>,
     logger: Logger,
 }
 
 impl EventMonitor {
-    /// `file`: where events go, if `--event-monitor` was given. As in CH,
-    /// timestamps count from the monitor's creation, early in startup.
+    /// `file`: where events go, if `--event-monitor` was given.
     pub fn new(file: Option<File>, logger: Logger) -> std::io::Result<Self> {
         let start = Instant::now();
-        let (sender, writer) = match file {
-            Some(mut file) => {
-                set_nonblocking(&file)?;
-                let (tx, rx) = mpsc::channel::<String>();
-                let handle = std::thread::Builder::new()
-                    .name("event-monitor".to_string())
-                    .spawn(move || {
-                        for event in rx {
-                            // Like CH: a full pipe loses (part of) an event rather than blocking.
-                            let _ = file.write_all(event.as_bytes());
-                            let _ = file.write_all(b"\n\n");
-                        }
-                    })?;
-                (Some(tx), Some(handle))
-            }
-            None => (None, None),
-        };
+        if let Some(file) = &file {
+            set_nonblocking(file)?;
+        }
         Ok(EventMonitor {
             start,
-            sender: Mutex::new(sender),
-            writer: Mutex::new(writer),
+            file: Mutex::new(file),
             logger,
         })
     }
@@ -76,22 +59,17 @@ impl EventMonitor {
         let Ok(text) = serde_json::to_string_pretty(&record) else {
             return;
         };
-        if let Ok(sender) = self.sender.lock() {
-            if let Some(sender) = sender.as_ref() {
-                let _ = sender.send(text);
-            }
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = file.as_mut() {
+            // Like CH: a full pipe loses (part of) an event rather than blocking.
+            let _ = file.write_all(text.as_bytes());
+            let _ = file.write_all(b"\n\n");
         }
     }
 
-    /// Writes out every event emitted so far; later events are dropped.
+    /// Closes the stream: later events are dropped, and a pipe reader sees EOF.
     pub fn close(&self) {
-        if let Ok(mut sender) = self.sender.lock() {
-            sender.take();
-        }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

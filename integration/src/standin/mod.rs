@@ -259,7 +259,7 @@ async fn serve(
                                 GuestAction::PowerOff => "Error shutting down VMM",
                             };
                             let mut chain = vec![what.to_string()];
-                            chain.extend(vmm::api_error("", e).chain.into_iter().skip(2));
+                            chain.extend(e.chain());
                             cli::StartupError(chain).print();
                             break 1;
                         }
@@ -297,7 +297,7 @@ fn shutdown_on_signal(vmm: &mut Vmm) -> Option<i32> {
         Ok(()) => Some(0),
         Err(e) => {
             let mut chain = vec!["Error shutting down VMM".to_string()];
-            chain.extend(vmm::api_error("", e).chain.into_iter().skip(2));
+            chain.extend(e.chain());
             cli::StartupError(chain).print();
             Some(1)
         }

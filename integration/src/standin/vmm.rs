@@ -62,7 +62,8 @@ impl VmError {
         }
     }
 
-    fn chain(self) -> Vec<String> {
+    /// The messages below the API layer's own, outermost first.
+    pub fn chain(self) -> Vec<String> {
         match self {
             VmError::NotCreated => vec!["VM is not created".to_string()],
             VmError::MissingConfig => vec!["VM config is missing".to_string()],
@@ -74,7 +75,7 @@ impl VmError {
                 chain
             }
             VmError::Other(chain) => chain,
-            VmError::VmmDied => vec![],
+            VmError::VmmDied => vec!["receiving on a closed channel".to_string()],
         }
     }
 

@@ -1,0 +1,262 @@
+//! Confidential specs through the whole `ch-launcher` binary on the libvirt
+//! backend: KubeVirt YAML in, domain XML out, with the host's SEV parameters
+//! taken from recorded `virsh domcapabilities` (`--domcapabilities`) or from
+//! libvirt itself, and runs refused on a host without the feature.
+//!
+//! Firmware comes from QEMU descriptors in a private `XDG_CONFIG_HOME`, whose
+//! file names sort before any the host ships, so the choice does not depend
+//! on what this machine has installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sample(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/domcapabilities")
+        .join(name)
+}
+
+/// A temporary host: descriptors for SEV (split flash) and SEV-SNP/TDX
+/// (stateless ROM images), firmware files that exist, and spec files.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let descriptors = dir.path().join("xdg/qemu/firmware");
+        let images = dir.path().join("images");
+        std::fs::create_dir_all(&descriptors).unwrap();
+        std::fs::create_dir_all(&images).unwrap();
+        for name in ["CODE.fd", "VARS.fd", "amdsev.fd", "inteltdx.fd"] {
+            std::fs::write(images.join(name), b"firmware").unwrap();
+        }
+        let img = |name: &str| images.join(name).display().to_string();
+        let descriptor = |mapping: String, features: &str| {
+            format!(
+                r#"{{"description": "test", "interface-types": ["uefi"], "mapping": {mapping},
+                    "targets": [{{"architecture": "x86_64", "machines": ["pc-q35-*"]}}],
+                    "features": [{features}], "tags": []}}"#
+            )
+        };
+        std::fs::write(
+            descriptors.join("01-sev.json"),
+            descriptor(
+                format!(
+                    r#"{{"device": "flash", "executable": {{"filename": {:?}, "format": "raw"}},
+                        "nvram-template": {{"filename": {:?}, "format": "raw"}}}}"#,
+                    img("CODE.fd"),
+                    img("VARS.fd")
+                ),
+                r#""amd-sev", "amd-sev-es""#,
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            descriptors.join("02-amdsev.json"),
+            descriptor(
+                format!(
+                    r#"{{"device": "memory", "filename": {:?}}}"#,
+                    img("amdsev.fd")
+                ),
+                r#""amd-sev", "amd-sev-es", "amd-sev-snp""#,
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            descriptors.join("03-inteltdx.json"),
+            descriptor(
+                format!(
+                    r#"{{"device": "memory", "filename": {:?}}}"#,
+                    img("inteltdx.fd")
+                ),
+                r#""intel-tdx""#,
+            ),
+        )
+        .unwrap();
+        Host { dir }
+    }
+
+    /// A libvirt VMI spec with `launch_security` (YAML under
+    /// `launchSecurity:`) booting EFI without secure boot.
+    fn spec(&self, name: &str, launch_security: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+spec:
+  hypervisor: libvirt
+  domain:
+    launchSecurity: {launch_security}
+    firmware:
+      bootloader:
+        efi:
+          secureBoot: false
+    memory:
+      guest: 1Gi
+    devices:
+      rng: {{}}
+"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn launcher(&self, args: &[&str], spec: &Path) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_ch-launcher"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
+            .args(args)
+            .arg(spec)
+            .args(["--private-dir"])
+            .arg(self.dir.path().join("private"))
+            .output()
+            .expect("ch-launcher runs")
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn render_sev_uses_cbitpos_from_recorded_domcapabilities() {
+    let host = Host::new();
+    let spec = host.spec("sev", "{sev: {}}");
+    let caps = sample("domcapabilities_sev.xml");
+    let out = host.launcher(
+        &["render", "--domcapabilities", caps.to_str().unwrap()],
+        &spec,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let xml = text(&out.stdout);
+    for expected in [
+        "<launchSecurity type=\"sev\">",
+        "<cbitpos>47</cbitpos>",
+        "<reducedPhysBits>1</reducedPhysBits>",
+        "<policy>0x0001</policy>",
+        "<driver iommu=\"on\"/>",
+        "CODE.fd</loader>",
+    ] {
+        assert!(xml.contains(expected), "{expected} missing from:\n{xml}");
+    }
+}
+
+#[test]
+fn render_sev_es_and_snp_follow_kubevirt_policies() {
+    let host = Host::new();
+    let caps = sample("domcapabilities_sevsnp.xml");
+    let es = host.spec("sev-es", "{sev: {policy: {encryptedState: true}}}");
+    let out = host.launcher(
+        &["render", "--domcapabilities", caps.to_str().unwrap()],
+        &es,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("<policy>0x0005</policy>"));
+
+    for (name, ls) in [
+        ("snp", "{snp: {}}"),
+        ("snp-via-sev", "{sev: {secureNestedPaging: true}}"),
+    ] {
+        let spec = host.spec(name, ls);
+        let out = host.launcher(
+            &["render", "--domcapabilities", caps.to_str().unwrap()],
+            &spec,
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let xml = text(&out.stdout);
+        assert!(
+            xml.contains("<launchSecurity type=\"sev-snp\">"),
+            "{name}:\n{xml}"
+        );
+        assert!(
+            xml.contains("<policy>0x00030000</policy>"),
+            "{name}:\n{xml}"
+        );
+        assert!(
+            xml.contains("type=\"rom\""),
+            "{name}: stateless ROM firmware:\n{xml}"
+        );
+        assert!(!xml.contains("<nvram"), "{name}: no NVRAM:\n{xml}");
+    }
+}
+
+#[test]
+fn render_sev_on_a_host_without_sev_names_the_field() {
+    let host = Host::new();
+    let spec = host.spec("sev", "{sev: {}}");
+    let caps = sample("this-machine-qemu-7.2-kvm.xml");
+    let out = host.launcher(
+        &["render", "--domcapabilities", caps.to_str().unwrap()],
+        &spec,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("spec.domain.launchSecurity.sev"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cbitpos"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_snp_on_a_host_without_snp_before_starting_anything() {
+    let host = Host::new();
+    let spec = host.spec("snp", "{snp: {}}");
+    // SEV and SEV-ES, but no SEV-SNP.
+    let caps = sample("domcapabilities_sev.xml");
+    let out = host.launcher(
+        &[
+            "run",
+            "--no-attach",
+            "--domcapabilities",
+            caps.to_str().unwrap(),
+        ],
+        &spec,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("SEV-SNP cannot run on this host")
+            && stderr.contains("kubevirt.io/sev-snp"),
+        "{stderr}"
+    );
+    assert!(
+        !host.dir.path().join("private").exists(),
+        "the refusal came after the VM directory was made"
+    );
+}
+
+/// Without `--domcapabilities` the libvirt backend asks libvirt itself.
+#[test]
+fn render_without_recorded_capabilities_asks_libvirt() {
+    let uri = std::env::var("LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
+    let reachable = Command::new("virsh")
+        .args(["-c", &uri, "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !reachable {
+        println!("SKIP: libvirtd not reachable at {uri}");
+        return;
+    }
+    let host = Host::new();
+    let spec = host.spec("sev", "{sev: {}}");
+    let out = host.launcher(&["render", "--libvirt-uri", &uri], &spec);
+    let stderr = text(&out.stderr);
+    let source = format!("(libvirt {uri})");
+    if out.status.success() {
+        // An SEV host: the XML carries libvirt's parameters.
+        assert!(text(&out.stdout).contains("<cbitpos>"));
+    } else {
+        assert!(stderr.contains(&source), "{stderr}");
+        assert!(
+            stderr.contains("spec.domain.launchSecurity.sev"),
+            "{stderr}"
+        );
+    }
+}
