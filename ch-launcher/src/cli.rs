@@ -487,7 +487,9 @@ fn explain(g: &GlobalArgs, spec: &Path) -> u8 {
         for h in &f.hypervisors {
             match &h.reason {
                 None => out.push_str(&format!("    {:<17} yes\n", h.hypervisor.as_str())),
-                Some(why) => out.push_str(&format!("    {:<17} no: {why}\n", h.hypervisor.as_str())),
+                Some(why) => {
+                    out.push_str(&format!("    {:<17} no: {why}\n", h.hypervisor.as_str()))
+                }
             }
         }
     }

@@ -2,7 +2,10 @@
 //! libvirt against `virsh create` of the same domain XML plus waiting for the
 //! domain to end, side by side, alternating, several iterations; prints the
 //! medians, their ratio, and the launcher's peak RSS (`ru_maxrss` of the
-//! reaped launcher process, i.e. its VmHWM).
+//! reaped launcher process, i.e. its VmHWM) next to its peak proportional
+//! and private memory (sampled from `/proc/<pid>/smaps_rollup`): most of the
+//! RSS is shared library pages (libvirt, GnuTLS, OpenSSL's libcrypto, GLib)
+//! that libvirtd and virsh map too.
 //!
 //! Run (as root, after `.ci/setup-host.sh`):
 //!   cargo build --release -p ch-launcher
@@ -77,41 +80,82 @@ fn run() -> Result<(), String> {
     let mut launcher_times = Vec::new();
     let mut virsh_times = Vec::new();
     let mut peak_rss_kib = 0i64;
+    let mut peak = Rollup::default();
     for i in 0..iterations {
-        let (t, rss) = time_launcher(&launcher, &private, &uri, &spec)?;
+        let (t, rss, rollup) = time_launcher(&launcher, &private, &uri, &spec)?;
         let v = time_virsh(&uri, &xml, &domain)?;
         println!(
-            "  #{i}: ch-launcher run {:>7.1} ms (peak RSS {:>5} KiB) | virsh create + wait {:>7.1} ms",
+            "  #{i}: ch-launcher run {:>7.1} ms (peak RSS {:>5} KiB, PSS {:>5} KiB, private {:>5} KiB) \
+             | virsh create + wait {:>7.1} ms",
             ms(t),
             rss,
+            rollup.pss_kib,
+            rollup.private_kib,
             ms(v)
         );
         launcher_times.push(t);
         virsh_times.push(v);
         peak_rss_kib = peak_rss_kib.max(rss);
+        peak = peak.max(rollup);
     }
     let l = median(&mut launcher_times);
     let v = median(&mut virsh_times);
     println!(
         "median: ch-launcher run {:.1} ms, virsh create + wait {:.1} ms, ratio {:.3} \
-         (launcher adds {:+.1}%); launcher peak RSS {} KiB ({:.1} MiB)",
+         (launcher adds {:+.1}%); launcher peak RSS {} KiB ({:.1} MiB), peak PSS {} KiB, \
+         peak private {} KiB ({:.1} MiB)",
         ms(l),
         ms(v),
         l.as_secs_f64() / v.as_secs_f64(),
         (l.as_secs_f64() / v.as_secs_f64() - 1.0) * 100.0,
         peak_rss_kib,
-        peak_rss_kib as f64 / 1024.0
+        peak_rss_kib as f64 / 1024.0,
+        peak.pss_kib,
+        peak.private_kib,
+        peak.private_kib as f64 / 1024.0
     );
     Ok(())
 }
 
-/// Wall time of one `ch-launcher run` and its peak RSS in KiB.
+/// Peak proportional and private (clean + dirty) memory, in KiB.
+#[derive(Debug, Default, Clone, Copy)]
+struct Rollup {
+    pss_kib: u64,
+    private_kib: u64,
+}
+
+impl Rollup {
+    fn max(self, other: Rollup) -> Rollup {
+        Rollup {
+            pss_kib: self.pss_kib.max(other.pss_kib),
+            private_kib: self.private_kib.max(other.private_kib),
+        }
+    }
+
+    fn read(pid: libc::pid_t) -> Option<Rollup> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        Some(Rollup {
+            pss_kib: field("Pss:"),
+            private_kib: field("Private_Clean:") + field("Private_Dirty:"),
+        })
+    }
+}
+
+/// Wall time of one `ch-launcher run`, its peak RSS in KiB, and its sampled
+/// peak PSS and private memory.
 fn time_launcher(
     launcher: &Path,
     private: &Path,
     uri: &str,
     spec: &Path,
-) -> Result<(Duration, i64), String> {
+) -> Result<(Duration, i64, Rollup), String> {
     let start = Instant::now();
     let child = Command::new(launcher)
         .arg("--private-dir")
@@ -126,6 +170,20 @@ fn time_launcher(
         .spawn()
         .map_err(|e| format!("{}: {e}", launcher.display()))?;
     let pid = child.id() as libc::pid_t;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = Rollup::default();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(now) = Rollup::read(pid) {
+                    peak = peak.max(now);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -133,6 +191,8 @@ fn time_launcher(
     // Reaping it here (not through `Child::wait`) is what yields its rusage.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let took = start.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rollup = sampler.join().map_err(|_| "the memory sampler panicked")?;
     if rc != pid {
         return Err(format!("wait4: {}", std::io::Error::last_os_error()));
     }
@@ -141,7 +201,7 @@ fn time_launcher(
             "ch-launcher run ended with wait status {status:#x}"
         ));
     }
-    Ok((took, usage.ru_maxrss))
+    Ok((took, usage.ru_maxrss, rollup))
 }
 
 /// Wall time of `virsh create` until libvirt reports the domain stopped.

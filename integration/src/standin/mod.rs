@@ -1,13 +1,34 @@
 //! A stand-in for the `cloud-hypervisor` binary, for CI machines where real
 //! Cloud Hypervisor cannot run. It reproduces what was recorded from the real
-//! one (`shared/reference/cloud-hypervisor/`): the REST API on a unix socket
-//! with the same status codes and error chains, the `--event-monitor` stream,
-//! the VM state machine, console back ends (a real PTY, the serial socket), and
-//! the tiny test guest on COM1 (banner, echo, `q` powers off, `r` reboots).
+//! one (`shared/reference/cloud-hypervisor/`, copied to
+//! `integration/tests/recordings/`): the REST API on a unix socket with the
+//! same status codes and error chains, the `--event-monitor` stream, the VM
+//! state machine, console back ends (real PTYs, the serial socket), disk
+//! images (opened, format-detected, OFD-locked), and the tiny test guest on
+//! COM1 (banner, echo, `q` powers off, `r` reboots, an NMI resets it).
+//!
+//! Behaviour checked against a real CH v53.0-246 (tests/standin_replay.rs and
+//! side-by-side probes), beyond the recordings:
+//! - serial output written while nobody holds the PTY is buffered, not lost:
+//!   it arrives about 0.5 s after the slave is opened;
+//! - every boot and reboot makes a new serial PTY, so `vm.info` must be read
+//!   again after a reboot;
+//! - a missing disk image fails `vm.boot` and drops the disk list from the
+//!   config; two disks on one image fail on the image lock;
+//! - SIGTERM shuts the VM and VMM down (events as for `vmm.shutdown`), exit 0;
+//! - a `File`/`Socket` console without its path kills CH's VMM thread: every
+//!   later API call fails with "sending on a closed channel".
+//!
+//! Deliberately not reproduced: real CH may exit before writing its last
+//! events, and a guest reset racing `vm.shutdown` can kill its VMM thread.
 //!
 //! Knobs for tests: `CH_STANDIN_FEATURES=kvm,tdx,...` replaces the feature
 //! list `vmm.ping` reports (default `io_uring,kvm`). A kernel file containing
-//! `HALT-AFTER-BANNER` runs the halting variant of the guest.
+//! `HALT-AFTER-BANNER` (or the `HALT_AFTER_BANNER` symbol images/build.rs
+//! defines for that variant) runs the guest that powers off after its banner.
+//! Not emulated: device hotplug, migration, snapshot/restore (they fail as on
+//! these machines), network devices at boot (accepted and echoed only), and
+//! payload checks beyond the file being readable.
 
 mod cli;
 mod config;
