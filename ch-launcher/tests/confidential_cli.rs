@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 fn sample(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/domcapabilities")
+        .join("../../shared/reference/domcapabilities")
         .join(name)
 }
 

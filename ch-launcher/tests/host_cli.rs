@@ -11,7 +11,7 @@ fn launcher() -> Command {
 
 fn sample(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/domcapabilities")
+        .join("../../shared/reference/domcapabilities")
         .join(name)
 }
 

@@ -184,7 +184,7 @@ mod tests {
 
     fn sample(name: &str) -> HostCapabilities {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/domcapabilities")
+            .join("../../shared/reference/domcapabilities")
             .join(name);
         load(&path).unwrap_or_else(|e| panic!("{e}"))
     }

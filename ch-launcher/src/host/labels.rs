@@ -73,7 +73,7 @@ mod tests {
 
     fn labels_of(sample: &str) -> Vec<String> {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/domcapabilities")
+            .join("../../shared/reference/domcapabilities")
             .join(sample);
         let caps = domcaps::load(&path).unwrap_or_else(|e| panic!("{e}"));
         to_lines(&node_labels(&caps))
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn unsupported_names_the_missing_label() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/domcapabilities/domcapabilities_sev.xml");
+            .join("../../shared/reference/domcapabilities/domcapabilities_sev.xml");
         let caps = domcaps::load(&path).unwrap();
         assert_eq!(caps.unsupported(&sev(true)), None);
         let snp = caps

@@ -412,7 +412,7 @@ mod tests {
     /// The host's SEV parameters as `virsh domcapabilities` recorded them.
     fn host_from(sample: &str) -> ConfidentialHost {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/domcapabilities")
+            .join("../../shared/reference/domcapabilities")
             .join(sample);
         ConfidentialHost {
             sev: domcaps::load(&path).unwrap_or_else(|e| panic!("{e}")).sev,
