@@ -11,14 +11,16 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::termios::{self, OutputFlags, SetArg, Termios};
+use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+
+use crate::logging;
 
 /// The detach key: Ctrl-] (ASCII GS).
 pub const ESCAPE: u8 = 0x1d;
@@ -80,9 +82,12 @@ pub async fn attach(socket: &Path) -> io::Result<Ended> {
 }
 
 /// Restores the terminal's mode when dropped.
-struct RawTerminal {
-    saved: Termios,
-}
+struct RawTerminal;
+
+/// The mode to restore, also for the panic hook: release builds abort on
+/// panic, so no destructor would run.
+static SAVED_MODE: Mutex<Option<Termios>> = Mutex::new(None);
+static PANIC_HOOK: Once = Once::new();
 
 impl RawTerminal {
     fn enable() -> io::Result<RawTerminal> {
@@ -90,17 +95,34 @@ impl RawTerminal {
         let saved = termios::tcgetattr(stdin.as_fd())?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
-        // Keep newline translation on output: the launcher's own log lines
-        // share the terminal and would otherwise staircase.
-        raw.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
+        if let Ok(mut slot) = SAVED_MODE.lock() {
+            *slot = Some(saved);
+        }
+        PANIC_HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore_terminal();
+                previous(info);
+            }));
+        });
         termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)?;
-        Ok(RawTerminal { saved })
+        // The launcher's own log lines share the terminal.
+        logging::set_raw_terminal(true);
+        Ok(RawTerminal)
     }
 }
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, &self.saved);
+        restore_terminal();
+    }
+}
+
+fn restore_terminal() {
+    let saved = SAVED_MODE.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(mode) = saved {
+        let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, &mode);
+        logging::set_raw_terminal(false);
     }
 }
 

@@ -156,9 +156,9 @@ pub struct ValidateArgs {
 /// Which running VM: by its VMI uid, or by the spec it was started from (its
 /// `metadata.uid`, or the uid derived from namespace and name).
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("vm").required(true).args(["spec", "uid"]))]
 pub struct Target {
     /// VirtualMachineInstance spec the VM was started from.
-    #[arg(required_unless_present = "uid", conflicts_with = "uid")]
     pub spec: Option<PathBuf>,
     /// The VMI uid (the directory name under --private-dir).
     #[arg(long, value_name = "UID")]
@@ -320,11 +320,12 @@ async fn run(g: &GlobalArgs, args: &RunArgs) -> u8 {
             {
                 return;
             }
+            // The terminal is back in its normal mode here.
             match attach::attach(&socket).await {
                 Ok(attach::Ended::Detached) => eprintln!(
-                    "\r\nDetached from the console; the VM keeps running (Ctrl-C stops it)."
+                    "\nDetached from the console; the VM keeps running (Ctrl-C stops it)."
                 ),
-                Ok(attach::Ended::ConsoleClosed) => eprint!("\r\n"),
+                Ok(attach::Ended::ConsoleClosed) => eprintln!(),
                 Err(e) => tracing::warn!(error = %e, "cannot attach the console"),
             }
         })

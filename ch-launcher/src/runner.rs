@@ -210,8 +210,9 @@ impl Runner {
                 detail = status.message.as_deref(),
                 stop_requested = outcome.stop_requested, succeeded = outcome.succeeded(),
                 launcher_peak_rss_kib = peak_rss_kib(), "VM final state"),
-            Err(e) => tracing::error!(state = ?status.state, reason = ?status.reason,
-                error = %e, "VM final state after a launcher failure"),
+            // The caller reports the error itself.
+            Err(_) => tracing::error!(state = ?status.state, reason = ?status.reason,
+                "VM final state after a launcher failure"),
         }
         result.map(|()| outcome)
     }
@@ -241,12 +242,11 @@ impl Runner {
             }
         }
 
-        let booted = Arc::new(AtomicBool::new(!self.domain.start_paused));
         let handler = Arc::new(VmControl {
             backend: session.backend.clone(),
             status: self.status_tx.subscribe(),
             stopper: self.stopper(),
-            booted: booted.clone(),
+            booted: AtomicBool::new(!self.domain.start_paused),
             wait: self.opts.control_wait,
         });
         let server =
@@ -464,7 +464,7 @@ struct VmControl<B> {
     status: watch::Receiver<Status>,
     stopper: Stopper,
     /// False until the vCPUs first ran; a start-paused VM boots on `resume`.
-    booted: Arc<AtomicBool>,
+    booted: AtomicBool,
     wait: Duration,
 }
 

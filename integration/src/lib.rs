@@ -1,11 +1,13 @@
 //! End-to-end test support: the Cloud Hypervisor stand-in (`ch-standin`), a
-//! way to find its binary, and a minimal HTTP/1.1 client for unix sockets.
+//! way to find its binary, a minimal HTTP/1.1 client for unix sockets, and
+//! the measurement pieces of the benchmarks in `examples/` ([`bench`]).
 //!
 //! From a shell, the stand-in's path is
 //! `cargo build -q -p integration --bin ch-standin && echo "$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug/ch-standin"`
 //! (usually `target/debug/ch-standin`). Tests of this crate may also use
 //! `env!("CARGO_BIN_EXE_ch-standin")`.
 
+pub mod bench;
 pub mod standin;
 pub mod unix_http;
 

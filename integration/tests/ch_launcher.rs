@@ -128,7 +128,7 @@ fn vmm_sigkill_is_a_crash_with_nonzero_exit_within_a_second() {
     kill(vmm, Signal::SIGKILL).expect("kill the VMM");
     let exit = launcher.expect_exit(Duration::from_secs(1));
     let took = killed.elapsed();
-    assert!(!exit.success(), "exit {exit} after a crash");
+    assert_eq!(exit.code(), Some(3), "exit {exit} after a crash");
     assert!(took <= Duration::from_secs(1), "noticed after {took:?}");
     assert_eq!(launcher.logged_final_state().0, "Crashed");
 }
@@ -216,4 +216,81 @@ fn control_command_without_a_launcher_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the launcher"), "{err}");
+}
+
+#[test]
+fn run_on_a_terminal_attaches_the_console_and_ctrl_bracket_detaches() {
+    let mut launcher = Launcher::start(VmOptions {
+        start_paused: true,
+        terminal: true,
+        ..VmOptions::default()
+    });
+    let term = launcher.terminal.as_mut().expect("terminal");
+    term.expect_cooked(false);
+    launcher.ctl("resume");
+    let term = launcher.terminal.as_mut().expect("terminal");
+    term.expect(BANNER.as_bytes());
+    // Ctrl-C goes to the guest (which echoes it) while attached.
+    term.send(b"hi\x03");
+    term.expect(b"hi\x03");
+
+    term.send(&[0x1d]);
+    term.expect_cooked(true);
+    let status = launcher.ctl("status");
+    assert_eq!(
+        status["state"], "Running",
+        "detaching leaves the VM running"
+    );
+
+    launcher.signal(Signal::SIGTERM);
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+}
+
+#[test]
+fn terminal_is_restored_when_the_guest_powers_off_while_attached() {
+    let mut launcher = Launcher::start(VmOptions {
+        terminal: true,
+        ..VmOptions::default()
+    });
+    let term = launcher.terminal.as_mut().expect("terminal");
+    term.expect_cooked(false);
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+    let term = launcher.terminal.as_mut().expect("terminal");
+    term.send(b"q");
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    assert!(launcher.terminal.as_ref().expect("terminal").is_cooked());
+}
+
+#[test]
+fn console_socket_mode_option_sets_the_socket_and_log_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let launcher = Launcher::start(VmOptions {
+        run_args: vec!["--console-socket-mode".into(), "0660".into()],
+        ..VmOptions::default()
+    });
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&launcher.serial_socket()), 0o660);
+    assert_eq!(mode(&launcher.serial_log()), 0o660);
+    assert_eq!(mode(&launcher.control_socket()), 0o600);
+    let vm_dir = launcher
+        .serial_socket()
+        .parent()
+        .expect("vm dir")
+        .to_path_buf();
+    assert_eq!(mode(&vm_dir), 0o700);
+}
+
+#[test]
+fn default_console_socket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let launcher = Launcher::start(VmOptions::default());
+    let mode = std::fs::metadata(launcher.serial_socket())
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
 }

@@ -96,6 +96,16 @@ struct LaunchedVm {
 
 impl LaunchedVm {
     fn start(name: &str, grace_seconds: u32, extra_spec: &str) -> LaunchedVm {
+        Self::start_with(name, grace_seconds, extra_spec, |text, _| text)
+    }
+
+    /// `edit` rewrites the spec text; it gets the scratch directory.
+    fn start_with(
+        name: &str,
+        grace_seconds: u32,
+        extra_spec: &str,
+        edit: impl FnOnce(String, &Path) -> String,
+    ) -> LaunchedVm {
         let dir = tempfile::tempdir().expect("tempdir");
         let name = format!("{name}-{}", std::process::id());
         let text = TestGuestSpec::new(Hypervisor::Libvirt, Variant::Interactive)
@@ -104,6 +114,7 @@ impl LaunchedVm {
             .render()
             .expect("spec renders");
         let text = text.replacen("spec:\n", &format!("spec:\n{extra_spec}"), 1);
+        let text = edit(text, dir.path());
         let spec = dir.path().join("vmi.yaml");
         std::fs::write(&spec, text).expect("write spec");
         let log = dir.path().join("launcher.log");
@@ -449,5 +460,56 @@ fn libvirt_killed_qemu_maps_to_crashed_and_exit_3() {
     let status = vm.wait_exit();
     assert_eq!(status.code(), Some(3), "{}", vm.logs());
     assert_eq!(vm.final_state(), ("Crashed".into(), "Unknown".into()));
+    vm.assert_domain_gone();
+}
+
+#[test]
+fn libvirt_guest_with_disks_cdrom_rng_and_vnc_boots_under_qemu() {
+    let Some(_guard) =
+        libvirt_or_skip("libvirt_guest_with_disks_cdrom_rng_and_vnc_boots_under_qemu")
+    else {
+        return;
+    };
+    let mut vm = LaunchedVm::start_with("lv-devices", 5, "", |text, dir| {
+        let iso = dir.join("installer.iso");
+        std::fs::write(&iso, vec![0u8; 1 << 20]).expect("write iso");
+        let devices = "    devices:\n      rng: {}\n      disks:\n      - name: installer\n        cdrom:\n          bus: sata\n      - name: scratch\n        serial: SCRATCH-1\n        disk:\n          bus: virtio\n      - name: extra\n        disk:\n          bus: scsi\n";
+        let volumes = format!(
+            "  volumes:\n  - name: installer\n    hostDisk:\n      path: {}\n      type: Disk\n  - name: scratch\n    hostDisk:\n      path: {}\n      type: DiskOrCreate\n      capacity: 16Mi\n  - name: extra\n    hostDisk:\n      path: {}\n      type: DiskOrCreate\n      capacity: 8Mi\n",
+            iso.display(),
+            dir.join("scratch.img").display(),
+            dir.join("extra.img").display()
+        );
+        let text = text.replacen("    devices: {}\n", devices, 1);
+        format!("{text}{volumes}")
+    });
+    vm.wait_status("Running", "Booted");
+    let banner = wait_for_file_text(&vm.serial_log(), BANNER);
+    assert!(banner.contains(BANNER), "no banner: {banner:?}");
+    // DiskOrCreate made sparse images of the asked size.
+    let scratch = vm.dir.path().join("scratch.img");
+    assert_eq!(
+        std::fs::metadata(&scratch).expect("scratch.img").len(),
+        16 << 20
+    );
+    let xml = virsh(&["dumpxml", &vm.domain]).expect("virsh dumpxml");
+    let xml = String::from_utf8_lossy(&xml.stdout);
+    for want in [
+        "device='cdrom'",
+        "bus='sata'",
+        "bus='scsi'",
+        "<serial>SCRATCH-1</serial>",
+        "<rng model='virtio'>",
+        "<graphics type='vnc'",
+    ] {
+        assert!(
+            xml.contains(want),
+            "{want} missing from the running domain:\n{xml}"
+        );
+    }
+
+    let mut console = vm.connect_console();
+    console.write_all(b"q").unwrap();
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
     vm.assert_domain_gone();
 }

@@ -526,10 +526,20 @@ fn devices(
 
 fn clock(domain: &Domain, errors: &mut SpecErrors) -> Option<ClockXml> {
     let clock = domain.clock.as_ref()?;
+    let mut adjustment = None;
     let (offset, timezone) = if clock.offset == "utc" {
         ("utc", None)
     } else if let Some(tz) = clock.offset.strip_prefix("timezone:") {
         ("timezone", Some(tz.to_owned()))
+    } else if let Some(seconds) = clock.offset.strip_prefix("utc:") {
+        match seconds.parse::<i64>() {
+            Ok(s) => adjustment = Some(s),
+            Err(_) => errors.push(
+                format!("{}.utc.offsetSeconds", clock.spec_path),
+                format!("{seconds:?} is not a number of seconds"),
+            ),
+        }
+        ("utc", None)
     } else {
         errors.push(
             format!("{}.offset", clock.spec_path),
@@ -541,32 +551,64 @@ fn clock(domain: &Domain, errors: &mut SpecErrors) -> Option<ClockXml> {
         ("utc", None)
     };
     let mut timers = Vec::new();
-    for name in &clock.timers {
-        // KubeVirt's timer names, and libvirt's for the same clocks.
-        let libvirt_name = match name.as_str() {
-            "hpet" => "hpet",
-            "pit" => "pit",
-            "rtc" => "rtc",
-            "kvm" => "kvmclock",
-            "hyperv" => "hypervclock",
-            other => {
-                errors.push(
-                    format!("{}.timer.{other}", clock.spec_path),
-                    format!("timer {other:?} is not supported by the libvirt backend"),
-                );
-                continue;
+    for spec in &clock.timers {
+        match timer(spec) {
+            Ok(t) => timers.push(t),
+            Err((name, message)) => {
+                errors.push(format!("{}.timer.{name}", clock.spec_path), message)
             }
-        };
-        timers.push(Timer {
-            name: libvirt_name,
-            present: "yes",
-        });
+        }
     }
     Some(ClockXml {
         offset,
         timezone,
+        adjustment,
         timer: timers,
     })
+}
+
+/// One timer as the Domain describes it: KubeVirt's name, then optional
+/// `present=<bool>`, `tickPolicy=<policy>`, `track=<guest|wall>`, comma
+/// separated (e.g. `rtc,present=true,tickPolicy=catchup,track=guest`).
+fn timer(spec: &str) -> Result<Timer, (String, String)> {
+    let mut parts = spec.split(',');
+    let name = parts.next().unwrap_or_default();
+    // KubeVirt's timer names, and libvirt's for the same clocks.
+    let libvirt_name = match name {
+        "hpet" => "hpet",
+        "pit" => "pit",
+        "rtc" => "rtc",
+        "kvm" => "kvmclock",
+        "hyperv" => "hypervclock",
+        other => {
+            return Err((
+                other.to_owned(),
+                format!("timer {other:?} is not supported by the libvirt backend"),
+            ))
+        }
+    };
+    let mut timer = Timer {
+        name: libvirt_name,
+        present: None,
+        tickpolicy: None,
+        track: None,
+    };
+    for part in parts {
+        let fail = |what: &str| {
+            (
+                name.to_owned(),
+                format!("{what} {part:?} in timer {spec:?}"),
+            )
+        };
+        match part.split_once('=') {
+            Some(("present", "true")) => timer.present = Some("yes"),
+            Some(("present", "false")) => timer.present = Some("no"),
+            Some(("tickPolicy", policy)) => timer.tickpolicy = Some(policy.to_owned()),
+            Some(("track", track)) => timer.track = Some(track.to_owned()),
+            _ => return Err(fail("unknown setting")),
+        }
+    }
+    Ok(timer)
 }
 
 /// `tablet`, `keyboard` or `mouse`, optionally followed by `:usb` / `:virtio`

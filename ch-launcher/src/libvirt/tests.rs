@@ -262,7 +262,12 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
     d.clock = Some(Clock {
         spec_path: "spec.domain.clock".into(),
         offset: "timezone:Europe/Paris".into(),
-        timers: vec!["hpet".into(), "rtc".into(), "pit".into(), "kvm".into()],
+        timers: vec![
+            "hpet,present=false".into(),
+            "rtc,present=true,tickPolicy=catchup,track=guest".into(),
+            "pit,tickPolicy=delay".into(),
+            "kvm".into(),
+        ],
     });
     if let Boot::Kernel {
         initrd, cmdline, ..
@@ -294,6 +299,14 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
     d.devices.serial_console = false;
     d.features.acpi = false;
     out.push(("no-console-no-acpi", d, ctx()));
+
+    let mut d = tiny_guest();
+    d.clock = Some(Clock {
+        spec_path: "spec.domain.clock".into(),
+        offset: "utc:-1800".into(),
+        timers: vec!["hyperv,present=true".into()],
+    });
+    out.push(("utc-offset-clock", d, ctx()));
 
     out
 }
@@ -623,6 +636,26 @@ fn user_text_is_escaped_and_survives_the_round_trip() {
         .map(|t| t.attr("name"))
         .collect();
     assert_eq!(timers, ["hpet", "rtc", "pit", "kvmclock"]);
+    let timer = |i: usize| dom.all("clock/timer")[i];
+    assert_eq!(timer(0).attr("present"), "no");
+    assert_eq!(timer(1).attr("present"), "yes");
+    assert_eq!(timer(1).attr("tickpolicy"), "catchup");
+    assert_eq!(timer(1).attr("track"), "guest");
+    assert_eq!(timer(2).attr("tickpolicy"), "delay");
+    assert!(!timer(3).attrs.contains_key("present"));
+}
+
+#[test]
+fn utc_offset_seconds_become_a_clock_adjustment() {
+    let mut d = tiny_guest();
+    d.clock = Some(Clock {
+        spec_path: "spec.domain.clock".into(),
+        offset: "utc:+3600".into(),
+        timers: Vec::new(),
+    });
+    let dom = rendered(&d, &ctx());
+    assert_eq!(dom.one("clock").attr("offset"), "utc");
+    assert_eq!(dom.one("clock").attr("adjustment"), "3600");
 }
 
 #[test]

@@ -303,6 +303,9 @@ pub struct ClockXml {
     pub offset: &'static str,
     #[serde(rename = "@timezone", skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// Seconds added to UTC (`offset='utc'` only).
+    #[serde(rename = "@adjustment", skip_serializing_if = "Option::is_none")]
+    pub adjustment: Option<i64>,
     pub timer: Vec<Timer>,
 }
 
@@ -310,8 +313,12 @@ pub struct ClockXml {
 pub struct Timer {
     #[serde(rename = "@name")]
     pub name: &'static str,
-    #[serde(rename = "@present")]
-    pub present: &'static str,
+    #[serde(rename = "@present", skip_serializing_if = "Option::is_none")]
+    pub present: Option<&'static str>,
+    #[serde(rename = "@tickpolicy", skip_serializing_if = "Option::is_none")]
+    pub tickpolicy: Option<String>,
+    #[serde(rename = "@track", skip_serializing_if = "Option::is_none")]
+    pub track: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -2,9 +2,11 @@
 //! stand-in) for the end-to-end tests: one private directory per test, every
 //! process killed in `Drop` even when the test fails.
 
+// Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -87,6 +89,11 @@ pub fn launcher_bin() -> &'static Path {
 pub struct VmOptions {
     pub grace_seconds: u32,
     pub start_paused: bool,
+    /// Run with stdin and stdout on a terminal (a PTY the test holds), so
+    /// the launcher attaches the console to it.
+    pub terminal: bool,
+    /// More `run` options.
+    pub run_args: Vec<String>,
 }
 
 impl Default for VmOptions {
@@ -94,13 +101,76 @@ impl Default for VmOptions {
         VmOptions {
             grace_seconds: 1,
             start_paused: false,
+            terminal: false,
+            run_args: Vec::new(),
         }
+    }
+}
+
+/// The test's side of the launcher's terminal.
+pub struct Terminal {
+    /// What the user types into and reads from.
+    pub master: std::fs::File,
+    /// The launcher's stdin/stdout; kept to read its terminal mode.
+    pub slave: OwnedFd,
+}
+
+impl Terminal {
+    /// Whether the terminal is in its normal (canonical, echoing) mode.
+    pub fn is_cooked(&self) -> bool {
+        use nix::sys::termios::{tcgetattr, LocalFlags};
+        let attrs = tcgetattr(&self.slave).expect("tcgetattr");
+        attrs
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO)
+    }
+
+    /// Waits until the terminal is cooked (`true`) or raw (`false`).
+    pub fn expect_cooked(&self, cooked: bool) {
+        let deadline = Instant::now() + SLOW;
+        while self.is_cooked() != cooked {
+            assert!(
+                Instant::now() < deadline,
+                "terminal never became {}",
+                if cooked { "cooked" } else { "raw" }
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).expect("write to the terminal");
+    }
+
+    /// Reads what the launcher printed until `want` shows up.
+    pub fn expect(&mut self, want: &[u8]) -> Vec<u8> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let deadline = Instant::now() + SLOW;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(want.len()).any(|w| w == want) {
+            assert!(
+                Instant::now() < deadline,
+                "terminal never showed {:?}; got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&seen)
+            );
+            let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(50u8)).unwrap_or(0) > 0 {
+                match self.master.read(&mut buf) {
+                    Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        seen
     }
 }
 
 /// A `ch-launcher run` of the interactive test guest in its own private dir.
 pub struct Launcher {
     child: Option<Child>,
+    pub terminal: Option<Terminal>,
     // Under /tmp with a short name: unix socket paths are limited to 107 bytes.
     dir: tempfile::TempDir,
     spec: PathBuf,
@@ -128,24 +198,30 @@ impl Launcher {
         std::fs::write(&spec, text).expect("write spec");
         let private = dir.path().join("p");
 
-        let mut child = Command::new(launcher_bin())
-            .arg("--private-dir")
+        let mut cmd = Command::new(launcher_bin());
+        cmd.arg("--private-dir")
             .arg(&private)
-            .args([
-                "--log-format",
-                "json",
-                "--log-level",
-                "debug",
-                "run",
-                "--no-attach",
-            ])
+            .args(["--log-format", "json", "--log-level", "debug", "run"])
+            .args(&opts.run_args)
             .arg(&spec)
             .env(CH_BIN_ENV, vmm_bin())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ch-launcher");
+            .stderr(Stdio::piped());
+        let terminal = if opts.terminal {
+            let pty = nix::pty::openpty(None, None).expect("openpty");
+            let stdin = pty.slave.try_clone().expect("dup pty slave");
+            let stdout = pty.slave.try_clone().expect("dup pty slave");
+            cmd.stdin(Stdio::from(stdin)).stdout(Stdio::from(stdout));
+            Some(Terminal {
+                master: std::fs::File::from(pty.master),
+                slave: pty.slave,
+            })
+        } else {
+            cmd.arg("--no-attach")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            None
+        };
+        let mut child = cmd.spawn().expect("start ch-launcher");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr pipe");
         let sink = logs.clone();
@@ -157,6 +233,7 @@ impl Launcher {
         });
         let mut launcher = Launcher {
             child: Some(child),
+            terminal,
             dir,
             spec,
             vm_dir: PathBuf::new(),

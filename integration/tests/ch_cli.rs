@@ -1,0 +1,169 @@
+//! The `ch-launcher` command line without a running VM: `validate`,
+//! `render`, and how `run` fails before and during start-up (exit codes,
+//! messages, nothing left behind).
+
+mod ch_support;
+
+use ch_support::launcher_bin;
+use domain_model::Hypervisor;
+use images::{TestGuestSpec, Variant};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn launcher(args: &[&str], spec: &Path) -> Output {
+    Command::new(launcher_bin())
+        .args(args)
+        .arg(spec)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ch-launcher")
+}
+
+fn guest_spec(dir: &Path) -> PathBuf {
+    TestGuestSpec::new(Hypervisor::CloudHypervisor, Variant::Interactive)
+        .write(dir)
+        .expect("write test guest spec")
+}
+
+const INVALID_SPEC: &str = "\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: broken
+spec:
+  hypervisor: cloud-hypervisor
+  domain:
+    cpu:
+      cores: -1
+    devices: {}
+";
+
+#[test]
+fn validate_prints_the_resolved_vm_and_exits_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = launcher(&["validate"], &guest_spec(dir.path()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("default/test-guest is valid"), "{stdout}");
+    assert!(stdout.contains("cloud-hypervisor"), "{stdout}");
+    assert!(stdout.contains("64 MiB"), "{stdout}");
+}
+
+#[test]
+fn validate_json_is_the_domain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = launcher(&["validate", "--json"], &guest_spec(dir.path()));
+    assert_eq!(out.status.code(), Some(0));
+    let domain: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(domain["name"], "test-guest");
+    assert_eq!(domain["memory"]["guest"], 64 << 20);
+    assert_eq!(domain["hypervisor"], "cloud-hypervisor");
+}
+
+#[test]
+fn invalid_spec_exits_2_naming_the_field_for_validate_render_and_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = dir.path().join("broken.yaml");
+    std::fs::write(&spec, INVALID_SPEC).expect("write spec");
+    let private = dir.path().join("p");
+    for args in [
+        vec!["validate"],
+        vec!["render"],
+        vec![
+            "--private-dir",
+            private.to_str().expect("utf-8"),
+            "run",
+            "--no-attach",
+        ],
+    ] {
+        let out = launcher(&args, &spec);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("spec.domain.cpu.cores"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+    assert!(!private.exists(), "run created files for an invalid spec");
+}
+
+#[test]
+fn render_prints_the_cloud_hypervisor_config_as_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = launcher(&["render"], &guest_spec(dir.path()));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        config["payload"]["kernel"].as_str(),
+        Variant::Interactive.path().to_str()
+    );
+    assert_eq!(config["serial"]["mode"], "Pty");
+    assert_eq!(config["memory"]["size"], 64 << 20);
+}
+
+#[test]
+fn run_with_a_missing_hypervisor_binary_fails_with_1_and_leaves_no_sockets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = guest_spec(dir.path());
+    let private = dir.path().join("p");
+    let out = Command::new(launcher_bin())
+        .arg("--private-dir")
+        .arg(&private)
+        .args(["run", "--no-attach"])
+        .arg(&spec)
+        .env(
+            "CLOUD_HYPERVISOR_BIN",
+            dir.path().join("no-such-cloud-hypervisor"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ch-launcher");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-cloud-hypervisor"), "{stderr}");
+    let leftovers: Vec<_> = walk(&private)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n == "virt-serial0" || n == "launcher-sock")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn control_command_needs_a_spec_or_a_uid() {
+    let out = Command::new(launcher_bin())
+        .arg("pause")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ch-launcher");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--uid"), "{stderr}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            }
+            found.push(path);
+        }
+    }
+    found
+}
