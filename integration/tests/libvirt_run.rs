@@ -47,7 +47,10 @@ fn libvirt_or_skip(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
             println!(
                 "SKIP: {test}: libvirtd not reachable at {} ({}); run .ci/setup-host.sh",
                 uri(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
             None
         }

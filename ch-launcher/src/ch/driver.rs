@@ -41,7 +41,11 @@ impl Default for ChOptions {
             binary: None,
             host: HostInputs::default(),
             ready_timeout: Duration::from_secs(10),
-            ready_poll: Duration::from_millis(10),
+            // CH binds its API socket about 1 ms after exec; a failed probe
+            // (connect on a missing socket) costs microseconds, while every
+            // poll interval the launcher oversleeps is added to each VM start
+            // (10 ms here was a quarter of a whole run of the halting guest).
+            ready_poll: Duration::from_millis(1),
             stop_timeout: Duration::from_secs(5),
         }
     }
