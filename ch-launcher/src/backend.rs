@@ -40,24 +40,31 @@ pub trait Backend: Send + Sync {
     fn power_button(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Stop the VM now, without the guest's cooperation.
     fn destroy(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
-    /// The serial PTY the VM has now, if the launcher relays one. Cloud
-    /// Hypervisor allocates a new PTY on every reboot (and closes the old
-    /// one), so the runner asks again after [`Event::Rebooted`]. Backends
-    /// whose console does not move keep the default.
-    fn serial_pty(&self) -> impl Future<Output = Result<Option<PathBuf>, BackendError>> + Send {
-        async { Ok(None) }
-    }
+    /// Where the VM's serial console is now. Cloud Hypervisor re-creates its
+    /// serial device on every reboot (a new PTY, or its socket closed and
+    /// bound again), so the runner asks again after [`Event::Rebooted`] and
+    /// reattaches its relay.
+    fn console(&self) -> impl Future<Output = Result<ConsoleSource, BackendError>> + Send;
 }
 
 /// Where the guest's serial console comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConsoleSource {
     /// A PTY the launcher opens before boot and relays to `virt-serial0`,
-    /// logging every byte to `virt-serial0-log` (Cloud Hypervisor).
+    /// logging every byte to `virt-serial0-log` (Cloud Hypervisor's `Pty`
+    /// serial mode). Output the launcher has not read when the hypervisor
+    /// closes the PTY (at power-off) is discarded by the kernel.
     Pty(PathBuf),
+    /// A unix socket the hypervisor listens on; the launcher connects as its
+    /// client and relays and logs like a PTY (Cloud Hypervisor's `Socket`
+    /// serial mode). Nothing is lost: the hypervisor holds output until a
+    /// client connects, and what it wrote before closing stays readable.
+    UnixSocket(PathBuf),
     /// The hypervisor binds `virt-serial0` and writes the log itself
     /// (libvirt + QEMU with a unix socket chardev and a log file).
     ServedByHypervisor,
+    /// The VM has no serial console.
+    None,
 }
 
 /// A VM that exists in its hypervisor but has not booted yet: the runner

@@ -24,6 +24,9 @@ use crate::logging::{self, LogFormat};
 use crate::paths::{VmPaths, DEFAULT_PRIVATE_DIR};
 use crate::runner::{self, RunOptions, Runner};
 
+mod config;
+pub use config::{ConfigError, ConfigFile, Settings, DEFAULT_PATH as DEFAULT_CONFIG_PATH};
+
 pub mod exit {
     pub const SUCCESS: u8 = 0;
     pub const FAILURE: u8 = 1;
@@ -79,6 +82,29 @@ pub struct GlobalArgs {
     /// (libvirt backend).
     #[arg(long, global = true, value_name = "PATH")]
     pub tdx_qgs_socket: Option<PathBuf>,
+    /// The launcher's YAML configuration (keys `featureGates`,
+    /// `firmwareDescriptorDirs`, `cloudHypervisorFirmwareDir`); default
+    /// /etc/ch-launcher/config.yaml when it exists. The command line wins.
+    #[arg(long, global = true, value_name = "FILE", env = "CH_LAUNCHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Feature gates on top of KubeVirt's defaults by maturity: GA always on
+    /// (SecureExecution), beta on unless disabled (WorkloadEncryptionSEV),
+    /// alpha off unless enabled (WorkloadEncryptionTDX). `Name` enables a
+    /// gate, `-Name` disables a beta one, e.g. `--feature-gates
+    /// WorkloadEncryptionTDX,-WorkloadEncryptionSEV`. Repeatable; applied
+    /// after the config file's `featureGates`, in order.
+    #[arg(long, global = true, value_name = "A,B", allow_hyphen_values = true)]
+    pub feature_gates: Vec<String>,
+    /// A QEMU firmware descriptor directory (libvirt backend). Repeatable,
+    /// highest precedence first; replaces the standard ones
+    /// (/etc/qemu/firmware, /usr/share/qemu/firmware, and the user's
+    /// $XDG_CONFIG_HOME/qemu/firmware for a qemu:///session URI only).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub firmware_descriptor_dir: Vec<PathBuf>,
+    /// Cloud Hypervisor's firmware directory (CLOUDHV.fd, hypervisor-fw,
+    /// tdvf.fd, *.igvm) [default: /usr/share/cloud-hypervisor].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub ch_firmware_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,7 +121,11 @@ pub enum Commands {
     /// Check a spec and print the resolved VM, or every problem with its field path.
     Validate(ValidateArgs),
     /// Print the hypervisor configuration for a spec (Cloud Hypervisor: the
-    /// `vm.create` JSON) without running anything.
+    /// `vm.create` JSON, libvirt: the domain XML) without running anything.
+    ///
+    /// A dry run: firmware this host lacks is rendered at the path the pod
+    /// image ships it, with a warning. Host capabilities (SEV parameters)
+    /// come from --domcapabilities, libvirt, or this host.
     Render(SpecArg),
     /// Pause a running VM.
     Pause(Target),
@@ -110,6 +140,36 @@ pub enum Commands {
     /// What this host can run: confidential-computing support and node labels.
     #[command(subcommand)]
     Host(HostCommand),
+    /// The firmware this host offers, and which one a spec gets.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// List the visible QEMU firmware descriptors (after overrides) and
+    /// Cloud Hypervisor's firmware files.
+    List(JsonArg),
+    /// Choose the firmware for a spec on its hypervisor from what this host
+    /// has, and say why; exit 1 with what was searched, what each candidate
+    /// lacked and what the spec asked for when nothing fits.
+    Select(SelectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// VirtualMachineInstance spec file (YAML or JSON).
+    pub spec: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +198,11 @@ pub struct RunArgs {
     /// Do not attach the console even when stdin is a terminal.
     #[arg(long)]
     pub no_attach: bool,
+    /// How Cloud Hypervisor hands the serial port to the launcher: `socket`
+    /// keeps every byte up to the guest's power-off; with `pty` the last
+    /// output before a power-off can be lost.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ch::SerialMode::Socket)]
+    pub ch_serial: ch::SerialMode,
 }
 
 #[derive(Debug, Args)]
@@ -207,16 +272,79 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> u8 {
     let g = &cli.global;
+    let s = match settings(g) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ch-launcher: {e}");
+            return exit::INVALID_SPEC;
+        }
+    };
+    let s = &s;
     match &cli.command {
-        Commands::Run(args) => run(g, args).await,
-        Commands::Validate(args) => validate(g, args),
-        Commands::Render(args) => render(g, &args.spec),
-        Commands::Pause(t) => control_command(g, t, Command::Pause).await,
-        Commands::Resume(t) => control_command(g, t, Command::Resume).await,
-        Commands::Reboot(t) => control_command(g, t, Command::Reboot).await,
-        Commands::Stop(t) => control_command(g, t, Command::Stop).await,
-        Commands::Status(t) => control_command(g, t, Command::Status).await,
+        Commands::Run(args) => run(g, s, args).await,
+        Commands::Validate(args) => validate(g, s, args),
+        Commands::Render(args) => render(g, s, &args.spec),
+        Commands::Pause(t) => control_command(g, s, t, Command::Pause).await,
+        Commands::Resume(t) => control_command(g, s, t, Command::Resume).await,
+        Commands::Reboot(t) => control_command(g, s, t, Command::Reboot).await,
+        Commands::Stop(t) => control_command(g, s, t, Command::Stop).await,
+        Commands::Status(t) => control_command(g, s, t, Command::Status).await,
         Commands::Host(command) => host(g, command),
+        Commands::Firmware(command) => firmware_command(g, s, command),
+    }
+}
+
+/// The config file (when there is one) with the command line on top.
+fn settings(g: &GlobalArgs) -> Result<Settings, ConfigError> {
+    let file = ConfigFile::load(g.config.as_deref())?;
+    Settings::resolve(
+        file.as_ref().map(|(path, f)| (path.as_path(), f)),
+        &config::Overrides {
+            feature_gates: &g.feature_gates,
+            firmware_descriptor_dirs: &g.firmware_descriptor_dir,
+            ch_firmware_dir: g.ch_firmware_dir.as_deref(),
+            libvirt_uri: &g.libvirt_uri,
+        },
+    )
+}
+
+fn firmware_command(g: &GlobalArgs, s: &Settings, command: &FirmwareCommand) -> u8 {
+    match command {
+        FirmwareCommand::List(args) => {
+            let listing = firmware::list(&s.firmware);
+            if args.json {
+                print_json(&listing)
+            } else {
+                print_stdout(&listing.to_string(), exit::SUCCESS)
+            }
+        }
+        FirmwareCommand::Select(args) => {
+            let domain = match load(g, s, &args.spec) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            match firmware::choose_for_domain(&domain, &s.firmware) {
+                Ok(choice) if args.json => print_json(&choice),
+                Ok(choice) => print_stdout(&choice.to_string(), exit::SUCCESS),
+                Err(e) => {
+                    eprintln!("ch-launcher: {}: {e}", args.spec.display());
+                    if let (true, firmware::FirmwareError::NoMatch(no_match)) = (args.json, &e) {
+                        let _ = print_json(&serde_json::json!({ "noMatch": no_match }));
+                    }
+                    exit::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> u8 {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => print_stdout(&format!("{text}\n"), exit::SUCCESS),
+        Err(e) => {
+            eprintln!("ch-launcher: cannot encode JSON: {e}");
+            exit::FAILURE
+        }
     }
 }
 
@@ -235,14 +363,46 @@ fn host(g: &GlobalArgs, command: &HostCommand) -> u8 {
     }
 }
 
+/// What a subcommand does with the spec: decides how strict the host checks
+/// are. Host problems (missing firmware, a host without SEV) never make a
+/// spec invalid: a run refuses (exit 1), a dry run warns and goes on where
+/// it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Render,
+    Validate,
+}
+
+impl Mode {
+    fn firmware_purpose(self) -> firmware::Purpose {
+        match self {
+            Mode::Run => firmware::Purpose::Run,
+            Mode::Render | Mode::Validate => firmware::Purpose::DryRun,
+        }
+    }
+}
+
+/// The firmware for `domain`: for a run only files this host has; for a dry
+/// run, else the pod image's expected paths, each shortfall logged.
+fn firmware_choice(s: &Settings, domain: &Domain, mode: Mode) -> Result<firmware::Choice, String> {
+    let choice = firmware::choose(domain, &s.firmware, mode.firmware_purpose())
+        .map_err(|e| format!("firmware: {e}"))?;
+    for warning in choice.warnings() {
+        tracing::warn!("firmware: {warning}");
+    }
+    Ok(choice)
+}
+
 /// The host facts a confidential libvirt launch renders (SEV C-bit, TDX
 /// quote service): from `--domcapabilities`, else from libvirt's domain
 /// capabilities, else (libvirt unreachable) from the native probe. A run
-/// refuses a launch-security kind the host cannot do; a dry run warns.
+/// refuses what the host cannot do; `render` needs the SEV parameters to
+/// write them; `validate` only warns.
 fn confidential_host(
     g: &GlobalArgs,
     domain: &Domain,
-    for_run: bool,
+    mode: Mode,
 ) -> Result<libvirt::ConfidentialHost, String> {
     let Some(ls) = &domain.launch_security else {
         return Ok(libvirt::ConfidentialHost::default());
@@ -261,10 +421,23 @@ fn confidential_host(
         tracing::warn!("host capabilities: {note}");
     }
     if let Some(problem) = caps.unsupported(ls) {
-        if for_run {
+        if mode == Mode::Run {
             return Err(problem);
         }
         tracing::warn!("{problem}");
+    }
+    if let Some(problem) = libvirt::launch_security::host_problem(ls, caps.sev.as_ref()) {
+        match mode {
+            Mode::Run => return Err(format!("{problem} ({})", caps.source)),
+            Mode::Render => {
+                return Err(format!(
+                    "{problem} ({}): pass --domcapabilities FILE recorded on an SEV host \
+                     for a dry run",
+                    caps.source
+                ))
+            }
+            Mode::Validate => tracing::warn!("{problem} ({})", caps.source),
+        }
     }
     Ok(libvirt::ConfidentialHost {
         sev: caps.sev,
@@ -272,10 +445,11 @@ fn confidential_host(
     })
 }
 
-fn load_options(g: &GlobalArgs) -> LoadOptions {
+fn load_options(g: &GlobalArgs, s: &Settings) -> LoadOptions {
     LoadOptions {
         hypervisor: g.hypervisor,
         container_disk_dir: g.container_disk_dir.clone(),
+        feature_gates: s.gates.enabled(),
         ..LoadOptions::default()
     }
 }
@@ -284,22 +458,39 @@ fn print_spec_errors(spec: &Path, errors: &SpecErrors) {
     eprint!("{}: {errors}", spec.display());
 }
 
-fn load(g: &GlobalArgs, spec: &Path) -> Result<Domain, u8> {
-    domain_model::load_path(spec, &load_options(g)).map_err(|errors| {
+fn load(g: &GlobalArgs, s: &Settings, spec: &Path) -> Result<Domain, u8> {
+    domain_model::load_path(spec, &load_options(g, s)).map_err(|errors| {
         print_spec_errors(spec, &errors);
         exit::INVALID_SPEC
     })
 }
 
-async fn run(g: &GlobalArgs, args: &RunArgs) -> u8 {
-    let domain = match load(g, &args.spec) {
+async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs) -> u8 {
+    let domain = match load(g, s, &args.spec) {
         Ok(d) => d,
         Err(code) => return code,
     };
     let paths = VmPaths::new(&g.private_dir, &domain.uid);
+    // Every host check before anything is created or started.
+    let backend = match domain.hypervisor {
+        Hypervisor::CloudHypervisor => ch_options(g, s, &domain, Mode::Run).map(|o| {
+            Launch::Ch(ch::ChOptions {
+                serial: args.ch_serial,
+                ..o
+            })
+        }),
+        Hypervisor::Libvirt => libvirt_options(g, s, &domain, &paths, Mode::Run)
+            .map(|(opts, _)| Launch::Libvirt(opts)),
+    };
+    let backend = match backend {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::FAILURE;
+        }
+    };
     let mut opts = RunOptions::new(paths.clone());
     opts.console_mode = args.console_socket_mode;
-    let hypervisor = domain.hypervisor;
     let runner = Runner::new(domain.clone(), opts);
     let signals = match runner::forward_signals(runner.stopper()) {
         Ok(task) => task,
@@ -331,35 +522,13 @@ async fn run(g: &GlobalArgs, args: &RunArgs) -> u8 {
         })
     });
 
-    let result = match hypervisor {
-        Hypervisor::CloudHypervisor => {
-            let ch_opts = match ch_options(g, &domain, true) {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return exit::FAILURE;
-                }
-            };
+    let result = match backend {
+        Launch::Ch(ch_opts) => {
             runner
                 .run(|d, p| async move { ch::create(&d, &p, &ch_opts).await })
                 .await
         }
-        Hypervisor::Libvirt => {
-            let mut lv_opts =
-                match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, true) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        return exit::FAILURE;
-                    }
-                };
-            lv_opts.confidential = match confidential_host(g, &domain, true) {
-                Ok(host) => host,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return exit::FAILURE;
-                }
-            };
+        Launch::Libvirt(lv_opts) => {
             runner
                 .run(|d, p| async move { libvirt::create(&d, &p, &lv_opts).await })
                 .await
@@ -382,21 +551,20 @@ async fn run(g: &GlobalArgs, args: &RunArgs) -> u8 {
     }
 }
 
-/// Cloud Hypervisor options for `domain`: the binary and the firmware this
-/// host offers. `for_run` requires the chosen firmware files to exist; a dry
-/// run (render) only warns about missing ones.
-fn ch_options(g: &GlobalArgs, domain: &Domain, for_run: bool) -> Result<ch::ChOptions, String> {
-    let choice = firmware::choose_for_domain(domain, &firmware::FirmwareConfig::default())
-        .map_err(|e| format!("firmware: {e}"))?;
-    if for_run {
-        choice
-            .require_present()
-            .map_err(|e| format!("firmware: {e}"))?;
-    } else {
-        for warning in choice.warnings() {
-            tracing::warn!("firmware: {warning}");
-        }
-    }
+/// A backend's options, every host check passed.
+enum Launch {
+    Ch(ch::ChOptions),
+    Libvirt(libvirt::LibvirtOptions),
+}
+
+/// Cloud Hypervisor options for `domain`: the binary and the firmware.
+fn ch_options(
+    g: &GlobalArgs,
+    s: &Settings,
+    domain: &Domain,
+    mode: Mode,
+) -> Result<ch::ChOptions, String> {
+    let choice = firmware_choice(s, domain, mode)?;
     Ok(ch::ChOptions {
         binary: g.cloud_hypervisor_bin.clone(),
         host: ch::HostInputs::from_choice(&choice),
@@ -404,49 +572,104 @@ fn ch_options(g: &GlobalArgs, domain: &Domain, for_run: bool) -> Result<ch::ChOp
     })
 }
 
-fn validate(g: &GlobalArgs, args: &ValidateArgs) -> u8 {
-    if args.explain {
-        return explain(g, &args.spec);
+/// libvirt options for `domain` and the render context they make: the one
+/// place both are built.
+fn libvirt_options(
+    g: &GlobalArgs,
+    s: &Settings,
+    domain: &Domain,
+    paths: &VmPaths,
+    mode: Mode,
+) -> Result<(libvirt::LibvirtOptions, libvirt::RenderContext), String> {
+    let choice = firmware_choice(s, domain, mode)?;
+    let mut opts = libvirt::LibvirtOptions::for_domain(domain, paths, &g.libvirt_uri, &choice)?;
+    opts.confidential = confidential_host(g, domain, mode)?;
+    let ctx = libvirt::RenderContext {
+        paths: paths.clone(),
+        firmware: opts.firmware.clone(),
+        confidential: opts.confidential.clone(),
+    };
+    Ok((opts, ctx))
+}
+
+/// Why a dry-run translation produced nothing.
+enum Refusal {
+    /// The backend cannot express parts of the spec (exit 2).
+    Spec(SpecErrors),
+    /// The launcher or the host could not do it (exit 1).
+    Launcher(String),
+}
+
+/// `domain` in its hypervisor's own terms (the `vm.create` JSON or the
+/// domain XML), for `render` and `validate`. The backend's translation
+/// always runs, even when the firmware or host facts are missing, so a
+/// dry run reports every spec problem it can.
+fn translate(g: &GlobalArgs, s: &Settings, domain: &Domain, mode: Mode) -> Result<String, Refusal> {
+    let mut host_problem = None;
+    let text = match domain.hypervisor {
+        Hypervisor::CloudHypervisor => {
+            let paths = VmPaths::new(&g.private_dir, &domain.uid);
+            let opts = match ch_options(g, s, domain, mode) {
+                Ok(opts) => opts,
+                Err(e) => {
+                    host_problem = Some(e);
+                    ch::ChOptions::default()
+                }
+            };
+            let host = opts.host_inputs(&paths);
+            ch::render_json(domain, &host)
+                .map(|json| format!("{json}\n"))
+                .map_err(|e| Refusal::Spec(SpecErrors::from(e)))?
+        }
+        Hypervisor::Libvirt => {
+            let paths = VmPaths::new(&g.private_dir, &domain.uid);
+            let ctx = match libvirt_options(g, s, domain, &paths, mode) {
+                Ok((_, ctx)) => ctx,
+                Err(e) => {
+                    host_problem = Some(e);
+                    libvirt::RenderContext {
+                        paths,
+                        firmware: None,
+                        confidential: libvirt::ConfidentialHost::default(),
+                    }
+                }
+            };
+            match libvirt::render(domain, &ctx) {
+                Ok(xml) => xml,
+                Err(libvirt::RenderError::Spec(errors)) => return Err(Refusal::Spec(errors)),
+                Err(e) => return Err(Refusal::Launcher(e.to_string())),
+            }
+        }
+    };
+    match host_problem {
+        Some(e) if mode != Mode::Validate => Err(Refusal::Launcher(e)),
+        Some(e) => {
+            tracing::warn!("{e}");
+            Ok(text)
+        }
+        None => Ok(text),
     }
-    let domain = match load(g, &args.spec) {
+}
+
+fn validate(g: &GlobalArgs, s: &Settings, args: &ValidateArgs) -> u8 {
+    if args.explain {
+        return explain(g, s, &args.spec);
+    }
+    let domain = match load(g, s, &args.spec) {
         Ok(d) => d,
         Err(code) => return code,
     };
     // The backend's translation may refuse what the neutral checks let
     // through; those refusals name spec fields too.
-    if domain.hypervisor == Hypervisor::CloudHypervisor {
-        match ch_options(g, &domain, false) {
-            Ok(opts) => {
-                if let Err(errors) = ch::vm_config(&domain, &opts.host) {
-                    print_spec_errors(&args.spec, &SpecErrors::from(errors));
-                    return exit::INVALID_SPEC;
-                }
-            }
-            Err(e) => eprintln!("warning: {e}"),
+    match translate(g, s, &domain, Mode::Validate) {
+        Ok(_) => {}
+        Err(Refusal::Spec(errors)) => {
+            print_spec_errors(&args.spec, &errors);
+            return exit::INVALID_SPEC;
         }
-    }
-    if domain.hypervisor == Hypervisor::Libvirt {
-        let paths = VmPaths::new(&g.private_dir, &domain.uid);
-        match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, false) {
-            Ok(opts) => {
-                let confidential = match confidential_host(g, &domain, false) {
-                    Ok(host) => host,
-                    Err(e) => {
-                        eprintln!("ch-launcher: {e}");
-                        return exit::FAILURE;
-                    }
-                };
-                let ctx = libvirt::RenderContext {
-                    paths,
-                    firmware: opts.firmware,
-                    confidential,
-                };
-                if let Err(errors) = libvirt::render::build(&domain, &ctx) {
-                    print_spec_errors(&args.spec, &errors);
-                    return exit::INVALID_SPEC;
-                }
-            }
-            Err(e) => eprintln!("warning: {e}"),
+        Err(Refusal::Launcher(e)) => {
+            eprintln!("ch-launcher: {e}");
+            return exit::FAILURE;
         }
     }
     if args.json {
@@ -465,8 +688,8 @@ fn validate(g: &GlobalArgs, args: &ValidateArgs) -> u8 {
 /// `validate --explain`: every feature the spec uses with each hypervisor's
 /// answer, then what each backend's translation refuses on top. Exits like
 /// `validate` for the hypervisor the spec chose.
-fn explain(g: &GlobalArgs, spec: &Path) -> u8 {
-    let domain = match domain_model::resolve_path(spec, &load_options(g)) {
+fn explain(g: &GlobalArgs, s: &Settings, spec: &Path) -> u8 {
+    let domain = match domain_model::resolve_path(spec, &load_options(g, s)) {
         Ok(d) => d,
         Err(errors) => {
             print_spec_errors(spec, &errors);
@@ -498,35 +721,16 @@ fn explain(g: &GlobalArgs, spec: &Path) -> u8 {
     for hypervisor in [Hypervisor::CloudHypervisor, Hypervisor::Libvirt] {
         let mut d = domain.clone();
         d.hypervisor = hypervisor;
-        let refusals = match hypervisor {
-            Hypervisor::CloudHypervisor => ch_options(g, &d, false)
-                .map(|opts| ch::vm_config(&d, &opts.host).err().map(SpecErrors::from)),
-            Hypervisor::Libvirt => {
-                let paths = VmPaths::new(&g.private_dir, &d.uid);
-                libvirt::LibvirtOptions::for_domain(&d, &paths, &g.libvirt_uri, false).map(|o| {
-                    let confidential = confidential_host(g, &d, false).unwrap_or_else(|e| {
-                        tracing::warn!("{e}");
-                        libvirt::ConfidentialHost::default()
-                    });
-                    let ctx = libvirt::RenderContext {
-                        paths,
-                        firmware: o.firmware,
-                        confidential,
-                    };
-                    libvirt::render::build(&d, &ctx).err()
-                })
-            }
-        };
-        match refusals {
-            Ok(None) => {}
-            Ok(Some(errors)) => {
+        match translate(g, s, &d, Mode::Validate) {
+            Ok(_) => {}
+            Err(Refusal::Spec(errors)) => {
                 chosen_refuses |= hypervisor == domain.hypervisor;
                 out.push_str(&format!("{hypervisor} translation also refuses:\n"));
                 for e in &errors.0 {
                     out.push_str(&format!("  - {e}\n"));
                 }
             }
-            Err(e) => out.push_str(&format!("{hypervisor}: {e}\n")),
+            Err(Refusal::Launcher(e)) => out.push_str(&format!("{hypervisor}: {e}\n")),
         }
     }
     let code = if chosen_refuses {
@@ -537,71 +741,30 @@ fn explain(g: &GlobalArgs, spec: &Path) -> u8 {
     print_stdout(&out, code)
 }
 
-fn render(g: &GlobalArgs, spec: &Path) -> u8 {
-    let domain = match load(g, spec) {
+fn render(g: &GlobalArgs, s: &Settings, spec: &Path) -> u8 {
+    let domain = match load(g, s, spec) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    match domain.hypervisor {
-        Hypervisor::CloudHypervisor => {
-            let opts = match ch_options(g, &domain, false) {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("ch-launcher: {e}");
-                    return exit::FAILURE;
-                }
-            };
-            match ch::render_json(&domain, &opts.host) {
-                Ok(json) => print_stdout(&format!("{json}\n"), exit::SUCCESS),
-                Err(errors) => {
-                    print_spec_errors(spec, &SpecErrors::from(errors));
-                    exit::INVALID_SPEC
-                }
-            }
+    match translate(g, s, &domain, Mode::Render) {
+        Ok(text) => print_stdout(&text, exit::SUCCESS),
+        Err(Refusal::Spec(errors)) => {
+            print_spec_errors(spec, &errors);
+            exit::INVALID_SPEC
         }
-        Hypervisor::Libvirt => {
-            let paths = VmPaths::new(&g.private_dir, &domain.uid);
-            let opts =
-                match libvirt::LibvirtOptions::for_domain(&domain, &paths, &g.libvirt_uri, false) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        eprintln!("ch-launcher: {e}");
-                        return exit::FAILURE;
-                    }
-                };
-            let confidential = match confidential_host(g, &domain, false) {
-                Ok(host) => host,
-                Err(e) => {
-                    eprintln!("ch-launcher: {e}");
-                    return exit::FAILURE;
-                }
-            };
-            let ctx = libvirt::RenderContext {
-                paths,
-                firmware: opts.firmware,
-                confidential,
-            };
-            match libvirt::render(&domain, &ctx) {
-                Ok(xml) => print_stdout(&xml, exit::SUCCESS),
-                Err(libvirt::RenderError::Spec(errors)) => {
-                    print_spec_errors(spec, &errors);
-                    exit::INVALID_SPEC
-                }
-                Err(e) => {
-                    eprintln!("ch-launcher: {e}");
-                    exit::FAILURE
-                }
-            }
+        Err(Refusal::Launcher(e)) => {
+            eprintln!("ch-launcher: {e}");
+            exit::FAILURE
         }
     }
 }
 
-async fn control_command(g: &GlobalArgs, target: &Target, command: Command) -> u8 {
+async fn control_command(g: &GlobalArgs, s: &Settings, target: &Target, command: Command) -> u8 {
     let uid = match (&target.uid, &target.spec) {
         (Some(uid), _) => uid.clone(),
         (None, Some(spec)) => {
             // Only the uid is needed: skip the hypervisor support checks.
-            match domain_model::resolve_path(spec, &load_options(g)) {
+            match domain_model::resolve_path(spec, &load_options(g, s)) {
                 Ok(domain) => domain.uid,
                 Err(errors) => {
                     print_spec_errors(spec, &errors);

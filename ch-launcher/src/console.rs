@@ -1,12 +1,19 @@
-//! The serial console relay: the guest's serial PTY on one side, the
-//! `virt-serial0` unix socket (virt-handler, `virtctl console`,
-//! `ch-launcher run` attached to a terminal) on the other, and every byte the
-//! guest writes appended to `virt-serial0-log`.
+//! The serial console relay: the guest's serial port on one side (the PTY
+//! or the unix socket the hypervisor serves it on), the `virt-serial0` unix
+//! socket (virt-handler, `virtctl console`, `ch-launcher run` attached to a
+//! terminal) on the other, and every byte the guest writes appended to
+//! `virt-serial0-log`.
 //!
-//! The launcher owns the socket: one client at a time, and a new connection
-//! replaces the old one, because that is how virt-handler reconnects. Guest
-//! output read while no client is connected still goes to the log, so the
-//! log holds everything from the first byte on.
+//! The launcher owns `virt-serial0`: one client at a time, and a new
+//! connection replaces the old one, because that is how virt-handler
+//! reconnects. Guest output read while no client is connected still goes to
+//! the log, so the log holds everything from the first byte on.
+//!
+//! The guest side is read until its end (EOF, or EIO on a PTY whose master
+//! closed), so that whatever the hypervisor wrote before it closed the device
+//! is logged and sent. When the hypervisor re-creates the device (Cloud
+//! Hypervisor does on every reboot), the new one is relayed once the old one
+//! has ended, so nothing is lost or reordered across the switch either.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -20,6 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::ConsoleSource;
 
 /// The default mode of `virt-serial0` and its log: only the launcher's user.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -31,9 +41,15 @@ const CLIENT_QUEUE_CHUNKS: usize = 256;
 
 const READ_CHUNK: usize = 4096;
 
-/// Client input buffered while the PTY does not take it; beyond this the
+/// Client input buffered while the guest does not take it; beyond this the
 /// relay stops reading from the client (backpressure).
 const MAX_PENDING_INPUT: usize = 64 * 1024;
+
+/// How long a replaced serial device may stay open before the relay gives up
+/// on reading it to its end and moves to the new one. The hypervisor closes
+/// the old device before it announces the new one, so this only guards
+/// against a device that never ends.
+const SWITCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Where the relay listens and logs, and with which permissions.
 #[derive(Debug, Clone)]
@@ -63,26 +79,95 @@ pub fn open_pty(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// The guest's end of the relay: the serial device the hypervisor serves.
+pub enum GuestSerial {
+    /// A PTY slave opened with [`open_pty`].
+    Pty(AsyncFd<File>),
+    /// A client connection to the hypervisor's serial socket.
+    Socket(UnixStream),
+}
+
+impl GuestSerial {
+    /// Attaches to the serial console `source` names; `Ok(None)` for
+    /// consoles the launcher does not relay (none, or served by the
+    /// hypervisor itself).
+    pub async fn open(source: &ConsoleSource) -> io::Result<Option<GuestSerial>> {
+        match source {
+            ConsoleSource::Pty(path) => open_pty(path)
+                .and_then(GuestSerial::pty)
+                .map(Some)
+                .map_err(|e| annotate(e, "opening serial PTY", path)),
+            ConsoleSource::UnixSocket(path) => UnixStream::connect(path)
+                .await
+                .map(|s| Some(GuestSerial::Socket(s)))
+                .map_err(|e| annotate(e, "connecting to serial socket", path)),
+            ConsoleSource::ServedByHypervisor | ConsoleSource::None => Ok(None),
+        }
+    }
+
+    /// Relays a PTY opened with [`open_pty`].
+    pub fn pty(file: File) -> io::Result<GuestSerial> {
+        register(file).map(GuestSerial::Pty)
+    }
+
+    /// Reads guest output; `Ok(0)` once the hypervisor closed its side.
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            GuestSerial::Pty(pty) => match read_fd(pty, buf).await {
+                // A PTY whose master is closed reads as EIO: its end.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+                other => other,
+            },
+            GuestSerial::Socket(stream) => loop {
+                stream.readable().await?;
+                match stream.try_read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+        }
+    }
+
+    /// Writes some of `data` to the guest.
+    async fn write(&self, data: &[u8]) -> io::Result<usize> {
+        let written = match self {
+            GuestSerial::Pty(pty) => write_fd(pty, data).await,
+            GuestSerial::Socket(stream) => loop {
+                stream.writable().await?;
+                match stream.try_write(data) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => break other,
+                }
+            },
+        };
+        match written {
+            Ok(0) if !data.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+            other => other,
+        }
+    }
+}
+
 /// A running relay. Dropping it stops the relay and removes the socket; the
 /// log stays.
 pub struct ConsoleRelay {
     socket: PathBuf,
     task: Option<JoinHandle<()>>,
     control: mpsc::UnboundedSender<RelayControl>,
-    pty_closed: watch::Receiver<bool>,
+    guest_closed: watch::Receiver<bool>,
 }
 
 enum RelayControl {
-    /// The hypervisor replaced the serial PTY (Cloud Hypervisor does on reboot).
-    SwitchPty(File),
-    /// Hand the client what is queued for it, then stop.
-    Finish,
+    /// The hypervisor replaced the serial device (Cloud Hypervisor does on
+    /// every reboot).
+    Switch(GuestSerial),
+    /// Hand the client what is queued for it (waiting up to the limit), then stop.
+    Finish(Duration),
 }
 
 impl ConsoleRelay {
-    /// Binds the socket, opens the log and starts relaying `pty` (as returned
-    /// by [`open_pty`]). Must be called inside a tokio runtime.
-    pub fn start(pty: File, config: &ConsoleConfig) -> io::Result<ConsoleRelay> {
+    /// Binds the socket, opens the log and starts relaying `guest`. Must be
+    /// called inside a tokio runtime.
+    pub fn start(guest: GuestSerial, config: &ConsoleConfig) -> io::Result<ConsoleRelay> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -94,12 +179,13 @@ impl ConsoleRelay {
         log.set_permissions(Permissions::from_mode(config.mode))
             .map_err(|e| annotate(e, "setting mode of console log", &config.log))?;
         let listener = bind_socket(&config.socket, config.mode)?;
-        let pty = register(pty)?;
-        let (closed_tx, pty_closed) = watch::channel(false);
+        let (closed_tx, guest_closed) = watch::channel(false);
         let (control, control_rx) = mpsc::unbounded_channel();
         let relay = Relay {
-            pty: Some(pty),
-            pty_closed: closed_tx,
+            guest: Some(guest),
+            next: None,
+            switch_deadline: None,
+            guest_closed: closed_tx,
             log,
             log_path: config.log.clone(),
             log_ok: true,
@@ -111,7 +197,7 @@ impl ConsoleRelay {
             socket: config.socket.clone(),
             task: Some(task),
             control,
-            pty_closed,
+            guest_closed,
         })
     }
 
@@ -119,19 +205,21 @@ impl ConsoleRelay {
         &self.socket
     }
 
-    /// Relays `pty` (as returned by [`open_pty`]) from now on instead of the
-    /// current one; the client stays connected.
-    pub fn switch_pty(&self, pty: File) {
-        let _ = self.control.send(RelayControl::SwitchPty(pty));
+    /// Relays `guest` from now on, once the current serial device has ended
+    /// (so its last bytes come first); the client stays connected.
+    pub fn switch(&self, guest: GuestSerial) {
+        let _ = self.control.send(RelayControl::Switch(guest));
     }
 
-    /// Stops the relay once the hypervisor closed the PTY (so the guest's
-    /// last bytes are logged and sent), or after `limit`.
+    /// Stops the relay once the hypervisor closed the serial device and its
+    /// last bytes are logged and handed to the client, or after about
+    /// `limit` (twice at most: the device's end, then the client's drain).
     pub async fn finish(mut self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.pty_closed.wait_for(|closed| *closed)).await;
-        let _ = self.control.send(RelayControl::Finish);
+        let _ = tokio::time::timeout(limit, self.guest_closed.wait_for(|closed| *closed)).await;
+        let _ = self.control.send(RelayControl::Finish(limit));
         if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(limit, task).await;
+            // The relay bounds its own wait by `limit`; the margin covers the rest.
+            let _ = tokio::time::timeout(limit + Duration::from_millis(100), task).await;
         }
     }
 }
@@ -183,9 +271,18 @@ struct Client {
 }
 
 impl Client {
-    /// Lets the client receive what is already queued, then closes it.
-    fn drain(mut self) {
-        self.task = None;
+    /// Lets the client receive what is already queued (for up to `limit`),
+    /// then closes it.
+    async fn finish(mut self, limit: Duration) {
+        let task = self.task.take();
+        // Closing the queue ends the client task once it has written the rest.
+        drop(self);
+        if let Some(mut task) = task {
+            if tokio::time::timeout(limit, &mut task).await.is_err() {
+                tracing::warn!("console client did not take the last output in time");
+                task.abort();
+            }
+        }
     }
 }
 
@@ -200,14 +297,19 @@ impl Drop for Client {
 
 /// The relay's state; [`Relay::run`] owns it.
 struct Relay {
-    /// `None` after the hypervisor closed it (until a switch brings a new one).
-    pty: Option<AsyncFd<File>>,
-    pty_closed: watch::Sender<bool>,
+    /// The serial device relayed now; `None` after the hypervisor closed it
+    /// (until a switch brings a new one).
+    guest: Option<GuestSerial>,
+    /// The device that replaces `guest` once `guest` has ended.
+    next: Option<GuestSerial>,
+    /// When to stop waiting for `guest` to end and move to `next` anyway.
+    switch_deadline: Option<Instant>,
+    guest_closed: watch::Sender<bool>,
     log: File,
     log_path: PathBuf,
     log_ok: bool,
     client: Option<Client>,
-    /// Client input the PTY has not taken yet.
+    /// Client input the guest has not taken yet.
     pending_input: Vec<u8>,
 }
 
@@ -237,16 +339,17 @@ impl Relay {
                     }
                 },
                 command = control.recv() => match command {
-                    Some(RelayControl::SwitchPty(file)) => self.switch(file),
-                    Some(RelayControl::Finish) | None => {
+                    Some(RelayControl::Switch(guest)) => self.switch(guest),
+                    Some(RelayControl::Finish(limit)) => {
                         if let Some(c) = self.client.take() {
-                            c.drain();
+                            c.finish(limit).await;
                         }
                         return;
                     }
+                    None => return,
                 },
-                read = read_pty(self.pty.as_ref(), &mut buf) => self.guest_output(read, &buf),
-                written = write_pty(self.pty.as_ref(), &self.pending_input),
+                read = read_guest(self.guest.as_ref(), &mut buf) => self.guest_output(read, &buf),
+                written = write_guest(self.guest.as_ref(), &self.pending_input),
                     if !self.pending_input.is_empty() =>
                 {
                     match written {
@@ -260,26 +363,46 @@ impl Relay {
                     }
                 }
                 input = client_input(&mut self.client), if input_room => match input {
-                    Some(bytes) if self.pty.is_some() => self.pending_input.extend_from_slice(&bytes),
+                    Some(bytes) if self.guest.is_some() => self.pending_input.extend_from_slice(&bytes),
                     // The guest has no console right now; typing into the void.
-                    Some(_) => tracing::debug!("console input dropped: no serial PTY"),
+                    Some(_) => tracing::debug!("console input dropped: no serial device"),
                     None => {
                         tracing::info!("console client disconnected");
                         self.client = None;
                     }
                 },
+                () = sleep_until(self.switch_deadline) => {
+                    tracing::warn!(wait = ?SWITCH_WAIT,
+                        "the replaced serial device is still open; switching to the new one");
+                    self.guest = None;
+                    self.pending_input.clear();
+                    self.take_next();
+                }
             }
         }
     }
 
-    fn switch(&mut self, file: File) {
-        match register(file) {
-            Ok(pty) => {
-                tracing::info!("serial console reattached to the hypervisor's new PTY");
-                self.pty = Some(pty);
-                self.pty_closed.send_replace(false);
+    fn switch(&mut self, guest: GuestSerial) {
+        if self.guest.is_some() {
+            // Read the old device to its end first: it may still hold the
+            // guest's last bytes from before the reboot.
+            if self.next.replace(guest).is_some() {
+                tracing::debug!("a newer serial device replaces one not relayed yet");
             }
-            Err(e) => tracing::error!(error = %e, "cannot watch the new serial PTY"),
+            self.switch_deadline = Some(Instant::now() + SWITCH_WAIT);
+        } else {
+            self.next = Some(guest);
+            self.take_next();
+        }
+    }
+
+    /// Moves to the device waiting in `next`, if any.
+    fn take_next(&mut self) {
+        self.switch_deadline = None;
+        if let Some(next) = self.next.take() {
+            tracing::info!("serial console reattached to the hypervisor's new serial device");
+            self.guest = Some(next);
+            self.guest_closed.send_replace(false);
         }
     }
 
@@ -301,24 +424,27 @@ impl Relay {
                     }
                 }
             }
-            // EOF or EIO: the hypervisor closed its side (it exited, or it
-            // replaces the PTY for a reboot). The client stays connected.
-            Ok(_) => self.pty_gone(None),
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => self.pty_gone(None),
-            Err(e) => self.pty_gone(Some(e)),
+            // The hypervisor closed its side (it exited, or it replaces the
+            // device for a reboot). The client stays connected.
+            Ok(_) => self.guest_gone(None),
+            Err(e) => self.guest_gone(Some(e)),
         }
     }
 
-    fn pty_gone(&mut self, error: Option<io::Error>) {
+    fn guest_gone(&mut self, error: Option<io::Error>) {
         match error {
-            None => tracing::info!("the hypervisor closed the serial PTY"),
+            None => tracing::info!("the hypervisor closed the serial device"),
             Some(e) => {
-                tracing::error!(error = %e, "cannot read the serial PTY; stopped reading it")
+                tracing::error!(error = %e, "cannot read the serial device; stopped reading it")
             }
         }
-        self.pty = None;
+        self.guest = None;
         self.pending_input.clear();
-        self.pty_closed.send_replace(true);
+        if self.next.is_some() {
+            self.take_next();
+        } else {
+            self.guest_closed.send_replace(true);
+        }
     }
 }
 
@@ -330,13 +456,9 @@ pub(crate) fn register(file: File) -> io::Result<AsyncFd<File>> {
     unsafe { AsyncFd::register(file) }.map_err(|e| e.into_parts().1)
 }
 
-/// Reads guest output; never resolves without a PTY.
-async fn read_pty(pty: Option<&AsyncFd<File>>, buf: &mut [u8]) -> io::Result<usize> {
-    let Some(pty) = pty else {
-        return std::future::pending().await;
-    };
+async fn read_fd(fd: &AsyncFd<File>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
-        let mut guard = pty.readable().await?;
+        let mut guard = fd.readable().await?;
         match guard.try_io(|fd| io::Read::read(&mut fd.get_ref(), buf)) {
             Ok(result) => return result,
             Err(_would_block) => continue,
@@ -344,18 +466,36 @@ async fn read_pty(pty: Option<&AsyncFd<File>>, buf: &mut [u8]) -> io::Result<usi
     }
 }
 
-/// Writes some of `data` to the guest; never resolves without a PTY.
-async fn write_pty(pty: Option<&AsyncFd<File>>, data: &[u8]) -> io::Result<usize> {
-    let Some(pty) = pty else {
-        return std::future::pending().await;
-    };
+async fn write_fd(fd: &AsyncFd<File>, data: &[u8]) -> io::Result<usize> {
     loop {
-        let mut guard = pty.writable().await?;
+        let mut guard = fd.writable().await?;
         match guard.try_io(|fd| io::Write::write(&mut fd.get_ref(), data)) {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(result) => return result,
             Err(_would_block) => continue,
         }
+    }
+}
+
+/// Reads guest output; never resolves without a serial device.
+async fn read_guest(guest: Option<&GuestSerial>, buf: &mut [u8]) -> io::Result<usize> {
+    match guest {
+        Some(g) => g.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes some of `data` to the guest; never resolves without a serial device.
+async fn write_guest(guest: Option<&GuestSerial>, data: &[u8]) -> io::Result<usize> {
+    match guest {
+        Some(g) => g.write(data).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -440,9 +580,13 @@ mod tests {
         }
     }
 
+    fn pty_guest(path: &Path) -> GuestSerial {
+        GuestSerial::pty(open_pty(path).expect("open pty")).expect("register pty")
+    }
+
     async fn master_write(master: &AsyncFd<File>, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = write_pty(Some(master), data).await?;
+            let n = write_fd(master, data).await?;
             data = &data[n..];
         }
         Ok(())
@@ -476,7 +620,7 @@ mod tests {
         let mut buf = [0u8; 256];
         timeout(WAIT, async {
             while !got.windows(want.len()).any(|w| w == want) {
-                let n = read_pty(Some(master), &mut buf).await.expect("read master");
+                let n = read_fd(master, &mut buf).await.expect("read master");
                 got.extend_from_slice(&buf[..n]);
             }
         })
@@ -505,7 +649,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let serial = fake_serial();
         let cfg = config(dir.path());
-        let _relay = ConsoleRelay::start(open_pty(&serial.slave_path).unwrap(), &cfg).unwrap();
+        let _relay = ConsoleRelay::start(pty_guest(&serial.slave_path), &cfg).unwrap();
 
         master_write(&serial.master, b"TINY-GUEST-UP\r\n")
             .await
@@ -528,7 +672,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let serial = fake_serial();
         let cfg = config(dir.path());
-        let _relay = ConsoleRelay::start(open_pty(&serial.slave_path).unwrap(), &cfg).unwrap();
+        let _relay = ConsoleRelay::start(pty_guest(&serial.slave_path), &cfg).unwrap();
 
         let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
         client.write_all(b"hello\n").await.unwrap();
@@ -547,7 +691,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let serial = fake_serial();
         let cfg = config(dir.path());
-        let _relay = ConsoleRelay::start(open_pty(&serial.slave_path).unwrap(), &cfg).unwrap();
+        let _relay = ConsoleRelay::start(pty_guest(&serial.slave_path), &cfg).unwrap();
 
         let mut first = UnixStream::connect(&cfg.socket).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -576,7 +720,7 @@ mod tests {
         cfg.mode = 0o660;
         // A stale socket from an earlier run must not prevent binding.
         std::fs::write(&cfg.socket, b"stale").unwrap();
-        let relay = ConsoleRelay::start(open_pty(&serial.slave_path).unwrap(), &cfg).unwrap();
+        let relay = ConsoleRelay::start(pty_guest(&serial.slave_path), &cfg).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&cfg.socket), 0o660);
         assert_eq!(mode(&cfg.log), 0o660);
@@ -590,7 +734,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = fake_serial();
         let cfg = config(dir.path());
-        let relay = ConsoleRelay::start(open_pty(&first.slave_path).unwrap(), &cfg).unwrap();
+        let relay = ConsoleRelay::start(pty_guest(&first.slave_path), &cfg).unwrap();
         let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         master_write(&first.master, b"TINY-GUEST-UP\r\n")
@@ -601,7 +745,7 @@ mod tests {
         // A reboot: the hypervisor closes the PTY and opens a new one.
         drop(first);
         let second = fake_serial();
-        relay.switch_pty(open_pty(&second.slave_path).unwrap());
+        relay.switch(pty_guest(&second.slave_path));
         master_write(&second.master, b"TINY-GUEST-UP\r\n")
             .await
             .unwrap();
@@ -629,5 +773,110 @@ mod tests {
             std::fs::read_to_string(&cfg.log).unwrap(),
             "TINY-GUEST-UP\r\nTINY-GUEST-UP\r\nbye"
         );
+    }
+
+    /// A stand-in for the hypervisor's serial socket: it accepts the relay's
+    /// connection, like Cloud Hypervisor's `Socket` serial mode.
+    async fn socket_guest(path: &Path) -> (GuestSerial, UnixStream) {
+        let listener = UnixListener::bind(path).expect("bind serial socket");
+        let guest = GuestSerial::open(&ConsoleSource::UnixSocket(path.to_path_buf()))
+            .await
+            .expect("connect")
+            .expect("a relayed console");
+        let (hypervisor, _) = listener.accept().await.expect("accept");
+        (guest, hypervisor)
+    }
+
+    async fn read_to_end(mut stream: UnixStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        timeout(WAIT, stream.read_to_end(&mut got))
+            .await
+            .expect("client not closed in time")
+            .expect("read client");
+        got
+    }
+
+    #[tokio::test]
+    async fn socket_output_written_right_before_the_hypervisor_closes_is_logged_and_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (guest, mut hypervisor) = socket_guest(&dir.path().join("ch-serial.sock")).await;
+        let relay = ConsoleRelay::start(guest, &cfg).unwrap();
+        let client = UnixStream::connect(&cfg.socket).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // A burst far larger than one read, then power-off: the hypervisor
+        // closes its side at once, and the launcher finishes right away.
+        let mut output = b"TINY-GUEST-UP\r\n".to_vec();
+        output.extend((0..200_000u32).map(|i| b'a' + (i % 26) as u8));
+        output.extend_from_slice(b"bye");
+        let reader = tokio::spawn(read_to_end(client));
+        hypervisor.write_all(&output).await.unwrap();
+        drop(hypervisor);
+        relay.finish(WAIT).await;
+
+        let log = std::fs::read(&cfg.log).unwrap();
+        assert_eq!(log.len(), output.len());
+        assert!(log == output, "the log differs from the guest output");
+        let sent = reader.await.unwrap();
+        assert_eq!(sent.len(), output.len());
+        assert!(sent == output, "the client got different bytes");
+        assert!(!cfg.socket.exists());
+    }
+
+    #[tokio::test]
+    async fn socket_client_input_reaches_the_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (guest, mut hypervisor) = socket_guest(&dir.path().join("ch-serial.sock")).await;
+        let _relay = ConsoleRelay::start(guest, &cfg).unwrap();
+        let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
+        client.write_all(b"hello").await.unwrap();
+        read_until(&mut hypervisor, b"hello").await;
+        hypervisor.write_all(b"hello").await.unwrap();
+        read_until(&mut client, b"hello").await;
+    }
+
+    #[tokio::test]
+    async fn a_switch_relays_the_old_device_to_its_end_before_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (old, mut old_side) = socket_guest(&dir.path().join("old.sock")).await;
+        let relay = ConsoleRelay::start(old, &cfg).unwrap();
+        let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
+
+        // The new device is announced and already talks while the old one
+        // still holds the guest's last bytes from before the reboot.
+        let (new, mut new_side) = socket_guest(&dir.path().join("new.sock")).await;
+        relay.switch(new);
+        new_side.write_all(b"TINY-GUEST-UP\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        old_side.write_all(b"r").await.unwrap();
+        drop(old_side);
+
+        let got = read_until(&mut client, b"TINY-GUEST-UP\r\n").await;
+        assert_eq!(got, b"rTINY-GUEST-UP\r\n");
+        assert_eq!(
+            std::fs::read_to_string(&cfg.log).unwrap(),
+            "rTINY-GUEST-UP\r\n"
+        );
+        // Input goes to the new device.
+        client.write_all(b"x").await.unwrap();
+        read_until(&mut new_side, b"x").await;
+    }
+
+    #[tokio::test]
+    async fn a_replaced_device_that_never_ends_is_dropped_after_the_switch_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (old, _old_side) = socket_guest(&dir.path().join("old.sock")).await;
+        let relay = ConsoleRelay::start(old, &cfg).unwrap();
+        let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
+        let (new, mut new_side) = socket_guest(&dir.path().join("new.sock")).await;
+        let switched = Instant::now();
+        relay.switch(new);
+        new_side.write_all(b"after").await.unwrap();
+        read_until(&mut client, b"after").await;
+        assert!(switched.elapsed() >= SWITCH_WAIT);
     }
 }

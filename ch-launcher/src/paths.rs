@@ -34,6 +34,11 @@ impl VmPaths {
     pub fn ch_api_socket(&self) -> PathBuf {
         self.dir.join("ch-api.sock")
     }
+    /// The unix socket Cloud Hypervisor serves the guest's serial port on
+    /// (its `Socket` serial mode); the launcher is its only client.
+    pub fn ch_serial_socket(&self) -> PathBuf {
+        self.dir.join("ch-serial.sock")
+    }
     /// Cloud Hypervisor's event monitor output.
     pub fn ch_event_monitor(&self) -> PathBuf {
         self.dir.join("ch-events.jsonstream")

@@ -2,7 +2,7 @@
 //!
 //! Sequence: create the per-VM directory (0700), let the backend create the
 //! VM, attach the serial console relay (before boot, because output written
-//! before anyone holds the PTY is lost), serve the control socket, boot
+//! before anyone holds a serial PTY is lost), serve the control socket, boot
 //! (unless the spec starts paused: then `resume` boots), and feed every
 //! backend [`Event`] into one [`Lifecycle`] whose status is published on a
 //! `watch` channel and logged at each transition.
@@ -28,10 +28,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
-use crate::console::{self, ConsoleConfig, ConsoleRelay};
+use crate::console::{self, ConsoleConfig, ConsoleRelay, GuestSerial};
 use crate::control::{self, Command, Handler};
 use crate::lifecycle::{Event, Lifecycle, Reason, State, Status};
 use crate::paths::VmPaths;
+
+/// How long the console relay may take, once the hypervisor is gone, to log
+/// and hand out the guest's last output (each of: the device's end, the
+/// client's drain).
+const CONSOLE_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// How the runner places and guards its VM.
 #[derive(Debug, Clone)]
@@ -109,8 +114,8 @@ pub enum RunError {
     AlreadyRunning(PathBuf),
     #[error("cannot create the VM: {0}")]
     Create(String),
-    #[error("cannot attach the serial console {}: {source}", pty.display())]
-    Console { pty: PathBuf, source: io::Error },
+    #[error("cannot attach the serial console: {0}")]
+    Console(io::Error),
     #[error("cannot serve the control socket: {0}")]
     Control(io::Error),
     #[error("cannot boot the VM: {0}")]
@@ -196,7 +201,10 @@ impl Runner {
             session.apply(&event);
         }
         if let Some(relay) = session.console.take() {
-            relay.finish(Duration::from_millis(500)).await;
+            // The hypervisor is gone: the relay reads the serial device to
+            // its end, so the guest's last bytes reach the log and the client
+            // before the launcher exits.
+            relay.finish(CONSOLE_DRAIN_WAIT).await;
         }
         session.control = None;
 
@@ -223,23 +231,22 @@ impl Runner {
         console: ConsoleSource,
     ) -> Result<(), RunError> {
         let paths = &self.opts.paths;
-        match console {
-            ConsoleSource::Pty(pty) => {
+        match GuestSerial::open(&console).await.map_err(RunError::Console)? {
+            Some(guest) => {
                 let config = ConsoleConfig {
                     socket: paths.serial_socket(),
                     log: paths.serial_log(),
                     mode: self.opts.console_mode,
                 };
-                let relay = console::open_pty(&pty)
-                    .and_then(|file| ConsoleRelay::start(file, &config))
-                    .map_err(|source| RunError::Console { pty, source })?;
-                tracing::info!(socket = %config.socket.display(), log = %config.log.display(),
-                    "serial console ready");
+                let relay = ConsoleRelay::start(guest, &config).map_err(RunError::Console)?;
+                tracing::info!(source = ?console, socket = %config.socket.display(),
+                    log = %config.log.display(), "serial console ready");
                 session.console = Some(relay);
             }
-            ConsoleSource::ServedByHypervisor => {
+            None if console == ConsoleSource::ServedByHypervisor => {
                 tracing::debug!("the hypervisor serves the serial console itself");
             }
+            None => tracing::info!("the VM has no serial console"),
         }
 
         let handler = Arc::new(VmControl {
@@ -377,21 +384,26 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    /// Follows the serial console to the PTY the hypervisor has after a
-    /// reboot, keeping the socket, its client and the log.
+    /// Follows the serial console to the device the hypervisor has after a
+    /// reboot (a new PTY, or its socket bound again), keeping `virt-serial0`,
+    /// its client and the log.
     async fn reattach_console(&mut self) {
         let Some(relay) = &self.console else {
             return;
         };
-        match self.backend.serial_pty().await {
-            Ok(Some(path)) => match console::open_pty(&path) {
-                Ok(file) => relay.switch_pty(file),
-                Err(e) => tracing::error!(pty = %path.display(), error = %e,
-                    "cannot open the serial PTY after the reboot; the console stays detached"),
-            },
-            Ok(None) => {}
+        let source = match self.backend.console().await {
+            Ok(source) => source,
+            Err(e) => {
+                tracing::error!(error = %e,
+                    "cannot find the serial console after the reboot; the console stays detached");
+                return;
+            }
+        };
+        match GuestSerial::open(&source).await {
+            Ok(Some(guest)) => relay.switch(guest),
+            Ok(None) => tracing::warn!(?source, "the VM has no serial console after the reboot"),
             Err(e) => tracing::error!(error = %e,
-                "cannot find the serial PTY after the reboot; the console stays detached"),
+                "cannot attach the serial console after the reboot; the console stays detached"),
         }
     }
 

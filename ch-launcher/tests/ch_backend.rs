@@ -6,7 +6,7 @@
 //! failing test leaves none behind.
 
 use ch_launcher::backend::{Backend, BackendError, ConsoleSource, Created};
-use ch_launcher::ch::{self, ChOptions, ChVm};
+use ch_launcher::ch::{self, ChOptions, ChVm, SerialMode};
 use ch_launcher::lifecycle::Event;
 use ch_launcher::paths::VmPaths;
 use domain_model::{
@@ -16,6 +16,7 @@ use domain_model::{
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -90,11 +91,17 @@ struct Vm {
     _dir: tempfile::TempDir,
 }
 
+/// A VM whose serial port is a PTY (the tests below read it directly).
 async fn create(bin: PathBuf, kernel: &Path) -> Vm {
+    create_with(bin, kernel, SerialMode::Pty).await
+}
+
+async fn create_with(bin: PathBuf, kernel: &Path, serial: SerialMode) -> Vm {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = VmPaths::new(dir.path(), "vm");
     let opts = ChOptions {
         binary: Some(bin),
+        serial,
         ..ChOptions::default()
     };
     let created = match ch::create(&domain(kernel), &paths, &opts).await {
@@ -117,6 +124,52 @@ impl Vm {
             other => panic!("expected a PTY, got {other:?}"),
         }
     }
+
+    fn serial_socket(&self) -> PathBuf {
+        match &self.created.console {
+            ConsoleSource::UnixSocket(p) => p.clone(),
+            other => panic!("expected a serial socket, got {other:?}"),
+        }
+    }
+
+    /// The PTY `vm.info` names now (CH makes a new one on every reboot).
+    async fn current_pty(&self) -> PathBuf {
+        match self.created.backend.console().await.expect("vm.info") {
+            ConsoleSource::Pty(p) => p,
+            other => panic!("expected a PTY, got {other:?}"),
+        }
+    }
+}
+
+/// Connects to CH's serial socket and relays what it reads; the channel
+/// closes when CH closes the connection (reboot or power-off).
+fn socket_serial(path: &Path) -> (UnixStream, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let stream = UnixStream::connect(path).expect("connect to the serial socket");
+    let mut reader = stream.try_clone().expect("dup socket");
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    (stream, rx)
+}
+
+/// Everything until the channel closes.
+async fn read_to_end(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> String {
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(EVENT_WAIT, async {
+        while let Some(chunk) = rx.recv().await {
+            seen.extend(chunk);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(ended.is_ok(), "serial connection still open; got {text:?}");
+    text
 }
 
 /// Opens the serial PTY raw (no echo, no CR/NL mangling) and relays what it
@@ -196,6 +249,69 @@ async fn halting_guest_boots_then_powers_off() {
     assert!(vm.created.backend.has_exited());
 }
 
+/// In Socket mode CH holds output until a client connects and closes the
+/// connection only after the guest's last byte: the banner always arrives.
+#[tokio::test]
+async fn halting_guest_banner_always_arrives_on_the_serial_socket() {
+    let Some(bin) = ch_binary("halting_guest_banner_always_arrives_on_the_serial_socket") else {
+        return;
+    };
+    let mut vm = create_with(bin, images::halting_guest(), SerialMode::Socket).await;
+    assert_eq!(
+        vm.serial_socket(),
+        VmPaths::new(vm._dir.path(), "vm").ch_serial_socket()
+    );
+    assert_eq!(vm.next_event().await, Some(Event::Created));
+    let (_socket, mut out) = socket_serial(&vm.serial_socket());
+    vm.created.backend.boot().await.expect("boot");
+    assert_eq!(vm.next_event().await, Some(Event::Booted));
+    assert_eq!(vm.next_event().await, Some(Event::GuestPoweredOff));
+    assert_eq!(vm.next_event().await, None);
+    assert_eq!(read_to_end(&mut out).await, images::BANNER);
+}
+
+/// A reboot closes the client connection; CH binds the same path again and
+/// the new boot's output waits there for the next client.
+#[tokio::test]
+async fn serial_socket_is_bound_again_at_the_same_path_after_a_reboot() {
+    let Some(bin) = ch_binary("serial_socket_is_bound_again_at_the_same_path_after_a_reboot")
+    else {
+        return;
+    };
+    let mut vm = create_with(bin, images::test_guest(), SerialMode::Socket).await;
+    let path = vm.serial_socket();
+    let (mut socket, mut out) = socket_serial(&path);
+    vm.created.backend.boot().await.expect("boot");
+    read_until(&mut out, banner()).await;
+    socket.write_all(&[images::REBOOT_KEY]).expect("write");
+    read_to_end(&mut out).await;
+    let mut events = Vec::new();
+    while events.last() != Some(&Event::Rebooted) {
+        events.push(vm.next_event().await.expect("events until Rebooted"));
+    }
+    assert_eq!(
+        vm.created.backend.console().await.expect("vm.info"),
+        ConsoleSource::UnixSocket(path.clone())
+    );
+    let (mut socket, mut out) = socket_serial(&path);
+    assert_eq!(read_until(&mut out, banner()).await, images::BANNER);
+    socket.write_all(&[images::POWER_OFF_KEY]).expect("write");
+    read_to_end(&mut out).await;
+    while let Some(e) = vm.next_event().await {
+        events.push(e);
+    }
+    assert_eq!(
+        events,
+        [
+            Event::Created,
+            Event::Booted,
+            Event::Rebooting,
+            Event::Rebooted,
+            Event::GuestPoweredOff
+        ]
+    );
+}
+
 #[tokio::test]
 async fn banner_on_the_pty_then_guest_power_off() {
     let Some(bin) = ch_binary("banner_on_the_pty_then_guest_power_off") else {
@@ -268,13 +384,7 @@ async fn pause_resume_reboot_and_destroy_are_reported_in_order() {
     }
 
     // A reboot replaces the serial PTY; the new one works both ways.
-    let second_pty = vm
-        .created
-        .backend
-        .serial_pty()
-        .await
-        .expect("vm.info")
-        .expect("a serial PTY");
+    let second_pty = vm.current_pty().await;
     assert_ne!(second_pty, first_pty);
     let (mut pty, mut out) = serial(&second_pty);
     pty.write_all(b"ping").expect("write to PTY");
@@ -313,8 +423,7 @@ async fn guest_reboot_and_power_off_from_the_console_are_reported() {
     while events.last() != Some(&Event::Rebooted) {
         events.push(vm.next_event().await.expect("events until Rebooted"));
     }
-    let new_pty = vm.created.backend.serial_pty().await.expect("vm.info");
-    let (mut pty, _out) = serial(&new_pty.expect("a serial PTY"));
+    let (mut pty, _out) = serial(&vm.current_pty().await);
     pty.write_all(&[images::POWER_OFF_KEY]).expect("write");
     while let Some(e) = vm.next_event().await {
         events.push(e);
@@ -377,7 +486,7 @@ async fn confidential_domain_is_refused_by_a_build_without_the_feature() {
         binary: Some(bin),
         host: ch::HostInputs {
             firmware: Some(dir.path().join("tdvf.fd")),
-            igvm: None,
+            ..ch::HostInputs::default()
         },
         ..ChOptions::default()
     };

@@ -135,6 +135,7 @@ async fn tdx_is_refused_by_a_cloud_hypervisor_without_tdx() {
             // Never read: the refusal comes first.
             firmware: Some(dir.join("tdvf.fd")),
             igvm: None,
+            serial_socket: None,
         },
         "tdx",
     )
@@ -155,6 +156,7 @@ async fn sev_snp_is_refused_by_a_cloud_hypervisor_without_sev_snp() {
         |dir| HostInputs {
             firmware: None,
             igvm: Some(dir.join("guest.igvm")),
+            serial_socket: None,
         },
         "sev_snp",
     )

@@ -14,11 +14,18 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstance {
+    /// Checked on the raw document before deserialization.
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,
-    pub spec: VmiSpec,
+    /// Required; `None` only when absent, which resolution reports. Required
+    /// fields below default the same way, so that a type error that removes
+    /// one does not stop deserialization of everything else.
+    #[serde(default)]
+    pub spec: Option<VmiSpec>,
     /// Observed state written by the cluster; not part of what is asked for.
     #[serde(default)]
     pub status: Option<Value>,
@@ -48,13 +55,15 @@ pub struct ObjectMeta {
     pub managed_fields: Option<Vec<Value>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VmiSpec {
     /// Launcher extension: `cloud-hypervisor` or `libvirt`.
     pub hypervisor: Option<String>,
     pub architecture: Option<String>,
-    pub domain: DomainSpec,
+    /// Required; `None` only when absent.
+    #[serde(default)]
+    pub domain: Option<DomainSpec>,
     #[serde(default)]
     pub volumes: Vec<Volume>,
     #[serde(default)]
@@ -72,7 +81,7 @@ pub struct VmiSpec {
     pub eviction_strategy: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainSpec {
     pub cpu: Option<Cpu>,
@@ -104,9 +113,10 @@ pub struct Memory {
     pub hugepages: Option<Hugepages>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hugepages {
+    #[serde(default)]
     pub page_size: Quantity,
 }
 
@@ -122,6 +132,11 @@ pub struct Resources {
 pub struct ResourceList {
     pub memory: Option<Quantity>,
     pub cpu: Option<Quantity>,
+    /// Pod resources that size the launcher's pod, not the VM
+    /// (`ephemeral-storage`, `hugepages-2Mi`, device plugins, ...); kept so
+    /// that they can be reported as having no effect rather than as typos.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -184,18 +199,21 @@ pub struct Devices {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Rng {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Input {
+    #[serde(default)]
     pub name: String,
-    #[serde(rename = "type")]
+    /// KubeVirt defaults an empty type to `tablet`.
+    #[serde(default, rename = "type")]
     pub kind: String,
     pub bus: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Disk {
+    #[serde(default)]
     pub name: String,
     pub disk: Option<DiskTarget>,
     pub cdrom: Option<DiskTarget>,
@@ -288,32 +306,41 @@ pub struct SevPolicy {
 pub struct SevAttestation {}
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Snp {}
+#[serde(rename_all = "camelCase")]
+pub struct Snp {
+    /// Launcher extension (KubeVirt's `snp` has no field): 32 bytes as 64 hex
+    /// characters that the SEV-SNP attestation report carries (Cloud
+    /// Hypervisor's `payload.host_data`, libvirt's `hostData`).
+    pub host_data: Option<String>,
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Tdx {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
+    #[serde(default)]
     pub name: String,
     pub host_disk: Option<HostDisk>,
     pub container_disk: Option<ContainerDisk>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostDisk {
+    #[serde(default)]
     pub path: String,
-    #[serde(rename = "type")]
+    #[serde(default, rename = "type")]
     pub kind: String,
     pub capacity: Option<Quantity>,
     pub shared: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerDisk {
+    #[serde(default)]
     pub image: String,
     /// Pull settings: the local convention reads an unpacked image file, so
     /// there is nothing to pull.

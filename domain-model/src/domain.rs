@@ -122,7 +122,9 @@ pub struct Memory {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Firmware {
-    /// SMBIOS system UUID (defaults to the VMI uid like KubeVirt does).
+    /// SMBIOS system UUID: `firmware.uuid`, else derived from the VMI uid (a
+    /// launcher choice so that it is stable across restarts; KubeVirt gives a
+    /// bare VMI a random one).
     pub uuid: String,
     /// SMBIOS system serial number.
     pub serial: Option<String>,
@@ -149,7 +151,8 @@ pub enum Boot {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Disk {
-    /// `spec.domain.devices.disks[i]`.
+    /// `spec.domain.devices.disks[i]`, or `spec.volumes[j]` for the default
+    /// disk KubeVirt adds for a volume that no disk names.
     pub spec_path: String,
     pub name: String,
     pub device: DiskDevice,
@@ -216,7 +219,7 @@ pub struct Devices {
     /// Devices other backends can emulate but a given one may refuse; each
     /// keeps its spec path so the refusal can name it.
     pub graphics: Option<SpecFeature>,
-    pub inputs: Vec<SpecFeature>,
+    pub inputs: Vec<Input>,
     /// Declared network interfaces (networking is not implemented yet, so
     /// resolution refuses them; kept so the refusal names each one).
     pub interfaces: Vec<SpecFeature>,
@@ -226,9 +229,47 @@ pub struct Devices {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpecFeature {
     pub spec_path: String,
-    /// What it is, e.g. `vnc` (graphics), `tablet:usb` or `tablet:virtio`
-    /// (inputs: `<type>:<bus>`), `e1000`.
+    /// What it is, e.g. `vnc` (graphics) or `e1000` (interface model).
     pub kind: String,
+}
+
+/// `spec.domain.devices.inputs[i]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Input {
+    pub spec_path: String,
+    pub kind: InputKind,
+    pub bus: InputBus,
+}
+
+/// KubeVirt's input types (only `tablet` exists in `kubevirt.io/v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    Tablet,
+}
+
+impl InputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::Tablet => "tablet",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputBus {
+    Usb,
+    Virtio,
+}
+
+impl InputBus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputBus::Usb => "usb",
+            InputBus::Virtio => "virtio",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -239,17 +280,101 @@ pub struct Features {
     pub smm: bool,
 }
 
+/// `spec.domain.clock`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Clock {
+    /// `spec.domain.clock`.
     pub spec_path: String,
-    /// `utc`, `utc:<+/-seconds>` (`clock.utc.offsetSeconds`, e.g. `utc:+3600`)
-    /// or `timezone:<name>`.
-    pub offset: String,
-    /// Timers the spec configured, in the order hpet, kvm, pit, rtc, hyperv:
-    /// the KubeVirt name, followed by `,present=<bool>`, `,tickPolicy=<policy>`
-    /// and `,track=<guest|wall>` for each option the spec set, e.g. `hpet` or
-    /// `hpet,present=false` or `rtc,tickPolicy=catchup,track=guest`.
-    pub timers: Vec<String>,
+    pub offset: ClockOffset,
+    /// Timers the spec configured, in the order hpet, kvm, pit, rtc, hyperv.
+    pub timers: Vec<Timer>,
+}
+
+impl Clock {
+    /// The spec path of one timer, e.g. `spec.domain.clock.timer.rtc`.
+    pub fn timer_path(&self, timer: &Timer) -> String {
+        format!("{}.timer.{}", self.spec_path, timer.name.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum ClockOffset {
+    /// `clock.utc`, with `offsetSeconds` (0 when absent or no clock given).
+    Utc { adjustment_seconds: i64 },
+    /// `clock.timezone`, e.g. `Europe/Paris`.
+    Timezone { name: String },
+}
+
+/// One of `clock.timer.{hpet,kvm,pit,rtc,hyperv}`, with the options the spec
+/// set (`None`: not set, the hypervisor's default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timer {
+    pub name: TimerName,
+    /// `present` (KubeVirt's default when the timer is given: true).
+    pub present: Option<bool>,
+    pub tick_policy: Option<TickPolicy>,
+    /// `rtc` only.
+    pub track: Option<TimerTrack>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimerName {
+    Hpet,
+    Kvm,
+    Pit,
+    Rtc,
+    Hyperv,
+}
+
+impl TimerName {
+    /// KubeVirt's name, as in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerName::Hpet => "hpet",
+            TimerName::Kvm => "kvm",
+            TimerName::Pit => "pit",
+            TimerName::Rtc => "rtc",
+            TimerName::Hyperv => "hyperv",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TickPolicy {
+    Delay,
+    Catchup,
+    Merge,
+    Discard,
+}
+
+impl TickPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TickPolicy::Delay => "delay",
+            TickPolicy::Catchup => "catchup",
+            TickPolicy::Merge => "merge",
+            TickPolicy::Discard => "discard",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimerTrack {
+    Guest,
+    Wall,
+}
+
+impl TimerTrack {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerTrack::Guest => "guest",
+            TimerTrack::Wall => "wall",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -262,7 +387,8 @@ pub enum LaunchSecurity {
         session: Option<String>,
         attestation: bool,
     },
-    /// AMD SEV-SNP.
+    /// AMD SEV-SNP. `host_data`: the launcher extension `snp.hostData`,
+    /// validated: 64 lowercase hex characters (32 bytes).
     SevSnp { host_data: Option<String> },
     /// Intel TDX.
     Tdx,

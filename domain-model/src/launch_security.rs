@@ -6,6 +6,13 @@
 //! `sev.secureNestedPaging: true` (SEV-SNP), `tdx: {}` (Intel TDX), and an
 //! empty `launchSecurity: {}` on `spec.architecture: s390x` (IBM Z Secure
 //! Execution).
+//!
+//! Launcher extension: `snp.hostData`, 32 bytes as 64 hex characters that the
+//! SEV-SNP attestation report carries (Cloud Hypervisor's `payload.host_data`,
+//! libvirt's `hostData`). KubeVirt's `snp: {}` has no field; like
+//! `spec.hypervisor`, a spec using it is only for ch-launcher. It is
+//! validated here, so [`LaunchSecurity::SevSnp`] always holds 64 lowercase
+//! hex characters.
 
 use crate::api;
 use crate::error::SpecErrors;
@@ -143,7 +150,12 @@ pub fn resolve(
             if let Some(sev) = &spec.sev {
                 snp_spelled_as_sev(sev, errors);
             }
-            LaunchSecurity::SevSnp { host_data: None }
+            let host_data = spec
+                .snp
+                .as_ref()
+                .and_then(|s| s.host_data.as_deref())
+                .and_then(|h| host_data(h, errors));
+            LaunchSecurity::SevSnp { host_data }
         }
         Kind::Sev => {
             let sev = spec.sev.clone().unwrap_or_default();
@@ -167,6 +179,28 @@ pub fn resolve(
         }
     };
     (errors.0.len() == before).then_some(result)
+}
+
+/// Length of `snp.hostData` in hex characters (32 bytes).
+pub const HOST_DATA_HEX_LEN: usize = 64;
+
+fn host_data(hex: &str, errors: &mut SpecErrors) -> Option<String> {
+    if hex.len() == HOST_DATA_HEX_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some(hex.to_ascii_lowercase());
+    }
+    errors.push(
+        format!("{PATH}.snp.hostData"),
+        format!(
+            "must be {HOST_DATA_HEX_LEN} hex characters (32 bytes), found {} characters{}",
+            hex.chars().count(),
+            if hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                ""
+            } else {
+                " that are not all hex digits"
+            }
+        ),
+    );
+    None
 }
 
 /// The SEV-only fields make no sense once `secureNestedPaging` turned the

@@ -22,5 +22,5 @@ pub mod support;
 pub use domain::*;
 pub use error::{FieldError, SpecErrors};
 pub mod load;
-pub use load::{check_support, load_path, resolve_path, resolve_str, LoadOptions};
-pub use support::{explain, FeatureSupport};
+pub use load::{load_path, load_str, resolve_path, resolve_str, LoadOptions};
+pub use support::{check_support, explain, FeatureSupport};

@@ -44,8 +44,32 @@ pub fn resolve_str(text: &str, opts: &LoadOptions) -> Result<Domain, SpecErrors>
     crate::resolve::resolve(parsed, opts)
 }
 
-/// [`resolve_str`] on a file; `opts.base_dir` is replaced by the file's directory.
-pub fn resolve_path(path: &Path, opts: &LoadOptions) -> Result<Domain, SpecErrors> {
+/// [`resolve_str`] plus the check that `domain.hypervisor` can provide every
+/// feature the spec asks for, in one pass: type errors, resolution errors and
+/// what the hypervisor refuses come back together. Support is checked on
+/// whatever resolved; a section that could not be read or resolved is left
+/// out of that check rather than guessed at.
+pub fn load_str(text: &str, opts: &LoadOptions) -> Result<Domain, SpecErrors> {
+    let parsed = crate::parse::parse(text)?;
+    let left_out = parsed.left_out.clone();
+    let (partial, mut errors) = crate::resolve::resolve_partial(parsed, opts);
+    if let Err(refused) = crate::support::check_support(partial.domain()) {
+        for e in refused.0 {
+            let consequence = left_out
+                .iter()
+                .any(|t| crate::parse::is_at_or_under(&e.path, t));
+            if !consequence && !errors.0.contains(&e) {
+                errors.0.push(e);
+            }
+        }
+    }
+    match partial {
+        crate::resolve::Partial::Complete(d) if errors.is_empty() => Ok(d),
+        _ => Err(crate::resolve::non_empty(errors)),
+    }
+}
+
+fn read(path: &Path, opts: &LoadOptions) -> Result<(String, LoadOptions), SpecErrors> {
     let text = std::fs::read_to_string(path).map_err(|err| {
         let mut e = SpecErrors::default();
         e.push(
@@ -62,19 +86,17 @@ pub fn resolve_path(path: &Path, opts: &LoadOptions) -> Result<Domain, SpecError
             dir.to_path_buf()
         };
     }
+    Ok((text, opts))
+}
+
+/// [`resolve_str`] on a file; `opts.base_dir` is replaced by the file's directory.
+pub fn resolve_path(path: &Path, opts: &LoadOptions) -> Result<Domain, SpecErrors> {
+    let (text, opts) = read(path, opts)?;
     resolve_str(&text, &opts)
 }
 
-/// [`resolve_path`] plus the check that `domain.hypervisor` can provide every
-/// feature the spec asks for. This is what `validate`, `render` and `run` use.
+/// [`load_str`] on a file: what `validate`, `render` and `run` use.
 pub fn load_path(path: &Path, opts: &LoadOptions) -> Result<Domain, SpecErrors> {
-    let domain = resolve_path(path, opts)?;
-    check_support(&domain)?;
-    Ok(domain)
-}
-
-/// Every feature of `domain` that `domain.hypervisor` cannot provide, each as
-/// an error naming the field, the feature and the hypervisor.
-pub fn check_support(domain: &Domain) -> Result<(), SpecErrors> {
-    crate::support::check_support(domain)
+    let (text, opts) = read(path, opts)?;
+    load_str(&text, &opts)
 }

@@ -10,46 +10,42 @@ pub const REASON_SEV: &str = "SEVNotLiveMigratable";
 pub const REASON_TDX: &str = "TDXNotLiveMigratable";
 pub const REASON_SECURE_EXECUTION: &str = "SecureExecutionNotLiveMigratable";
 
-/// Like KubeVirt, the first reason found names the condition; the message
-/// lists every reason's message.
+/// KubeVirt's `calculateLiveMigrationCondition` (pkg/virt-handler/vm.go)
+/// checks in a fixed order and keeps only the first reason found, with its
+/// own message: SEV (SEV-SNP included), then TDX, then Secure Execution, and
+/// disks last. The checks in between (interfaces, host CPU model, host
+/// devices, TSC, Hyper-V passthrough) concern nothing this launcher runs.
 pub fn condition(
     volumes: &[api::Volume],
     launch_security: Option<&LaunchSecurity>,
 ) -> MigrationCondition {
-    let mut reasons: Vec<(&str, &str)> = Vec::new();
     let non_shared_host_disk = volumes
         .iter()
         .filter_map(|v| v.host_disk.as_ref())
         .any(|hd| hd.shared != Some(true));
-    if non_shared_host_disk {
-        reasons.push((REASON_DISKS, "cannot migrate VMI with non-shared HostDisk"));
-    }
-    match launch_security {
+    let reason = match launch_security {
         Some(LaunchSecurity::Sev { .. } | LaunchSecurity::SevSnp { .. }) => {
-            reasons.push((REASON_SEV, "VMI uses SEV"))
+            Some((REASON_SEV, "VMI uses SEV"))
         }
-        Some(LaunchSecurity::Tdx) => reasons.push((REASON_TDX, "VMI uses TDX")),
+        Some(LaunchSecurity::Tdx) => Some((REASON_TDX, "VMI uses TDX")),
         Some(LaunchSecurity::SecureExecution) => {
-            reasons.push((REASON_SECURE_EXECUTION, "VMI uses Secure Execution"))
+            Some((REASON_SECURE_EXECUTION, "VMI uses Secure Execution"))
         }
-        None => {}
-    }
-    match reasons.first() {
+        None if non_shared_host_disk => {
+            Some((REASON_DISKS, "cannot migrate VMI with non-shared HostDisk"))
+        }
+        None => None,
+    };
+    match reason {
         None => MigrationCondition {
             live_migratable: true,
             reason: None,
             message: None,
         },
-        Some((reason, _)) => MigrationCondition {
+        Some((reason, message)) => MigrationCondition {
             live_migratable: false,
             reason: Some(reason.to_string()),
-            message: Some(
-                reasons
-                    .iter()
-                    .map(|(_, m)| *m)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+            message: Some(message.to_string()),
         },
     }
 }

@@ -6,7 +6,14 @@
 //! takes) and `serde_path_to_error` (where a type error is). A type error
 //! stops serde, so after one the offending key is removed from the value and
 //! deserialization is retried: every type error is reported, not only the
-//! first.
+//! first, and the rest of the spec still comes back in [`Parsed::vmi`] so
+//! that resolution can report its own problems in the same run. Required
+//! API fields are `#[serde(default)]` for that reason (resolution reports
+//! them when absent), so removing one never turns into a second error.
+//!
+//! Input is read as JSON only when it is valid JSON (so duplicate keys are
+//! caught with JSON's line and column); anything else, including YAML flow
+//! mappings such as `{apiVersion: kubevirt.io/v1, ...}`, is read as YAML.
 
 use crate::api::{VirtualMachineInstance, UNSUPPORTED_VOLUME_KINDS};
 use crate::error::{FieldError, SpecErrors};
@@ -29,28 +36,84 @@ pub struct Parsed {
     /// Keys that no field took (unknown or not implemented), each already an
     /// error naming its path.
     pub unknown: Vec<FieldError>,
+    /// Values of the wrong type, each already an error naming its path.
+    pub type_errors: Vec<FieldError>,
+    /// The keys left out of [`Parsed::vmi`] because of those type errors
+    /// (the innermost key holding each one): whatever resolution says at or
+    /// below them is a consequence, not a new problem.
+    pub left_out: Vec<String>,
+}
+
+impl Parsed {
+    pub fn is_left_out(&self, path: &str) -> bool {
+        self.left_out.iter().any(|base| is_at_or_under(path, base))
+    }
+}
+
+/// `path` equals `base` or is a field or element below it.
+pub(crate) fn is_at_or_under(path: &str, base: &str) -> bool {
+    base == DOCUMENT_PATH
+        || path == base
+        || path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
 /// Reads YAML or JSON into a JSON value.
 pub fn to_value(text: &str) -> Result<Value, SpecErrors> {
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
-    let parsed = if trimmed.starts_with('{') {
-        serde_json::from_str::<StrictValue>(trimmed)
-            .map(|v| v.0)
-            .map_err(|e| format!("invalid JSON: {e}"))
+    let json = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        Some(serde_json::from_str::<StrictValue>(trimmed).map(|v| v.0))
     } else {
-        // serde-saphyr refuses duplicate keys itself. Its message goes on
-        // with a source excerpt; the first line already has line and column.
-        serde_saphyr::from_str::<Value>(trimmed).map_err(|e| {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            format!("invalid YAML: {}", first.trim_start_matches("error: "))
-        })
+        None
+    };
+    let parsed = match json {
+        Some(Ok(v)) => Ok(v),
+        // Valid JSON syntax with a duplicate key: JSON's own report is the
+        // precise one.
+        Some(Err(e)) if e.classify() == serde_json::error::Category::Data => {
+            Err(format!("invalid JSON: {e}"))
+        }
+        Some(Err(json_err)) => read_yaml(trimmed).map_err(|yaml_err| {
+            format!("invalid JSON ({json_err}), and not valid YAML either ({yaml_err})")
+        }),
+        None => read_yaml(trimmed).map_err(|e| format!("invalid YAML: {e}")),
     };
     parsed.map_err(|message| {
         let mut errors = SpecErrors::default();
         errors.push(DOCUMENT_PATH, message);
         errors
+    })
+}
+
+/// serde-saphyr refuses duplicate keys itself. Its message goes on with a
+/// source excerpt; the first line already has line and column. Hints meant
+/// for programmers (which function or option to use) are replaced by what
+/// they mean for a spec.
+fn read_yaml(text: &str) -> Result<Value, String> {
+    serde_saphyr::from_str::<Value>(text).map_err(|e| {
+        let full = e.to_string();
+        let first = full.lines().next().unwrap_or_default();
+        let first = first.trim_start_matches("error: ");
+        let (head, detail) = match first.find(": ") {
+            Some(i) if first.starts_with("line ") => (&first[..i + 2], &first[i + 2..]),
+            _ => ("", first),
+        };
+        let detail = if detail.starts_with("multiple YAML documents") {
+            "more than one YAML document (---): a spec file holds exactly one \
+             VirtualMachineInstance"
+                .to_string()
+        } else if let Some(rest) = detail.strip_prefix("duplicate mapping key: ") {
+            let key = rest.split(", set ").next().unwrap_or(rest);
+            format!("duplicate key {key:?}")
+        } else if detail.starts_with("budget breached") || detail.contains("recursion limit") {
+            "the document is nested too deeply or has too many nodes (aliases count \
+             every time they are used)"
+                .to_string()
+        } else {
+            detail.to_string()
+        };
+        format!("{head}{detail}")
     })
 }
 
@@ -154,16 +217,18 @@ pub fn from_value(mut value: Value) -> Result<Parsed, SpecErrors> {
             Ok(vmi) => {
                 let unknown: Vec<FieldError> =
                     unknown.iter().map(|p| unknown_field_error(p)).collect();
-                if errors.is_empty() {
-                    return Ok(Parsed { vmi, unknown });
-                }
-                errors.0.extend(unknown);
-                return Err(errors);
+                let left_out = removed.iter().map(|r| format_segments(r)).collect();
+                return Ok(Parsed {
+                    vmi,
+                    unknown,
+                    type_errors: errors.0,
+                    left_out,
+                });
             }
             Err(err) => {
                 let segments = segments_of(err.path());
-                // An error at or above a key removed earlier ("missing field")
-                // is a consequence of that removal, not a new problem.
+                // An error at or above a key removed earlier is a
+                // consequence of that removal, not a new problem.
                 if removed
                     .iter()
                     .any(|r| r.len() >= segments.len() && r[..segments.len()] == segments[..])
@@ -251,7 +316,73 @@ fn describe(err: &serde_json::Error) -> String {
     if let Some(field) = text.strip_prefix("missing field ") {
         return format!("required field {field} is missing");
     }
-    text
+    user_words(&text)
+}
+
+/// Rewrites serde's Rust-flavoured type names into the words of a spec:
+/// `expected struct VmiSpec` -> `expected a mapping`, `u32` -> the range.
+fn user_words(text: &str) -> String {
+    let Some((found, expected)) = text
+        .strip_prefix("invalid type: ")
+        .or_else(|| text.strip_prefix("invalid value: "))
+        .and_then(|t| t.split_once(", expected "))
+    else {
+        return text.to_string();
+    };
+    let expected = if expected.starts_with("struct ") || expected == "a map" {
+        "a mapping".to_string()
+    } else if expected == "a sequence" {
+        "a list".to_string()
+    } else if let Some(range) = integer_range(expected) {
+        format!("a whole number from {range}")
+    } else {
+        expected.to_string()
+    };
+    let found = if found == "map" {
+        "a mapping".to_string()
+    } else if found == "sequence" {
+        "a list".to_string()
+    } else if found == "unit value" || found == "null" {
+        "nothing (null)".to_string()
+    } else if let Some(n) = found
+        .strip_prefix("floating point `")
+        .and_then(|f| f.strip_suffix('`'))
+    {
+        // Whole numbers beyond the 64-bit range are read as floating point
+        // and lose digits; do not echo the altered value.
+        if n.contains('e') {
+            "a number too large to read exactly".to_string()
+        } else {
+            format!("the number {n}")
+        }
+    } else if let Some(n) = found
+        .strip_prefix("integer `")
+        .and_then(|f| f.strip_suffix('`'))
+    {
+        format!("the number {n}")
+    } else if let Some(text) = found.strip_prefix("string ") {
+        format!("the string {text}")
+    } else if let Some(b) = found
+        .strip_prefix("boolean `")
+        .and_then(|f| f.strip_suffix('`'))
+    {
+        format!("the boolean {b}")
+    } else {
+        found.to_string()
+    };
+    format!("expected {expected}, found {found}")
+}
+
+fn integer_range(rust_type: &str) -> Option<String> {
+    Some(match rust_type {
+        "u8" => format!("0 to {}", u8::MAX),
+        "u16" => format!("0 to {}", u16::MAX),
+        "u32" => format!("0 to {}", u32::MAX),
+        "u64" => format!("0 to {}", u64::MAX),
+        "i32" => format!("{} to {}", i32::MIN, i32::MAX),
+        "i64" => format!("{} to {}", i64::MIN, i64::MAX),
+        _ => return None,
+    })
 }
 
 fn unknown_field_error(path: &str) -> FieldError {

@@ -10,7 +10,7 @@ use std::fmt;
 
 /// A quantity as written in the spec: YAML and JSON allow both `1024` and
 /// `"1024"`, so numbers are kept as their text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Quantity(pub String);
 
 impl<'de> Deserialize<'de> for Quantity {

@@ -5,7 +5,8 @@
 
 use crate::error::SpecErrors;
 use crate::{
-    Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, Hypervisor, LaunchSecurity,
+    Architecture, Boot, ClockOffset, CpuModel, DiskBus, DiskDevice, Domain, Hypervisor,
+    LaunchSecurity,
 };
 use serde::Serialize;
 
@@ -249,12 +250,14 @@ fn uses(domain: &Domain) -> Vec<Use> {
         add(Feature::AcpiDisabled, "spec.domain.features.acpi".into());
     }
     if let Some(clock) = &d.clock {
-        if clock.offset != "utc" {
-            let field = if clock.offset.starts_with("timezone:") {
-                "timezone"
-            } else {
-                "utc.offsetSeconds"
-            };
+        let field = match &clock.offset {
+            ClockOffset::Utc {
+                adjustment_seconds: 0,
+            } => None,
+            ClockOffset::Utc { .. } => Some("utc.offsetSeconds"),
+            ClockOffset::Timezone { .. } => Some("timezone"),
+        };
+        if let Some(field) = field {
             add(Feature::ClockOffset, format!("{}.{field}", clock.spec_path));
         }
         if !clock.timers.is_empty() {

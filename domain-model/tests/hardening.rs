@@ -38,7 +38,7 @@ fn seeds() -> Vec<Value> {
                     "inputs": [{"name": "t", "type": "tablet", "bus": "virtio"}],
                     "disks": [
                         {"name": "rootdisk", "disk": {"bus": "virtio"}, "serial": "R1", "bootOrder": 1},
-                        {"name": "data", "lun": {"bus": "scsi", "readonly": true}}
+                        {"name": "data", "cdrom": {"bus": "scsi", "readonly": true}}
                     ]
                 }
             },

@@ -162,7 +162,7 @@ fn webhook_rules_report_their_exact_path() {
         (efi_with(json!({"sev": {"secureNestedPaging": true, "session": "s"}})), "", "spec.domain.launchSecurity.sev.session", "SEV and SEV-ES only"),
         (efi_with(json!({"sev": {"secureNestedPaging": true, "policy": {"encryptedState": false}}})), "", "spec.domain.launchSecurity.sev.policy.encryptedState", "always encrypts"),
         (efi_with(json!({"sev": {"policy": {"bogus": 1}}})), "", "spec.domain.launchSecurity.sev.policy.bogus", "unknown field"),
-        (efi_with(json!({"snp": {"hostData": "x"}})), "", "spec.domain.launchSecurity.snp.hostData", "unknown field"),
+        (efi_with(json!({"snp": {"hostData": "x"}})), "", "spec.domain.launchSecurity.snp.hostData", "must be 64 hex characters"),
         // Feature gates.
         (efi_with(json!({"tdx": {}})), "", "spec.domain.launchSecurity.tdx", "needs feature gate WorkloadEncryptionTDX, which is disabled; it is alpha: enable it with --feature-gates WorkloadEncryptionTDX"),
         (efi_with(json!({"sev": {}})), "-WorkloadEncryptionSEV", "spec.domain.launchSecurity.sev", "needs feature gate WorkloadEncryptionSEV, which is disabled; it is beta and on by default: remove -WorkloadEncryptionSEV"),
@@ -212,7 +212,7 @@ fn default_load_options_enable_kubevirt_default_gates() {
 }
 
 #[test]
-fn shared_host_disks_keep_the_vm_migratable_and_reasons_combine() {
+fn shared_host_disks_keep_the_vm_migratable_and_launch_security_outranks_disks() {
     let f = Fixture::new();
     let disks = |shared: bool| {
         json!({"spec": {"domain": {"devices": {"disks": [{"name": "h"}]}},
@@ -224,12 +224,20 @@ fn shared_host_disks_keep_the_vm_migratable_and_reasons_combine() {
     let mut v = disks(false);
     common::merge(&mut v, &efi_with(json!({"sev": {}})));
     let d = ok(f.resolve(v));
+    // KubeVirt's calculateLiveMigrationCondition checks SEV before disks and
+    // keeps only the first reason and its own message.
+    assert_eq!(
+        d.live_migratable.reason.as_deref(),
+        Some("SEVNotLiveMigratable")
+    );
+    assert_eq!(d.live_migratable.message.as_deref(), Some("VMI uses SEV"));
+    let d = ok(f.resolve(disks(false)));
     assert_eq!(
         d.live_migratable.reason.as_deref(),
         Some("DisksNotLiveMigratable")
     );
     assert_eq!(
         d.live_migratable.message.as_deref(),
-        Some("cannot migrate VMI with non-shared HostDisk; VMI uses SEV")
+        Some("cannot migrate VMI with non-shared HostDisk")
     );
 }

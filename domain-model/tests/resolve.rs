@@ -289,7 +289,7 @@ fn disks_resolve_devices_buses_and_sources() {
         "domain": {"devices": {"disks": [
             {"name": "rootdisk", "disk": {"bus": "virtio"}, "serial": "ROOT-1", "bootOrder": 1},
             {"name": "qcowdisk", "cdrom": {}},
-            {"name": "host", "lun": {}},
+            {"name": "host", "cdrom": {"bus": "scsi"}},
             {"name": "rel", "disk": {"bus": "sata", "readonly": true}},
             {"name": "created"}
         ]}},
@@ -332,9 +332,9 @@ fn disks_resolve_devices_buses_and_sources() {
             ),
             (
                 "host",
-                DiskDevice::Lun,
+                DiskDevice::Cdrom,
                 DiskBus::Scsi,
-                false,
+                true,
                 ImageFormat::Raw
             ),
             (
@@ -347,7 +347,7 @@ fn disks_resolve_devices_buses_and_sources() {
             (
                 "created",
                 DiskDevice::Disk,
-                DiskBus::Virtio,
+                DiskBus::Sata,
                 false,
                 ImageFormat::Raw
             ),
@@ -460,21 +460,6 @@ fn validation_rules_report_their_exact_path() {
             json!({"spec": {"architecture": "riscv64"}}),
             "spec.architecture",
             "expected amd64, arm64 or s390x",
-        ),
-        (
-            json!({"spec": {"domain": {"cpu": {"sockets": 0}}}}),
-            "spec.domain.cpu.sockets",
-            "at least 1",
-        ),
-        (
-            json!({"spec": {"domain": {"cpu": {"cores": 0}}}}),
-            "spec.domain.cpu.cores",
-            "at least 1",
-        ),
-        (
-            json!({"spec": {"domain": {"cpu": {"threads": 0}}}}),
-            "spec.domain.cpu.threads",
-            "at least 1",
         ),
         (
             json!({"spec": {"domain": {"cpu": {"sockets": 4, "maxSockets": 2}}}}),
@@ -612,9 +597,9 @@ fn validation_rules_report_their_exact_path() {
             "not a valid disk serial",
         ),
         (
-            disk(json!({"serial": "x".repeat(21)})),
+            disk(json!({"serial": "x".repeat(257)})),
             "spec.domain.devices.disks[0].serial",
-            "1 to 20",
+            "at most 256",
         ),
         (
             disk(json!({"bootOrder": 0})),
@@ -643,11 +628,6 @@ fn validation_rules_report_their_exact_path() {
             json!({"spec": {"domain": {"devices": {"disks": [{"name": "missing"}]}}}}),
             "spec.domain.devices.disks[0].name",
             "no volume named \"missing\"",
-        ),
-        (
-            json!({"spec": {"volumes": [{"name": "rootdisk", "containerDisk": {"image": "i"}}]}}),
-            "spec.volumes[0]",
-            "not used by any disk",
         ),
         (
             json!({"spec": {"domain": {"devices": {"disks": [{"name": "rootdisk"}]}},
@@ -776,7 +756,7 @@ fn every_problem_is_reported_at_once() {
     let f = Fixture::new();
     let e = err(f.resolve(json!({"spec": {
         "hypervisor": "qemu",
-        "domain": {"cpu": {"sockets": 0}, "memory": {"guest": "1GB"},
+        "domain": {"cpu": {"sockets": "x"}, "memory": {"guest": "1GB"},
             "devices": {"disks": [{"name": "a", "floppy": {}}], "interfaces": [{"name": "x"}]}},
         "volumes": [{"name": "a", "emptyDisk": {"capacity": "1Gi"}}],
         "networks": [{"name": "x", "pod": {}}]}})));
@@ -887,17 +867,17 @@ fn type_errors_name_their_path_and_all_are_reported() {
             .find(|f| f.path == "spec.domain.cpu.sockets")
             .unwrap();
     assert!(
-        sockets.message.contains("invalid type: string \"two\""),
+        sockets.message.contains("found string \"two\""),
         "{e}"
     );
     let e = err(f.resolve(json!({"spec": {"domain": {"devices": {"disks": [{"disk": {}}]}}}})));
     assert_only(
         &e,
-        "spec.domain.devices.disks[0]",
-        "required field `name` is missing",
+        "spec.domain.devices.disks[0].name",
+        "required: the name of the volume",
     );
     let e = err(f.resolve(json!({"spec": {"domain": "big"}})));
-    assert_only(&e, "spec.domain", "invalid type");
+    assert_only(&e, "spec.domain", "expected a mapping, found string \"big\"");
 }
 
 #[test]
@@ -925,8 +905,8 @@ fn document_level_errors() {
         ),
         (
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: x}\n",
-            "(document)",
-            "required field `spec` is missing",
+            "spec",
+            "required: the VirtualMachineInstance's spec",
         ),
     ];
     for (text, path, needle) in cases {

@@ -15,7 +15,7 @@
 //! naming the file and the reason, never silently dropped.
 
 use crate::error::{FirmwareError, MissingFile, NoMatch, Rejected};
-use crate::select::{missing, Confidential, Interface, Requirements};
+use crate::select::{expected_warning, missing, Confidential, Interface, Requirements};
 use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -178,6 +178,9 @@ pub struct ChSelection {
     pub kind: ChFirmwareKind,
     pub path: PathBuf,
     pub reasons: Vec<String>,
+    /// Set for a dry run's stand-in when the file was not found
+    /// ([`crate::expected`]): what was searched here.
+    pub expected_not_found: Option<NoMatch>,
 }
 
 impl ChSelection {
@@ -196,11 +199,18 @@ impl ChSelection {
 
     /// One line per missing file, for a dry run that must not fail.
     pub fn warnings(&self) -> Vec<String> {
+        if let Some(not_found) = &self.expected_not_found {
+            return vec![expected_warning(&self.path, not_found)];
+        }
         self.missing_files().iter().map(|m| m.to_string()).collect()
     }
 
-    /// For `run`: the file must exist.
+    /// For `run`: the file must exist, and an expected stand-in is never
+    /// enough.
     pub fn require_present(&self) -> Result<(), FirmwareError> {
+        if let Some(not_found) = &self.expected_not_found {
+            return Err(FirmwareError::NoMatch(not_found.clone()));
+        }
         let files = self.missing_files();
         if files.is_empty() {
             Ok(())
@@ -235,6 +245,25 @@ pub fn select_cloud_hypervisor(
     req: &Requirements,
     paths: &ChFirmwarePaths,
 ) -> Result<ChSelection, NoMatch> {
+    select_inner(req, paths, false)
+}
+
+/// Like [`select_cloud_hypervisor`], for a dry run: when no IGVM file is
+/// found, the expected one stands in ([`crate::expected::igvm`]). What the
+/// request itself cannot have is still an error.
+pub fn select_cloud_hypervisor_or_expected(
+    req: &Requirements,
+    paths: &ChFirmwarePaths,
+) -> Result<ChSelection, NoMatch> {
+    select_inner(req, paths, true)
+}
+
+fn select_inner(
+    req: &Requirements,
+    paths: &ChFirmwarePaths,
+    allow_expected: bool,
+) -> Result<ChSelection, NoMatch> {
+    let mut not_found = None;
     let no_match = |path: &Path, lacks: Vec<String>| NoMatch {
         chooser: "Cloud Hypervisor firmware".to_owned(),
         searched: vec![path.to_path_buf()],
@@ -300,13 +329,19 @@ pub fn select_cloud_hypervisor(
                         };
                         (files[0].clone(), why)
                     }
-                    Ok(_) => {
-                        lacks.push("no *.igvm file there".to_owned());
-                        return Err(no_match(&paths.igvm_dir, lacks));
-                    }
-                    Err(e) => {
-                        lacks.push(e);
-                        return Err(no_match(&paths.igvm_dir, lacks));
+                    found => {
+                        let why = match found {
+                            Ok(_) => "no *.igvm file there".to_owned(),
+                            Err(e) => e,
+                        };
+                        if !allow_expected {
+                            lacks.push(why);
+                            return Err(no_match(&paths.igvm_dir, lacks));
+                        }
+                        let absent = no_match(&paths.igvm_dir, vec![why]);
+                        let stand_in = crate::expected::igvm(paths, absent.clone());
+                        not_found = Some(absent);
+                        (stand_in.path, stand_in.reasons.join("; "))
                     }
                 },
             };
@@ -375,5 +410,6 @@ pub fn select_cloud_hypervisor(
         kind,
         path,
         reasons,
+        expected_not_found: not_found,
     })
 }

@@ -12,18 +12,21 @@
 //! - [`cloud_hypervisor`]: Cloud Hypervisor's firmware files and their choice.
 //!
 //! Choosing never needs the files to exist (a dry run gets warnings);
-//! `require_present` is the check before running.
+//! `require_present` is the check before running. [`choose`] is the one
+//! entry point the launcher uses: strict for a run, and for a dry run it
+//! falls back to the pod image's well-known paths ([`expected`]).
 
 pub mod cloud_hypervisor;
 pub mod descriptor;
 pub mod error;
+pub mod expected;
 pub mod libvirt;
 pub mod search;
 pub mod select;
 
 pub use cloud_hypervisor::{
-    select_cloud_hypervisor, ChFirmwareFile, ChFirmwareKind, ChFirmwarePaths, ChSelection,
-    EfiFirmware,
+    select_cloud_hypervisor, select_cloud_hypervisor_or_expected, ChFirmwareFile, ChFirmwareKind,
+    ChFirmwarePaths, ChSelection, EfiFirmware,
 };
 pub use descriptor::{Descriptor, Feature, FlashMode, InterfaceType, Mapping};
 pub use error::{FirmwareError, MissingFile, NoMatch, Rejected};
@@ -56,6 +59,71 @@ impl Default for FirmwareConfig {
             cloud_hypervisor: ChFirmwarePaths::default(),
             machine: None,
         }
+    }
+}
+
+impl FirmwareConfig {
+    /// The launcher's configuration: `descriptor_dirs` (highest precedence
+    /// first) replace QEMU's standard directories when not empty; otherwise
+    /// the standard ones, with the user's config directory only for a
+    /// libvirt session daemon (`libvirt_uri` is `qemu:///session`), as
+    /// libvirt itself reads them. `ch_dir` holds Cloud Hypervisor's files
+    /// under their standard names ([`ChFirmwarePaths::under_dir`]).
+    pub fn for_launcher(
+        descriptor_dirs: Vec<std::path::PathBuf>,
+        ch_dir: Option<&std::path::Path>,
+        libvirt_uri: &str,
+    ) -> Self {
+        let qemu = if descriptor_dirs.is_empty() {
+            SearchPaths::standard(is_session_uri(libvirt_uri))
+        } else {
+            SearchPaths::new(descriptor_dirs)
+        };
+        FirmwareConfig {
+            qemu,
+            cloud_hypervisor: ch_dir.map(ChFirmwarePaths::under_dir).unwrap_or_default(),
+            machine: None,
+        }
+    }
+}
+
+/// Whether a libvirt URI names a per-user session daemon
+/// (`qemu:///session`, `qemu+unix:///session?socket=...`).
+pub fn is_session_uri(uri: &str) -> bool {
+    let path = uri
+        .split_once("://")
+        .map(|(_, rest)| rest.split_once('/').map(|(_, p)| p).unwrap_or(""))
+        .unwrap_or("");
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path.trim_end_matches('/') == "session"
+}
+
+/// What the choice is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The VM starts: every file must exist.
+    Run,
+    /// `render`/`validate`: missing files are warnings, and when nothing on
+    /// this host fits, the pod image's expected firmware stands in.
+    DryRun,
+}
+
+/// The firmware decision for `domain` for `purpose`: for a run, only what
+/// this host has ([`Choice::require_present`] passed); for a dry run, what
+/// it has or else what the pod image would have ([`Choice::warnings`] say
+/// which).
+pub fn choose(
+    domain: &Domain,
+    config: &FirmwareConfig,
+    purpose: Purpose,
+) -> Result<Choice, FirmwareError> {
+    match purpose {
+        Purpose::Run => {
+            let choice = choose_for_domain(domain, config)?;
+            choice.require_present()?;
+            Ok(choice)
+        }
+        Purpose::DryRun => choose_inner(domain, config, true),
     }
 }
 
@@ -152,6 +220,14 @@ pub fn choose_for_domain(
     domain: &Domain,
     config: &FirmwareConfig,
 ) -> Result<Choice, FirmwareError> {
+    choose_inner(domain, config, false)
+}
+
+fn choose_inner(
+    domain: &Domain,
+    config: &FirmwareConfig,
+    allow_expected: bool,
+) -> Result<Choice, FirmwareError> {
     let Some(mut req) = Requirements::from_domain(domain) else {
         return Ok(Choice::NotNeeded {
             reason: "direct kernel boot: the hypervisor loads the kernel itself".to_owned(),
@@ -161,10 +237,14 @@ pub fn choose_for_domain(
         req = req.with_machine(m.clone());
     }
     match domain.hypervisor {
-        Hypervisor::CloudHypervisor => Ok(Choice::CloudHypervisor(select_cloud_hypervisor(
-            &req,
-            &config.cloud_hypervisor,
-        )?)),
+        Hypervisor::CloudHypervisor => {
+            let selection = if allow_expected {
+                select_cloud_hypervisor_or_expected(&req, &config.cloud_hypervisor)?
+            } else {
+                select_cloud_hypervisor(&req, &config.cloud_hypervisor)?
+            };
+            Ok(Choice::CloudHypervisor(selection))
+        }
         Hypervisor::Libvirt => {
             if domain.architecture == Architecture::S390x {
                 return Ok(Choice::NotNeeded {
@@ -179,7 +259,14 @@ pub fn choose_for_domain(
                 });
             }
             let catalog = Catalog::load(&config.qemu);
-            Ok(Choice::Qemu(select(&catalog, &req)?))
+            match select(&catalog, &req) {
+                Ok(selection) => Ok(Choice::Qemu(selection)),
+                Err(no_match) if allow_expected => match expected::qemu(&req, no_match.clone()) {
+                    Some(selection) => Ok(Choice::Qemu(selection)),
+                    None => Err(no_match.into()),
+                },
+                Err(no_match) => Err(no_match.into()),
+            }
         }
     }
 }

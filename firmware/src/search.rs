@@ -39,12 +39,23 @@ impl SearchPaths {
     /// `XDG_CONFIG_HOME` says where it is), `/etc/qemu/firmware`,
     /// `/usr/share/qemu/firmware`.
     pub fn from_env() -> Self {
+        SearchPaths::standard(true)
+    }
+
+    /// QEMU's directories as a libvirt daemon reads them: the user's config
+    /// directory only when `include_user_dir` (libvirt reads it for an
+    /// unprivileged session daemon, `qemu:///session`, not for
+    /// `qemu:///system`), then `/etc/qemu/firmware`,
+    /// `/usr/share/qemu/firmware`.
+    pub fn standard(include_user_dir: bool) -> Self {
         let mut dirs = Vec::new();
-        if let Some(user) = user_config_dir(
-            std::env::var_os("XDG_CONFIG_HOME"),
-            std::env::var_os("HOME"),
-        ) {
-            dirs.push(user);
+        if include_user_dir {
+            if let Some(user) = user_config_dir(
+                std::env::var_os("XDG_CONFIG_HOME"),
+                std::env::var_os("HOME"),
+            ) {
+                dirs.push(user);
+            }
         }
         dirs.push(PathBuf::from(SYSCONF_DIR));
         dirs.push(PathBuf::from(DISTRO_DIR));

@@ -307,6 +307,10 @@ pub struct Selection {
     pub reasons: Vec<String>,
     /// Candidates tried first, in order, and what each lacked.
     pub passed_over: Vec<Rejected>,
+    /// Set for a dry run's stand-in when nothing on this host fits: the
+    /// paths are where the pod image ships the firmware
+    /// ([`crate::expected`]), and this says what was searched here.
+    pub expected_not_found: Option<NoMatch>,
 }
 
 impl Selection {
@@ -343,14 +347,21 @@ impl Selection {
 
     /// One line per missing file, for a dry run that must not fail.
     pub fn warnings(&self) -> Vec<String> {
+        if let Some(not_found) = &self.expected_not_found {
+            return vec![expected_warning(&self.executable, not_found)];
+        }
         self.missing_files()
             .iter()
             .map(|m| format!("{m} (named by {})", self.descriptor_path.display()))
             .collect()
     }
 
-    /// For `run`: every file must exist.
+    /// For `run`: every file must exist, and an expected stand-in is never
+    /// enough.
     pub fn require_present(&self) -> Result<(), FirmwareError> {
+        if let Some(not_found) = &self.expected_not_found {
+            return Err(FirmwareError::NoMatch(not_found.clone()));
+        }
         let files = self.missing_files();
         if files.is_empty() {
             Ok(())
@@ -361,6 +372,14 @@ impl Selection {
             })
         }
     }
+}
+
+/// The dry-run warning for an expected stand-in.
+pub(crate) fn expected_warning(path: &Path, not_found: &NoMatch) -> String {
+    format!(
+        "rendering the expected path {} although it is not on this host: {not_found}",
+        path.display()
+    )
 }
 
 pub(crate) fn missing(files: Vec<(&'static str, &Path)>) -> Vec<MissingFile> {
@@ -495,6 +514,7 @@ fn selection(
         features: d.features.clone(),
         reasons,
         passed_over,
+        expected_not_found: None,
     };
     match &d.mapping {
         Mapping::Flash {

@@ -11,8 +11,8 @@ use cloud_hypervisor_client::models::{
     PayloadConfig, PlatformConfig, RngConfig, SerialConfig, VmConfig,
 };
 use domain_model::{
-    Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, FieldError, ImageFormat,
-    LaunchSecurity, SpecErrors,
+    Architecture, Boot, ClockOffset, CpuModel, DiskBus, DiskDevice, Domain, FieldError,
+    ImageFormat, LaunchSecurity, SpecErrors,
 };
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,22 @@ pub struct HostInputs {
     pub firmware: Option<PathBuf>,
     /// IGVM image for SEV-SNP guests (it carries the guest firmware).
     pub igvm: Option<PathBuf>,
+    /// Where CH serves the serial port in its `Socket` mode (the launcher's
+    /// default, see [`SerialMode`]); `None` asks for a PTY instead.
+    pub serial_socket: Option<PathBuf>,
+}
+
+/// How Cloud Hypervisor hands the guest's serial port to the launcher.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SerialMode {
+    /// A unix socket CH listens on and the launcher connects to. CH holds
+    /// output until the launcher connects, and what it wrote before it
+    /// closes the socket (guest power-off) stays readable, so no byte is lost.
+    #[default]
+    Socket,
+    /// A PTY. When CH closes it (guest power-off), the kernel discards what
+    /// the launcher had not read yet: the guest's last output can be lost.
+    Pty,
 }
 
 impl HostInputs {
@@ -32,12 +48,12 @@ impl HostInputs {
         match choice {
             firmware::Choice::CloudHypervisor(sel) => match sel.kind {
                 firmware::ChFirmwareKind::Igvm => HostInputs {
-                    firmware: None,
                     igvm: Some(sel.path.clone()),
+                    ..HostInputs::default()
                 },
                 _ => HostInputs {
                     firmware: Some(sel.path.clone()),
-                    igvm: None,
+                    ..HostInputs::default()
                 },
             },
             firmware::Choice::NotNeeded { .. } | firmware::Choice::Qemu(_) => HostInputs::default(),
@@ -60,9 +76,6 @@ pub enum ConfigError {
     /// SEV-SNP without an IGVM image from the host.
     #[error("{path}: SEV-SNP on cloud-hypervisor needs an IGVM image path")]
     IgvmMissing { path: String },
-    /// SEV-SNP host data that is not 32 bytes in hex.
-    #[error("{path}: host data must be exactly 64 hexadecimal characters (32 bytes): {reason}")]
-    InvalidHostData { path: String, reason: String },
     /// A value outside what Cloud Hypervisor's API can carry.
     #[error("{path}: {value} is out of range for cloud-hypervisor ({limit})")]
     OutOfRange {
@@ -82,7 +95,6 @@ impl ConfigError {
             ConfigError::Unsupported { path, .. }
             | ConfigError::FirmwareMissing { path }
             | ConfigError::IgvmMissing { path }
-            | ConfigError::InvalidHostData { path, .. }
             | ConfigError::OutOfRange { path, .. }
             | ConfigError::NonUtf8Path { path, .. } => path,
         }
@@ -123,6 +135,7 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
     let memory = memory(domain, &mut errors);
     let mut payload = payload(domain, host, &mut errors);
     let disks = disks(domain, &mut errors);
+    let serial = serial(domain, host, &mut errors);
     let mut platform = PlatformConfig {
         uuid: Some(domain.firmware.uuid.clone()),
         serial_number: domain.firmware.serial.clone(),
@@ -143,11 +156,7 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
             .devices
             .rng
             .then(|| RngConfig::new(RNG_SOURCE.into())),
-        serial: Some(SerialConfig::new(if domain.devices.serial_console {
-            ConsoleMode::Pty
-        } else {
-            ConsoleMode::Off
-        })),
+        serial: Some(serial),
         // CH's default virtio-console is `Tty`: the launcher's own terminal.
         console: Some(ConsoleConfig::new(ConsoleMode::Off)),
         // Makes guest panics visible as `guest:panic` events.
@@ -193,16 +202,24 @@ fn check_platform(domain: &Domain, errors: &mut Vec<ConfigError>) {
     }
     if let Some(clock) = &domain.clock {
         // CH's RTC always reads the host clock as UTC.
-        if clock.offset != "utc" {
-            errors.push(unsupported(
+        match &clock.offset {
+            ClockOffset::Utc {
+                adjustment_seconds: 0,
+            } => {}
+            ClockOffset::Utc { adjustment_seconds } => errors.push(unsupported(
+                format!("{}.utc.offsetSeconds", clock.spec_path),
+                format!("a UTC clock offset ({adjustment_seconds:+} seconds)"),
+            )),
+            ClockOffset::Timezone { name } => errors.push(unsupported(
                 format!("{}.timezone", clock.spec_path),
-                format!("clock offset {:?}", clock.offset),
-            ));
+                format!("clock timezone {name:?}"),
+            )),
         }
         if !clock.timers.is_empty() {
+            let names: Vec<&str> = clock.timers.iter().map(|t| t.name.as_str()).collect();
             errors.push(unsupported(
                 format!("{}.timer", clock.spec_path),
-                format!("configuring clock timers ({})", clock.timers.join(", ")),
+                format!("configuring clock timers ({})", names.join(", ")),
             ));
         }
     }
@@ -213,14 +230,21 @@ fn check_devices(domain: &Domain, errors: &mut Vec<ConfigError>) {
     let refused = devices
         .graphics
         .iter()
-        .map(|g| (g, "graphics device"))
-        .chain(devices.inputs.iter().map(|i| (i, "input device")))
-        .chain(devices.interfaces.iter().map(|n| (n, "network interface")));
-    for (feature, what) in refused {
-        errors.push(unsupported(
-            feature.spec_path.clone(),
-            format!("{what} {:?}", feature.kind),
-        ));
+        .map(|g| (&g.spec_path, format!("graphics device {:?}", g.kind)))
+        .chain(devices.inputs.iter().map(|i| {
+            (
+                &i.spec_path,
+                format!("input device \"{}:{}\"", i.kind.as_str(), i.bus.as_str()),
+            )
+        }))
+        .chain(
+            devices
+                .interfaces
+                .iter()
+                .map(|n| (&n.spec_path, format!("network interface {:?}", n.kind))),
+        );
+    for (spec_path, what) in refused {
+        errors.push(unsupported(spec_path.clone(), what));
     }
 }
 
@@ -305,6 +329,25 @@ fn path_str(spec_path: &str, file: &Path, errors: &mut Vec<ConfigError>) -> Stri
             });
             String::new()
         }
+    }
+}
+
+/// The serial port: off without `autoattachSerialConsole`, else a socket or
+/// a PTY as [`HostInputs::serial_socket`] says.
+fn serial(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) -> SerialConfig {
+    if !domain.devices.serial_console {
+        return SerialConfig::new(ConsoleMode::Off);
+    }
+    match &host.serial_socket {
+        Some(socket) => SerialConfig {
+            socket: Some(path_str(
+                "spec.domain.devices.autoattachSerialConsole",
+                socket,
+                errors,
+            )),
+            ..SerialConfig::new(ConsoleMode::Socket)
+        },
+        None => SerialConfig::new(ConsoleMode::Pty),
     }
 }
 
@@ -429,29 +472,10 @@ fn launch_security(
                 Some(igvm) => payload.igvm = Some(path_str(&path, igvm, errors)),
                 None => errors.push(ConfigError::IgvmMissing { path: path.clone() }),
             }
-            if let Some(data) = host_data {
-                match check_host_data(data) {
-                    Ok(()) => payload.host_data = Some(data.to_ascii_lowercase()),
-                    Err(reason) => errors.push(ConfigError::InvalidHostData {
-                        path: format!("{path}.hostData"),
-                        reason,
-                    }),
-                }
-            }
+            // domain-model validated it: 64 lowercase hex characters.
+            payload.host_data = host_data.clone();
         }
     }
-}
-
-fn check_host_data(data: &str) -> Result<(), String> {
-    if let Some((i, c)) = data.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "character {c:?} at position {i} is not hexadecimal"
-        ));
-    }
-    if data.len() != 64 {
-        return Err(format!("got {} characters", data.len()));
-    }
-    Ok(())
 }
 
 fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
@@ -588,6 +612,7 @@ mod tests {
         HostInputs {
             firmware: Some("/usr/share/cloud-hypervisor/CLOUDHV.fd".into()),
             igvm: None,
+            serial_socket: None,
         }
     }
 
@@ -793,13 +818,15 @@ mod tests {
                 kind,
                 path: path.into(),
                 reasons: vec![],
+                expected_not_found: None,
             })
         };
         assert_eq!(
             HostInputs::from_choice(&choice(firmware::ChFirmwareKind::Igvm, "/fw/snp.igvm")),
             HostInputs {
                 firmware: None,
-                igvm: Some("/fw/snp.igvm".into())
+                igvm: Some("/fw/snp.igvm".into()),
+                serial_socket: None,
             }
         );
         assert_eq!(
@@ -809,7 +836,8 @@ mod tests {
             )),
             HostInputs {
                 firmware: Some("/fw/CLOUDHV.fd".into()),
-                igvm: None
+                igvm: None,
+                serial_socket: None,
             }
         );
         let none = firmware::Choice::NotNeeded {
@@ -833,6 +861,7 @@ mod tests {
             let host = HostInputs {
                 firmware: Some("/fw/tdvf.fd".into()),
                 igvm: Some("/fw/snp.igvm".into()),
+                serial_socket: None,
             };
             assert_eq!(
                 errors_of(&d, &host),
@@ -842,45 +871,27 @@ mod tests {
     }
 
     #[test]
-    fn sev_snp_boots_from_igvm_with_validated_host_data() {
+    fn sev_snp_boots_from_igvm_with_host_data() {
         let mut d = domain();
         d.boot = Boot::Efi {
             secure_boot: false,
             persistent: false,
         };
-        let hex = "AB".repeat(32);
+        let hex = "ab".repeat(32);
         d.launch_security = Some(LaunchSecurity::SevSnp {
             host_data: Some(hex.clone()),
         });
         let host = HostInputs {
             firmware: None,
             igvm: Some("/fw/snp.igvm".into()),
+            serial_socket: None,
         };
         let c = vm_config(&d, &host).expect("translates");
         assert_eq!(c.payload.igvm.as_deref(), Some("/fw/snp.igvm"));
         assert_eq!(c.payload.firmware, None);
-        assert_eq!(c.payload.host_data, Some(hex.to_ascii_lowercase()));
+        assert_eq!(c.payload.host_data, Some(hex));
         assert_eq!(c.platform.and_then(|p| p.sev_snp), Some(true));
 
-        let cases = [
-            ("ab".repeat(31), "got 62 characters"),
-            (
-                format!("{}zz", "ab".repeat(31)),
-                "character 'z' at position 62 is not hexadecimal",
-            ),
-        ];
-        for (data, reason) in cases {
-            d.launch_security = Some(LaunchSecurity::SevSnp {
-                host_data: Some(data),
-            });
-            assert_eq!(
-                errors_of(&d, &host),
-                vec![ConfigError::InvalidHostData {
-                    path: "spec.domain.launchSecurity.snp.hostData".into(),
-                    reason: reason.into(),
-                }]
-            );
-        }
         d.launch_security = Some(LaunchSecurity::SevSnp { host_data: None });
         assert_eq!(
             errors_of(&d, &HostInputs::default()),

@@ -2,17 +2,19 @@
 //! under a fresh `cloud-hypervisor` process.
 //!
 //! translate -> spawn -> wait for `vmm.ping` -> check build features ->
-//! `vm.create` -> read the serial PTY from `vm.info` -> start watching events.
+//! `vm.create` -> read the serial console (socket or PTY) from `vm.info` ->
+//! start watching events.
 //! Any failure after the spawn takes the VMM down again.
 
 use super::api::Api;
-use super::config::{vm_config, ConfigErrors, HostInputs};
+use super::config::{vm_config, ConfigErrors, HostInputs, SerialMode};
 use super::events::{EventMapper, Monitor};
 use super::process::{self, ProcessError, Spawned};
 use super::ChVm;
 use crate::backend::{BackendError, ConsoleSource, Created};
 use crate::lifecycle::Event;
 use crate::paths::VmPaths;
+use cloud_hypervisor_client::models::{ConsoleMode, SerialConfig};
 use domain_model::{Domain, LaunchSecurity};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -25,8 +27,11 @@ use tokio::sync::{mpsc, watch, Notify};
 pub struct ChOptions {
     /// The `cloud-hypervisor` binary; see [`process::binary`] for the default.
     pub binary: Option<PathBuf>,
-    /// Firmware and IGVM files chosen for this host.
+    /// Firmware and IGVM files chosen for this host. Its `serial_socket` is
+    /// replaced by what `serial` asks for (see [`ChOptions::host_inputs`]).
     pub host: HostInputs,
+    /// How CH hands the serial port to the launcher.
+    pub serial: SerialMode,
     /// How long the API may take to answer after the process started.
     pub ready_timeout: Duration,
     /// Pause between readiness probes.
@@ -40,6 +45,7 @@ impl Default for ChOptions {
         ChOptions {
             binary: None,
             host: HostInputs::default(),
+            serial: SerialMode::default(),
             ready_timeout: Duration::from_secs(10),
             // CH binds its API socket about 1 ms after exec; a failed probe
             // (connect on a missing socket) costs microseconds, while every
@@ -47,6 +53,20 @@ impl Default for ChOptions {
             // (10 ms here was a quarter of a whole run of the halting guest).
             ready_poll: Duration::from_millis(1),
             stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ChOptions {
+    /// The translation inputs for the VM at `paths`: the host's files, and
+    /// the serial socket in the VM directory unless a PTY was chosen.
+    pub fn host_inputs(&self, paths: &VmPaths) -> HostInputs {
+        HostInputs {
+            serial_socket: match self.serial {
+                SerialMode::Socket => Some(paths.ch_serial_socket()),
+                SerialMode::Pty => None,
+            },
+            ..self.host.clone()
         }
     }
 }
@@ -69,8 +89,8 @@ pub enum CreateError {
     },
     #[error(transparent)]
     Api(#[from] BackendError),
-    #[error("cloud-hypervisor created the VM but vm.info names no serial PTY (serial: {0})")]
-    NoPty(String),
+    #[error("cloud-hypervisor created the VM but vm.info names no serial PTY or socket (serial: {0})")]
+    NoSerial(String),
 }
 
 /// The log file of the VMM's own output.
@@ -88,31 +108,31 @@ pub async fn create(
     paths: &VmPaths,
     opts: &ChOptions,
 ) -> Result<Created<ChVm>, CreateError> {
-    let config = vm_config(domain, &opts.host)?;
+    let host = opts.host_inputs(paths);
+    let config = vm_config(domain, &host)?;
     let binary = process::binary(opts.binary.as_deref());
     let socket = paths.ch_api_socket();
     std::fs::create_dir_all(&paths.dir).map_err(|source| ProcessError::Prepare {
         path: paths.dir.clone(),
         source,
     })?;
+    if let Some(serial) = &host.serial_socket {
+        // CH binds the serial socket itself and fails when the path exists
+        // (left by a VMM that was killed).
+        remove_stale(serial)?;
+    }
     let mut spawned = process::spawn(&binary, &socket, &log_path(paths))?;
     tracing::info!(binary = %binary.display(), pid = spawned.child.id(),
         api = %socket.display(), "cloud-hypervisor started");
     let api = Api::new(&socket);
 
     let prepared = prepare(domain, &binary, &api, &mut spawned, config, opts).await;
-    let serial = match prepared {
-        Ok(serial) => serial,
+    let console = match prepared {
+        Ok(console) => console,
         Err(e) => {
             abort(&mut spawned).await;
             return Err(e);
         }
-    };
-
-    let console = match serial {
-        Some(pty) => ConsoleSource::Pty(pty),
-        // No serial device: nothing to relay, and nobody else serves one either.
-        None => ConsoleSource::ServedByHypervisor,
     };
     let (tx, events) = mpsc::unbounded_channel();
     // Sent before the monitor starts, so it comes first.
@@ -152,7 +172,7 @@ pub async fn create(
     })
 }
 
-/// Everything between the spawn and a created VM; returns the serial PTY.
+/// Everything between the spawn and a created VM; returns the serial console.
 async fn prepare(
     domain: &Domain,
     binary: &Path,
@@ -160,7 +180,7 @@ async fn prepare(
     spawned: &mut Spawned,
     config: cloud_hypervisor_client::models::VmConfig,
     opts: &ChOptions,
-) -> Result<Option<PathBuf>, CreateError> {
+) -> Result<ConsoleSource, CreateError> {
     let ping = process::wait_ready(spawned, api, opts.ready_timeout, opts.ready_poll).await?;
     let features = ping.features.clone().unwrap_or_default();
     for (feature, needed_for) in required_features(domain) {
@@ -176,13 +196,43 @@ async fn prepare(
     }
     api.create(config).await?;
     if !domain.devices.serial_console {
-        return Ok(None);
+        return Ok(ConsoleSource::None);
     }
-    // CH allocates the PTY at create time and names it in the config.
+    // CH makes the serial device at create time: it allocates the PTY (and
+    // names it in the config) or binds the socket.
     let info = api.info().await?;
-    match info.config.serial {
-        Some(serial) if serial.file.is_some() => Ok(serial.file.map(PathBuf::from)),
-        other => Err(CreateError::NoPty(format!("{other:?}"))),
+    match console_source(info.config.serial.as_ref()) {
+        ConsoleSource::None => Err(CreateError::NoSerial(format!("{:?}", info.config.serial))),
+        source => Ok(source),
+    }
+}
+
+/// The serial console as `vm.info` describes it.
+pub(crate) fn console_source(serial: Option<&SerialConfig>) -> ConsoleSource {
+    let Some(serial) = serial else {
+        return ConsoleSource::None;
+    };
+    match (&serial.mode, &serial.file, &serial.socket) {
+        (ConsoleMode::Pty, Some(pty), _) => ConsoleSource::Pty(PathBuf::from(pty)),
+        (ConsoleMode::Socket, _, Some(socket)) => ConsoleSource::UnixSocket(PathBuf::from(socket)),
+        // Off, or a mode the launcher never asks for (Tty, File, Null): no
+        // console the launcher can relay.
+        _ => ConsoleSource::None,
+    }
+}
+
+/// Removes a socket file left at `path`.
+fn remove_stale(path: &Path) -> Result<(), ProcessError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::debug!(path = %path.display(), "removed a stale serial socket");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ProcessError::Prepare {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -15,11 +15,10 @@ pub mod driver;
 pub mod events;
 pub mod process;
 
-pub use config::{render_json, vm_config, ConfigError, ConfigErrors, HostInputs};
+pub use config::{render_json, vm_config, ConfigError, ConfigErrors, HostInputs, SerialMode};
 pub use driver::{create, ChOptions, CreateError};
 
-use crate::backend::{Backend, BackendError};
-use std::path::PathBuf;
+use crate::backend::{Backend, BackendError, ConsoleSource};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,14 +42,6 @@ impl ChVm {
     /// The VMM's process id (while it runs).
     pub fn pid(&self) -> Option<u32> {
         self.pid
-    }
-
-    /// The serial PTY CH currently serves. CH closes the serial PTY and opens
-    /// a new one on every reboot (guest- or API-initiated), so a console relay
-    /// must reattach here after [`crate::lifecycle::Event::Rebooted`].
-    pub async fn serial_pty(&self) -> Result<Option<PathBuf>, BackendError> {
-        let info = self.api.info().await?;
-        Ok(info.config.serial.and_then(|s| s.file).map(PathBuf::from))
     }
 
     /// Whether the VMM process is gone (and its last events were delivered).
@@ -83,14 +74,12 @@ impl Backend for ChVm {
     async fn power_button(&self) -> Result<(), BackendError> {
         self.api.power_button().await
     }
-    /// CH re-creates its console devices on reboot; `vm.info` names the new PTY.
-    async fn serial_pty(&self) -> Result<Option<std::path::PathBuf>, BackendError> {
+    /// CH re-creates its serial device on every reboot (guest- or
+    /// API-initiated): a new PTY, or its socket closed and bound again at the
+    /// same path. `vm.info` names the current one.
+    async fn console(&self) -> Result<ConsoleSource, BackendError> {
         let info = self.api.info().await?;
-        Ok(info
-            .config
-            .serial
-            .and_then(|s| s.file)
-            .map(std::path::PathBuf::from))
+        Ok(driver::console_source(info.config.serial.as_ref()))
     }
 
     /// Shuts the VM down and the VMM with it; SIGKILLs the VMM when its API

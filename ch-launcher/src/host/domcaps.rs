@@ -2,8 +2,9 @@
 //! [`HostCapabilities`].
 //!
 //! Support is derived the way KubeVirt's node-labeller derives it, so a node
-//! gets the same labels from either: SEV when `<sev supported='yes'>`, SEV-ES
-//! when SEV is there with `maxESGuests > 0`, SEV-SNP when SEV-ES is there and
+//! gets the same labels from either: SEV when `<sev supported='yes'>` (even
+//! without `cbitpos`/`reducedPhysBits`, which only rendering a guest needs),
+//! SEV-ES when SEV is there with `maxESGuests > 0`, SEV-SNP when SEV-ES is there and
 //! `<launchSecurity supported='yes'>` lists the `sev-snp` sectype, TDX from
 //! `<tdx supported='yes'>` and Secure Execution from
 //! `<s390-pv supported='yes'>`. Everything else in the document is ignored.
@@ -114,28 +115,35 @@ impl DomainCapabilities {
     fn into_capabilities(self, source: &str) -> HostCapabilities {
         let f = self.features;
         let mut notes = Vec::new();
-        let sev = match f.sev {
-            Some(sev) if sev.supported.as_deref() == Some("yes") => {
-                match (sev.cbitpos, sev.reduced_phys_bits) {
-                    (Some(cbitpos), Some(reduced_phys_bits)) => Some(SevParameters {
-                        cbitpos,
-                        reduced_phys_bits,
-                        max_guests: sev.max_guests.unwrap_or(0),
-                        max_es_guests: sev.max_es_guests.unwrap_or(0),
-                    }),
-                    _ => {
-                        // A guest cannot be configured without these, so SEV
-                        // counts as absent rather than guessed.
-                        notes.push(
-                            "<sev supported='yes'> lacks cbitpos or reducedPhysBits; SEV treated \
-                             as unavailable"
-                                .to_string(),
-                        );
-                        None
-                    }
+        let sev_supported = f
+            .sev
+            .as_ref()
+            .is_some_and(|sev| sev.supported.as_deref() == Some("yes"));
+        let max_es_guests = f
+            .sev
+            .as_ref()
+            .and_then(|sev| sev.max_es_guests)
+            .unwrap_or(0);
+        let sev = match f.sev.filter(|_| sev_supported) {
+            Some(sev) => match (sev.cbitpos, sev.reduced_phys_bits) {
+                (Some(cbitpos), Some(reduced_phys_bits)) => Some(SevParameters {
+                    cbitpos,
+                    reduced_phys_bits,
+                    max_guests: sev.max_guests.unwrap_or(0),
+                    max_es_guests,
+                }),
+                _ => {
+                    // Never guessed: a wrong C-bit makes QEMU refuse to
+                    // start or the guest fault early.
+                    notes.push(
+                        "<sev supported='yes'> lacks cbitpos or reducedPhysBits: SEV is \
+                         labelled, but an SEV guest cannot be rendered from this document"
+                            .to_string(),
+                    );
+                    None
                 }
-            }
-            _ => None,
+            },
+            None => None,
         };
         let launch_security_types: Vec<String> = f
             .launch_security
@@ -148,7 +156,7 @@ impl DomainCapabilities {
                     .collect()
             })
             .unwrap_or_default();
-        let sev_es = sev.is_some_and(|s| s.max_es_guests > 0);
+        let sev_es = sev_supported && max_es_guests > 0;
         let sev_snp = sev_es && launch_security_types.iter().any(|t| t == "sev-snp");
         HostCapabilities {
             source: source.to_string(),
@@ -156,6 +164,7 @@ impl DomainCapabilities {
             emulator: self.path,
             machine: self.machine,
             domain_type: self.domain,
+            sev_supported,
             sev,
             sev_es,
             sev_snp,
@@ -264,12 +273,32 @@ mod tests {
     }
 
     #[test]
-    fn sev_without_cbitpos_is_unavailable_with_a_note() {
-        let xml = "<domainCapabilities><features><sev supported='yes'/></features>\
-                   </domainCapabilities>";
+    fn sev_supported_without_cbitpos_is_labelled_but_has_no_parameters() {
+        let xml = "<domainCapabilities><features><sev supported='yes'>\
+                   <maxESGuests>4</maxESGuests></sev></features></domainCapabilities>";
         let caps = parse(xml, "inline").unwrap();
+        assert!(caps.sev_supported);
         assert_eq!(caps.sev, None);
+        assert!(caps.sev_es, "KubeVirt labels SEV-ES from maxESGuests alone");
         assert_eq!(caps.notes.len(), 1);
+        assert!(caps.notes[0].contains("cbitpos"), "{:?}", caps.notes);
+        let labels = crate::host::labels::node_labels(&caps);
+        assert_eq!(labels.get("kubevirt.io/sev").map(String::as_str), Some("true"));
+
+        let bare = parse(
+            "<domainCapabilities><features><sev supported='yes'/></features>\
+             </domainCapabilities>",
+            "inline",
+        )
+        .unwrap();
+        assert!(bare.sev_supported && !bare.sev_es && bare.sev.is_none());
+        let unsupported = parse(
+            "<domainCapabilities><features><sev supported='no'/></features>\
+             </domainCapabilities>",
+            "inline",
+        )
+        .unwrap();
+        assert!(!unsupported.sev_supported && unsupported.notes.is_empty());
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! Node labels for what a host can run, and the node selector a VM's pod
 //! needs, with KubeVirt's keys so its scheduler and ours agree
 //! (`kubevirt.io/api/core/v1` `SEVLabel`, `SEVESLabel`, `SEVSNPLabel`,
-//! `TDXLabel`, `SecureExecutionLabel`; value `"true"`, absent otherwise).
+//! `TDXLabel`, `SecureExecutionLabel`; absent when the host lacks it).
+//!
+//! The value is `"true"`, as KubeVirt's node-labeller writes it for SEV,
+//! SEV-ES and Secure Execution (`pkg/virt-handler/node-labeller/
+//! node_labeller.go`, `prepareLabels`: `newLabels[kubevirtv1.SEVLabel] =
+//! "true"`; releases before 1.4 wrote `""`). KubeVirt schedules on the key
+//! alone, so either value selects the same nodes.
 //!
 //! SEV-SNP nodes also get `sev-snp.node.kubevirt.io`, the label named in the
 //! SEV-SNP enablement proposal, for clusters that schedule on that one.
@@ -23,7 +29,7 @@ const TRUE: &str = "true";
 /// The labels a node with these capabilities carries.
 pub fn node_labels(caps: &HostCapabilities) -> BTreeMap<String, String> {
     let labels = [
-        (caps.sev.is_some(), SEV),
+        (caps.sev_supported, SEV),
         (caps.sev_es, SEV_ES),
         (caps.sev_snp, SEV_SNP),
         (caps.sev_snp, SEV_SNP_PROPOSAL),

@@ -29,8 +29,13 @@ pub struct HostCapabilities {
     pub machine: Option<String>,
     /// libvirt's domain type (`kvm`, `qemu`).
     pub domain_type: Option<String>,
-    /// AMD SEV, with the parameters every SEV/SEV-ES/SEV-SNP guest must use;
-    /// `None` when SEV is not available.
+    /// AMD SEV is available (`<sev supported='yes'>`, or kvm_amd's `sev`
+    /// parameter on): what the `kubevirt.io/sev` label says, as KubeVirt's
+    /// node-labeller decides it, whether or not the parameters are known.
+    pub sev_supported: bool,
+    /// The parameters every SEV/SEV-ES/SEV-SNP guest must use; `None` when
+    /// SEV is not available or the source did not report `cbitpos` and
+    /// `reducedPhysBits` (then nothing can be rendered for an SEV guest).
     pub sev: Option<SevParameters>,
     pub sev_es: bool,
     pub sev_snp: bool,

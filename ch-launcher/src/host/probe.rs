@@ -82,20 +82,20 @@ impl NativeProbe {
             }
         };
 
+        let sev_supported = self.param_on("module/kvm_amd/parameters/sev", &mut notes)
+            && kvm_allows(KVM_X86_SEV_VM, "SEV", &mut notes);
         let mut sev = None;
-        if self.param_on("module/kvm_amd/parameters/sev", &mut notes)
-            && kvm_allows(KVM_X86_SEV_VM, "SEV", &mut notes)
-        {
+        if sev_supported {
             match (self.sev_cpuid)() {
                 Some(cpuid) => sev = Some(sev_parameters(cpuid)),
                 None => notes.push(
                     "SEV is enabled in kvm_amd but CPUID leaf 0x8000001F is unavailable, so the \
-                     C-bit position is unknown; SEV treated as unavailable"
+                     C-bit position is unknown: an SEV guest cannot be rendered from this probe"
                         .to_string(),
                 ),
             }
         }
-        let sev_es = sev.is_some()
+        let sev_es = sev_supported
             && self.param_on("module/kvm_amd/parameters/sev_es", &mut notes)
             && kvm_allows(KVM_X86_SEV_ES_VM, "SEV-ES", &mut notes);
         let sev_snp = sev_es
@@ -107,7 +107,7 @@ impl NativeProbe {
 
         let mut launch_security_types = Vec::new();
         for (on, name) in [
-            (sev.is_some(), "sev"),
+            (sev_supported, "sev"),
             (sev_snp, "sev-snp"),
             (tdx, "tdx"),
             (secure_execution, "s390-pv"),
@@ -121,6 +121,7 @@ impl NativeProbe {
             source: "native probe".to_string(),
             // Rust names x86_64, aarch64 and s390x as libvirt does.
             arch: Some(std::env::consts::ARCH.to_string()),
+            sev_supported,
             sev,
             sev_es,
             sev_snp,
@@ -315,9 +316,10 @@ mod tests {
     }
 
     #[test]
-    fn sev_without_cpuid_leaf_is_unavailable_and_noted() {
+    fn sev_without_cpuid_leaf_is_supported_without_parameters_and_noted() {
         let root = sysfs(&[("module/kvm_amd/parameters/sev", "Y")]);
         let caps = probe(root.path(), no_cpuid);
+        assert!(caps.sev_supported);
         assert_eq!(caps.sev, None);
         assert!(
             caps.notes.iter().any(|n| n.contains("0x8000001F")),
@@ -419,6 +421,7 @@ mod tests {
             serde_json::to_string_pretty(&caps).unwrap_or_default()
         );
         assert_eq!(caps.sev, None, "{caps:?}");
+        assert!(!caps.sev_supported, "{caps:?}");
         assert!(!caps.sev_es && !caps.sev_snp && !caps.tdx && !caps.secure_execution);
         assert!(caps.launch_security_types.is_empty());
         assert!(super::super::labels::node_labels(&caps).is_empty());

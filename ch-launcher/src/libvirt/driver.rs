@@ -267,6 +267,11 @@ impl Backend for LibvirtBackend {
     async fn destroy(&self) -> Result<(), BackendError> {
         self.call("destroy", |d| d.destroy()).await
     }
+
+    /// QEMU's chardev keeps `virt-serial0` across reboots.
+    async fn console(&self) -> Result<ConsoleSource, BackendError> {
+        Ok(ConsoleSource::ServedByHypervisor)
+    }
 }
 
 impl Drop for Inner {

@@ -58,6 +58,13 @@ pub fn snp_policy() -> u64 {
     SNP_POLICY_SMT | SNP_POLICY_RESERVED
 }
 
+/// A policy word as KubeVirt writes it (`"0x" + strconv.FormatUint(bits,
+/// 16)` in `pkg/virt-launcher/virtwrap/launchsecurity`): `0x1`, `0x5`,
+/// `0x30000`, no zero padding.
+fn kubevirt_policy(bits: u64) -> String {
+    format!("0x{bits:x}")
+}
+
 /// The spec field a launch-security kind is set at.
 fn kind_path(ls: &LaunchSecurity) -> String {
     match ls {
@@ -69,28 +76,32 @@ fn kind_path(ls: &LaunchSecurity) -> String {
     }
 }
 
+/// What the host lacks to render `ls`: the SEV parameters every SEV,
+/// SEV-ES and SEV-SNP guest repeats. A host fact, not a spec error: the
+/// caller decides whether to refuse (run, render) or warn (validate);
+/// without them [`apply`] leaves `cbitpos`/`reducedPhysBits` out.
+pub fn host_problem(ls: &LaunchSecurity, sev: Option<&SevParameters>) -> Option<String> {
+    let sev_family = matches!(
+        ls,
+        LaunchSecurity::Sev { .. } | LaunchSecurity::SevSnp { .. }
+    );
+    (sev_family && sev.is_none()).then(|| {
+        format!(
+            "host lacks SEV: {} needs the host's SEV parameters (cbitpos, reducedPhysBits), \
+             which the host capabilities do not give",
+            crate::host::launch_security_name(ls)
+        )
+    })
+}
+
 /// Everything about `domain`'s launch security this backend cannot render.
-pub fn check(domain: &Domain, host: &ConfidentialHost, errors: &mut SpecErrors) {
+/// Host facts are not checked here (see [`host_problem`]).
+pub fn check(domain: &Domain, errors: &mut SpecErrors) {
     let Some(ls) = &domain.launch_security else {
         return;
     };
     let path = kind_path(ls);
     let name = crate::host::launch_security_name(ls);
-    let sev_family = matches!(
-        ls,
-        LaunchSecurity::Sev { .. } | LaunchSecurity::SevSnp { .. }
-    );
-
-    if sev_family && host.sev.is_none() {
-        errors.push(
-            &path,
-            format!(
-                "{name} needs the host's SEV parameters (cbitpos, reducedPhysBits), but the \
-                 host capabilities show no SEV; run on an SEV host or give the domain \
-                 capabilities recorded on one (--domcapabilities)"
-            ),
-        );
-    }
     match ls {
         LaunchSecurity::SecureExecution => {
             if domain.architecture != Architecture::S390x {
@@ -148,14 +159,6 @@ pub fn check(domain: &Domain, host: &ConfidentialHost, errors: &mut SpecErrors) 
             ),
         );
     }
-    if let LaunchSecurity::SevSnp {
-        host_data: Some(data),
-    } = ls
-    {
-        if let Err(reason) = host_data_base64(data) {
-            errors.push(format!("{BASE}.snp.hostData"), reason);
-        }
-    }
 }
 
 /// Adds the launch-security element and the device flags to a document
@@ -175,7 +178,7 @@ pub fn apply(domain: &Domain, host: &ConfidentialHost, doc: &mut DomainXml) {
         } => Some(LaunchSecurityXml {
             cbitpos,
             reduced_phys_bits,
-            policy: Some(format!("0x{:04x}", sev_policy(*encrypted_state))),
+            policy: Some(kubevirt_policy(sev_policy(*encrypted_state).into())),
             dh_cert: dh_cert.clone(),
             session: session.clone(),
             ..LaunchSecurityXml::of_kind("sev")
@@ -183,10 +186,8 @@ pub fn apply(domain: &Domain, host: &ConfidentialHost, doc: &mut DomainXml) {
         LaunchSecurity::SevSnp { host_data } => Some(LaunchSecurityXml {
             cbitpos,
             reduced_phys_bits,
-            policy: Some(format!("0x{:08x}", snp_policy())),
-            host_data: host_data
-                .as_deref()
-                .and_then(|data| host_data_base64(data).ok()),
+            policy: Some(kubevirt_policy(snp_policy())),
+            host_data: host_data.as_deref().map(host_data_base64),
             ..LaunchSecurityXml::of_kind("sev-snp")
         }),
         LaunchSecurity::Tdx => Some(LaunchSecurityXml {
@@ -261,25 +262,20 @@ pub fn probe_libvirt(uri: &str, domain: &Domain) -> Result<HostCapabilities, Str
 }
 
 /// libvirt takes SEV-SNP host data as base64 of its 32 bytes; the spec (and
-/// Cloud Hypervisor) as 64 hexadecimal characters.
-fn host_data_base64(hex: &str) -> Result<String, String> {
+/// Cloud Hypervisor) as 64 hexadecimal characters, which domain-model has
+/// already validated.
+fn host_data_base64(hex: &str) -> String {
     use base64::Engine;
-    if let Some((i, c)) = hex.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "host data must be 64 hexadecimal characters: {c:?} at position {i} is not one"
-        ));
-    }
-    if hex.len() != 64 {
-        return Err(format!(
-            "host data must be 64 hexadecimal characters (32 bytes), got {}",
-            hex.len()
-        ));
-    }
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+    let bytes: Vec<u8> = hex
+        .as_bytes()
+        .chunks(2)
+        .filter_map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
         .collect();
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -305,15 +301,9 @@ mod tests {
     fn host_data_hex_becomes_base64_of_its_bytes() {
         let hex = "00".repeat(31) + "ff";
         assert_eq!(
-            host_data_base64(&hex).unwrap(),
+            host_data_base64(&hex),
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAP8="
         );
-        assert!(host_data_base64(&"ab".repeat(31))
-            .unwrap_err()
-            .contains("got 62"));
-        assert!(host_data_base64(&format!("{}zz", "ab".repeat(31)))
-            .unwrap_err()
-            .contains("position 62"));
     }
 
     // ---- fixtures ----------------------------------------------------
@@ -374,9 +364,10 @@ mod tests {
                 rng: true,
                 serial_console: true,
                 graphics: None,
-                inputs: vec![SpecFeature {
+                inputs: vec![Input {
                     spec_path: "spec.domain.devices.inputs[0]".into(),
-                    kind: "tablet:virtio".into(),
+                    kind: InputKind::Tablet,
+                    bus: InputBus::Virtio,
                 }],
                 interfaces: Vec::new(),
             },
@@ -632,14 +623,14 @@ mod tests {
     // ---- per launch path ----------------------------------------------
 
     #[test]
-    fn sev_renders_policy_0x0001_with_the_hosts_cbitpos_and_iommu_on_virtio_devices() {
+    fn sev_renders_policy_0x1_with_the_hosts_cbitpos_and_iommu_on_virtio_devices() {
         let d = guest(sev(false));
         let (_, doc) = rendered(&d, host_cbit_51());
         let ls = doc.at("launchSecurity");
         assert_eq!(ls.attr("type"), Some("sev"));
         assert_eq!(ls.at("cbitpos").text, "51");
         assert_eq!(ls.at("reducedPhysBits").text, "5");
-        assert_eq!(ls.at("policy").text, "0x0001");
+        assert_eq!(ls.at("policy").text, "0x1");
         assert!(ls.get("dhCert").is_none() && ls.get("session").is_none());
         assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
         // OVMF with amd-sev, with its variable store (SEV keeps NVRAM).
@@ -659,7 +650,7 @@ mod tests {
     }
 
     #[test]
-    fn sev_es_renders_policy_0x0005_with_dh_cert_and_session() {
+    fn sev_es_renders_policy_0x5_with_dh_cert_and_session() {
         let d = guest(LaunchSecurity::Sev {
             encrypted_state: true,
             dh_cert: Some("RBBBSDDD=FDDCCCDDDG".into()),
@@ -669,21 +660,21 @@ mod tests {
         let (_, doc) = rendered(&d, host_from("domcapabilities_sev.xml"));
         let ls = doc.at("launchSecurity");
         assert_eq!(ls.attr("type"), Some("sev"));
-        assert_eq!(ls.at("policy").text, "0x0005");
+        assert_eq!(ls.at("policy").text, "0x5");
         assert_eq!(ls.at("dhCert").text, "RBBBSDDD=FDDCCCDDDG");
         assert_eq!(ls.at("session").text, "AAACCCDD=FFFCCCDSDS");
         assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
     }
 
     #[test]
-    fn sev_snp_renders_type_sev_snp_policy_0x00030000_on_the_stateless_amdsev_image() {
+    fn sev_snp_renders_type_sev_snp_policy_0x30000_on_the_stateless_amdsev_image() {
         let d = guest(snp());
         let (_, doc) = rendered(&d, host_from("domcapabilities_sevsnp.xml"));
         let ls = doc.at("launchSecurity");
         assert_eq!(ls.attr("type"), Some("sev-snp"));
         assert_eq!(ls.at("cbitpos").text, "47");
         assert_eq!(ls.at("reducedPhysBits").text, "1");
-        assert_eq!(ls.at("policy").text, "0x00030000");
+        assert_eq!(ls.at("policy").text, "0x30000");
         assert!(ls.get("hostData").is_none());
         assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
         let loader = doc.at("os/loader");
@@ -779,17 +770,18 @@ mod tests {
     // ---- refusals --------------------------------------------------------
 
     #[test]
-    fn sev_and_snp_without_host_sev_parameters_are_refused() {
-        for (ls, path) in [
-            (sev(false), "spec.domain.launchSecurity.sev"),
-            (sev(true), "spec.domain.launchSecurity.sev"),
-            (snp(), "spec.domain.launchSecurity"),
-        ] {
-            let errors = error_paths(&guest(ls), ConfidentialHost::default());
-            assert_eq!(errors.len(), 1, "{errors:?}");
-            assert_eq!(errors[0].0, path);
-            assert!(errors[0].1.contains("cbitpos"), "{}", errors[0].1);
+    fn missing_host_sev_parameters_are_a_host_problem_not_a_spec_error() {
+        for ls in [sev(false), sev(true), snp()] {
+            // The spec is fine: nothing about it is refused...
+            let errors = error_paths(&guest(ls.clone()), ConfidentialHost::default());
+            assert!(errors.is_empty(), "{errors:?}");
+            // ...but the host cannot give what rendering needs.
+            let problem = host_problem(&ls, None).expect("no SEV parameters");
+            assert!(problem.starts_with("host lacks SEV"), "{problem}");
+            assert!(problem.contains("cbitpos"), "{problem}");
+            assert_eq!(host_problem(&ls, host_cbit_51().sev.as_ref()), None);
         }
+        assert_eq!(host_problem(&LaunchSecurity::Tdx, None), None);
     }
 
     #[test]
@@ -851,15 +843,6 @@ mod tests {
     }
 
     #[test]
-    fn malformed_snp_host_data_is_refused_with_its_path() {
-        let d = guest(LaunchSecurity::SevSnp {
-            host_data: Some("xyz".into()),
-        });
-        let errors = error_paths(&d, host_cbit_51());
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].0, "spec.domain.launchSecurity.snp.hostData");
-    }
-
     // ---- libvirt's schema ------------------------------------------------
 
     /// Every confidential document, with the name it is reported under.

@@ -7,6 +7,7 @@ pub mod driver;
 pub mod events;
 pub mod launch_security;
 pub mod render;
+pub mod rpc;
 pub mod xml;
 
 pub use driver::{create, LibvirtBackend, LibvirtOptions, DEFAULT_URI};
@@ -17,29 +18,16 @@ use crate::paths::VmPaths;
 use domain_model::Domain;
 
 impl LibvirtOptions {
-    /// Options for running (or, with `for_run` false, rendering) `domain`
-    /// under `uri`: the firmware crate chooses the EFI firmware from the
-    /// host's QEMU descriptors. A run needs every chosen file to exist; a dry
-    /// run only logs the missing ones.
+    /// Options for running (or rendering) `domain` under `uri` with the
+    /// firmware the firmware crate chose (`firmware::choose`, which also
+    /// decided whether missing files are acceptable).
     pub fn for_domain(
         domain: &Domain,
         paths: &VmPaths,
         uri: &str,
-        for_run: bool,
+        choice: &firmware::Choice,
     ) -> Result<LibvirtOptions, String> {
-        let config = firmware::FirmwareConfig::default();
-        let choice =
-            firmware::choose_for_domain(domain, &config).map_err(|e| format!("firmware: {e}"))?;
-        if for_run {
-            choice
-                .require_present()
-                .map_err(|e| format!("firmware: {e}"))?;
-        } else {
-            for warning in choice.warnings() {
-                tracing::warn!("firmware: {warning}");
-            }
-        }
-        let firmware = match &choice {
+        let firmware = match choice {
             firmware::Choice::Qemu(selection) => Some(firmware::LibvirtFirmware::from_selection(
                 selection,
                 &domain_name(domain),

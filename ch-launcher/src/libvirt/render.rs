@@ -89,7 +89,7 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
             ),
         );
     }
-    launch_security::check(domain, &ctx.confidential, &mut errors);
+    launch_security::check(domain, &mut errors);
     for nic in &domain.devices.interfaces {
         errors.push(
             &nic.spec_path,

@@ -73,8 +73,8 @@ enum Call {
 /// events; the channel closes once the "hypervisor" is gone.
 struct FakeBackend {
     calls: Arc<Mutex<Vec<Call>>>,
-    /// What `serial_pty` reports (the test moves it for a "reboot").
-    pty: Arc<Mutex<Option<PathBuf>>>,
+    /// What `console` reports (the test moves it for a "reboot").
+    console: Arc<Mutex<ConsoleSource>>,
     events: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
     /// Whether the guest powers off on the ACPI power button.
     honors_acpi: bool,
@@ -142,8 +142,8 @@ impl Backend for FakeBackend {
         self.hypervisor_exits();
         Ok(())
     }
-    async fn serial_pty(&self) -> Result<Option<PathBuf>, BackendError> {
-        Ok(self.pty.lock().unwrap().clone())
+    async fn console(&self) -> Result<ConsoleSource, BackendError> {
+        Ok(self.console.lock().unwrap().clone())
     }
 }
 
@@ -152,7 +152,7 @@ impl Backend for FakeBackend {
 #[derive(Clone)]
 struct Handle {
     calls: Arc<Mutex<Vec<Call>>>,
-    pty: Arc<Mutex<Option<PathBuf>>>,
+    console: Arc<Mutex<ConsoleSource>>,
     events: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
 }
 
@@ -177,6 +177,8 @@ struct Setup {
     events_rx: Option<mpsc::UnboundedReceiver<Event>>,
     handle: Handle,
     pty: Option<(nix::pty::OpenptyResult, PathBuf)>,
+    /// The "hypervisor's" serial socket (Cloud Hypervisor's `Socket` mode).
+    serial_socket: Option<(tokio::net::UnixListener, PathBuf)>,
 }
 
 fn setup() -> Setup {
@@ -188,20 +190,25 @@ fn setup() -> Setup {
     let (tx, rx) = mpsc::unbounded_channel();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let events = Arc::new(Mutex::new(Some(tx)));
-    let pty = Arc::new(Mutex::new(None));
+    let console = Arc::new(Mutex::new(ConsoleSource::None));
     Setup {
         events_rx: Some(rx),
         _dir: dir,
         opts,
         fake: Some(FakeBackend {
             calls: calls.clone(),
-            pty: pty.clone(),
+            console: console.clone(),
             events: events.clone(),
             honors_acpi: false,
             fail_boot: false,
         }),
-        handle: Handle { calls, events, pty },
+        handle: Handle {
+            calls,
+            events,
+            console,
+        },
         pty: None,
+        serial_socket: None,
     }
 }
 
@@ -210,6 +217,15 @@ impl Setup {
         let pty = nix::pty::openpty(None, None).unwrap();
         let path = nix::unistd::ttyname(&pty.slave).unwrap();
         self.pty = Some((pty, path));
+        self
+    }
+
+    /// Must be called inside the tokio runtime.
+    fn with_serial_socket(mut self) -> Self {
+        std::fs::create_dir_all(&self.opts.paths.dir).unwrap();
+        let path = self.opts.paths.ch_serial_socket();
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        self.serial_socket = Some((listener, path));
         self
     }
 
@@ -224,10 +240,12 @@ impl Setup {
     {
         let fake = self.fake.take().expect("one run per setup");
         let events = self.events_rx.take().expect("event receiver");
-        let console = match &self.pty {
-            Some((_, path)) => ConsoleSource::Pty(path.clone()),
-            None => ConsoleSource::ServedByHypervisor,
+        let console = match (&self.pty, &self.serial_socket) {
+            (Some((_, path)), _) => ConsoleSource::Pty(path.clone()),
+            (None, Some((_, path))) => ConsoleSource::UnixSocket(path.clone()),
+            (None, None) => ConsoleSource::ServedByHypervisor,
         };
+        *self.handle.console.lock().unwrap() = console.clone();
         move |_domain, paths| {
             assert!(paths.dir.is_dir(), "the VM directory exists before create");
             std::future::ready(Ok(Created {
@@ -690,7 +708,7 @@ async fn console_follows_the_new_pty_after_a_reboot() {
     let mut raw = nix::sys::termios::tcgetattr(&new.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut raw);
     nix::sys::termios::tcsetattr(&new.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
-    *handle.pty.lock().unwrap() = Some(nix::unistd::ttyname(&new.slave).unwrap());
+    *handle.console.lock().unwrap() = ConsoleSource::Pty(nix::unistd::ttyname(&new.slave).unwrap());
     handle.emit(Event::Rebooting);
     handle.emit(Event::Rebooted);
 
@@ -741,4 +759,74 @@ async fn stop_requested_during_create_never_boots_the_vm() {
     assert_eq!(handle.calls(), vec![Call::Destroy]);
     assert_eq!(outcome.status.reason, Reason::Destroyed);
     assert!(outcome.succeeded());
+}
+
+#[tokio::test]
+async fn socket_console_keeps_every_byte_across_a_reboot_and_up_to_the_power_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = setup().with_serial_socket();
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let paths = s.opts.paths.clone();
+    let (listener, serial_path) = s.serial_socket.take().unwrap();
+    let run = tokio::spawn(runner.run(create));
+
+    // The launcher connects to the "hypervisor's" serial socket before boot.
+    let (mut first, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .expect("the launcher never connected to the serial socket")
+        .unwrap();
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    let mut client = tokio::net::UnixStream::connect(paths.serial_socket())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.write_all(b"TINY-GUEST-UP\r\nr").await.unwrap();
+
+    // A reboot, as Cloud Hypervisor does it: the connection closes, the
+    // socket is bound again at the same path, then `vm:rebooted`.
+    drop(first);
+    drop(listener);
+    std::fs::remove_file(&serial_path).unwrap();
+    let listener = tokio::net::UnixListener::bind(&serial_path).unwrap();
+    handle.emit(Event::Rebooting);
+    handle.emit(Event::Rebooted);
+    let (mut second, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .expect("the launcher never reconnected after the reboot")
+        .unwrap();
+    second.write_all(b"TINY-GUEST-UP\r\n").await.unwrap();
+    client.write_all(b"q").await.unwrap();
+    let mut key = [0u8; 1];
+    tokio::time::timeout(T, second.read_exact(&mut key))
+        .await
+        .expect("input never reached the new serial connection")
+        .unwrap();
+    assert_eq!(&key, b"q");
+
+    // Power-off: the last bytes, the connection closed, the VMM gone, all at once.
+    second.write_all(b"q-bye").await.unwrap();
+    drop(second);
+    handle.emit(Event::GuestPoweredOff);
+    handle.hypervisor_exits();
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(outcome.succeeded());
+
+    let expected = "TINY-GUEST-UP\r\nrTINY-GUEST-UP\r\nq-bye";
+    assert_eq!(
+        std::fs::read_to_string(paths.serial_log()).unwrap(),
+        expected
+    );
+    let mut sent = Vec::new();
+    tokio::time::timeout(T, client.read_to_end(&mut sent))
+        .await
+        .expect("the console client was not closed after the run")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&sent), expected);
 }

@@ -15,6 +15,9 @@ impl Resolver<'_> {
                     u.to_string()
                 }
             },
+            // KubeVirt gives a bare VMI a random UUID (SetDefaults_Firmware);
+            // the launcher derives it from the uid instead so that it stays
+            // the same across restarts of the same spec.
             _ => match Uuid::parse_str(uid) {
                 Ok(parsed) => parsed.hyphenated().to_string(),
                 Err(_) => Uuid::new_v5(&uid_namespace(), uid.as_bytes()).to_string(),
@@ -31,6 +34,7 @@ impl Resolver<'_> {
         fw: Option<&api::Firmware>,
         smm: bool,
         arch: Architecture,
+        tdx: bool,
     ) -> Option<Boot> {
         let base = "spec.domain.firmware";
         let bootloader = fw.and_then(|f| f.bootloader.as_ref());
@@ -71,7 +75,9 @@ impl Resolver<'_> {
             Some(efi) => {
                 // Secure boot is KubeVirt's EFI default except on arm64.
                 let secure_boot = efi.secure_boot.unwrap_or(!arm64);
-                if secure_boot && !smm {
+                // KubeVirt's admitter exempts TDX: its firmware is stateless
+                // with the secure-boot keys in ROM, so no SMM guards writes.
+                if secure_boot && !smm && !tdx {
                     self.err(
                         format!("{base}.bootloader.efi.secureBoot"),
                         "EFI secure boot (on by default when efi is given) needs SMM: set \

@@ -31,7 +31,8 @@ impl Resolver<'_> {
                     format!("duplicate input name {:?}", input.name),
                 );
             }
-            if input.kind != "tablet" {
+            // KubeVirt's setDefaults_Input: an empty type is a tablet.
+            if !input.kind.is_empty() && input.kind != "tablet" {
                 self.err(
                     format!("{path}.type"),
                     format!("unknown input type {:?}: expected tablet", input.kind),
@@ -39,8 +40,8 @@ impl Resolver<'_> {
                 continue;
             }
             let bus = match input.bus.as_deref() {
-                None | Some("") | Some("usb") => "usb",
-                Some("virtio") => "virtio",
+                None | Some("") | Some("usb") => InputBus::Usb,
+                Some("virtio") => InputBus::Virtio,
                 Some(other) => {
                     self.err(
                         format!("{path}.bus"),
@@ -49,25 +50,13 @@ impl Resolver<'_> {
                     continue;
                 }
             };
-            inputs.push(SpecFeature {
+            inputs.push(Input {
                 spec_path: path,
-                kind: format!("tablet:{bus}"),
+                kind: InputKind::Tablet,
+                bus,
             });
         }
-        for (i, iface) in devices.interfaces.iter().enumerate() {
-            let name = iface
-                .get("name")
-                .and_then(|n| n.as_str())
-                .map(|n| format!(" {n:?}"))
-                .unwrap_or_default();
-            self.err(
-                format!("{base}.interfaces[{i}]"),
-                format!(
-                    "network interface{name} is not supported yet (networking is not implemented); \
-                     remove it"
-                ),
-            );
-        }
+        self.refuse_networking(&format!("{base}.interfaces"), "network interface", &devices.interfaces);
         Devices {
             rng: devices.rng.is_some(),
             serial_console: devices.autoattach_serial_console.unwrap_or(true),
@@ -78,16 +67,22 @@ impl Resolver<'_> {
     }
 
     pub(super) fn networks(&mut self, networks: &[serde_json::Value]) {
-        for (i, net) in networks.iter().enumerate() {
-            let name = net
+        self.refuse_networking("spec.networks", "network", networks);
+    }
+
+    /// Networking is not implemented: each interface and network is refused
+    /// by its path, and by its name when it has one.
+    fn refuse_networking(&mut self, list_path: &str, what: &str, items: &[serde_json::Value]) {
+        for (i, item) in items.iter().enumerate() {
+            let name = item
                 .get("name")
                 .and_then(|n| n.as_str())
                 .map(|n| format!(" {n:?}"))
                 .unwrap_or_default();
             self.err(
-                format!("spec.networks[{i}]"),
+                format!("{list_path}[{i}]"),
                 format!(
-                    "network{name} is not supported yet (networking is not implemented); remove it"
+                    "{what}{name} is not supported yet (networking is not implemented); remove it"
                 ),
             );
         }

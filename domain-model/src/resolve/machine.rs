@@ -12,10 +12,10 @@ impl Resolver<'_> {
         let base = "spec.domain.cpu";
         let default = api::Cpu::default();
         let c = cpu.unwrap_or(&default);
-        let sockets = self.count(&format!("{base}.sockets"), c.sockets);
-        let cores = self.count(&format!("{base}.cores"), c.cores);
-        let threads = self.count(&format!("{base}.threads"), c.threads);
-        let max_sockets = self.count(&format!("{base}.maxSockets"), c.max_sockets);
+        let sockets = Self::count(c.sockets);
+        let cores = Self::count(c.cores);
+        let threads = Self::count(c.threads);
+        let max_sockets = Self::count(c.max_sockets);
 
         let res_cpus = self.resource_cpus(resources);
         let sockets = match (sockets, cores, threads) {
@@ -79,10 +79,8 @@ impl Resolver<'_> {
             (None, None) => return None,
         };
         match parse_cpus(&q.0) {
-            Ok(0) => {
-                self.err(path, "must be more than 0");
-                None
-            }
+            // KubeVirt's IsZero(): 0 CPUs is the same as none given.
+            Ok(0) => None,
             Ok(n) if n > u64::from(MAX_VCPUS) => {
                 self.err(path, format!("at most {MAX_VCPUS} vCPUs are accepted"));
                 None
@@ -123,28 +121,49 @@ impl Resolver<'_> {
             }
         }
         let guest_path = format!("{base}.guest");
+        let page_path = format!("{base}.hugepages.pageSize");
+        // KubeVirt's setGuestMemory: memory.guest, else a non-zero
+        // requests.memory, else a non-zero limits.memory, else the hugepage
+        // size.
         let (guest, guest_from) = match memory.and_then(|m| m.guest.as_ref()) {
             Some(q) => (self.quantity_bytes(&guest_path, q), guest_path.clone()),
-            None => match (request, limit) {
+            None => match (request.filter(|&r| r != 0), limit.filter(|&l| l != 0)) {
                 (Some(r), _) => (Some(r), req_path.to_string()),
                 (None, Some(l)) => (Some(l), lim_path.to_string()),
-                (None, None) => {
-                    let bad_quantity = requests.is_some_and(|r| r.memory.is_some())
-                        || limits.is_some_and(|r| r.memory.is_some());
-                    if !bad_quantity {
-                        self.err(
-                            &guest_path,
-                            "guest memory is required: set spec.domain.memory.guest or \
-                             spec.domain.resources.requests.memory",
-                        );
+                (None, None) => match memory.and_then(|m| m.hugepages.as_ref()) {
+                    Some(h) if !h.page_size.0.is_empty() => match parse_bytes(&h.page_size.0) {
+                        Ok(size) => (Some(size), page_path.clone()),
+                        Err(e) => {
+                            self.err(&page_path, e);
+                            return None;
+                        }
+                    },
+                    _ => {
+                        let bad_quantity = requests.is_some_and(|r| r.memory.is_some())
+                            && request.is_none()
+                            || limits.is_some_and(|r| r.memory.is_some()) && limit.is_none();
+                        if !bad_quantity {
+                            self.err(
+                                &guest_path,
+                                "guest memory is required: set spec.domain.memory.guest or \
+                                 spec.domain.resources.requests.memory",
+                            );
+                        }
+                        return None;
                     }
-                    return None;
-                }
+                },
             },
         };
         let guest = guest?;
         if guest == 0 {
             self.err(&guest_from, "guest memory must be more than 0");
+            return None;
+        }
+        if guest > MAX_GUEST_MEMORY {
+            self.err(
+                &guest_from,
+                format!("{guest} bytes of guest memory: at most 16Ti ({MAX_GUEST_MEMORY} bytes) are accepted"),
+            );
             return None;
         }
         if let Some(lim) = limit {
@@ -169,10 +188,16 @@ impl Resolver<'_> {
                     None
                 }
                 Some(max) if max == guest => None,
+                Some(max) if max > MAX_GUEST_MEMORY => {
+                    self.err(
+                        &max_path,
+                        format!("{max} bytes: at most 16Ti ({MAX_GUEST_MEMORY} bytes) are accepted"),
+                    );
+                    None
+                }
                 other => other,
             },
         };
-        let page_path = format!("{base}.hugepages.pageSize");
         let hugepage_size = match memory.and_then(|m| m.hugepages.as_ref()) {
             None => None,
             Some(h) => match HUGEPAGE_SIZES
@@ -195,6 +220,10 @@ impl Resolver<'_> {
                     }
                     Some(*size)
                 }
+                None if h.page_size.0.is_empty() => {
+                    self.err(&page_path, "required: the hugepage size, 2Mi or 1Gi");
+                    None
+                }
                 None => {
                     self.err(
                         &page_path,
@@ -214,10 +243,46 @@ impl Resolver<'_> {
         })
     }
 
-    pub(super) fn features(&mut self, features: Option<&api::Features>) -> Features {
+    /// Pod resources besides `cpu` and `memory`: in KubeVirt they size the
+    /// launcher's pod (scheduling, eviction) and never the VM, so a local
+    /// run accepts them with no effect, like the placement fields.
+    pub(super) fn other_resources(&mut self, resources: Option<&api::Resources>) {
+        let Some(r) = resources else { return };
+        for (list, key) in [(&r.requests, "requests"), (&r.limits, "limits")] {
+            let Some(list) = list else { continue };
+            for name in list.other.keys() {
+                let pod_resource = name == "ephemeral-storage"
+                    || name == "storage"
+                    || name.starts_with("hugepages-")
+                    || name.contains('/');
+                if !pod_resource {
+                    self.err(
+                        format!("spec.domain.resources.{key}.{name}"),
+                        format!(
+                            "unknown resource {name:?}: the VM reads cpu and memory; pod \
+                             resources (ephemeral-storage, hugepages-<size>, <domain>/<name>) \
+                             are accepted and have no effect on a local run"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn features(
+        &mut self,
+        features: Option<&api::Features>,
+        arch: Architecture,
+    ) -> Features {
+        // setS390xDefaultFeatures: s390x has no ACPI, so it is off unless
+        // the spec turns it on.
         let acpi = features
             .and_then(|f| f.acpi.as_ref())
-            .is_none_or(|s| s.enabled.unwrap_or(true));
+            .map_or(arch != Architecture::S390x, |s| {
+                // KubeVirt's FeatureState is a value there, so `acpi: {}`
+                // is as unset as no `acpi` and only `enabled: true` counts.
+                s.enabled.unwrap_or(arch != Architecture::S390x)
+            });
         let smm = features
             .and_then(|f| f.smm.as_ref())
             .is_some_and(|s| s.enabled.unwrap_or(true));
@@ -227,58 +292,71 @@ impl Resolver<'_> {
     pub(super) fn clock(&mut self, clock: Option<&api::Clock>) -> Option<Clock> {
         let c = clock?;
         let base = "spec.domain.clock";
+        let utc = ClockOffset::Utc {
+            adjustment_seconds: 0,
+        };
         let offset = match (&c.utc, &c.timezone) {
             (Some(_), Some(_)) => {
                 self.err(base, "set only one of utc or timezone");
-                "utc".to_string()
+                utc
             }
             (None, Some(tz)) if tz.is_empty() => {
                 self.err(format!("{base}.timezone"), "must not be empty");
-                "utc".to_string()
+                utc
             }
-            (None, Some(tz)) => format!("timezone:{tz}"),
-            (Some(utc), None) => match utc.offset_seconds {
-                None | Some(0) => "utc".to_string(),
-                Some(s) => format!("utc:{s:+}"),
+            (None, Some(tz)) => ClockOffset::Timezone { name: tz.clone() },
+            (Some(utc), None) => ClockOffset::Utc {
+                adjustment_seconds: utc.offset_seconds.unwrap_or(0),
             },
-            (None, None) => "utc".to_string(),
+            (None, None) => utc,
         };
         let mut timers = Vec::new();
         if let Some(t) = &c.timer {
             for (name, timer) in [
-                ("hpet", &t.hpet),
-                ("kvm", &t.kvm),
-                ("pit", &t.pit),
-                ("rtc", &t.rtc),
-                ("hyperv", &t.hyperv),
+                (TimerName::Hpet, &t.hpet),
+                (TimerName::Kvm, &t.kvm),
+                (TimerName::Pit, &t.pit),
+                (TimerName::Rtc, &t.rtc),
+                (TimerName::Hyperv, &t.hyperv),
             ] {
                 let Some(timer) = timer else { continue };
-                let path = format!("{base}.timer.{name}");
-                let mut text = name.to_string();
-                if let Some(p) = timer.present {
-                    text.push_str(&format!(",present={p}"));
-                }
-                if let Some(tp) = &timer.tick_policy {
-                    if !["delay", "catchup", "merge", "discard"].contains(&tp.as_str()) {
+                let path = format!("{base}.timer.{}", name.as_str());
+                let tick_policy = match timer.tick_policy.as_deref() {
+                    None => None,
+                    Some("delay") => Some(TickPolicy::Delay),
+                    Some("catchup") => Some(TickPolicy::Catchup),
+                    Some("merge") => Some(TickPolicy::Merge),
+                    Some("discard") => Some(TickPolicy::Discard),
+                    Some(tp) => {
                         self.err(
                             format!("{path}.tickPolicy"),
                             format!("unknown tick policy {tp:?}: expected delay, catchup, merge or discard"),
                         );
+                        None
                     }
-                    text.push_str(&format!(",tickPolicy={tp}"));
-                }
-                if let Some(track) = &timer.track {
-                    if name != "rtc" {
+                };
+                let track = match timer.track.as_deref() {
+                    None => None,
+                    Some(_) if name != TimerName::Rtc => {
                         self.err(format!("{path}.track"), "only the rtc timer has track");
-                    } else if !["guest", "wall"].contains(&track.as_str()) {
+                        None
+                    }
+                    Some("guest") => Some(TimerTrack::Guest),
+                    Some("wall") => Some(TimerTrack::Wall),
+                    Some(track) => {
                         self.err(
                             format!("{path}.track"),
                             format!("unknown track {track:?}: expected guest or wall"),
                         );
+                        None
                     }
-                    text.push_str(&format!(",track={track}"));
-                }
-                timers.push(text);
+                };
+                timers.push(Timer {
+                    name,
+                    present: timer.present,
+                    tick_policy,
+                    track,
+                });
             }
         }
         Some(Clock {

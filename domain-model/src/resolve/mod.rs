@@ -1,22 +1,46 @@
 //! API view to [`Domain`]: KubeVirt's defaults, validation, and resolution of
 //! sizes, host paths and the boot source. Every problem is collected; a
-//! `Domain` comes out only when there is none.
+//! `Domain` comes out only when there is none. A value that had a type error
+//! was left out by [`crate::parse`]; what would follow from its absence is
+//! not reported again.
 //!
-//! Defaults follow KubeVirt: `hypervisor: libvirt`, `architecture: amd64`,
-//! one socket/core/thread (or vCPUs from `resources` CPU limits/requests),
-//! CPU model `host-model` (`host-passthrough` on arm64), memory from
-//! `resources.requests.memory` (then `limits.memory`) when `memory.guest` is
-//! absent, ACPI on, EFI secure boot on when `efi` is given (which then needs
-//! `features.smm`; on arm64 EFI without secure boot is the default and BIOS
-//! does not exist), serial console on, `terminationGracePeriodSeconds: 30`,
-//! disk bus `virtio`, cdrom bus `sata` (`scsi` off amd64) and read-only, lun
-//! bus `scsi`. Two launcher-specific choices:
+//! Defaults follow KubeVirt (pkg/defaults, the API's SetDefaults_*):
+//! `hypervisor: libvirt`, `architecture: amd64`; one socket/core/thread (a
+//! count of 0 is unset), or sockets from `resources` CPU limits, then
+//! requests, when no topology is given; CPU model `host-model`
+//! (`host-passthrough` on arm64); guest memory from `memory.guest`, else a
+//! non-zero `resources.requests.memory`, else a non-zero `limits.memory`,
+//! else the hugepage size (setGuestMemory); ACPI on, except on s390x where it
+//! is off unless `features.acpi.enabled: true` (setS390xDefaultFeatures); EFI
+//! secure boot on when `efi` is given (which then needs `features.smm`, except
+//! with TDX; on arm64 EFI without secure boot is the default and BIOS does not
+//! exist); serial console on; `terminationGracePeriodSeconds: 30`; input type
+//! `tablet` on bus `usb`; a cdrom is read-only; a volume that no disk names
+//! gets a `disk: {}` (SetDefaultVolumeDisk). Disk bus on libvirt: `sata` on
+//! amd64 for disk, cdrom and lun, `virtio` on arm64 and s390x (a cdrom gets
+//! `scsi` there, since KubeVirt refuses the virtio cdrom its own default
+//! would make).
 //!
+//! Launcher-specific choices:
+//!
+//! - On Cloud Hypervisor, whose only disk is virtio-blk, a disk without a bus
+//!   gets `virtio`.
 //! - `autoattachGraphicsDevice` defaults to true (KubeVirt's VNC) only on
 //!   libvirt; Cloud Hypervisor has no graphics, so there an absent field means
 //!   none and only an explicit `true` is refused.
 //! - No pod network interface is attached by default: networking is not
 //!   implemented yet, and declared interfaces or networks are refused.
+//! - Hotplug maximums are not defaulted: KubeVirt sets `maxSockets` (sockets
+//!   x the cluster's hotplug ratio, 4) and `memory.maxGuest` (guest x 4) only
+//!   under the cluster's `LiveUpdate` rollout strategy, which a local run has
+//!   no cluster to ask; here hotplug happens only when the spec sets them.
+//! - Bounds KubeVirt does not have: `terminationGracePeriodSeconds` at most
+//!   [`MAX_TERMINATION_GRACE_PERIOD_SECONDS`] (one year; the launcher waits
+//!   that long on a real clock), guest memory and `maxGuest` at most
+//!   [`MAX_GUEST_MEMORY`] (16 TiB), vCPUs at most [`MAX_VCPUS`].
+//! - The SMBIOS firmware UUID defaults to the VMI uid (a UUID, or a UUID v5
+//!   of it) where KubeVirt picks a random one for a bare VMI, so that it stays
+//!   the same across restarts of the same spec.
 //!
 //! Local-run conventions:
 //!
@@ -31,7 +55,11 @@
 //!   supported for local runs yet.
 //! - Without `metadata.uid`, the uid is a UUID v5 of `<namespace>/<name>`
 //!   (namespace default `default`) in the namespace [`uid_namespace`], so it is
-//!   stable across runs. The SMBIOS firmware UUID defaults to the uid.
+//!   stable across runs.
+//! - Pod resources other than `cpu` and `memory` (`ephemeral-storage`,
+//!   `hugepages-<size>`, `<domain>/<name>` device plugins) are accepted and
+//!   have no effect, like the placement fields: in KubeVirt they size the
+//!   launcher's pod, never the VM.
 
 mod boot;
 mod devices;
@@ -39,13 +67,14 @@ mod machine;
 mod storage;
 
 use crate::api;
-use crate::error::SpecErrors;
+use crate::error::{FieldError, SpecErrors};
 use crate::launch_security;
-use crate::parse::{unsupported_volume_kind, Parsed};
+use crate::parse::{is_at_or_under, Parsed};
 use crate::quantity::{parse_bytes, parse_cpus, Quantity};
 use crate::{
-    Architecture, Boot, Clock, Cpu, CpuModel, Devices, Disk, DiskBus, DiskDevice, DiskSource,
-    Domain, Features, Firmware, Hypervisor, ImageFormat, LoadOptions, Memory, SpecFeature,
+    Architecture, Boot, Clock, ClockOffset, Cpu, CpuModel, Devices, Disk, DiskBus, DiskDevice,
+    DiskSource, Domain, Features, Firmware, Hypervisor, ImageFormat, Input, InputBus, InputKind,
+    LoadOptions, Memory, SpecFeature, TickPolicy, Timer, TimerName, TimerTrack,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -54,6 +83,15 @@ use uuid::Uuid;
 
 /// KubeVirt's default `terminationGracePeriodSeconds`.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: u64 = 30;
+/// Upper bound of `terminationGracePeriodSeconds` (one year). KubeVirt takes
+/// any int64; a cap keeps `Instant::now() + grace` far from overflow, and a
+/// grace period longer than a year is a mistake in a local run.
+pub const MAX_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 365 * 24 * 60 * 60;
+/// Upper bound of guest memory and `maxGuest` (16 TiB): above what the
+/// hypervisors' x86 and arm64 guests address today, and far from overflow.
+pub const MAX_GUEST_MEMORY: u64 = 16 << 40;
+/// Longest disk serial, as KubeVirt's disk admitter (`maxStrLen`).
+pub const MAX_DISK_SERIAL_LEN: usize = 256;
 /// Namespace used when `metadata.namespace` is absent.
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// Upper bound of vCPUs accepted (above any current hypervisor's limit); it
@@ -76,26 +114,96 @@ pub fn derived_uid(namespace: &str, name: &str) -> String {
 }
 
 pub fn resolve(parsed: Parsed, opts: &LoadOptions) -> Result<Domain, SpecErrors> {
-    let Parsed { vmi, unknown } = parsed;
-    let unknown_paths: Vec<String> = unknown.iter().map(|e| e.path.clone()).collect();
+    let (domain, errors) = resolve_partial(parsed, opts);
+    match domain {
+        Partial::Complete(d) if errors.is_empty() => Ok(d),
+        _ => Err(non_empty(errors)),
+    }
+}
+
+/// What [`resolve_partial`] could build.
+#[derive(Debug)]
+pub enum Partial {
+    /// Every section resolved (there may still be errors elsewhere).
+    Complete(Domain),
+    /// Memory or the boot source did not resolve. Their place is taken by
+    /// placeholders that no hypervisor refuses (a kernel boot, no hotplug,
+    /// no hugepages), so that the support check can still look at every
+    /// other section; never run or rendered.
+    ForSupportCheckOnly(Domain),
+}
+
+impl Partial {
+    pub fn domain(&self) -> &Domain {
+        match self {
+            Partial::Complete(d) | Partial::ForSupportCheckOnly(d) => d,
+        }
+    }
+}
+
+/// Resolves as much as possible: every problem found, and a `Domain` built
+/// from what resolved. Problems that only follow from a type error (a value
+/// parse left out) are not repeated.
+pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErrors) {
+    let Parsed {
+        vmi,
+        unknown,
+        type_errors,
+        left_out,
+    } = parsed;
+    let mut skipped: Vec<String> = unknown.iter().map(|e| e.path.clone()).collect();
+    skipped.extend(left_out.iter().cloned());
     let mut r = Resolver {
         opts,
         errors: SpecErrors(unknown),
-        unknown_paths,
+        unknown_paths: skipped,
     };
-    let spec = &vmi.spec;
-    let domain = &spec.domain;
+    // An absent required section is one problem: what resolution then says
+    // about the defaults standing in for it is dropped like the consequences
+    // of a type error.
+    let mut absent = SpecErrors::default();
+    let spec_default = api::VmiSpec::default();
+    let spec = match &vmi.spec {
+        Some(spec) => spec,
+        None => {
+            absent.push("spec", "required: the VirtualMachineInstance's spec");
+            &spec_default
+        }
+    };
+    let domain_default = api::DomainSpec::default();
+    let domain = match &spec.domain {
+        Some(domain) => domain,
+        None if vmi.spec.is_none() => &domain_default,
+        None => {
+            absent.push(
+                "spec.domain",
+                "required: the VM's domain (at least memory.guest or resources.requests.memory)",
+            );
+            &domain_default
+        }
+    };
 
     let (name, namespace, uid) = r.metadata(&vmi.metadata);
     let hypervisor = r.hypervisor(spec.hypervisor.as_deref());
     let architecture = r.architecture(spec.architecture.as_deref());
     let cpu = r.cpu(domain.cpu.as_ref(), domain.resources.as_ref(), architecture);
     let memory = r.memory(domain.memory.as_ref(), domain.resources.as_ref());
-    let features = r.features(domain.features.as_ref());
+    r.other_resources(domain.resources.as_ref());
+    let features = r.features(domain.features.as_ref(), architecture);
     let firmware = r.firmware(domain.firmware.as_ref(), &uid);
-    let boot = r.boot(domain.firmware.as_ref(), features.smm, architecture);
+    let tdx = domain
+        .launch_security
+        .as_ref()
+        .is_some_and(|ls| ls.tdx.is_some());
+    let boot = r.boot(domain.firmware.as_ref(), features.smm, architecture, tdx);
     let sources = r.volumes(&spec.volumes);
-    let disks = r.disks(&domain.devices.disks, &spec.volumes, &sources, architecture);
+    let disks = r.disks(
+        &domain.devices.disks,
+        &spec.volumes,
+        &sources,
+        architecture,
+        hypervisor,
+    );
     let devices = r.devices(&domain.devices, hypervisor);
     r.networks(&spec.networks);
     let clock = r.clock(domain.clock.as_ref());
@@ -114,41 +222,68 @@ pub fn resolve(parsed: Parsed, opts: &LoadOptions) -> Result<Domain, SpecErrors>
     let live_migratable = crate::migration::condition(&spec.volumes, launch_security.as_ref());
 
     let Resolver { mut errors, .. } = r;
-    match (boot, memory) {
-        (Some(boot), Some(memory)) if errors.is_empty() => Ok(Domain {
-            name,
-            namespace,
-            uid,
-            hypervisor,
-            architecture,
-            cpu,
-            memory,
-            firmware,
-            boot,
-            disks,
-            devices,
-            features,
-            clock,
-            launch_security,
-            termination_grace_period,
-            start_paused,
-            live_migratable,
+    // Whatever resolution said at or below a value with a type error follows
+    // from that value having been left out.
+    let skip = |e: &FieldError| left_out.iter().any(|t| is_at_or_under(&e.path, t));
+    errors.0.retain(|e| {
+        !skip(e) && !absent.0.iter().any(|a| is_at_or_under(&e.path, &a.path))
+    });
+    absent.0.retain(|e| !skip(e));
+    let mut all = type_errors;
+    all.append(&mut absent.0);
+    all.append(&mut errors.0);
+    let errors = SpecErrors(all);
+
+    let complete = boot.is_some() && memory.is_some();
+    let d = Domain {
+        name,
+        namespace,
+        uid,
+        hypervisor,
+        architecture,
+        cpu,
+        memory: memory.unwrap_or(Memory {
+            guest: 0,
+            max_guest: None,
+            hugepage_size: None,
         }),
-        _ => {
-            // Boot and memory are only missing after an error was recorded;
-            // this keeps an `Err` non-empty should that ever change.
-            if errors.is_empty() {
-                errors.push("spec.domain", "boot source or memory could not be resolved");
-            }
-            Err(errors)
-        }
+        firmware,
+        boot: boot.unwrap_or(Boot::Kernel {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: None,
+        }),
+        disks,
+        devices,
+        features,
+        clock,
+        launch_security,
+        termination_grace_period,
+        start_paused,
+        live_migratable,
+    };
+    let partial = if complete {
+        Partial::Complete(d)
+    } else {
+        Partial::ForSupportCheckOnly(d)
+    };
+    (partial, errors)
+}
+
+/// An `Err` is never empty: memory and boot are only missing after an error
+/// was recorded, and this keeps it so should that ever change.
+pub(crate) fn non_empty(mut errors: SpecErrors) -> SpecErrors {
+    if errors.is_empty() {
+        errors.push("spec.domain", "boot source or memory could not be resolved");
     }
+    errors
 }
 
 struct Resolver<'a> {
     opts: &'a LoadOptions,
     errors: SpecErrors,
-    /// Paths already reported as unknown or unsupported keys.
+    /// Paths already reported as unknown or unsupported keys or as type
+    /// errors: what is below them was not read.
     unknown_paths: Vec<String>,
 }
 
@@ -259,14 +394,9 @@ impl Resolver<'_> {
         }
     }
 
-    fn count(&mut self, path: &str, value: Option<u32>) -> Option<u32> {
-        match value {
-            Some(0) => {
-                self.err(path, "must be at least 1");
-                Some(1)
-            }
-            v => v,
-        }
+    /// KubeVirt reads 0 as "not set" for topology counts.
+    fn count(value: Option<u32>) -> Option<u32> {
+        value.filter(|&v| v != 0)
     }
 
     fn quantity_bytes(&mut self, path: &str, q: &Quantity) -> Option<u64> {
@@ -285,15 +415,24 @@ impl Resolver<'_> {
     }
 
     fn grace_period(&mut self, seconds: Option<i64>) -> Duration {
+        let path = "spec.terminationGracePeriodSeconds";
         match seconds {
             None => Duration::from_secs(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS),
-            Some(s) => match u64::try_from(s) {
-                Ok(s) => Duration::from_secs(s),
-                Err(_) => {
-                    self.err("spec.terminationGracePeriodSeconds", "must not be negative");
-                    Duration::from_secs(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
-                }
-            },
+            Some(s) if s < 0 => {
+                self.err(path, "must not be negative");
+                Duration::from_secs(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+            }
+            Some(s) if s > MAX_TERMINATION_GRACE_PERIOD_SECONDS => {
+                self.err(
+                    path,
+                    format!(
+                        "{s} seconds is more than a local launcher can wait: at most \
+                         {MAX_TERMINATION_GRACE_PERIOD_SECONDS} (one year)"
+                    ),
+                );
+                Duration::from_secs(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS)
+            }
+            Some(s) => Duration::from_secs(s.unsigned_abs()),
         }
     }
 

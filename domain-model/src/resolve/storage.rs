@@ -10,7 +10,9 @@ impl Resolver<'_> {
             let path = format!("spec.volumes[{i}]");
             // The name becomes a directory name for containerDisk images.
             let name_ok = is_dns_label(&v.name, 63);
-            if !name_ok {
+            if v.name.is_empty() {
+                self.err(format!("{path}.name"), "required: a name for the volume");
+            } else if !name_ok {
                 self.err(
                     format!("{path}.name"),
                     format!(
@@ -112,6 +114,10 @@ impl Resolver<'_> {
                 }
                 Some(bytes)
             }
+            "" => {
+                self.err(format!("{base}.type"), "required: Disk or DiskOrCreate");
+                return None;
+            }
             other => {
                 self.err(
                     format!("{base}.type"),
@@ -194,6 +200,7 @@ impl Resolver<'_> {
         volumes: &[api::Volume],
         sources: &[Option<DiskSource>],
         arch: Architecture,
+        hypervisor: Hypervisor,
     ) -> Vec<Disk> {
         let mut out = Vec::new();
         let mut names = BTreeSet::new();
@@ -246,11 +253,7 @@ impl Resolver<'_> {
             };
             let bus_path = format!("{path}.{key}.bus");
             let bus = match target.bus.as_deref() {
-                None | Some("") => match (device, arch) {
-                    (DiskDevice::Disk, _) => DiskBus::Virtio,
-                    (DiskDevice::Cdrom, Architecture::Amd64) => DiskBus::Sata,
-                    (DiskDevice::Cdrom, _) | (DiskDevice::Lun, _) => DiskBus::Scsi,
-                },
+                None | Some("") => default_bus(device, arch, hypervisor),
                 Some("virtio") => DiskBus::Virtio,
                 Some("sata") => DiskBus::Sata,
                 Some("scsi") => DiskBus::Scsi,
@@ -270,9 +273,10 @@ impl Resolver<'_> {
                 );
             }
             let readonly = target.readonly.unwrap_or(device == DiskDevice::Cdrom);
-            if let Some(serial) = &d.serial {
-                let valid = !serial.is_empty()
-                    && serial.len() <= 20
+            // KubeVirt's disk admitter: an empty serial is no serial.
+            let serial = d.serial.clone().filter(|s| !s.is_empty());
+            if let Some(serial) = &serial {
+                let valid = serial.len() <= MAX_DISK_SERIAL_LEN
                     && serial
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"_.+-".contains(&b));
@@ -280,8 +284,8 @@ impl Resolver<'_> {
                     self.err(
                         format!("{path}.serial"),
                         format!(
-                            "{serial:?} is not a valid disk serial: 1 to 20 letters, digits, \
-                             '_', '.', '+' or '-'"
+                            "{serial:?} is not a valid disk serial: at most \
+                             {MAX_DISK_SERIAL_LEN} letters, digits, '_', '.', '+' or '-'"
                         ),
                     );
                 }
@@ -297,6 +301,19 @@ impl Resolver<'_> {
                 }
             }
             let Some(vol_index) = vol_index else { continue };
+            if device == DiskDevice::Lun {
+                // Every volume kind this launcher reads is a hostDisk or a
+                // containerDisk, which KubeVirt's admitter refuses for lun.
+                self.err(
+                    format!("{path}.lun"),
+                    format!(
+                        "lun can only be mapped to a DataVolume or PersistentVolumeClaim volume \
+                         (volume {:?} is not one; those volume kinds are not supported yet)",
+                        d.name
+                    ),
+                );
+                continue;
+            }
             if let Some(Some(source)) = sources.get(vol_index) {
                 out.push(Disk {
                     spec_path: path,
@@ -304,29 +321,49 @@ impl Resolver<'_> {
                     device,
                     bus,
                     readonly,
-                    serial: d.serial.clone(),
+                    serial,
                     boot_order: d.boot_order,
                     source: source.clone(),
                 });
             }
         }
+        // KubeVirt's SetDefaultVolumeDisk: a volume that no disk names gets
+        // a plain `disk: {}`, appended after the declared disks. Its spec
+        // path is the volume's, since it has none among the disks.
         for (j, v) in volumes.iter().enumerate() {
-            let path = format!("spec.volumes[{j}]");
-            let unsupported = self.unknown_paths.iter().any(|p| {
-                p.starts_with(&format!("{path}.")) && unsupported_volume_kind(p).is_some()
-            });
             let duplicate = volumes.iter().position(|w| w.name == v.name) != Some(j);
-            if !used_by.contains_key(&j) && !unsupported && !duplicate {
-                self.err(
-                    path,
-                    format!(
-                        "volume {:?} is not used by any disk in spec.domain.devices.disks",
-                        v.name
-                    ),
-                );
+            if used_by.contains_key(&j) || duplicate || v.name.is_empty() {
+                continue;
+            }
+            if let Some(Some(source)) = sources.get(j) {
+                out.push(Disk {
+                    spec_path: format!("spec.volumes[{j}]"),
+                    name: v.name.clone(),
+                    device: DiskDevice::Disk,
+                    bus: default_bus(DiskDevice::Disk, arch, hypervisor),
+                    readonly: false,
+                    serial: None,
+                    boot_order: None,
+                    source: source.clone(),
+                });
             }
         }
         out
+    }
+}
+
+/// The bus of a disk that names none. On libvirt, KubeVirt's defaults
+/// (pkg/defaults): SATA on amd64 for disk, cdrom and lun; virtio on arm64 and
+/// s390x, except that a cdrom gets SCSI there (KubeVirt's virtio default for
+/// a cdrom is refused by its own admitter). On Cloud Hypervisor, whose only
+/// disk is virtio-blk, a disk defaults to virtio (a launcher choice, like the
+/// graphics default); a cdrom or lun is refused there whatever its bus.
+fn default_bus(device: DiskDevice, arch: Architecture, hypervisor: Hypervisor) -> DiskBus {
+    match (hypervisor, arch, device) {
+        (Hypervisor::CloudHypervisor, _, DiskDevice::Disk) => DiskBus::Virtio,
+        (_, Architecture::Amd64, _) => DiskBus::Sata,
+        (_, _, DiskDevice::Cdrom) => DiskBus::Scsi,
+        (_, _, DiskDevice::Disk | DiskDevice::Lun) => DiskBus::Virtio,
     }
 }
 
