@@ -1,8 +1,7 @@
 #!/bin/sh
 # Installs and starts what the libvirt backend needs on a fresh Debian machine:
-# QEMU, the libvirt daemon and clients, libvirt's headers (for the `virt`
-# crate), the schema validator, OVMF, the `libvirt-qemu` user and group, the
-# runtime directories and a QEMU driver configuration fit for running as root
+# QEMU, the libvirt daemon and clients, the schema validator, OVMF, the
+# `libvirt-qemu` user and group, the runtime directories and a QEMU driver configuration fit for running as root
 # in a container without systemd. Then starts virtlogd and libvirtd and waits
 # until libvirtd answers.
 #
@@ -13,9 +12,9 @@
 set -eu
 
 LIBVIRT_URI=${LIBVIRT_URI:-qemu:///system}
-# binutils: `as` and `ld` build the test guest (images/build.rs); libvirt-dev and
-# pkg-config build the `virt` crate.
-PACKAGES="qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libxml2-utils ovmf pkg-config binutils"
+# binutils: `as` and `ld` build the test guest (images/build.rs). No libvirt
+# headers: the launcher speaks libvirt's RPC protocol itself.
+PACKAGES="qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils ovmf binutils"
 QEMU_CONF=/etc/libvirt/qemu.conf
 # Marks the qemu.conf this script wrote.
 MARKER="# Written by ch-launcher .ci/setup-host.sh"

@@ -68,7 +68,8 @@ pub enum ConsoleSource {
 }
 
 /// A VM that exists in its hypervisor but has not booted yet: the runner
-/// attaches the console first (output written before that is lost), then
+/// attaches the console first (a PTY loses output written before anyone
+/// holds it), then
 /// calls [`Backend::boot`] unless the spec asked to start paused.
 pub struct Created<B: Backend> {
     pub backend: B,

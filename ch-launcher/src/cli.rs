@@ -479,8 +479,9 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs) -> u8 {
                 ..o
             })
         }),
-        Hypervisor::Libvirt => libvirt_options(g, s, &domain, &paths, Mode::Run)
-            .map(|(opts, _)| Launch::Libvirt(opts)),
+        Hypervisor::Libvirt => {
+            libvirt_options(g, s, &domain, &paths, Mode::Run).map(|(opts, _)| Launch::Libvirt(opts))
+        }
     };
     let backend = match backend {
         Ok(b) => b,

@@ -231,7 +231,10 @@ impl Runner {
         console: ConsoleSource,
     ) -> Result<(), RunError> {
         let paths = &self.opts.paths;
-        match GuestSerial::open(&console).await.map_err(RunError::Console)? {
+        match GuestSerial::open(&console)
+            .await
+            .map_err(RunError::Console)?
+        {
             Some(guest) => {
                 let config = ConsoleConfig {
                     socket: paths.serial_socket(),

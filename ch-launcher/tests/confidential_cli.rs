@@ -3,9 +3,9 @@
 //! taken from recorded `virsh domcapabilities` (`--domcapabilities`) or from
 //! libvirt itself, and runs refused on a host without the feature.
 //!
-//! Firmware comes from QEMU descriptors in a private `XDG_CONFIG_HOME`, whose
-//! file names sort before any the host ships, so the choice does not depend
-//! on what this machine has installed.
+//! Firmware comes from QEMU descriptors in a private directory given with
+//! `--firmware-descriptor-dir`, which replaces the host's, so the choice
+//! does not depend on what this machine has installed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -110,7 +110,8 @@ spec:
 
     fn launcher(&self, args: &[&str], spec: &Path) -> Output {
         Command::new(env!("CARGO_BIN_EXE_ch-launcher"))
-            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"))
+            .arg("--firmware-descriptor-dir")
+            .arg(self.dir.path().join("xdg/qemu/firmware"))
             .args(args)
             .arg(spec)
             .args(["--private-dir"])
@@ -139,7 +140,7 @@ fn render_sev_uses_cbitpos_from_recorded_domcapabilities() {
         "<launchSecurity type=\"sev\">",
         "<cbitpos>47</cbitpos>",
         "<reducedPhysBits>1</reducedPhysBits>",
-        "<policy>0x0001</policy>",
+        "<policy>0x1</policy>",
         "<driver iommu=\"on\"/>",
         "CODE.fd</loader>",
     ] {
@@ -157,7 +158,7 @@ fn render_sev_es_and_snp_follow_kubevirt_policies() {
         &es,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("<policy>0x0005</policy>"));
+    assert!(text(&out.stdout).contains("<policy>0x5</policy>"));
 
     for (name, ls) in [
         ("snp", "{snp: {}}"),
@@ -174,10 +175,7 @@ fn render_sev_es_and_snp_follow_kubevirt_policies() {
             xml.contains("<launchSecurity type=\"sev-snp\">"),
             "{name}:\n{xml}"
         );
-        assert!(
-            xml.contains("<policy>0x00030000</policy>"),
-            "{name}:\n{xml}"
-        );
+        assert!(xml.contains("<policy>0x30000</policy>"), "{name}:\n{xml}");
         assert!(
             xml.contains("type=\"rom\""),
             "{name}: stateless ROM firmware:\n{xml}"
@@ -186,8 +184,10 @@ fn render_sev_es_and_snp_follow_kubevirt_policies() {
     }
 }
 
+/// A host without SEV is a host problem, not an invalid spec: exit 1 with
+/// the way to a dry run, never exit 2.
 #[test]
-fn render_sev_on_a_host_without_sev_names_the_field() {
+fn render_sev_on_a_host_without_sev_is_a_host_failure_not_a_spec_error() {
     let host = Host::new();
     let spec = host.spec("sev", "{sev: {}}");
     let caps = sample("this-machine-qemu-7.2-kvm.xml");
@@ -195,13 +195,52 @@ fn render_sev_on_a_host_without_sev_names_the_field() {
         &["render", "--domcapabilities", caps.to_str().unwrap()],
         &spec,
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("spec.domain.launchSecurity.sev"),
+        stderr.contains("host lacks SEV") && stderr.contains("pass --domcapabilities FILE"),
         "{stderr}"
     );
     assert!(stderr.contains("cbitpos"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    // validate warns about the host and still checks the spec.
+    let out = host.launcher(
+        &["validate", "--domcapabilities", caps.to_str().unwrap()],
+        &spec,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("host lacks SEV"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `<sev supported='yes'>` without cbitpos: labelled like KubeVirt does, but
+/// nothing can be rendered from it.
+#[test]
+fn render_sev_without_recorded_cbitpos_asks_for_capabilities_from_an_sev_host() {
+    let host = Host::new();
+    let spec = host.spec("sev", "{sev: {}}");
+    let caps = host.dir.path().join("sev-bare.xml");
+    std::fs::write(
+        &caps,
+        "<domainCapabilities><arch>x86_64</arch><features><sev supported='yes'/>\
+         </features></domainCapabilities>",
+    )
+    .unwrap();
+    let out = host.launcher(
+        &["render", "--domcapabilities", caps.to_str().unwrap()],
+        &spec,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("host lacks SEV"), "{stderr}");
+    assert!(
+        !stderr.contains("cannot run on this host"),
+        "labelled SEV: {stderr}"
+    );
 }
 
 #[test]
@@ -253,10 +292,10 @@ fn render_without_recorded_capabilities_asks_libvirt() {
         // An SEV host: the XML carries libvirt's parameters.
         assert!(text(&out.stdout).contains("<cbitpos>"));
     } else {
+        // A host without SEV: a launcher failure naming where the facts
+        // came from, not a spec error.
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(&source), "{stderr}");
-        assert!(
-            stderr.contains("spec.domain.launchSecurity.sev"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("host lacks SEV"), "{stderr}");
     }
 }

@@ -75,7 +75,7 @@ pub fn to_value(text: &str) -> Result<Value, SpecErrors> {
             Err(format!("invalid JSON: {e}"))
         }
         Some(Err(json_err)) => read_yaml(trimmed).map_err(|yaml_err| {
-            format!("invalid JSON ({json_err}), and not valid YAML either ({yaml_err})")
+            format!("invalid JSON ({json_err}), and not valid YAML either: {yaml_err}")
         }),
         None => read_yaml(trimmed).map_err(|e| format!("invalid YAML: {e}")),
     };

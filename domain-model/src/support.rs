@@ -246,7 +246,8 @@ fn uses(domain: &Domain) -> Vec<Use> {
     if d.features.smm {
         add(Feature::Smm, "spec.domain.features.smm".into());
     }
-    if !d.features.acpi {
+    // s390x has no ACPI at all: off is its default, not a request.
+    if !d.features.acpi && d.architecture != Architecture::S390x {
         add(Feature::AcpiDisabled, "spec.domain.features.acpi".into());
     }
     if let Some(clock) = &d.clock {

@@ -6,8 +6,8 @@ mod common;
 use common::{assert_only, err, ok, paths, spec, Fixture};
 use domain_model::resolve::derived_uid;
 use domain_model::{
-    resolve_str, Architecture, Boot, CpuModel, DiskBus, DiskDevice, Hypervisor, ImageFormat,
-    LoadOptions,
+    resolve_str, Architecture, Boot, ClockOffset, CpuModel, DiskBus, DiskDevice, Hypervisor,
+    ImageFormat, InputBus, InputKind, LoadOptions, TickPolicy, Timer, TimerName, TimerTrack,
 };
 use serde_json::json;
 
@@ -216,7 +216,8 @@ fn defaults_table() {
             json!({"spec": {"domain": {"devices": {"inputs": [{"name": "t", "type": "tablet"}]}}}}),
             |d| {
                 d.devices.inputs.len() == 1
-                    && d.devices.inputs[0].kind == "tablet:usb"
+                    && d.devices.inputs[0].kind == InputKind::Tablet
+                    && d.devices.inputs[0].bus == InputBus::Usb
                     && d.devices.inputs[0].spec_path == "spec.domain.devices.inputs[0]"
             },
         ),
@@ -234,23 +235,51 @@ fn defaults_table() {
             "utc clock",
             json!({"spec": {"domain": {"clock": {"utc": {}}}}}),
             |d| {
-                d.clock
-                    .as_ref()
-                    .is_some_and(|c| c.offset == "utc" && c.timers.is_empty())
+                d.clock.as_ref().is_some_and(|c| {
+                    c.offset
+                        == ClockOffset::Utc {
+                            adjustment_seconds: 0,
+                        }
+                        && c.timers.is_empty()
+                })
             },
         ),
         (
             "utc offset",
             json!({"spec": {"domain": {"clock": {"utc": {"offsetSeconds": 3600}}}}}),
-            |d| d.clock.as_ref().is_some_and(|c| c.offset == "utc:+3600"),
+            |d| {
+                d.clock.as_ref().is_some_and(|c| {
+                    c.offset
+                        == ClockOffset::Utc {
+                            adjustment_seconds: 3600,
+                        }
+                })
+            },
         ),
         (
             "timezone and timers",
             json!({"spec": {"domain": {"clock": {"timezone": "Europe/Berlin", "timer": {"hpet": {"present": false}, "rtc": {"tickPolicy": "catchup", "track": "guest"}}}}}}),
             |d| {
                 d.clock.as_ref().is_some_and(|c| {
-                    c.offset == "timezone:Europe/Berlin"
-                        && c.timers == ["hpet,present=false", "rtc,tickPolicy=catchup,track=guest"]
+                    c.offset
+                        == ClockOffset::Timezone {
+                            name: "Europe/Berlin".into(),
+                        }
+                        && c.timers
+                            == [
+                                Timer {
+                                    name: TimerName::Hpet,
+                                    present: Some(false),
+                                    tick_policy: None,
+                                    track: None,
+                                },
+                                Timer {
+                                    name: TimerName::Rtc,
+                                    present: None,
+                                    tick_policy: Some(TickPolicy::Catchup),
+                                    track: Some(TimerTrack::Guest),
+                                },
+                            ]
                 })
             },
         ),
@@ -866,10 +895,7 @@ fn type_errors_name_their_path_and_all_are_reported() {
         e.0.iter()
             .find(|f| f.path == "spec.domain.cpu.sockets")
             .unwrap();
-    assert!(
-        sockets.message.contains("found string \"two\""),
-        "{e}"
-    );
+    assert!(sockets.message.contains("found the string \"two\""), "{e}");
     let e = err(f.resolve(json!({"spec": {"domain": {"devices": {"disks": [{"disk": {}}]}}}})));
     assert_only(
         &e,
@@ -877,7 +903,11 @@ fn type_errors_name_their_path_and_all_are_reported() {
         "required: the name of the volume",
     );
     let e = err(f.resolve(json!({"spec": {"domain": "big"}})));
-    assert_only(&e, "spec.domain", "expected a mapping, found string \"big\"");
+    assert_only(
+        &e,
+        "spec.domain",
+        "expected a mapping, found the string \"big\"",
+    );
 }
 
 #[test]

@@ -52,17 +52,20 @@ fn type_resolution_and_support_errors_are_reported_in_one_run() {
 #[test]
 fn a_type_error_does_not_add_consequential_errors() {
     let f = Fixture::new();
-    // The disk's name and the host disk's path are unreadable: each is
-    // reported once, not again as "required" or "volume not used".
+    // The boot order, the guest memory and the host disk's path are
+    // unreadable: each is reported once, not again as "required", and the
+    // resolution error next to them still comes out.
     let e = err(f.resolve(json!({"spec": {
         "volumes": [{"name": "a", "hostDisk": {"path": 5, "type": "Disk"}}],
-        "domain": {"memory": {"guest": []}, "devices": {"disks": [{"name": "a", "bootOrder": "x"}]}}}})));
+        "domain": {"memory": {"guest": []}, "devices": {"disks": [
+            {"name": "a", "bootOrder": "x"}, {"name": "ghost"}]}}}})));
     let mut got = paths(&e);
     got.sort();
     assert_eq!(
         got,
         vec![
             "spec.domain.devices.disks[0].bootOrder",
+            "spec.domain.devices.disks[1].name",
             "spec.domain.memory.guest",
             "spec.volumes[0].hostDisk.path",
         ],
@@ -140,9 +143,15 @@ fn disk_bus_defaults_follow_kubevirt_on_libvirt_and_virtio_on_cloud_hypervisor()
         ]
     );
     // arm64.go / s390x.go: virtio for disks.
-    assert_eq!(buses("libvirt", "arm64")[0], (DiskDevice::Disk, DiskBus::Virtio));
+    assert_eq!(
+        buses("libvirt", "arm64")[0],
+        (DiskDevice::Disk, DiskBus::Virtio)
+    );
     // Cloud Hypervisor has only virtio-blk.
-    let e = err(load_path(&write_spec(&f, disk_patch("cloud-hypervisor", "amd64")), &f.opts()));
+    let e = err(load_path(
+        &write_spec(&f, disk_patch("cloud-hypervisor", "amd64")),
+        &f.opts(),
+    ));
     assert_only(&e, "spec.domain.devices.disks[1].cdrom", "cdrom disks");
 }
 
@@ -281,7 +290,11 @@ fn messages_speak_kubevirt_not_library_internals() {
     ok(resolve_str(&pod, &opts));
     let typo = format!("{head}spec: {{domain: {{memory: {{guest: 1Gi}}, resources: {{requests: {{memroy: 1Gi}}}}}}}}\n");
     let e = err(resolve_str(&typo, &opts));
-    assert_only(&e, "spec.domain.resources.requests.memroy", "unknown resource \"memroy\"");
+    assert_only(
+        &e,
+        "spec.domain.resources.requests.memroy",
+        "unknown resource \"memroy\"",
+    );
     assert!(all.contains("expected a mapping"), "{all}");
 }
 

@@ -43,11 +43,6 @@ fn cloud_hypervisor_refuses_each_unsupported_feature_by_path() {
             "cdrom disks are not supported by cloud-hypervisor",
         ),
         (
-            disk(json!({"name": "rootdisk", "disk": null, "lun": {}})),
-            "spec.domain.devices.disks[0].lun",
-            "lun disks are not supported by cloud-hypervisor",
-        ),
-        (
             disk(json!({"name": "rootdisk", "disk": {"bus": "sata"}})),
             "spec.domain.devices.disks[0].disk.bus",
             "the sata disk bus is not supported by cloud-hypervisor",

@@ -96,7 +96,11 @@ fn invalid_spec_exits_2_naming_the_field_for_validate_render_and_run() {
 #[test]
 fn render_prints_the_cloud_hypervisor_config_as_json() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = launcher(&["render"], &guest_spec(dir.path()));
+    let private = dir.path().join("p");
+    let out = launcher(
+        &["--private-dir", private.to_str().expect("utf-8"), "render"],
+        &guest_spec(dir.path()),
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -108,7 +112,14 @@ fn render_prints_the_cloud_hypervisor_config_as_json() {
         config["payload"]["kernel"].as_str(),
         Variant::Interactive.path().to_str()
     );
-    assert_eq!(config["serial"]["mode"], "Pty");
+    // The serial port is a socket in the VM's directory (see `run --ch-serial`).
+    assert_eq!(config["serial"]["mode"], "Socket");
+    let socket = PathBuf::from(config["serial"]["socket"].as_str().expect("socket path"));
+    assert!(socket.starts_with(&private), "{}", socket.display());
+    assert_eq!(
+        socket.file_name().and_then(|n| n.to_str()),
+        Some("ch-serial.sock")
+    );
     assert_eq!(config["memory"]["size"], 64 << 20);
 }
 

@@ -5,7 +5,8 @@
 
 mod ch_support;
 
-use ch_support::{wait_file_contains, Launcher, VmOptions, SLOW};
+use ch_support::{run_to_exit, wait_file_contains, Launcher, VmOptions, SLOW};
+use images::Variant;
 use nix::sys::signal::{kill, Signal};
 use std::time::{Duration, Instant};
 
@@ -168,11 +169,64 @@ fn pause_reports_paused_user_and_resume_running_again() {
 }
 
 #[test]
-fn guest_reboot_keeps_it_running_and_prints_the_banner_again() {
-    let launcher = Launcher::start(VmOptions::default());
+fn guest_reboot_keeps_the_console_and_every_byte_until_the_power_off() {
+    let mut launcher = Launcher::start(VmOptions::default());
     // The first banner went to the log before anyone connected.
     wait_file_contains(&launcher.serial_log(), BANNER);
     let mut console = launcher.console();
+    console.send(b"r");
+    // The serial socket keeps the echo of `r` written just before the
+    // reboot; the new boot's banner comes on the same client connection.
+    console.expect(format!("r{BANNER}").as_bytes());
+    let status = launcher.ctl("status");
+    assert_eq!(status["state"], "Running");
+    console.send(b"q");
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    console.expect(b"q");
+    console.expect_closed();
+    let log = std::fs::read_to_string(launcher.serial_log()).expect("console log");
+    assert_eq!(log, format!("{BANNER}r{BANNER}q"));
+}
+
+#[test]
+fn halting_guest_banner_is_logged_before_it_powers_off() {
+    let run = run_to_exit(Variant::Halting, &[]);
+    assert_eq!(run.status.code(), Some(0), "{}", run.logs);
+    assert_eq!(run.serial_log, BANNER, "{}", run.logs);
+}
+
+#[test]
+fn halting_guest_banner_reaches_a_connected_client_before_the_connection_closes() {
+    let mut launcher = Launcher::start(VmOptions {
+        variant: Variant::Halting,
+        start_paused: true,
+        ..VmOptions::default()
+    });
+    let mut console = launcher.console();
+    // The guest may be gone before `resume` sees it running: only the
+    // console and the exit tell.
+    let _ = launcher.ctl_output("resume");
+    console.expect(BANNER.as_bytes());
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    console.expect_closed();
+    let log = std::fs::read_to_string(launcher.serial_log()).expect("console log");
+    assert_eq!(log, BANNER);
+}
+
+/// `--ch-serial pty`: Cloud Hypervisor's PTY instead of its socket. Only the
+/// last bytes before a power-off may be lost; echo and reboots work alike.
+#[test]
+fn pty_serial_mode_relays_echo_and_follows_a_reboot() {
+    let mut launcher = Launcher::start(VmOptions {
+        run_args: vec!["--ch-serial".into(), "pty".into()],
+        ..VmOptions::default()
+    });
+    wait_file_contains(&launcher.serial_log(), BANNER);
+    let mut console = launcher.console();
+    console.send(b"hello");
+    console.expect(b"hello");
     console.send(b"r");
     // The echo of `r` may be lost: the hypervisor closes the old PTY right
     // after it, and the kernel drops what the launcher had not read yet.
@@ -180,8 +234,20 @@ fn guest_reboot_keeps_it_running_and_prints_the_banner_again() {
     console.expect(BANNER.as_bytes());
     let log = std::fs::read_to_string(launcher.serial_log()).expect("console log");
     assert_eq!(log.matches(BANNER).count(), 2, "{log:?}");
+    console.send(b"x");
+    console.expect(b"x");
     let status = launcher.ctl("status");
     assert_eq!(status["state"], "Running");
+    assert!(
+        !launcher
+            .serial_socket()
+            .with_file_name("ch-serial.sock")
+            .exists(),
+        "no serial socket in PTY mode"
+    );
+    launcher.signal(Signal::SIGTERM);
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
 }
 
 #[test]

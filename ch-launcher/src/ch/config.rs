@@ -531,8 +531,8 @@ fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
 mod tests {
     use super::*;
     use domain_model::{
-        Clock, Cpu, Devices, Disk, DiskSource, Features, Firmware, Hypervisor, Memory,
-        MigrationCondition, SpecFeature,
+        Clock, Cpu, Devices, Disk, DiskSource, Features, Firmware, Hypervisor, Input, InputBus,
+        InputKind, Memory, MigrationCondition, SpecFeature, Timer, TimerName,
     };
     use std::time::Duration;
 
@@ -812,6 +812,42 @@ mod tests {
     }
 
     #[test]
+    fn serial_console_is_chs_socket_when_the_host_names_one() {
+        let host = HostInputs {
+            serial_socket: Some("/run/p/uid/ch-serial.sock".into()),
+            ..HostInputs::default()
+        };
+        let c = vm_config(&domain(), &host).expect("translates");
+        let json = serde_json::to_value(c.serial).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"mode": "Socket", "socket": "/run/p/uid/ch-serial.sock"})
+        );
+
+        // Without autoattachSerialConsole there is no serial port at all.
+        let mut d = domain();
+        d.devices.serial_console = false;
+        let c = vm_config(&d, &host).expect("translates");
+        assert_eq!(c.serial, Some(SerialConfig::new(ConsoleMode::Off)));
+    }
+
+    #[test]
+    fn options_put_the_serial_socket_in_the_vm_directory_unless_a_pty_is_chosen() {
+        let paths = crate::paths::VmPaths::new(Path::new("/run/p"), "uid");
+        let opts = super::super::ChOptions::default();
+        assert_eq!(opts.serial, SerialMode::Socket);
+        assert_eq!(
+            opts.host_inputs(&paths).serial_socket,
+            Some(PathBuf::from("/run/p/uid/ch-serial.sock"))
+        );
+        let pty = super::super::ChOptions {
+            serial: SerialMode::Pty,
+            ..opts
+        };
+        assert_eq!(pty.host_inputs(&paths).serial_socket, None);
+    }
+
+    #[test]
     fn host_inputs_take_the_firmware_crates_choice() {
         let choice = |kind, path: &str| {
             firmware::Choice::CloudHypervisor(firmware::ChSelection {
@@ -967,13 +1003,14 @@ mod tests {
             ),
             (
                 |d| {
-                    d.devices.inputs = vec![SpecFeature {
+                    d.devices.inputs = vec![Input {
                         spec_path: "spec.domain.devices.inputs[0]".into(),
-                        kind: "tablet".into(),
+                        kind: InputKind::Tablet,
+                        bus: InputBus::Usb,
                     }]
                 },
                 "spec.domain.devices.inputs[0]",
-                "input device \"tablet\"",
+                "input device \"tablet:usb\"",
             ),
             (
                 |d| {
@@ -989,19 +1026,41 @@ mod tests {
                 |d| {
                     d.clock = Some(Clock {
                         spec_path: "spec.domain.clock".into(),
-                        offset: "timezone:Europe/Berlin".into(),
+                        offset: ClockOffset::Timezone {
+                            name: "Europe/Berlin".into(),
+                        },
                         timers: vec![],
                     })
                 },
                 "spec.domain.clock.timezone",
-                "clock offset \"timezone:Europe/Berlin\"",
+                "clock timezone \"Europe/Berlin\"",
             ),
             (
                 |d| {
                     d.clock = Some(Clock {
                         spec_path: "spec.domain.clock".into(),
-                        offset: "utc".into(),
-                        timers: vec!["hpet".into()],
+                        offset: ClockOffset::Utc {
+                            adjustment_seconds: -1800,
+                        },
+                        timers: vec![],
+                    })
+                },
+                "spec.domain.clock.utc.offsetSeconds",
+                "a UTC clock offset (-1800 seconds)",
+            ),
+            (
+                |d| {
+                    d.clock = Some(Clock {
+                        spec_path: "spec.domain.clock".into(),
+                        offset: ClockOffset::Utc {
+                            adjustment_seconds: 0,
+                        },
+                        timers: vec![Timer {
+                            name: TimerName::Hpet,
+                            present: None,
+                            tick_policy: None,
+                            track: None,
+                        }],
                     })
                 },
                 "spec.domain.clock.timer",

@@ -89,7 +89,9 @@ pub enum CreateError {
     },
     #[error(transparent)]
     Api(#[from] BackendError),
-    #[error("cloud-hypervisor created the VM but vm.info names no serial PTY or socket (serial: {0})")]
+    #[error(
+        "cloud-hypervisor created the VM but vm.info names no serial PTY or socket (serial: {0})"
+    )]
     NoSerial(String),
 }
 

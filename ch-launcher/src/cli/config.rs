@@ -175,7 +175,10 @@ mod tests {
         let s = Settings::resolve(Some((Path::new("c.yaml"), &file)), &cli(&[], &[])).unwrap();
         assert!(s.gates.is_enabled(WORKLOAD_ENCRYPTION_TDX));
         assert!(!s.gates.is_enabled(WORKLOAD_ENCRYPTION_SEV));
-        assert_eq!(s.firmware.qemu.dirs, [PathBuf::from("/fw/a"), "/fw/b".into()]);
+        assert_eq!(
+            s.firmware.qemu.dirs,
+            [PathBuf::from("/fw/a"), "/fw/b".into()]
+        );
         assert_eq!(
             s.firmware.cloud_hypervisor.tdvf,
             PathBuf::from("/fw/ch/tdvf.fd")
@@ -184,8 +187,9 @@ mod tests {
 
     #[test]
     fn command_line_applies_after_the_file() {
-        let file = parse("featureGates: [WorkloadEncryptionTDX]\nfirmwareDescriptorDirs: [/fw/a]\n")
-            .unwrap();
+        let file =
+            parse("featureGates: [WorkloadEncryptionTDX]\nfirmwareDescriptorDirs: [/fw/a]\n")
+                .unwrap();
         let gates = ["-WorkloadEncryptionTDX".to_string()];
         let dirs = [PathBuf::from("/cli")];
         let s = Settings::resolve(Some((Path::new("c.yaml"), &file)), &cli(&gates, &dirs)).unwrap();
@@ -222,11 +226,14 @@ mod tests {
         assert!(err.message.starts_with("featureGates"), "{err}");
 
         let err = parse("cloudHypervisorFirmwareDir: [a]\n").unwrap_err();
-        assert!(err.message.starts_with("cloudHypervisorFirmwareDir"), "{err}");
+        assert!(
+            err.message.starts_with("cloudHypervisorFirmwareDir"),
+            "{err}"
+        );
 
         let file = parse("featureGates: [WorkloadEncryptionTDX, Bogus]\n").unwrap();
-        let err = Settings::resolve(Some((Path::new("/c.yaml"), &file)), &cli(&[], &[]))
-            .unwrap_err();
+        let err =
+            Settings::resolve(Some((Path::new("/c.yaml"), &file)), &cli(&[], &[])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "/c.yaml: featureGates[1]: unknown feature gate \"Bogus\"; known gates: \

@@ -283,7 +283,10 @@ mod tests {
         assert_eq!(caps.notes.len(), 1);
         assert!(caps.notes[0].contains("cbitpos"), "{:?}", caps.notes);
         let labels = crate::host::labels::node_labels(&caps);
-        assert_eq!(labels.get("kubevirt.io/sev").map(String::as_str), Some("true"));
+        assert_eq!(
+            labels.get("kubevirt.io/sev").map(String::as_str),
+            Some("true")
+        );
 
         let bare = parse(
             "<domainCapabilities><features><sev supported='yes'/></features>\

@@ -2,12 +2,12 @@
 //! paused, forwards its lifecycle events, and undefines it when the launcher
 //! lets go of it.
 //!
-//! The `virt` crate's calls block on libvirtd, so every call runs on
-//! `tokio::task::spawn_blocking`. Domain events need libvirt's event loop:
-//! one process-wide thread runs `virEventRunDefaultImpl`, registered before
-//! the first connection is opened. The `virt` crate (0.5) does not expose
-//! domain event registration, so [`Listener`] registers its callbacks with
-//! `virt-sys` directly; that is the only `unsafe` code of the backend.
+//! It speaks libvirt's RPC protocol itself ([`super::rpc`]) over the
+//! daemon's unix socket instead of linking `libvirt.so`, whose dozens of
+//! shared libraries alone cost more memory than the launcher's budget. One
+//! connection carries the calls and the domain events (registered with
+//! `CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY` for this domain only); a
+//! task maps them onto [`Event`]s.
 //!
 //! The domain is created paused (`VIR_DOMAIN_START_PAUSED`) so that the
 //! runner decides when the vCPUs first run ([`Backend::boot`]), exactly as on
@@ -17,23 +17,26 @@
 //!
 //! Cleanup: dropping the [`LibvirtBackend`] destroys the domain if it still
 //! runs and undefines it (with its NVRAM unless the spec asked for
-//! persistent EFI variables). A failure after `define` undefines too.
-
+//! persistent EFI variables). A failure after `define` undefines too. `Drop`
+//! cannot await, so the cleanup opens a short blocking connection of its
+//! own ([`BlockingClient`]): it works whatever state the runtime is in.
 use super::events::{EventMapper, Mapped};
 use super::launch_security::ConfidentialHost;
 use super::render::{domain_name, render, RenderContext};
+use super::rpc::{flags, BlockingClient, Client, DomainEvent, DomainRef, Notice, RpcError};
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
 use crate::lifecycle::Event;
 use crate::paths::VmPaths;
 use domain_model::{Boot, Domain};
 use firmware::LibvirtFirmware;
-use std::ffi::{c_int, c_void};
 use std::os::unix::fs::FileTypeExt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::sync::mpsc;
-use virt::connect::Connect;
-use virt::domain::Domain as VirtDomain;
-use virt_sys as sys;
+
+/// How long the cleanup in `Drop` waits for each libvirtd answer: a
+/// destroy may take QEMU's shutdown, but a hung daemon must not hang the
+/// launcher's exit.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// libvirtd's system QEMU driver, where KubeVirt's virt-launcher runs its VMs.
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -62,16 +65,17 @@ impl Default for LibvirtOptions {
 
 /// A domain defined and started (paused) in libvirtd.
 pub struct LibvirtBackend {
-    inner: Arc<Inner>,
+    inner: Inner,
 }
 
 struct Inner {
-    conn: Connect,
-    dom: VirtDomain,
+    client: Client,
+    dom: DomainRef,
     name: String,
     uri: String,
     keep_nvram: bool,
-    listener: Option<Registration>,
+    /// Maps the connection's notices onto the backend's events.
+    forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Renders `domain`, defines it under `opts.uri` and starts it paused.
@@ -88,7 +92,7 @@ pub async fn create(
     let xml = render(domain, &ctx).map_err(|e| BackendError::Host(e.to_string()))?;
     prepare_host_files(domain, paths)?;
     let name = domain_name(domain);
-    let uri = opts.uri.clone();
+    let uri = opts.uri.as_str();
     let keep_nvram = matches!(
         domain.boot,
         Boot::Efi {
@@ -96,67 +100,117 @@ pub async fn create(
             ..
         }
     );
+    let (client, notices) = Client::connect(uri)
+        .await
+        .map_err(|e| BackendError::Unreachable {
+            operation: "connect to libvirtd",
+            detail: format!("{uri}: {e}"),
+        })?;
+    match client.lib_version().await {
+        Ok(v) => tracing::debug!(
+            uri,
+            socket = %client.endpoint().socket.display(),
+            libvirt = format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000),
+            "connected to libvirtd"
+        ),
+        Err(e) => tracing::debug!(error = %e, "libvirt version unknown"),
+    }
+    remove_leftover(&client, &name, uri).await?;
+    let dom = client
+        .define_xml(&xml)
+        .await
+        .map_err(|e| failed("define the domain", e))?;
+    tracing::info!(domain = name, uri, "libvirt domain defined");
+    // From here on, dropping `inner` undefines the domain.
+    let mut inner = Inner {
+        client,
+        dom,
+        name,
+        uri: uri.to_owned(),
+        keep_nvram,
+        forwarder: None,
+    };
     let (tx, events) = mpsc::unbounded_channel();
-    let inner =
-        tokio::task::spawn_blocking(move || define_and_start(&uri, &name, &xml, keep_nvram, tx))
-            .await
-            .map_err(|e| BackendError::Host(format!("the libvirt worker thread failed: {e}")))??;
+    let lifecycle = inner
+        .client
+        .register_event(flags::VIR_DOMAIN_EVENT_ID_LIFECYCLE, &inner.dom)
+        .await
+        .map_err(|e| failed("subscribe to domain events", e))?;
+    let reboot = inner
+        .client
+        .register_event(flags::VIR_DOMAIN_EVENT_ID_REBOOT, &inner.dom)
+        .await
+        .map_err(|e| failed("subscribe to domain events", e))?;
+    inner.forwarder = Some(tokio::spawn(forward(notices, lifecycle, reboot, tx)));
+    inner
+        .client
+        .create_with_flags(&inner.dom, flags::VIR_DOMAIN_START_PAUSED)
+        .await
+        .map_err(|e| failed("start the domain", e))?;
+    tracing::info!(domain = %inner.name, "libvirt domain started paused");
     Ok(Created {
-        backend: LibvirtBackend {
-            inner: Arc::new(inner),
-        },
+        backend: LibvirtBackend { inner },
         events,
         console: ConsoleSource::ServedByHypervisor,
     })
 }
 
-fn define_and_start(
-    uri: &str,
-    name: &str,
-    xml: &str,
-    keep_nvram: bool,
+/// Feeds the domain's events through the [`EventMapper`] until the last
+/// one, or until the connection ends (which is the hypervisor's death as
+/// far as the launcher can tell: it can no longer control the VM).
+async fn forward(
+    mut notices: mpsc::UnboundedReceiver<Notice>,
+    lifecycle_id: i32,
+    reboot_id: i32,
     tx: mpsc::UnboundedSender<Event>,
-) -> Result<Inner, BackendError> {
-    ensure_event_loop()?;
-    let conn = Connect::open(Some(uri)).map_err(|e| BackendError::Unreachable {
-        operation: "connect to libvirtd",
-        detail: format!("{uri}: {}", e.message()),
-    })?;
-    // Without keepalive a dead libvirtd would go unnoticed until the next call.
-    if let Err(e) = conn.set_keep_alive(5, 3) {
-        tracing::debug!(error = %e.message(), "libvirt keepalive not available");
+) {
+    let mut mapper = EventMapper::default();
+    while let Some(notice) = notices.recv().await {
+        let mapped = match notice {
+            Notice::Event(DomainEvent::Lifecycle {
+                callback_id,
+                event,
+                detail,
+                ..
+            }) if callback_id == lifecycle_id => mapper.lifecycle(event, detail),
+            Notice::Event(DomainEvent::Reboot { callback_id, .. }) if callback_id == reboot_id => {
+                mapper.reboot()
+            }
+            Notice::Event(other) => {
+                tracing::debug!(?other, "libvirt event of another callback ignored");
+                continue;
+            }
+            Notice::Closed(reason) => Mapped {
+                event: Some(Event::HypervisorDied {
+                    detail: format!("{reason}; the VM can no longer be controlled"),
+                }),
+                last: true,
+            },
+        };
+        if let Some(event) = mapped.event {
+            tracing::debug!(?event, "libvirt event");
+            // The receiver is gone only when the runner stopped listening.
+            let _ = tx.send(event);
+        }
+        if mapped.last {
+            // Dropping `tx` closes the channel: the hypervisor is gone.
+            return;
+        }
     }
-    remove_leftover(&conn, name, uri)?;
-    let dom = conn
-        .define_domain_xml(xml)
-        .map_err(|e| refused("define the domain", &e))?;
-    tracing::info!(domain = name, uri, "libvirt domain defined");
-    let mut inner = Inner {
-        conn,
-        dom,
-        name: name.to_owned(),
-        uri: uri.to_owned(),
-        keep_nvram,
-        listener: None,
-    };
-    // From here on, dropping `inner` undefines the domain.
-    inner.listener = Some(Registration::new(&inner.conn, &inner.dom, tx)?);
-    inner
-        .dom
-        .create_with_flags(sys::VIR_DOMAIN_START_PAUSED)
-        .map_err(|e| refused("start the domain", &e))?;
-    tracing::info!(domain = name, "libvirt domain started paused");
-    Ok(inner)
 }
 
 /// A domain of the same name left behind by a launcher that could not clean
 /// up (SIGKILL) is removed when it is shut off; a running one means another
 /// launcher owns it.
-fn remove_leftover(conn: &Connect, name: &str, uri: &str) -> Result<(), BackendError> {
-    let Ok(old) = conn.lookup_domain_by_name(name) else {
+async fn remove_leftover(client: &Client, name: &str, uri: &str) -> Result<(), BackendError> {
+    let old = client
+        .lookup_by_name(name)
+        .await
+        .map_err(|e| failed("look up a leftover domain", e))?;
+    let Some(old) = old else {
         return Ok(());
     };
-    if old.is_active().unwrap_or(true) {
+    if client.is_active(&old).await.unwrap_or(true) {
         return Err(BackendError::Host(format!(
             "a libvirt domain named {name} is already running under {uri}; another launcher \
              runs this VM (stop it, or `virsh -c {uri} destroy {name}`)"
@@ -166,8 +220,10 @@ fn remove_leftover(conn: &Connect, name: &str, uri: &str) -> Result<(), BackendE
         domain = name,
         "undefining a shut-off domain left from an earlier run"
     );
-    old.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
-        .map_err(|e| refused("undefine the leftover domain", &e))
+    client
+        .undefine_flags(&old, flags::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+        .await
+        .map_err(|e| failed("undefine the leftover domain", e))
 }
 
 /// Disks the spec wants created when missing, and no stale console socket
@@ -208,11 +264,18 @@ fn prepare_host_files(domain: &Domain, paths: &VmPaths) -> Result<(), BackendErr
     }
     Ok(())
 }
-
-fn refused(operation: &'static str, e: &virt::error::Error) -> BackendError {
-    BackendError::Refused {
-        operation,
-        chain: vec![format!("libvirt: {}", e.message())],
+/// libvirtd's refusal keeps its message; a lost connection is an
+/// unreachable hypervisor.
+fn failed(operation: &'static str, e: RpcError) -> BackendError {
+    match e {
+        RpcError::Remote(e) => BackendError::Refused {
+            operation,
+            chain: vec![format!("libvirt: {e}")],
+        },
+        other => BackendError::Unreachable {
+            operation,
+            detail: format!("libvirtd: {other}"),
+        },
     }
 }
 
@@ -221,51 +284,57 @@ impl LibvirtBackend {
     pub fn domain_name(&self) -> &str {
         &self.inner.name
     }
-
-    async fn call(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&VirtDomain) -> Result<(), virt::error::Error> + Send + 'static,
-    ) -> Result<(), BackendError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner.dom).map_err(|e| refused(operation, &e)))
-            .await
-            .map_err(|e| BackendError::Unreachable {
-                operation,
-                detail: format!("the libvirt worker thread failed: {e}"),
-            })?
-    }
 }
 
 impl Backend for LibvirtBackend {
     async fn boot(&self) -> Result<(), BackendError> {
-        self.call("boot (resume the paused domain)", |d| d.resume())
+        let i = &self.inner;
+        i.client
+            .resume(&i.dom)
             .await
+            .map_err(|e| failed("boot (resume the paused domain)", e))
     }
 
     async fn pause(&self) -> Result<(), BackendError> {
-        self.call("pause", |d| d.suspend()).await
+        let i = &self.inner;
+        i.client
+            .suspend(&i.dom)
+            .await
+            .map_err(|e| failed("pause", e))
     }
 
     async fn resume(&self) -> Result<(), BackendError> {
-        self.call("resume", |d| d.resume()).await
+        let i = &self.inner;
+        i.client
+            .resume(&i.dom)
+            .await
+            .map_err(|e| failed("resume", e))
     }
 
     /// A hard reset, like Cloud Hypervisor's `vm.reboot`: it works whether or
     /// not the guest listens to ACPI.
     async fn reboot(&self) -> Result<(), BackendError> {
-        self.call("reboot (reset)", |d| d.reset()).await
+        let i = &self.inner;
+        i.client
+            .reset(&i.dom)
+            .await
+            .map_err(|e| failed("reboot (reset)", e))
     }
 
     async fn power_button(&self) -> Result<(), BackendError> {
-        self.call("ACPI power button", |d| {
-            d.shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-        })
-        .await
+        let i = &self.inner;
+        i.client
+            .shutdown_flags(&i.dom, flags::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            .await
+            .map_err(|e| failed("ACPI power button", e))
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
-        self.call("destroy", |d| d.destroy()).await
+        let i = &self.inner;
+        i.client
+            .destroy(&i.dom)
+            .await
+            .map_err(|e| failed("destroy", e))
     }
 
     /// QEMU's chardev keeps `virt-serial0` across reboots.
@@ -276,217 +345,113 @@ impl Backend for LibvirtBackend {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.dom.is_active().unwrap_or(false) {
+        if let Some(forwarder) = self.forwarder.take() {
+            forwarder.abort();
+        }
+        let undefine_flags = if self.keep_nvram {
+            flags::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+        } else {
+            flags::VIR_DOMAIN_UNDEFINE_NVRAM
+        };
+        let mut client = match BlockingClient::connect(&self.uri, CLEANUP_TIMEOUT) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(domain = %self.name, uri = %self.uri, error = %e,
+                    "cannot reach libvirtd to undefine the domain");
+                return;
+            }
+        };
+        if client.is_active(&self.dom).unwrap_or(false) {
             tracing::warn!(domain = %self.name, "destroying the domain the launcher leaves behind");
-            if let Err(e) = self.dom.destroy() {
-                tracing::error!(domain = %self.name, error = %e.message(), "destroy failed");
+            if let Err(e) = client.destroy(&self.dom) {
+                tracing::error!(domain = %self.name, error = %e, "destroy failed");
             }
         }
-        if let Some(listener) = self.listener.take() {
-            listener.deregister(&self.conn);
-        }
-        let flags = if self.keep_nvram {
-            sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
-        } else {
-            sys::VIR_DOMAIN_UNDEFINE_NVRAM
-        };
-        match self.dom.undefine_flags(flags) {
+        match client.undefine_flags(&self.dom, undefine_flags) {
             Ok(()) => tracing::info!(domain = %self.name, "libvirt domain undefined"),
             Err(e) => tracing::error!(domain = %self.name, uri = %self.uri,
-                error = %e.message(), "cannot undefine the libvirt domain"),
+                error = %e, "cannot undefine the libvirt domain"),
+        }
+        if let Err(e) = client.close() {
+            tracing::debug!(error = %e, "closing the cleanup connection to libvirtd");
         }
     }
 }
 
-static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// libvirt delivers events only to processes that run its event loop, and
-/// the loop must be registered before the first connection is opened.
-pub(crate) fn ensure_event_loop() -> Result<(), BackendError> {
-    let started = EVENT_LOOP.get_or_init(|| {
-        // libvirt prints every error to stderr by default; ours are returned.
-        virt::error::clear_error_callback();
-        virt::event::event_register_default_impl()
-            .map_err(|e| format!("cannot start libvirt's event loop: {}", e.message()))?;
-        std::thread::Builder::new()
-            .name("libvirt-events".into())
-            .spawn(|| loop {
-                if let Err(e) = virt::event::event_run_default_impl() {
-                    tracing::error!(error = %e.message(), "libvirt event loop iteration failed");
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-            })
-            .map(drop)
-            .map_err(|e| format!("cannot start the libvirt event thread: {e}"))
-    });
-    started.clone().map_err(BackendError::Host)
-}
-
-/// Where libvirt's callbacks deliver: the mapper and the sending half of the
-/// backend's event channel, dropped after the last event.
-struct Listener {
-    mapper: Mutex<EventMapper>,
-    tx: Mutex<Option<mpsc::UnboundedSender<Event>>>,
-}
-
-impl Listener {
-    fn deliver(&self, mapped: Mapped) {
-        let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if let (Some(event), Some(sender)) = (mapped.event, tx.as_ref()) {
-            tracing::debug!(?event, "libvirt event");
-            // The receiver is gone only when the runner stopped listening.
-            let _ = sender.send(event);
-        }
-        if mapped.last {
-            *tx = None;
-        }
+    fn lifecycle(callback_id: i32, event: i32, detail: i32) -> Notice {
+        Notice::Event(DomainEvent::Lifecycle {
+            callback_id,
+            dom: DomainRef {
+                name: "default_tiny".into(),
+                uuid: [0; 16],
+                id: 1,
+            },
+            event,
+            detail,
+        })
     }
 
-    fn mapper(&self) -> std::sync::MutexGuard<'_, EventMapper> {
-        self.mapper.lock().unwrap_or_else(|e| e.into_inner())
+    async fn forwarded(notices: Vec<Notice>) -> Vec<Event> {
+        let (ntx, nrx) = mpsc::unbounded_channel();
+        for n in notices {
+            ntx.send(n).unwrap();
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // `forward` ends (dropping `tx`) at the last event; keeping `ntx`
+        // open proves it does not wait for more.
+        forward(nrx, 7, 8, tx).await;
+        let mut out = Vec::new();
+        while let Some(e) = rx.recv().await {
+            out.push(e);
+        }
+        drop(ntx);
+        out
     }
-}
 
-/// The callbacks registered with libvirt for one domain.
-struct Registration {
-    callback_ids: Vec<c_int>,
-    close_registered: bool,
-}
-
-type LifecycleCallback =
-    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
-
-unsafe extern "C" fn on_lifecycle(
-    _conn: sys::virConnectPtr,
-    _dom: sys::virDomainPtr,
-    event: c_int,
-    detail: c_int,
-    opaque: *mut c_void,
-) -> c_int {
-    // SAFETY: `opaque` is the `Arc<Listener>` handed to libvirt in
-    // `Registration::new`; libvirt keeps it alive until `free_listener`.
-    let listener = unsafe { &*(opaque as *const Listener) };
-    let mapped = listener.mapper().lifecycle(event, detail);
-    listener.deliver(mapped);
-    0
-}
-
-unsafe extern "C" fn on_reboot(
-    _conn: sys::virConnectPtr,
-    _dom: sys::virDomainPtr,
-    opaque: *mut c_void,
-) {
-    // SAFETY: as in `on_lifecycle`.
-    let listener = unsafe { &*(opaque as *const Listener) };
-    let mapped = listener.mapper().reboot();
-    listener.deliver(mapped);
-}
-
-unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
-    // SAFETY: as in `on_lifecycle`.
-    let listener = unsafe { &*(opaque as *const Listener) };
-    let why = match u32::try_from(reason) {
-        Ok(sys::VIR_CONNECT_CLOSE_REASON_EOF) => "libvirtd closed the connection",
-        Ok(sys::VIR_CONNECT_CLOSE_REASON_KEEPALIVE) => "libvirtd stopped answering keepalives",
-        Ok(sys::VIR_CONNECT_CLOSE_REASON_CLIENT) => return,
-        _ => "the connection to libvirtd failed",
-    };
-    listener.deliver(Mapped {
-        event: Some(Event::HypervisorDied {
-            detail: format!("{why}; the VM can no longer be controlled"),
-        }),
-        last: true,
-    });
-}
-
-unsafe extern "C" fn free_listener(opaque: *mut c_void) {
-    // SAFETY: each registration handed libvirt one strong count made by
-    // `Arc::into_raw`; libvirt calls this exactly once per registration.
-    drop(unsafe { Arc::from_raw(opaque as *const Listener) });
-}
-
-impl Registration {
-    fn new(
-        conn: &Connect,
-        dom: &VirtDomain,
-        tx: mpsc::UnboundedSender<Event>,
-    ) -> Result<Registration, BackendError> {
-        let listener = Arc::new(Listener {
-            mapper: Mutex::new(EventMapper::default()),
-            tx: Mutex::new(Some(tx)),
-        });
-        let mut reg = Registration {
-            callback_ids: Vec::new(),
-            close_registered: false,
+    #[tokio::test]
+    async fn lost_libvirtd_connection_is_the_hypervisor_dying_and_ends_the_events() {
+        let events = forwarded(vec![
+            lifecycle(7, 2, 0), // STARTED/BOOTED
+            lifecycle(7, 3, 0), // SUSPENDED/PAUSED (start paused)
+            lifecycle(7, 4, 0), // RESUMED/UNPAUSED: the boot
+            Notice::Closed("libvirtd closed the connection".into()),
+        ])
+        .await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0], Event::Booted);
+        let Event::HypervisorDied { detail } = &events[1] else {
+            panic!("{events:?}");
         };
-        // SAFETY: libvirt's C API takes every domain event callback as the
-        // generic type and calls it with the signature of its event id (the
-        // C macro VIR_DOMAIN_EVENT_CALLBACK is the same cast).
-        let lifecycle: sys::virConnectDomainEventGenericCallback = Some(unsafe {
-            std::mem::transmute::<
-                LifecycleCallback,
-                unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-            >(on_lifecycle)
-        });
-        let wanted = [
-            (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
-            (
-                sys::VIR_DOMAIN_EVENT_ID_REBOOT,
-                Some(on_reboot as unsafe extern "C" fn(_, _, _)),
-            ),
-        ];
-        for (id, callback) in wanted {
-            let opaque = Arc::into_raw(listener.clone()) as *mut c_void;
-            // SAFETY: `conn` and `dom` are live handles; on success libvirt
-            // owns `opaque` and releases it through `free_listener`.
-            let rc = unsafe {
-                sys::virConnectDomainEventRegisterAny(
-                    conn.as_ptr(),
-                    dom.as_ptr(),
-                    id as c_int,
-                    callback,
-                    opaque,
-                    Some(free_listener),
-                )
-            };
-            if rc < 0 {
-                // SAFETY: libvirt did not take `opaque` on failure.
-                unsafe { free_listener(opaque) };
-                let e = virt::error::Error::last_error();
-                reg.deregister(conn);
-                return Err(refused("subscribe to domain events", &e));
-            }
-            reg.callback_ids.push(rc);
-        }
-        let opaque = Arc::into_raw(listener) as *mut c_void;
-        // SAFETY: as above; only remote connections support close callbacks,
-        // so a failure here just means no notice of a lost libvirtd.
-        let rc = unsafe {
-            sys::virConnectRegisterCloseCallback(
-                conn.as_ptr(),
-                Some(on_close),
-                opaque,
-                Some(free_listener),
-            )
-        };
-        if rc < 0 {
-            unsafe { free_listener(opaque) };
-        } else {
-            reg.close_registered = true;
-        }
-        Ok(reg)
+        assert!(
+            detail.contains("libvirtd closed the connection"),
+            "{detail}"
+        );
     }
 
-    fn deregister(mut self, conn: &Connect) {
-        for id in self.callback_ids.drain(..) {
-            // SAFETY: `id` came from a successful registration on `conn`.
-            if unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) } < 0 {
-                tracing::warn!(id, "cannot deregister a libvirt event callback");
-            }
-        }
-        if self.close_registered {
-            // SAFETY: registered on `conn` with this callback in `new`.
-            unsafe { sys::virConnectUnregisterCloseCallback(conn.as_ptr(), Some(on_close)) };
-        }
+    #[tokio::test]
+    async fn events_of_other_callbacks_are_ignored_and_stopped_is_the_last() {
+        let events = forwarded(vec![
+            lifecycle(99, 4, 0), // someone else's callback id
+            lifecycle(7, 4, 0),
+            Notice::Event(DomainEvent::Reboot {
+                callback_id: 8,
+                dom: DomainRef {
+                    name: "default_tiny".into(),
+                    uuid: [0; 16],
+                    id: 1,
+                },
+            }),
+            lifecycle(7, 5, 0), // STOPPED/SHUTDOWN
+            lifecycle(7, 4, 0), // nothing after the last event
+        ])
+        .await;
+        assert_eq!(
+            events,
+            vec![Event::Booted, Event::Rebooted, Event::GuestPoweredOff]
+        );
     }
 }

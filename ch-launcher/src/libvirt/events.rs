@@ -15,7 +15,7 @@
 //! | `STOPPED/SAVED`, `MIGRATED`, `FROM_SNAPSHOT`, ... | `HypervisorDied` (stopped by someone else) |
 //! | `CRASHED/*` (pvpanic)                      | `GuestPanicked`             |
 //! | `REBOOT` (separate event id: guest reset)  | `Rebooted`                  |
-//! | lost connection to libvirtd                | `HypervisorDied`            |
+//! | lost connection to libvirtd (EOF on its socket) | `HypervisorDied`       |
 //!
 //! Measured against libvirt 9.0 + QEMU 7.2: a guest power-off emits
 //! `SHUTDOWN/FINISHED` then `STOPPED/SHUTDOWN`; `virsh destroy` emits
@@ -27,7 +27,37 @@
 //! after it, which tells the runner the hypervisor is gone.
 
 use crate::lifecycle::Event;
-use virt_sys as sys;
+
+/// libvirt's lifecycle event and detail numbers (`virDomainEventType` and
+/// the `virDomainEvent*DetailType`s of `libvirt-domain.h`). They are ABI:
+/// libvirt only ever appends to them.
+#[allow(dead_code)] // the full table, though the mapper reads only some
+mod sys {
+    pub const VIR_DOMAIN_EVENT_DEFINED: u32 = 0;
+    pub const VIR_DOMAIN_EVENT_UNDEFINED: u32 = 1;
+    pub const VIR_DOMAIN_EVENT_STARTED: u32 = 2;
+    pub const VIR_DOMAIN_EVENT_SUSPENDED: u32 = 3;
+    pub const VIR_DOMAIN_EVENT_RESUMED: u32 = 4;
+    pub const VIR_DOMAIN_EVENT_STOPPED: u32 = 5;
+    pub const VIR_DOMAIN_EVENT_SHUTDOWN: u32 = 6;
+    pub const VIR_DOMAIN_EVENT_PMSUSPENDED: u32 = 7;
+    pub const VIR_DOMAIN_EVENT_CRASHED: u32 = 8;
+
+    pub const VIR_DOMAIN_EVENT_STARTED_BOOTED: u32 = 0;
+    pub const VIR_DOMAIN_EVENT_SUSPENDED_PAUSED: u32 = 0;
+    pub const VIR_DOMAIN_EVENT_RESUMED_UNPAUSED: u32 = 0;
+    pub const VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED: u32 = 0;
+    pub const VIR_DOMAIN_EVENT_CRASHED_PANICKED: u32 = 0;
+
+    pub const VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: u32 = 0;
+    pub const VIR_DOMAIN_EVENT_STOPPED_DESTROYED: u32 = 1;
+    pub const VIR_DOMAIN_EVENT_STOPPED_CRASHED: u32 = 2;
+    pub const VIR_DOMAIN_EVENT_STOPPED_MIGRATED: u32 = 3;
+    pub const VIR_DOMAIN_EVENT_STOPPED_SAVED: u32 = 4;
+    pub const VIR_DOMAIN_EVENT_STOPPED_FAILED: u32 = 5;
+    pub const VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: u32 = 6;
+    pub const VIR_DOMAIN_EVENT_STOPPED_RECREATED: u32 = 7;
+}
 
 /// Turns raw libvirt lifecycle events into [`Event`]s; remembers whether the
 /// vCPUs ever ran, because the driver creates the domain paused and its first

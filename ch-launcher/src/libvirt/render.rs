@@ -14,7 +14,8 @@ use super::launch_security::{self, ConfidentialHost};
 use super::xml::*;
 use crate::paths::VmPaths;
 use domain_model::{
-    Architecture, Boot, CpuModel, DiskBus, DiskDevice, Domain, ImageFormat, SpecErrors,
+    Architecture, Boot, ClockOffset, CpuModel, DiskBus, DiskDevice, Domain, ImageFormat,
+    SpecErrors, TimerName,
 };
 use firmware::LibvirtFirmware;
 use std::path::{Path, PathBuf};
@@ -177,7 +178,7 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
     }
 
     let devices = devices(domain, ctx, memory_devices, &mut errors);
-    let clock = clock(domain, &mut errors);
+    let clock = clock(domain);
 
     let mut doc = DomainXml {
         kind: "kvm",
@@ -402,25 +403,17 @@ fn devices(
         });
     }
 
-    let mut inputs = Vec::new();
-    for input in &domain.devices.inputs {
-        match parse_input(&input.kind) {
-            Some((kind, bus)) => inputs.push(InputXml {
-                kind,
-                bus,
-                alias: None,
-                driver: None,
-            }),
-            None => errors.push(
-                &input.spec_path,
-                format!(
-                    "input device {:?} is not supported by the libvirt backend (expected \
-                     tablet, keyboard or mouse on the usb or virtio bus)",
-                    input.kind
-                ),
-            ),
-        }
-    }
+    let inputs: Vec<InputXml> = domain
+        .devices
+        .inputs
+        .iter()
+        .map(|input| InputXml {
+            kind: input.kind.as_str(),
+            bus: input.bus.as_str(),
+            alias: None,
+            driver: None,
+        })
+        .collect();
 
     let mut graphics = Vec::new();
     let mut video = Vec::new();
@@ -524,109 +517,38 @@ fn devices(
     }
 }
 
-fn clock(domain: &Domain, errors: &mut SpecErrors) -> Option<ClockXml> {
+fn clock(domain: &Domain) -> Option<ClockXml> {
     let clock = domain.clock.as_ref()?;
-    let mut adjustment = None;
-    let (offset, timezone) = if clock.offset == "utc" {
-        ("utc", None)
-    } else if let Some(tz) = clock.offset.strip_prefix("timezone:") {
-        ("timezone", Some(tz.to_owned()))
-    } else if let Some(seconds) = clock.offset.strip_prefix("utc:") {
-        match seconds.parse::<i64>() {
-            Ok(s) => adjustment = Some(s),
-            Err(_) => errors.push(
-                format!("{}.utc.offsetSeconds", clock.spec_path),
-                format!("{seconds:?} is not a number of seconds"),
-            ),
-        }
-        ("utc", None)
-    } else {
-        errors.push(
-            format!("{}.offset", clock.spec_path),
-            format!(
-                "clock offset {:?} is neither utc nor a timezone",
-                clock.offset
-            ),
-        );
-        ("utc", None)
+    let (offset, timezone, adjustment) = match &clock.offset {
+        ClockOffset::Utc {
+            adjustment_seconds: 0,
+        } => ("utc", None, None),
+        ClockOffset::Utc { adjustment_seconds } => ("utc", None, Some(*adjustment_seconds)),
+        ClockOffset::Timezone { name } => ("timezone", Some(name.clone()), None),
     };
-    let mut timers = Vec::new();
-    for spec in &clock.timers {
-        match timer(spec) {
-            Ok(t) => timers.push(t),
-            Err((name, message)) => {
-                errors.push(format!("{}.timer.{name}", clock.spec_path), message)
-            }
-        }
-    }
+    let timer = clock
+        .timers
+        .iter()
+        .map(|t| Timer {
+            // KubeVirt's timer names, and libvirt's for the same clocks.
+            name: match t.name {
+                TimerName::Hpet => "hpet",
+                TimerName::Pit => "pit",
+                TimerName::Rtc => "rtc",
+                TimerName::Kvm => "kvmclock",
+                TimerName::Hyperv => "hypervclock",
+            },
+            present: t.present.map(|p| if p { "yes" } else { "no" }),
+            tickpolicy: t.tick_policy.map(|p| p.as_str().to_owned()),
+            track: t.track.map(|k| k.as_str().to_owned()),
+        })
+        .collect();
     Some(ClockXml {
         offset,
         timezone,
         adjustment,
-        timer: timers,
+        timer,
     })
-}
-
-/// One timer as the Domain describes it: KubeVirt's name, then optional
-/// `present=<bool>`, `tickPolicy=<policy>`, `track=<guest|wall>`, comma
-/// separated (e.g. `rtc,present=true,tickPolicy=catchup,track=guest`).
-fn timer(spec: &str) -> Result<Timer, (String, String)> {
-    let mut parts = spec.split(',');
-    let name = parts.next().unwrap_or_default();
-    // KubeVirt's timer names, and libvirt's for the same clocks.
-    let libvirt_name = match name {
-        "hpet" => "hpet",
-        "pit" => "pit",
-        "rtc" => "rtc",
-        "kvm" => "kvmclock",
-        "hyperv" => "hypervclock",
-        other => {
-            return Err((
-                other.to_owned(),
-                format!("timer {other:?} is not supported by the libvirt backend"),
-            ))
-        }
-    };
-    let mut timer = Timer {
-        name: libvirt_name,
-        present: None,
-        tickpolicy: None,
-        track: None,
-    };
-    for part in parts {
-        let fail = |what: &str| {
-            (
-                name.to_owned(),
-                format!("{what} {part:?} in timer {spec:?}"),
-            )
-        };
-        match part.split_once('=') {
-            Some(("present", "true")) => timer.present = Some("yes"),
-            Some(("present", "false")) => timer.present = Some("no"),
-            Some(("tickPolicy", policy)) => timer.tickpolicy = Some(policy.to_owned()),
-            Some(("track", track)) => timer.track = Some(track.to_owned()),
-            _ => return Err(fail("unknown setting")),
-        }
-    }
-    Ok(timer)
-}
-
-/// `tablet`, `keyboard` or `mouse`, optionally followed by `:usb` / `:virtio`
-/// (KubeVirt's default bus is usb).
-fn parse_input(kind: &str) -> Option<(&'static str, &'static str)> {
-    let (device, bus) = kind.split_once(':').unwrap_or((kind, "usb"));
-    let device = match device {
-        "tablet" => "tablet",
-        "keyboard" => "keyboard",
-        "mouse" => "mouse",
-        _ => return None,
-    };
-    let bus = match bus {
-        "usb" => "usb",
-        "virtio" => "virtio",
-        _ => return None,
-    };
-    Some((device, bus))
 }
 
 /// libvirt's user aliases must match `ua-[a-zA-Z0-9_-]+`; a name that does

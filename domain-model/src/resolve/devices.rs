@@ -56,7 +56,11 @@ impl Resolver<'_> {
                 bus,
             });
         }
-        self.refuse_networking(&format!("{base}.interfaces"), "network interface", &devices.interfaces);
+        self.refuse_networking(
+            &format!("{base}.interfaces"),
+            "network interface",
+            &devices.interfaces,
+        );
         Devices {
             rng: devices.rng.is_some(),
             serial_console: devices.autoattach_serial_console.unwrap_or(true),

@@ -191,7 +191,9 @@ impl Resolver<'_> {
                 Some(max) if max > MAX_GUEST_MEMORY => {
                     self.err(
                         &max_path,
-                        format!("{max} bytes: at most 16Ti ({MAX_GUEST_MEMORY} bytes) are accepted"),
+                        format!(
+                            "{max} bytes: at most 16Ti ({MAX_GUEST_MEMORY} bytes) are accepted"
+                        ),
                     );
                     None
                 }
@@ -276,13 +278,14 @@ impl Resolver<'_> {
     ) -> Features {
         // setS390xDefaultFeatures: s390x has no ACPI, so it is off unless
         // the spec turns it on.
-        let acpi = features
-            .and_then(|f| f.acpi.as_ref())
-            .map_or(arch != Architecture::S390x, |s| {
-                // KubeVirt's FeatureState is a value there, so `acpi: {}`
-                // is as unset as no `acpi` and only `enabled: true` counts.
-                s.enabled.unwrap_or(arch != Architecture::S390x)
-            });
+        let acpi =
+            features
+                .and_then(|f| f.acpi.as_ref())
+                .map_or(arch != Architecture::S390x, |s| {
+                    // KubeVirt's FeatureState is a value there, so `acpi: {}`
+                    // is as unset as no `acpi` and only `enabled: true` counts.
+                    s.enabled.unwrap_or(arch != Architecture::S390x)
+                });
         let smm = features
             .and_then(|f| f.smm.as_ref())
             .is_some_and(|s| s.enabled.unwrap_or(true));

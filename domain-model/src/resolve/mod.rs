@@ -225,9 +225,9 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
     // Whatever resolution said at or below a value with a type error follows
     // from that value having been left out.
     let skip = |e: &FieldError| left_out.iter().any(|t| is_at_or_under(&e.path, t));
-    errors.0.retain(|e| {
-        !skip(e) && !absent.0.iter().any(|a| is_at_or_under(&e.path, &a.path))
-    });
+    errors
+        .0
+        .retain(|e| !skip(e) && !absent.0.iter().any(|a| is_at_or_under(&e.path, &a.path)));
     absent.0.retain(|e| !skip(e));
     let mut all = type_errors;
     all.append(&mut absent.0);

@@ -240,9 +240,14 @@ impl SerialManager {
             Transport::Socket(listener, path) => {
                 socket_path = Some(path.clone());
                 let port = SerialPort::new(Box::new(io::sink()), false);
+                // CH's serial-manager thread starts before the vCPUs and
+                // accepts a client already waiting long before a guest, which
+                // must boot first, writes anything. The stand-in's guest runs
+                // at once, so a waiting client is taken here, before it.
+                let client = accept_waiting(&port, listener);
                 let (port2, listener2) = (Arc::clone(&port), Arc::clone(listener));
                 threads.push(spawn("serial-socket", move || {
-                    serve_socket(&port2, &listener2, &kill_read)
+                    serve_socket(&port2, &listener2, client, &kill_read)
                 })?);
                 port
             }
@@ -390,8 +395,32 @@ fn serve_pty(port: &SerialPort, master: &OwnedFd, kill: &OwnedFd) {
     }
 }
 
-fn serve_socket(port: &SerialPort, listener: &UnixListener, kill: &OwnedFd) {
-    let mut client: Option<UnixStream> = None;
+/// Accepts a client whose connection is already queued, if any, and makes it
+/// the port's output.
+fn accept_waiting(port: &SerialPort, listener: &UnixListener) -> Option<UnixStream> {
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+        return None;
+    }
+    attach(port, listener)
+}
+
+/// Accepts a connection and makes it the port's output, as CH's
+/// `attach_client` does (replaying what was held).
+fn attach(port: &SerialPort, listener: &UnixListener) -> Option<UnixStream> {
+    let (stream, _) = listener.accept().ok()?;
+    stream.set_nonblocking(true).ok()?;
+    let writer = stream.try_clone().ok()?;
+    port.set_output(Some(Box::new(writer)), true);
+    Some(stream)
+}
+
+fn serve_socket(
+    port: &SerialPort,
+    listener: &UnixListener,
+    mut client: Option<UnixStream>,
+    kill: &OwnedFd,
+) {
     let mut input = [0u8; 64];
     loop {
         let (listener_events, client_events, kill_events) = {
@@ -424,14 +453,7 @@ fn serve_socket(port: &SerialPort, listener: &UnixListener, kill: &OwnedFd) {
             if let Some(previous) = client.take() {
                 let _ = previous.shutdown(std::net::Shutdown::Both);
             }
-            if let Ok((stream, _)) = listener.accept() {
-                if stream.set_nonblocking(true).is_ok() {
-                    if let Ok(writer) = stream.try_clone() {
-                        port.set_output(Some(Box::new(writer)), true);
-                        client = Some(stream);
-                    }
-                }
-            }
+            client = attach(port, listener);
             continue;
         }
         let client_events = client_events.unwrap_or(PollFlags::empty());

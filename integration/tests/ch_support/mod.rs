@@ -87,6 +87,9 @@ pub fn launcher_bin() -> &'static Path {
 /// How to start the test VM.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
+    /// Which test guest: the echoing one, or the one that powers off right
+    /// after its banner.
+    pub variant: Variant,
     pub grace_seconds: u32,
     pub start_paused: bool,
     /// Run with stdin and stdout on a terminal (a PTY the test holds), so
@@ -99,6 +102,7 @@ pub struct VmOptions {
 impl Default for VmOptions {
     fn default() -> Self {
         VmOptions {
+            variant: Variant::Interactive,
             grace_seconds: 1,
             start_paused: false,
             terminal: false,
@@ -167,7 +171,7 @@ impl Terminal {
     }
 }
 
-/// A `ch-launcher run` of the interactive test guest in its own private dir.
+/// A `ch-launcher run` of a test guest in its own private dir.
 pub struct Launcher {
     child: Option<Child>,
     pub terminal: Option<Terminal>,
@@ -186,7 +190,7 @@ impl Launcher {
             .prefix("chl")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let mut text = TestGuestSpec::new(Hypervisor::CloudHypervisor, Variant::Interactive)
+        let mut text = TestGuestSpec::new(Hypervisor::CloudHypervisor, opts.variant)
             .termination_grace_period_seconds(opts.grace_seconds)
             .render()
             .expect("render test guest spec");
@@ -590,5 +594,84 @@ pub fn wait_file_contains(path: &Path, want: &str) -> String {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A finished `ch-launcher run` (see [`run_to_exit`]).
+pub struct Finished {
+    pub status: ExitStatus,
+    /// `virt-serial0-log` as the launcher left it.
+    pub serial_log: String,
+    /// The launcher's stderr.
+    pub logs: String,
+}
+
+/// Runs `ch-launcher run` on the `variant` test guest in a fresh private
+/// dir until it exits by itself (killed after [`SLOW`]), without a console
+/// client: for guests that power off on their own.
+pub fn run_to_exit(variant: Variant, run_args: &[&str]) -> Finished {
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("chl")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let spec = TestGuestSpec::new(Hypervisor::CloudHypervisor, variant)
+        .write(dir.path())
+        .expect("write test guest spec");
+    let private = dir.path().join("p");
+    let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+    let child = Command::new(launcher_bin())
+        .arg("--private-dir")
+        .arg(&private)
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "run",
+            "--no-attach",
+        ])
+        .args(run_args)
+        .arg(&spec)
+        .env(CH_BIN_ENV, vmm_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("start ch-launcher");
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + SLOW;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait for ch-launcher") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ch-launcher still running after {SLOW:?}:\n{}",
+            std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let logs = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let serial_log = std::fs::read_dir(&private)
+        .ok()
+        .and_then(|mut entries| entries.next())
+        .and_then(|e| e.ok())
+        .map(|vm_dir| {
+            std::fs::read_to_string(vm_dir.path().join("virt-serial0-log")).unwrap_or_default()
+        })
+        .unwrap_or_default();
+    Finished {
+        status,
+        serial_log,
+        logs,
     }
 }

@@ -17,8 +17,8 @@
 //! on the socket; a ping that comes anyway is answered.
 
 use super::protocol::{
-    self, args, frame, frame_len, parse, proc, ret, DomainEvent, DomainRef, Header,
-    MessageType, RemoteError, Status,
+    self, args, frame, frame_len, parse, proc, ret, DomainEvent, DomainRef, Header, MessageType,
+    RemoteError, Status,
 };
 use super::xdr::DecodeError;
 use std::collections::HashMap;
@@ -234,11 +234,17 @@ impl Client {
         if !types.contains(&protocol::auth::NONE) && types.contains(&protocol::auth::POLKIT) {
             let complete = ret::auth_polkit(&self.call(proc::AUTH_POLKIT, Vec::new()).await?)?;
             if !complete {
-                return Err(RpcError::Auth("libvirtd's polkit check did not complete".into()));
+                return Err(RpcError::Auth(
+                    "libvirtd's polkit check did not complete".into(),
+                ));
             }
         }
         let name = self.endpoint.name.clone();
-        ret::empty(&self.call(proc::CONNECT_OPEN, args::connect_open(&name, 0)).await?)?;
+        ret::empty(
+            &self
+                .call(proc::CONNECT_OPEN, args::connect_open(&name, 0))
+                .await?,
+        )?;
         Ok(())
     }
 
@@ -249,7 +255,11 @@ impl Client {
         {
             // The reader sets `closed` and drains `pending` under this lock,
             // so a call either sees the reason or is drained.
-            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(reason) = self.shared.closed_reason() {
                 return Err(RpcError::Closed(reason));
             }
@@ -403,7 +413,10 @@ fn not_found_is_none<T>(r: Result<T, RpcError>) -> Result<Option<T>, RpcError> {
 /// What one incoming message means to the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
-    Reply { serial: u32, reply: Result<Vec<u8>, RemoteError> },
+    Reply {
+        serial: u32,
+        reply: Result<Vec<u8>, RemoteError>,
+    },
     Event(DomainEvent),
     Ping,
     /// Messages of procedures or programs the client does not use.
@@ -523,12 +536,13 @@ impl BlockingClient {
     /// `timeout` so a hung daemon cannot hang the caller.
     pub fn connect(uri: &str, timeout: std::time::Duration) -> Result<BlockingClient, RpcError> {
         let endpoint = resolve(uri)?;
-        let stream = std::os::unix::net::UnixStream::connect(&endpoint.socket).map_err(|source| {
-            RpcError::Connect {
-                socket: endpoint.socket.clone(),
-                source,
-            }
-        })?;
+        let stream =
+            std::os::unix::net::UnixStream::connect(&endpoint.socket).map_err(|source| {
+                RpcError::Connect {
+                    socket: endpoint.socket.clone(),
+                    source,
+                }
+            })?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut client = BlockingClient { stream, serial: 0 };
@@ -538,7 +552,9 @@ impl BlockingClient {
             && types.contains(&protocol::auth::POLKIT)
             && !ret::auth_polkit(&client.call(proc::AUTH_POLKIT, Vec::new())?)?
         {
-            return Err(RpcError::Auth("libvirtd's polkit check did not complete".into()));
+            return Err(RpcError::Auth(
+                "libvirtd's polkit check did not complete".into(),
+            ));
         }
         ret::empty(&client.call(proc::CONNECT_OPEN, args::connect_open(&endpoint.name, 0))?)?;
         Ok(client)
@@ -576,7 +592,9 @@ impl BlockingClient {
     }
 
     pub fn destroy(&mut self, dom: &DomainRef) -> Result<(), RpcError> {
-        Ok(ret::empty(&self.call(proc::DOMAIN_DESTROY, args::dom(dom))?)?)
+        Ok(ret::empty(
+            &self.call(proc::DOMAIN_DESTROY, args::dom(dom))?,
+        )?)
     }
 
     pub fn undefine_flags(&mut self, dom: &DomainRef, flags: u32) -> Result<(), RpcError> {

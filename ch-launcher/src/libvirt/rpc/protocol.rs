@@ -281,7 +281,11 @@ impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.message {
             Some(m) => f.write_str(m),
-            None => write!(f, "libvirt error code {} (domain {})", self.code, self.domain),
+            None => write!(
+                f,
+                "libvirt error code {} (domain {})",
+                self.code, self.domain
+            ),
         }
     }
 }
@@ -324,9 +328,8 @@ impl DomainEvent {
 
     pub fn callback_id(&self) -> i32 {
         match self {
-            DomainEvent::Lifecycle { callback_id, .. } | DomainEvent::Reboot { callback_id, .. } => {
-                *callback_id
-            }
+            DomainEvent::Lifecycle { callback_id, .. }
+            | DomainEvent::Reboot { callback_id, .. } => *callback_id,
         }
     }
 }
