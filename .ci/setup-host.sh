@@ -1,9 +1,9 @@
 #!/bin/sh
 # Installs and starts what the libvirt backend needs on a fresh Debian machine:
 # QEMU, the libvirt daemon and clients, the schema validator, OVMF, the
-# `libvirt-qemu` user and group, the runtime directories and a QEMU driver configuration fit for running as root
-# in a container without systemd. Then starts virtlogd and libvirtd and waits
-# until libvirtd answers.
+# `libvirt-qemu` user and group, the runtime directories and a QEMU driver
+# configuration fit for running as root in a container without systemd. Then
+# starts virtlogd and libvirtd and waits until libvirtd answers.
 #
 # Run as root. Safe to re-run: every step checks before it changes anything.
 # Environment:
