@@ -3,8 +3,10 @@
 //!
 //! Exit codes: [`exit::SUCCESS`] (done, or the guest powered off, or a
 //! requested stop completed), [`exit::FAILURE`] (the launcher could not do
-//! what was asked), [`exit::INVALID_SPEC`] (every problem is printed to
-//! stderr with its field path; clap's own usage errors use 2 too) and
+//! what was asked, including on a host that lacks what the spec needs:
+//! host facts never make a spec invalid), [`exit::INVALID_SPEC`] (every
+//! problem is printed to stderr with its field path; clap's own usage
+//! errors and configuration errors use 2 too) and
 //! [`exit::VM_FAILED`] (the VM crashed, or was stopped by something other
 //! than the launcher).
 
@@ -25,7 +27,7 @@ use crate::paths::{VmPaths, DEFAULT_PRIVATE_DIR};
 use crate::runner::{self, RunOptions, Runner};
 
 mod config;
-pub use config::{ConfigError, ConfigFile, Settings, DEFAULT_PATH as DEFAULT_CONFIG_PATH};
+use config::{ConfigError, ConfigFile, Settings};
 
 pub mod exit {
     pub const SUCCESS: u8 = 0;
@@ -36,8 +38,9 @@ pub mod exit {
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (including a guest power-off and a requested stop that \
-completed), 1 launcher failure, 2 invalid spec or usage, 3 the VM crashed or \
-was stopped by something other than the launcher.";
+completed), 1 launcher failure (including a host that lacks what the spec needs: \
+firmware, SEV, TDX), 2 invalid spec, configuration or usage, 3 the VM crashed \
+or was stopped by something other than the launcher.";
 
 /// Run one VM from a KubeVirt VirtualMachineInstance spec under Cloud
 /// Hypervisor or libvirt.
@@ -480,7 +483,7 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs) -> u8 {
             })
         }),
         Hypervisor::Libvirt => {
-            libvirt_options(g, s, &domain, &paths, Mode::Run).map(|(opts, _)| Launch::Libvirt(opts))
+            libvirt_options(g, s, &domain, &paths, Mode::Run).map(Launch::Libvirt)
         }
     };
     let backend = match backend {
@@ -573,24 +576,19 @@ fn ch_options(
     })
 }
 
-/// libvirt options for `domain` and the render context they make: the one
-/// place both are built.
+/// libvirt options for `domain`: the firmware, then the host's
+/// confidential-computing facts, each checked as `mode` requires.
 fn libvirt_options(
     g: &GlobalArgs,
     s: &Settings,
     domain: &Domain,
     paths: &VmPaths,
     mode: Mode,
-) -> Result<(libvirt::LibvirtOptions, libvirt::RenderContext), String> {
+) -> Result<libvirt::LibvirtOptions, String> {
     let choice = firmware_choice(s, domain, mode)?;
     let mut opts = libvirt::LibvirtOptions::for_domain(domain, paths, &g.libvirt_uri, &choice)?;
     opts.confidential = confidential_host(g, domain, mode)?;
-    let ctx = libvirt::RenderContext {
-        paths: paths.clone(),
-        firmware: opts.firmware.clone(),
-        confidential: opts.confidential.clone(),
-    };
-    Ok((opts, ctx))
+    Ok(opts)
 }
 
 /// Why a dry-run translation produced nothing.
@@ -620,35 +618,55 @@ fn translate(g: &GlobalArgs, s: &Settings, domain: &Domain, mode: Mode) -> Resul
             let host = opts.host_inputs(&paths);
             ch::render_json(domain, &host)
                 .map(|json| format!("{json}\n"))
-                .map_err(|e| Refusal::Spec(SpecErrors::from(e)))?
+                .map_err(SpecErrors::from)
         }
         Hypervisor::Libvirt => {
+            // Each host fact on its own, so one missing does not hide what
+            // the others let the translation check.
             let paths = VmPaths::new(&g.private_dir, &domain.uid);
-            let ctx = match libvirt_options(g, s, domain, &paths, mode) {
-                Ok((_, ctx)) => ctx,
+            let firmware = firmware_choice(s, domain, mode).and_then(|choice| {
+                libvirt::LibvirtOptions::for_domain(domain, &paths, &g.libvirt_uri, &choice)
+            });
+            let firmware = match firmware {
+                Ok(opts) => opts.firmware,
                 Err(e) => {
                     host_problem = Some(e);
-                    libvirt::RenderContext {
-                        paths,
-                        firmware: None,
-                        confidential: libvirt::ConfidentialHost::default(),
-                    }
+                    None
                 }
             };
+            let confidential = match confidential_host(g, domain, mode) {
+                Ok(host) => host,
+                Err(e) => {
+                    host_problem.get_or_insert(e);
+                    libvirt::ConfidentialHost::default()
+                }
+            };
+            let ctx = libvirt::RenderContext {
+                paths,
+                firmware,
+                confidential,
+            };
             match libvirt::render(domain, &ctx) {
-                Ok(xml) => xml,
-                Err(libvirt::RenderError::Spec(errors)) => return Err(Refusal::Spec(errors)),
+                Ok(xml) => Ok(xml),
+                Err(libvirt::RenderError::Spec(errors)) => Err(errors),
                 Err(e) => return Err(Refusal::Launcher(e.to_string())),
             }
         }
     };
-    match host_problem {
-        Some(e) if mode != Mode::Validate => Err(Refusal::Launcher(e)),
-        Some(e) => {
+    // Spec errors first: they are what the user must fix whatever the host.
+    match (text, host_problem) {
+        (Err(errors), problem) => {
+            if let Some(e) = problem {
+                tracing::warn!("{e}");
+            }
+            Err(Refusal::Spec(errors))
+        }
+        (Ok(_), Some(e)) if mode != Mode::Validate => Err(Refusal::Launcher(e)),
+        (Ok(text), Some(e)) => {
             tracing::warn!("{e}");
             Ok(text)
         }
-        None => Ok(text),
+        (Ok(text), None) => Ok(text),
     }
 }
 

@@ -311,10 +311,17 @@ fn firmware_select_without_a_match_explains_the_search_and_exits_1() {
     let out = s.launcher(&["firmware", "select", "--json", arg(&spec)]);
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(
-        json["noMatch"]["rejected"][0]["lacks"][0],
-        "AMD SEV-SNP needs amd-sev-snp"
+    let lacks = json["noMatch"]["rejected"][0]["lacks"]
+        .as_array()
+        .expect("lacks")
+        .clone();
+    assert!(
+        lacks.contains(&serde_json::json!("AMD SEV-SNP needs amd-sev-snp")),
+        "{lacks:?}"
     );
+    assert!(json["noMatch"]["asked"]
+        .as_str()
+        .is_some_and(|a| a.contains("AMD SEV-SNP")));
 }
 
 #[test]
@@ -436,6 +443,24 @@ spec:
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("spec.domain.features.smm"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn render_cloud_hypervisor_efi_without_firmware_directory_warns_and_renders() {
+    let s = Scratch::new();
+    let spec = s.spec("efi", "cloud-hypervisor", None);
+    let out = s.launcher(&["render", arg(&spec)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("vm.create JSON");
+    assert_eq!(
+        json["payload"]["firmware"],
+        serde_json::json!(s.path("ch-firmware/CLOUDHV.fd"))
+    );
+    assert!(
+        text(&out.stderr).contains("CLOUDHV.fd does not exist"),
         "{}",
         text(&out.stderr)
     );

@@ -760,3 +760,65 @@ fn real_cloud_hypervisor_disk_errors_fail_the_boot() {
         disk_errors_fail_the_boot(&bin);
     }
 }
+
+/// `--api-socket fd=N`: the VMM serves a socket its parent bound and listens
+/// on before starting it (what `ch-launcher` does), so the first request can
+/// be sent at once and waits in the backlog instead of polling for the
+/// socket. The VMM leaves that socket file alone at exit: only a path it
+/// bound itself is its to remove.
+fn api_socket_fd_serves_a_listener_bound_before_the_vmm_started(bin: &Path) {
+    let dir = tempfile::tempdir().expect("scratch directory");
+    let socket = dir.path().join("api.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the API socket");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let mut command = Command::new(bin);
+    command
+        .arg("--api-socket")
+        .arg(format!("fd={fd}"))
+        .arg("--event-monitor")
+        .arg(format!("path={}", dir.path().join("events.json").display()))
+        .arg("--log-file")
+        .arg(dir.path().join("vmm.log"))
+        .stdin(Stdio::null())
+        .process_group(0);
+    // SAFETY: only fcntl between fork and exec; std opened the listener
+    // close-on-exec, and the VMM must inherit it.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("start the VMM");
+    drop(listener);
+    let mut vmm = Vmm {
+        child,
+        dir,
+        status: None,
+    };
+    // No wait for the VMM to come up: the socket has listened all along.
+    let ping = vmm.request("GET", "vmm.ping", None);
+    assert_eq!(ping.status, 200, "{}", String::from_utf8_lossy(&ping.body));
+    let ping = ping.json().expect("JSON").expect("a body");
+    assert_eq!(ping["pid"].as_u64(), Some(u64::from(vmm.pid())));
+    assert_eq!(vmm.request("PUT", "vmm.shutdown", None).status, 204);
+    assert_eq!(vmm.wait_exit().code(), Some(0));
+    assert!(
+        vmm.api_socket().exists(),
+        "the VMM removed a socket it did not bind"
+    );
+}
+
+#[test]
+fn standin_api_socket_fd_serves_a_listener_bound_before_the_vmm_started() {
+    api_socket_fd_serves_a_listener_bound_before_the_vmm_started(&standin());
+}
+
+#[test]
+fn real_cloud_hypervisor_api_socket_fd_serves_a_listener_bound_before_the_vmm_started() {
+    if let Some(bin) = real_cloud_hypervisor() {
+        api_socket_fd_serves_a_listener_bound_before_the_vmm_started(&bin);
+    }
+}

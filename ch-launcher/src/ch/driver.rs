@@ -1,9 +1,10 @@
 //! The sequence that turns a [`Domain`] into a created (not yet booted) VM
 //! under a fresh `cloud-hypervisor` process.
 //!
-//! translate -> spawn -> wait for `vmm.ping` -> check build features ->
-//! `vm.create` -> read the serial console (socket or PTY) from `vm.info` ->
-//! start watching events.
+//! translate -> spawn (on a listening API socket) -> `vmm.ping`, raced
+//! against the VMM's exit -> check build features -> `vm.create` -> the
+//! serial console (the socket the launcher named, or the PTY `vm.info`
+//! names) -> start watching events.
 //! Any failure after the spawn takes the VMM down again.
 
 use super::api::Api;
@@ -32,10 +33,9 @@ pub struct ChOptions {
     pub host: HostInputs,
     /// How CH hands the serial port to the launcher.
     pub serial: SerialMode,
-    /// How long the API may take to answer after the process started.
+    /// How long the API may take to answer its first request after the
+    /// process started.
     pub ready_timeout: Duration,
-    /// Pause between readiness probes.
-    pub ready_poll: Duration,
     /// How long `destroy` waits for an orderly VMM exit before SIGKILL.
     pub stop_timeout: Duration,
 }
@@ -47,11 +47,6 @@ impl Default for ChOptions {
             host: HostInputs::default(),
             serial: SerialMode::default(),
             ready_timeout: Duration::from_secs(10),
-            // CH binds its API socket about 1 ms after exec; a failed probe
-            // (connect on a missing socket) costs microseconds, while every
-            // poll interval the launcher oversleeps is added to each VM start
-            // (10 ms here was a quarter of a whole run of the halting guest).
-            ready_poll: Duration::from_millis(1),
             stop_timeout: Duration::from_secs(5),
         }
     }
@@ -133,6 +128,7 @@ pub async fn create(
         Ok(console) => console,
         Err(e) => {
             abort(&mut spawned).await;
+            remove_api_socket(&socket);
             return Err(e);
         }
     };
@@ -148,18 +144,19 @@ pub async fn create(
         events: pipe,
         log,
     } = spawned;
-    tokio::spawn(
-        Monitor {
-            child,
-            events: pipe,
-            mapper: EventMapper::new(stop_requested.clone()),
-            tx,
-            kill: kill.clone(),
-            exited: exited_tx,
-            log,
-        }
-        .run(),
-    );
+    let monitor = Monitor {
+        child,
+        events: pipe,
+        mapper: EventMapper::new(stop_requested.clone()),
+        tx,
+        kill: kill.clone(),
+        exited: exited_tx,
+        log,
+    };
+    tokio::spawn(async move {
+        monitor.run().await;
+        remove_api_socket(&socket);
+    });
     Ok(Created {
         backend: ChVm {
             api,
@@ -183,7 +180,7 @@ async fn prepare(
     config: cloud_hypervisor_client::models::VmConfig,
     opts: &ChOptions,
 ) -> Result<ConsoleSource, CreateError> {
-    let ping = process::wait_ready(spawned, api, opts.ready_timeout, opts.ready_poll).await?;
+    let ping = process::first_answer(spawned, opts.ready_timeout, api.ping()).await??;
     let features = ping.features.clone().unwrap_or_default();
     for (feature, needed_for) in required_features(domain) {
         if !features.iter().any(|f| f == feature) {
@@ -196,12 +193,16 @@ async fn prepare(
             });
         }
     }
+    // CH makes the serial device at create time: it binds the socket the
+    // launcher named, or allocates a PTY and names it only in `vm.info`.
+    let requested = console_source(config.serial.as_ref());
     api.create(config).await?;
     if !domain.devices.serial_console {
         return Ok(ConsoleSource::None);
     }
-    // CH makes the serial device at create time: it allocates the PTY (and
-    // names it in the config) or binds the socket.
+    if let ConsoleSource::UnixSocket(_) = requested {
+        return Ok(requested);
+    }
     let info = api.info().await?;
     match console_source(info.config.serial.as_ref()) {
         ConsoleSource::None => Err(CreateError::NoSerial(format!("{:?}", info.config.serial))),
@@ -246,6 +247,16 @@ pub fn required_features(domain: &Domain) -> Vec<(&'static str, &'static str)> {
             vec![("sev_snp", "AMD SEV-SNP"), ("igvm", "AMD SEV-SNP")]
         }
         _ => vec![],
+    }
+}
+
+/// The launcher bound the API socket (CH only removes one it bound itself),
+/// so it removes it once the VMM is gone.
+fn remove_api_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), "cannot remove the API socket: {e}");
+        }
     }
 }
 

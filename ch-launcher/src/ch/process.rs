@@ -1,4 +1,10 @@
-//! Starting the `cloud-hypervisor` process and waiting until its API answers.
+//! Starting the `cloud-hypervisor` process and telling when its API answers.
+//!
+//! The launcher binds and listens on the API socket itself and hands CH the
+//! listening descriptor (`--api-socket fd=N`). A client can connect at once:
+//! the connection waits in the listen backlog until CH's HTTP thread accepts
+//! it, so no readiness polling (and no oversleeping of a poll interval) is
+//! needed; the first request only has to be raced against the VMM's exit.
 //!
 //! The VMM must never outlive the launcher, even a SIGKILLed one: the child
 //! asks the kernel for SIGKILL when its parent dies (`PR_SET_PDEATHSIG`). That
@@ -8,21 +14,19 @@
 //! reaches only the launcher, which then stops the VM in order. Its output
 //! goes to a log file, not the launcher's terminal.
 
-use super::api::Api;
 use super::events::describe_exit;
 use crate::backend::BackendError;
-use cloud_hypervisor_client::models::VmmPingResponse;
-use std::ffi::OsString;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
 /// Environment variable naming the `cloud-hypervisor` binary.
 pub const BINARY_ENV: &str = "CLOUD_HYPERVISOR_BIN";
@@ -41,6 +45,8 @@ pub enum ProcessError {
     Prepare { path: PathBuf, source: io::Error },
     #[error("cannot create the event-monitor pipe: {0}")]
     Pipe(io::Error),
+    #[error("cannot listen on the API socket {path:?}: {source}")]
+    Listen { path: PathBuf, source: io::Error },
     #[error("cannot start {binary:?}: {source}")]
     Spawn { binary: PathBuf, source: io::Error },
     #[error("{status} before its API answered; last lines of {log:?}:\n{tail}")]
@@ -97,9 +103,9 @@ pub fn check_socket_path(path: &Path) -> Result<(), ProcessError> {
     Ok(())
 }
 
-/// Starts `binary` with its API on `api_socket`, its events on a pipe and
-/// its output in `log`. Must be called from a thread that lives as long as
-/// the launcher (see the module docs).
+/// Starts `binary` with its API on a socket listening at `api_socket`, its
+/// events on a pipe and its output in `log`. Must be called from a thread
+/// that lives as long as the launcher (see the module docs).
 pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, ProcessError> {
     check_socket_path(api_socket)?;
     remove_stale_socket(api_socket)?;
@@ -113,11 +119,18 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
     let (read, write) = pipe_cloexec().map_err(ProcessError::Pipe)?;
     let write_fd = write.as_raw_fd();
 
-    let mut api_arg = OsString::from("path=");
-    api_arg.push(api_socket);
+    // Listening before the VMM exists is what lets the first request go out
+    // without polling. std creates it close-on-exec; only the VMM's copy is
+    // made inheritable (below).
+    let listener = UnixListener::bind(api_socket).map_err(|source| ProcessError::Listen {
+        path: api_socket.to_path_buf(),
+        source,
+    })?;
+    let listen_fd = listener.as_raw_fd();
+
     let mut cmd = Command::new(binary);
     cmd.arg("--api-socket")
-        .arg(api_arg)
+        .arg(format!("fd={listen_fd}"))
         .arg("--event-monitor")
         .arg(format!("fd={write_fd}"))
         .stdin(Stdio::null())
@@ -144,20 +157,29 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
             if libc::getppid() as u32 != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
-            // Only the VMM inherits the write end, at its own number.
-            let flags = libc::fcntl(write_fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(write_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(io::Error::last_os_error());
+            // Only the VMM inherits the event pipe's write end and the API
+            // listener, each at its own number.
+            for fd in [write_fd, listen_fd] {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
-        binary: binary.to_path_buf(),
-        source,
+    let child = cmd.spawn().map_err(|source| {
+        let _ = std::fs::remove_file(api_socket);
+        ProcessError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        }
     })?;
-    // The launcher's copy of the write end must go, or the pipe never ends.
+    // The launcher's copy of the write end must go, or the pipe never ends;
+    // without its copy of the listener, a connection to a VMM that is gone
+    // is refused instead of waiting in the backlog.
     drop(write);
+    drop(listener);
     let events = pipe::Receiver::from_owned_fd(read).map_err(ProcessError::Pipe)?;
     Ok(Spawned {
         child,
@@ -185,55 +207,49 @@ fn remove_stale_socket(path: &Path) -> Result<(), ProcessError> {
     }
 }
 
-/// Polls `vmm.ping` until it answers, the process dies, or `timeout` passes.
-pub async fn wait_ready(
+/// Sends the first API request to a VMM that may still be starting and
+/// waits for its answer, the VMM's exit, or `timeout`, whichever comes first.
+///
+/// An answer, even a refusal, is returned as is. A request that fails without
+/// one (the connection reset by a VMM on its way out) waits for the exit, so
+/// a VMM that dies at start-up is reported with its status and log.
+pub async fn first_answer<T>(
     spawned: &mut Spawned,
-    api: &Api,
     timeout: Duration,
-    poll: Duration,
-) -> Result<VmmPingResponse, ProcessError> {
-    let deadline = Instant::now() + timeout;
-    let mut last_error = String::from("no attempt");
-    loop {
-        tokio::select! {
-            status = spawned.child.wait() => {
-                let status = match status {
-                    Ok(s) => describe_exit(s),
-                    Err(e) => format!("cloud-hypervisor could not be waited for ({e})"),
-                };
-                return Err(ProcessError::Died {
-                    status,
-                    log: spawned.log.clone(),
-                    tail: log_tail(&spawned.log, LOG_TAIL_LINES),
-                });
+    request: impl Future<Output = Result<T, BackendError>>,
+) -> Result<Result<T, BackendError>, ProcessError> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let last_error = tokio::select! {
+        status = spawned.child.wait() => return Err(died(&spawned.log, status)),
+        answer = request => match answer {
+            Err(BackendError::Unreachable { operation, detail }) => {
+                format!("{operation}: {detail}")
             }
-            answer = api.ping() => match answer {
-                Ok(ping) => return Ok(ping),
-                Err(BackendError::Refused { chain, .. }) => last_error = chain.join(": "),
-                Err(e) => last_error = e.to_string(),
-            },
-            () = tokio::time::sleep_until(deadline) => {
-                return Err(ProcessError::NotReady {
-                    waited: timeout,
-                    last_error,
-                    log: spawned.log.clone(),
-                    tail: log_tail(&spawned.log, LOG_TAIL_LINES),
-                });
-            }
-        }
-        // Still racing the exit, so a VMM that dies between pings is noticed
-        // without waiting for the deadline.
-        tokio::select! {
-            () = tokio::time::sleep(poll) => {}
-            status = spawned.child.wait() => {
-                let status = status.map(describe_exit).unwrap_or_else(|e| e.to_string());
-                return Err(ProcessError::Died {
-                    status,
-                    log: spawned.log.clone(),
-                    tail: log_tail(&spawned.log, LOG_TAIL_LINES),
-                });
-            }
-        }
+            answer => return Ok(answer),
+        },
+        () = &mut deadline => String::from("no answer"),
+    };
+    tokio::select! {
+        status = spawned.child.wait() => Err(died(&spawned.log, status)),
+        () = &mut deadline => Err(ProcessError::NotReady {
+            waited: timeout,
+            last_error,
+            log: spawned.log.clone(),
+            tail: log_tail(&spawned.log, LOG_TAIL_LINES),
+        }),
+    }
+}
+
+fn died(log: &Path, status: io::Result<std::process::ExitStatus>) -> ProcessError {
+    let status = match status {
+        Ok(s) => describe_exit(s),
+        Err(e) => format!("cloud-hypervisor could not be waited for ({e})"),
+    };
+    ProcessError::Died {
+        status,
+        log: log.to_path_buf(),
+        tail: log_tail(log, LOG_TAIL_LINES),
     }
 }
 
@@ -256,7 +272,9 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::api::Api;
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn binary_prefers_the_explicit_path() {
@@ -288,7 +306,7 @@ mod tests {
     }
 
     /// A "VMM" that dies at once is reported with its status and log, not
-    /// after the readiness timeout.
+    /// after the timeout.
     #[tokio::test]
     async fn a_vmm_dying_before_its_api_answers_is_reported_with_its_log() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -300,19 +318,14 @@ mod tests {
         let mut spawned = spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
         let api = Api::new(&socket);
         let started = Instant::now();
-        let err = wait_ready(
-            &mut spawned,
-            &api,
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-        )
-        .await
-        .expect_err("dies");
+        let err = first_answer(&mut spawned, Duration::from_secs(10), api.ping())
+            .await
+            .expect_err("dies");
         assert!(started.elapsed() < Duration::from_secs(5));
         match err {
             ProcessError::Died { status, tail, .. } => {
                 assert_eq!(status, "cloud-hypervisor exited with status 3");
-                assert!(tail.starts_with("bad flag: --api-socket path="), "{tail}");
+                assert!(tail.starts_with("bad flag: --api-socket fd="), "{tail}");
                 assert!(tail.contains("--event-monitor fd="), "{tail}");
             }
             other => panic!("unexpected {other}"),
@@ -329,19 +342,67 @@ mod tests {
         let socket = dir.path().join("api.sock");
         let mut spawned = spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
         let api = Api::new(&socket);
-        let err = wait_ready(
-            &mut spawned,
-            &api,
-            Duration::from_millis(300),
-            Duration::from_millis(20),
-        )
-        .await
-        .expect_err("times out");
+        let err = first_answer(&mut spawned, Duration::from_millis(300), api.ping())
+            .await
+            .expect_err("times out");
         assert!(
             matches!(err, ProcessError::NotReady { waited, .. } if waited == Duration::from_millis(300)),
             "{err}"
         );
         spawned.child.start_kill().expect("kill");
         spawned.child.wait().await.expect("reaped");
+    }
+
+    /// The VMM gets a socket that is already listening under the API path:
+    /// its descriptor, named by `--api-socket fd=N`, is open in the VMM, and
+    /// a client can connect before the VMM ever accepts.
+    #[tokio::test]
+    async fn the_vmm_inherits_a_listening_api_socket_named_by_fd() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("idle-ch");
+        let args_file = dir.path().join("args");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$2\" > {}.tmp\nmv {0}.tmp {0}\nexec sleep 30\n", args_file.display()),
+        )
+        .expect("write");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let socket = dir.path().join("api.sock");
+        let mut spawned = spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
+        let pid = spawned.child.id().expect("running");
+
+        // Nobody accepts, yet the connection is made: it waits in the backlog.
+        let client = std::os::unix::net::UnixStream::connect(&socket).expect("connects at once");
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !args_file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let arg = std::fs::read_to_string(&args_file).expect("the script ran");
+        let fd: u32 = arg
+            .trim()
+            .strip_prefix("fd=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("--api-socket {arg:?}"));
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("open in the VMM");
+        assert!(link.to_string_lossy().starts_with("socket:["), "{}", link.display());
+        // The launcher kept no copy: the VMM's is the only listener, so the
+        // client's peer goes away with the VMM.
+        spawned.child.start_kill().expect("kill");
+        spawned.child.wait().await.expect("reaped");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 1];
+        let read = std::io::Read::read(&mut &client, &mut buf);
+        assert!(
+            matches!(read, Ok(0)) || read.is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+            "the queued connection outlived the VMM"
+        );
+        assert!(
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
+            "connections are refused once the VMM is gone"
+        );
     }
 }

@@ -435,11 +435,12 @@ impl Launcher {
         )
     }
 
-    /// Live (non-zombie) processes whose command line names this VM's API
-    /// socket: the VMM, whoever its parent is by now.
+    /// Live (non-zombie) processes whose output goes to this VM's
+    /// `cloud-hypervisor.log` (the launcher hands the VMM its API socket as a
+    /// descriptor, so no path of the VM is on its command line): the VMM,
+    /// whoever its parent is by now.
     pub fn vmm_pids(&self) -> Vec<Pid> {
-        let needle = self.vm_dir.join("ch-api.sock");
-        let needle = needle.to_string_lossy();
+        let log = self.vm_dir.join("cloud-hypervisor.log");
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -447,8 +448,8 @@ impl Launcher {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&cmdline).contains(needle.as_ref()) && !is_zombie(*pid)
+                std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|out| out == log)
+                    && !is_zombie(*pid)
             })
             .map(Pid::from_raw)
             .collect()
