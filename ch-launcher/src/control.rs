@@ -21,7 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
-use crate::console::{bind_socket, remove_socket};
+use crate::console::bind_socket;
+use crate::util::remove_socket;
 use crate::lifecycle::Status;
 
 /// The control socket is for the launcher's own user only.

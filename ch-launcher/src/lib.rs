@@ -16,3 +16,4 @@ pub mod runner;
 pub mod attach;
 pub mod cli;
 pub mod logging;
+pub mod util;

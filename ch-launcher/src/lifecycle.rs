@@ -13,10 +13,18 @@
 //! | `Resumed`             | Running  | Unpaused   |
 //! | `Rebooted`            | Running  | Booted     |
 //! | `ShuttingDown`        | Shutdown | User       |
+//! | `BootFailed`          | Shutoff  | Failed     |
 //! | `GuestPoweredOff`     | Shutoff  | Shutdown   |
 //! | `Destroyed`           | Shutoff  | Destroyed  |
 //! | `GuestPanicked`       | Crashed  | Panicked   |
 //! | `HypervisorDied`      | Crashed  | Unknown    |
+//!
+//! `ShuttingDown` comes from the hypervisor when it reports an orderly
+//! shutdown, and from the runner once the power button was pressed for a
+//! stop, so `status` shows the guest is being asked to power off.
+//! `BootFailed` (the hypervisor refused to run the created VM) is
+//! `Shutoff/Failed` with the hypervisor's reason in the message, as KubeVirt
+//! reports a domain that failed to start; it never reads as a destroy.
 //!
 //! Final states (Shutoff, Crashed) are sticky: a late event (for example the
 //! VMM exiting after the guest powered off) does not overwrite them.
@@ -72,6 +80,8 @@ pub enum Event {
     Destroyed,
     /// The guest reported a panic (pvpanic).
     GuestPanicked,
+    /// The hypervisor refused to boot the created VM.
+    BootFailed { detail: String },
     /// The hypervisor process went away without an orderly shutdown.
     HypervisorDied { detail: String },
 }
@@ -135,6 +145,7 @@ impl Lifecycle {
             Event::GuestPoweredOff => (State::Shutoff, Reason::Shutdown, None),
             Event::Destroyed => (State::Shutoff, Reason::Destroyed, None),
             Event::GuestPanicked => (State::Crashed, Reason::Panicked, None),
+            Event::BootFailed { detail } => (State::Shutoff, Reason::Failed, Some(detail.clone())),
             Event::HypervisorDied { detail } => {
                 (State::Crashed, Reason::Unknown, Some(detail.clone()))
             }

@@ -1,21 +1,29 @@
 //! The runner: one VM from creation to its final state, for any [`Backend`].
 //!
-//! Sequence: create the per-VM directory (0700), let the backend create the
-//! VM, attach the serial console relay (before boot, because output written
+//! Sequence: check that every socket path fits a `sun_path`, create the
+//! per-VM directory (0700, plus the search bit for the group or others when
+//! `--console-socket-mode` grants them access, so they can reach
+//! `virt-serial0`), take the VM's lock file (one launcher per VM), let the
+//! backend create the VM, attach the serial console relay (before boot, because output written
 //! before anyone holds a serial PTY is lost), serve the control socket, boot
 //! (unless the spec starts paused: then `resume` boots), and feed every
 //! backend [`Event`] into one [`Lifecycle`] whose status is published on a
 //! `watch` channel and logged at each transition.
 //!
 //! Stopping (SIGTERM, SIGINT or the control `stop`) presses the ACPI power
-//! button, waits up to the termination grace period, then destroys the VM. A
-//! second signal destroys at once. On every way out the runner makes sure the
-//! hypervisor is gone before it returns.
+//! button (the VM is `Shutdown/User` while the guest shuts down), waits up to
+//! the termination grace period, then destroys the VM. A second signal
+//! destroys at once. The power button and destroy run as their own tasks, so
+//! a hypervisor that does not answer never stalls the runner: the grace
+//! timer, a second signal and the backend's events go on regardless. On
+//! every way out the runner makes sure the hypervisor is gone before it
+//! returns.
 
 use std::fmt::Display;
+use std::fs::File;
 use std::future::Future;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,7 +39,8 @@ use crate::backend::{Backend, BackendError, ConsoleSource, Created};
 use crate::console::{self, ConsoleConfig, ConsoleRelay, GuestSerial};
 use crate::control::{self, Command, Handler};
 use crate::lifecycle::{Event, Lifecycle, Reason, State, Status};
-use crate::paths::VmPaths;
+use crate::paths::{SocketPathTooLong, VmPaths};
+use crate::util::sleep_until;
 
 /// How long the console relay may take, once the hypervisor is gone, to log
 /// and hand out the guest's last output (each of: the device's end, the
@@ -110,8 +119,11 @@ impl Outcome {
 pub enum RunError {
     #[error("cannot prepare the VM directory {}: {source}", path.display())]
     VmDir { path: PathBuf, source: io::Error },
-    #[error("another launcher already serves this VM on {}", .0.display())]
-    AlreadyRunning(PathBuf),
+    #[error(transparent)]
+    SocketPath(#[from] SocketPathTooLong),
+    #[error("another ch-launcher ({}) runs this VM (lock {})",
+        pid.map_or("pid unknown".to_string(), |p| format!("pid {p}")), lock.display())]
+    AlreadyRunning { pid: Option<u32>, lock: PathBuf },
     #[error("cannot create the VM: {0}")]
     Create(String),
     #[error("cannot attach the serial console: {0}")]
@@ -164,17 +176,22 @@ impl Runner {
         E: Display,
     {
         let paths = self.opts.paths.clone();
-        prepare_vm_dir(&paths)?;
+        // Held until the run returns: a second launcher for this VM must not
+        // touch its sockets and logs.
+        let _lock = prepare_vm_dir(&paths, self.opts.console_mode)?;
         tracing::info!(vm = %self.domain.name, namespace = %self.domain.namespace,
             uid = %self.domain.uid, hypervisor = %self.domain.hypervisor,
             dir = %paths.dir.display(), "creating the VM");
         let created = create(self.domain.clone(), paths.clone())
             .await
             .map_err(|e| RunError::Create(e.to_string()))?;
+        let (ops_tx, ops) = mpsc::unbounded_channel();
         let mut session = Session {
             backend: Arc::new(created.backend),
             events: created.events,
             events_open: true,
+            ops_tx,
+            ops,
             lifecycle: Lifecycle::default(),
             status_tx: self.status_tx.clone(),
             stop_requested: false,
@@ -187,7 +204,7 @@ impl Runner {
 
         // Every way out: the hypervisor must be gone before the launcher is.
         if session.events_open {
-            session.destroy("the launcher is exiting").await;
+            session.destroy("the launcher is exiting");
             session.drain(self.opts.destroy_wait).await;
         }
         if !session.lifecycle.status().is_final() {
@@ -268,11 +285,14 @@ impl Runner {
             // Asked to stop while the VM was being created: do not run it at all.
             tracing::info!(?request, "stop requested before boot");
             session.stop_requested = true;
-            session.destroy("the stop came before the boot").await;
+            session.destroy("the stop came before the boot");
         } else if self.domain.start_paused {
             tracing::info!("startStrategy Paused: the VM boots on `resume`");
-        } else {
-            session.backend.boot().await.map_err(RunError::Boot)?;
+        } else if let Err(e) = session.backend.boot().await {
+            session.apply(&Event::BootFailed {
+                detail: e.to_string(),
+            });
+            return Err(RunError::Boot(e));
         }
 
         let grace = self.domain.termination_grace_period;
@@ -293,12 +313,13 @@ impl Runner {
                     None => session.events_open = false,
                 },
                 Some(request) = self.stop_rx.recv() => {
-                    session.stop(request, grace, &mut stop_deadline).await;
+                    session.stop(request, grace, &mut stop_deadline);
                 }
+                Some(done) = session.ops.recv() => session.operation_done(done),
                 () = sleep_until(stop_deadline), if !session.destroy_sent => {
                     tracing::warn!(grace_period = ?grace,
                         "the guest did not power off within its grace period");
-                    session.destroy("the grace period expired").await;
+                    session.destroy("the grace period expired");
                 }
                 () = sleep_until(exit_deadline) => {
                     tracing::warn!(wait = ?self.opts.exit_wait,
@@ -329,23 +350,84 @@ pub fn forward_signals(stopper: Stopper) -> io::Result<JoinHandle<()>> {
     }))
 }
 
-fn prepare_vm_dir(paths: &VmPaths) -> Result<(), RunError> {
+/// The VM directory's mode for a console socket of mode `console_mode`:
+/// private (0700), plus the search bit (never read or write) for the group
+/// or others when the console socket grants them any access, because
+/// connecting to a socket needs search permission on its directory. Every
+/// other file in the directory keeps its own owner-only mode.
+pub fn vm_dir_mode(console_mode: u32) -> u32 {
+    let mut mode = 0o700;
+    if console_mode & 0o070 != 0 {
+        mode |= 0o010;
+    }
+    if console_mode & 0o007 != 0 {
+        mode |= 0o001;
+    }
+    mode
+}
+
+/// Checks the socket paths, creates the VM directory with its mode and takes
+/// the VM's lock, before anything else touches the directory.
+fn prepare_vm_dir(paths: &VmPaths, console_mode: u32) -> Result<VmLock, RunError> {
+    paths.check_socket_paths()?;
     let err = |source| RunError::VmDir {
         path: paths.dir.clone(),
         source,
     };
+    let mode = vm_dir_mode(console_mode);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&paths.dir)
         .map_err(err)?;
-    // An existing directory keeps its mode; the sockets rely on 0700.
-    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    let control = paths.control_socket();
-    if std::os::unix::net::UnixStream::connect(&control).is_ok() {
-        return Err(RunError::AlreadyRunning(control));
+    // An existing directory keeps its mode, and a new one got the umask.
+    std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    VmLock::take(paths)
+}
+
+/// An exclusive `flock` on `<dir>/launcher.lock`, held for the run; the file
+/// holds the owner's pid for the refusal message. The kernel drops the lock
+/// when the launcher dies, however it dies, so a stale file never blocks. The
+/// descriptor is close-on-exec, so the hypervisor never inherits the lock.
+struct VmLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl VmLock {
+    fn take(paths: &VmPaths) -> Result<VmLock, RunError> {
+        let path = paths.lock_file();
+        let err = |source| RunError::VmDir {
+            path: path.clone(),
+            source,
+        };
+        // Not truncated on open: the owner's pid must stay readable.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        let mut lock =
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let mut text = String::new();
+                    let pid = file
+                        .read_to_string(&mut text)
+                        .ok()
+                        .and_then(|_| text.trim().parse().ok());
+                    return Err(RunError::AlreadyRunning { pid, lock: path });
+                }
+                Err((_, errno)) => return Err(err(io::Error::from(errno))),
+            };
+        lock.set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(err)?;
+        Ok(VmLock { _lock: lock })
     }
-    Ok(())
 }
 
 /// The launcher's own peak resident set (`VmHWM`), for the record: the
@@ -356,19 +438,15 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The state of one run, shared by the steps of [`Runner::run`].
 struct Session<B> {
     backend: Arc<B>,
     events: mpsc::UnboundedReceiver<Event>,
     /// False once the backend closed its event channel: the hypervisor is gone.
     events_open: bool,
+    /// Backend operations run as tasks and report here.
+    ops_tx: mpsc::UnboundedSender<OperationDone>,
+    ops: mpsc::UnboundedReceiver<OperationDone>,
     lifecycle: Lifecycle,
     status_tx: watch::Sender<Status>,
     stop_requested: bool,
@@ -377,7 +455,12 @@ struct Session<B> {
     control: Option<control::Server>,
 }
 
-impl<B: Backend> Session<B> {
+/// A backend operation the runner started as a task has answered.
+enum OperationDone {
+    PowerButton(Result<(), BackendError>),
+}
+
+impl<B: Backend + 'static> Session<B> {
     fn apply(&mut self, event: &Event) {
         tracing::debug!(?event, "backend event");
         if let Some(status) = self.lifecycle.apply(event) {
@@ -410,12 +493,7 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    async fn stop(
-        &mut self,
-        request: StopRequest,
-        grace: Duration,
-        deadline: &mut Option<Instant>,
-    ) {
+    fn stop(&mut self, request: StopRequest, grace: Duration, deadline: &mut Option<Instant>) {
         if self.lifecycle.status().is_final() {
             tracing::info!(?request, "stop requested; the VM is already stopped");
             return;
@@ -424,7 +502,7 @@ impl<B: Backend> Session<B> {
             match request {
                 StopRequest::Signal(name) => {
                     tracing::warn!(signal = name, "second stop signal: destroying the VM now");
-                    self.destroy("a second stop signal").await;
+                    self.destroy("a second stop signal");
                 }
                 StopRequest::Control => tracing::info!("stop requested; already stopping"),
             }
@@ -433,27 +511,47 @@ impl<B: Backend> Session<B> {
         self.stop_requested = true;
         tracing::info!(?request, grace_period = ?grace, "stopping: pressing the power button");
         if grace.is_zero() {
-            self.destroy("the grace period is zero").await;
+            self.destroy("the grace period is zero");
             return;
         }
-        match self.backend.power_button().await {
-            Ok(()) => *deadline = Some(Instant::now() + grace),
-            Err(e) => {
+        // The grace period runs from the request, whether or not the
+        // hypervisor answers the power button.
+        *deadline = Some(Instant::now() + grace);
+        let backend = self.backend.clone();
+        let done = self.ops_tx.clone();
+        tokio::spawn(async move {
+            let result = backend.power_button().await;
+            let _ = done.send(OperationDone::PowerButton(result));
+        });
+    }
+
+    fn operation_done(&mut self, done: OperationDone) {
+        match done {
+            OperationDone::PowerButton(Ok(())) if !self.destroy_sent => {
+                // The guest is asked to shut down: say so until it does.
+                self.apply(&Event::ShuttingDown);
+            }
+            OperationDone::PowerButton(Ok(())) => {}
+            OperationDone::PowerButton(Err(e)) => {
                 tracing::warn!(error = %e, "the power button failed");
-                self.destroy("the power button failed").await;
+                self.destroy("the power button failed");
             }
         }
     }
 
-    async fn destroy(&mut self, why: &str) {
+    /// Starts destroying the VM (once); its end shows as events.
+    fn destroy(&mut self, why: &str) {
         if self.destroy_sent || !self.events_open {
             return;
         }
         self.destroy_sent = true;
         tracing::info!(why, "destroying the VM");
-        if let Err(e) = self.backend.destroy().await {
-            tracing::warn!(error = %e, "destroy failed");
-        }
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            if let Err(e) = backend.destroy().await {
+                tracing::warn!(error = %e, "destroy failed");
+            }
+        });
     }
 
     /// Applies the remaining events until the hypervisor is gone or `limit`

@@ -15,7 +15,7 @@
 //! naming the file and the reason, never silently dropped.
 
 use crate::error::{FirmwareError, MissingFile, NoMatch, Rejected};
-use crate::select::{expected_warning, missing, Confidential, Interface, Requirements};
+use crate::select::{expected_warning, missing, require, Confidential, Interface, Requirements};
 use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -208,18 +208,11 @@ impl ChSelection {
     /// For `run`: the file must exist, and an expected stand-in is never
     /// enough.
     pub fn require_present(&self) -> Result<(), FirmwareError> {
-        if let Some(not_found) = &self.expected_not_found {
-            return Err(FirmwareError::NoMatch(not_found.clone()));
-        }
-        let files = self.missing_files();
-        if files.is_empty() {
-            Ok(())
-        } else {
-            Err(FirmwareError::Missing {
-                source_name: "Cloud Hypervisor firmware paths".to_owned(),
-                files,
-            })
-        }
+        require(
+            self.expected_not_found.as_ref(),
+            self.missing_files(),
+            || "Cloud Hypervisor firmware paths".to_owned(),
+        )
     }
 }
 

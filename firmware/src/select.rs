@@ -359,18 +359,31 @@ impl Selection {
     /// For `run`: every file must exist, and an expected stand-in is never
     /// enough.
     pub fn require_present(&self) -> Result<(), FirmwareError> {
-        if let Some(not_found) = &self.expected_not_found {
-            return Err(FirmwareError::NoMatch(not_found.clone()));
-        }
-        let files = self.missing_files();
-        if files.is_empty() {
-            Ok(())
-        } else {
-            Err(FirmwareError::Missing {
-                source_name: self.descriptor_path.display().to_string(),
-                files,
-            })
-        }
+        require(
+            self.expected_not_found.as_ref(),
+            self.missing_files(),
+            || self.descriptor_path.display().to_string(),
+        )
+    }
+}
+
+/// The check before a run: an expected stand-in is refused with the search
+/// that found nothing, and chosen files must all exist.
+pub(crate) fn require(
+    expected_not_found: Option<&NoMatch>,
+    missing_files: Vec<MissingFile>,
+    source_name: impl FnOnce() -> String,
+) -> Result<(), FirmwareError> {
+    if let Some(not_found) = expected_not_found {
+        return Err(FirmwareError::NoMatch(not_found.clone()));
+    }
+    if missing_files.is_empty() {
+        Ok(())
+    } else {
+        Err(FirmwareError::Missing {
+            source_name: source_name(),
+            files: missing_files,
+        })
     }
 }
 

@@ -3,9 +3,7 @@
 //! domain to end, side by side, alternating, several iterations; prints the
 //! medians, their ratio, and the launcher's peak RSS (`ru_maxrss` of the
 //! reaped launcher process, i.e. its VmHWM) next to its peak proportional
-//! and private memory (sampled from `/proc/<pid>/smaps_rollup`): most of the
-//! RSS is shared library pages (libvirt, GnuTLS, OpenSSL's libcrypto, GLib)
-//! that libvirtd and virsh map too.
+//! and private memory (sampled from `/proc/<pid>/smaps_rollup`).
 //!
 //! Run (as root, after `.ci/setup-host.sh`):
 //!   cargo build --release -p ch-launcher

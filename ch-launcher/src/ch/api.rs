@@ -4,58 +4,100 @@
 //! CH answers a failed request with a JSON array of strings, outermost cause
 //! first (`["Error from API", "The VM could not boot", "VM is already created"]`);
 //! that array becomes [`BackendError::Refused::chain`] unchanged.
+//!
+//! Every request is bounded by [`Api::timeout`]: a VMM that hangs (stopped,
+//! deadlocked) must not hang the launcher with it; no answer in time is
+//! [`BackendError::Unreachable`], like no socket at all.
 
 use crate::backend::BackendError;
 use cloud_hypervisor_client::apis::{DefaultApi, Error as ClientError};
 use cloud_hypervisor_client::models::{VmConfig, VmInfo, VmmPingResponse};
 use cloud_hypervisor_client::{socket_based_api_client, SocketBasedApiClient};
+use std::future::Future;
 use std::path::Path;
+use std::time::Duration;
+
+/// How long one API request may take by default. CH answers every request
+/// the launcher sends in milliseconds (`vm.create` and `vm.boot` included,
+/// measured well under a second on the tiny guest); a VMM that does not
+/// answer in 5 s is stuck.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A client for one VMM's API socket.
 pub struct Api {
     client: SocketBasedApiClient,
+    timeout: Duration,
 }
 
 impl Api {
-    /// Does not connect; the first request does.
+    /// Does not connect; the first request does. Requests time out after
+    /// [`DEFAULT_REQUEST_TIMEOUT`].
     pub fn new(socket: &Path) -> Self {
+        Api::with_timeout(socket, DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// Like [`Api::new`], with requests bounded by `timeout`.
+    pub fn with_timeout(socket: &Path, timeout: Duration) -> Self {
         Api {
             client: socket_based_api_client(socket),
+            timeout,
         }
     }
 
+    /// How long one request may take before it counts as unreachable.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub async fn ping(&self) -> Result<VmmPingResponse, BackendError> {
-        decode("vmm.ping", self.client.vmm_ping_get().await)
+        self.call("vmm.ping", self.client.vmm_ping_get()).await
     }
     pub async fn create(&self, config: VmConfig) -> Result<(), BackendError> {
-        decode("vm.create", self.client.create_vm(config).await)
+        self.call("vm.create", self.client.create_vm(config)).await
     }
     pub async fn info(&self) -> Result<VmInfo, BackendError> {
-        decode("vm.info", self.client.vm_info_get().await)
+        self.call("vm.info", self.client.vm_info_get()).await
     }
     pub async fn boot(&self) -> Result<(), BackendError> {
-        decode("vm.boot", self.client.boot_vm().await)
+        self.call("vm.boot", self.client.boot_vm()).await
     }
     pub async fn pause(&self) -> Result<(), BackendError> {
-        decode("vm.pause", self.client.pause_vm().await)
+        self.call("vm.pause", self.client.pause_vm()).await
     }
     pub async fn resume(&self) -> Result<(), BackendError> {
-        decode("vm.resume", self.client.resume_vm().await)
+        self.call("vm.resume", self.client.resume_vm()).await
     }
     pub async fn reboot(&self) -> Result<(), BackendError> {
-        decode("vm.reboot", self.client.reboot_vm().await)
+        self.call("vm.reboot", self.client.reboot_vm()).await
     }
     pub async fn power_button(&self) -> Result<(), BackendError> {
-        decode("vm.power-button", self.client.power_button_vm().await)
+        self.call("vm.power-button", self.client.power_button_vm()).await
     }
     pub async fn shutdown(&self) -> Result<(), BackendError> {
-        decode("vm.shutdown", self.client.shutdown_vm().await)
+        self.call("vm.shutdown", self.client.shutdown_vm()).await
     }
     pub async fn delete(&self) -> Result<(), BackendError> {
-        decode("vm.delete", self.client.delete_vm().await)
+        self.call("vm.delete", self.client.delete_vm()).await
     }
     pub async fn shutdown_vmm(&self) -> Result<(), BackendError> {
-        decode("vmm.shutdown", self.client.shutdown_vmm().await)
+        self.call("vmm.shutdown", self.client.shutdown_vmm()).await
+    }
+}
+
+impl Api {
+    /// Sends one request, bounded by the timeout.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        request: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => decode(operation, result),
+            Err(_) => Err(BackendError::Unreachable {
+                operation,
+                detail: format!("no answer within {:?}", self.timeout),
+            }),
+        }
     }
 }
 
@@ -121,6 +163,27 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 10, "only {seen} error answers in the transcript");
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_accepts_but_never_answers_is_unreachable_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ch-api.sock");
+        // A stopped VMM: the kernel queues the connection, nobody answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let api = Api::with_timeout(&socket, Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(5), api.power_button())
+            .await
+            .expect("the request is not bounded by the API timeout");
+        match answer {
+            Err(BackendError::Unreachable { operation, detail }) => {
+                assert_eq!(operation, "vm.power-button");
+                assert!(detail.contains("no answer within 200ms"), "{detail}");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
     #[test]

@@ -79,6 +79,8 @@ struct FakeBackend {
     /// Whether the guest powers off on the ACPI power button.
     honors_acpi: bool,
     fail_boot: bool,
+    /// A stuck hypervisor: the power button request never gets an answer.
+    hang_power_button: bool,
 }
 
 impl FakeBackend {
@@ -129,6 +131,9 @@ impl Backend for FakeBackend {
     }
     async fn power_button(&self) -> Result<(), BackendError> {
         self.record(Call::PowerButton);
+        if self.hang_power_button {
+            std::future::pending::<()>().await;
+        }
         if self.honors_acpi {
             self.emit(Event::ShuttingDown);
             self.emit(Event::GuestPoweredOff);
@@ -201,6 +206,7 @@ fn setup() -> Setup {
             events: events.clone(),
             honors_acpi: false,
             fail_boot: false,
+            hang_power_button: false,
         }),
         handle: Handle {
             calls,
@@ -302,6 +308,8 @@ async fn stop_with_a_guest_ignoring_acpi_destroys_after_the_grace_period() {
     wait_state(&mut status, State::Running, Reason::Booted).await;
     let asked = Instant::now();
     stopper.request(StopRequest::Signal("SIGTERM"));
+    // While the guest is asked to power off, status says so.
+    wait_state(&mut status, State::Shutdown, Reason::User).await;
     let outcome = tokio::time::timeout(T, run)
         .await
         .unwrap()
@@ -480,12 +488,20 @@ async fn boot_failure_is_an_error_and_destroys_the_created_vm() {
     let create = s.create();
     let handle = s.handle.clone();
     let control = s.opts.paths.control_socket();
+    let status = runner.status();
     let err = tokio::time::timeout(T, runner.run(create))
         .await
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, RunError::Boot(_)), "{err}");
     assert!(err.to_string().contains("VM is not running"), "{err}");
+    // A failed boot is a failure, not a destroy, and says why.
+    let last = status.borrow().clone();
+    assert_eq!((last.state, last.reason), (State::Shutoff, Reason::Failed));
+    assert!(
+        last.message.as_deref().unwrap_or("").contains("VM is not running"),
+        "{last:?}"
+    );
     assert_eq!(handle.calls(), vec![Call::Boot, Call::Destroy]);
     assert!(!control.exists(), "control socket removed");
 }
@@ -623,6 +639,7 @@ async fn vm_dir_is_private_and_sockets_are_gone_after_the_run() {
 
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&paths.dir), 0o700);
+    assert_eq!(mode(&paths.lock_file()) & 0o077, 0, "the lock file is private");
     assert_eq!(mode(&paths.serial_socket()), 0o600);
     assert_eq!(mode(&paths.control_socket()), 0o600);
 
@@ -672,7 +689,15 @@ async fn a_second_launcher_for_the_same_vm_is_refused() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, RunError::AlreadyRunning(_)), "{err}");
+    assert!(
+        matches!(err, RunError::AlreadyRunning { pid: Some(pid), .. } if pid == std::process::id()),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("another ch-launcher (pid {}) runs this VM", std::process::id())),
+        "{err}"
+    );
 
     stopper.request(StopRequest::Signal("SIGTERM"));
     stopper.request(StopRequest::Signal("SIGTERM"));
@@ -829,4 +854,142 @@ async fn socket_console_keeps_every_byte_across_a_reboot_and_up_to_the_power_off
         .expect("the console client was not closed after the run")
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&sent), expected);
+}
+
+#[tokio::test]
+async fn two_launchers_started_together_create_the_vm_once() {
+    let s = setup();
+    let created = Arc::new(Mutex::new(0u32));
+    let start = |created: Arc<Mutex<u32>>| {
+        Runner::new(domain(Duration::from_secs(1), false), s.opts.clone()).run(
+            move |_d: Domain, _p: VmPaths| async move {
+                *created.lock().unwrap() += 1;
+                // Creating takes a while; a second launcher must not slip in.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err::<Created<FakeBackend>, _>("created; stopping here")
+            },
+        )
+    };
+    let (a, b) = tokio::time::timeout(
+        T,
+        async { tokio::join!(start(created.clone()), start(created.clone())) },
+    )
+    .await
+    .unwrap();
+    let errors = [a.unwrap_err(), b.unwrap_err()];
+    assert_eq!(*created.lock().unwrap(), 1, "{errors:?}");
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| matches!(e, RunError::AlreadyRunning { .. }))
+            .count(),
+        1,
+        "{errors:?}"
+    );
+    // The lock went with the launcher that held it: a later run may start.
+    let err = Runner::new(domain(Duration::from_secs(1), false), s.opts.clone())
+        .run(|_d: Domain, _p: VmPaths| async {
+            Err::<Created<FakeBackend>, _>("created again")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Create(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_hung_power_button_does_not_block_the_second_signal() {
+    let mut s = setup();
+    s.fake.as_mut().unwrap().hang_power_button = true;
+    let runner = s.runner(Duration::from_secs(600), false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .expect("the runner is stuck on the power button")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (outcome.status.state, outcome.status.reason),
+        (State::Shutoff, Reason::Destroyed)
+    );
+    assert_eq!(
+        handle.calls(),
+        vec![Call::Boot, Call::PowerButton, Call::Destroy]
+    );
+}
+
+#[tokio::test]
+async fn a_hung_power_button_still_destroys_after_the_grace_period() {
+    let mut s = setup();
+    s.fake.as_mut().unwrap().hang_power_button = true;
+    let grace = Duration::from_millis(300);
+    let runner = s.runner(grace, false);
+    let mut status = runner.status();
+    let stopper = runner.stopper();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let run = tokio::spawn(runner.run(create));
+
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    let asked = Instant::now();
+    stopper.request(StopRequest::Signal("SIGTERM"));
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .expect("the runner is stuck on the power button")
+        .unwrap()
+        .unwrap();
+    assert!(asked.elapsed() >= grace);
+    assert_eq!(outcome.status.reason, Reason::Destroyed);
+    assert!(outcome.succeeded());
+    assert_eq!(
+        handle.calls(),
+        vec![Call::Boot, Call::PowerButton, Call::Destroy]
+    );
+}
+
+#[tokio::test]
+async fn a_console_mode_for_the_group_makes_the_vm_dir_searchable_for_it() {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(vm_dir_mode(0o600), 0o700);
+    assert_eq!(vm_dir_mode(0o660), 0o710);
+    assert_eq!(vm_dir_mode(0o606), 0o701);
+    assert_eq!(vm_dir_mode(0o666), 0o711);
+
+    let mut s = setup();
+    s.opts.console_mode = 0o660;
+    let runner = s.runner(Duration::from_secs(30), false);
+    let paths = s.opts.paths.clone();
+    let err = runner
+        .run(|_d: Domain, _p: VmPaths| async {
+            Err::<Created<FakeBackend>, _>("created; stopping here")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Create(_)), "{err}");
+    let mode = std::fs::metadata(&paths.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o710, "group may search (not list) the VM directory");
+}
+
+#[tokio::test]
+async fn a_private_dir_too_deep_for_socket_paths_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("d".repeat(100));
+    let opts = RunOptions::new(VmPaths::new(&deep, "uid-1"));
+    let err = Runner::new(domain(Duration::from_secs(1), false), opts)
+        .run(|_d: Domain, _p: VmPaths| async {
+            Err::<Created<FakeBackend>, _>("must not be called")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::SocketPath(_)), "{err}");
+    assert!(err.to_string().contains("--private-dir"), "{err}");
+    assert!(!deep.exists(), "nothing was created");
 }

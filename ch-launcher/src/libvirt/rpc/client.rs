@@ -80,13 +80,15 @@ pub struct Endpoint {
 /// tcp) and other drivers are refused: the launcher only talks to the
 /// local daemon.
 pub fn resolve(uri: &str) -> Result<Endpoint, RpcError> {
-    let (socket_dir, user) = if nix::unistd::geteuid().is_root() {
-        (PathBuf::from(SYSTEM_SOCKET_DIR), None)
+    // As libvirt: `/session` means the caller's own daemon unless root.
+    let user = if nix::unistd::geteuid().is_root() {
+        None
     } else {
-        let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(|d| Path::new(&d).join("libvirt"));
-        (PathBuf::from(SYSTEM_SOCKET_DIR), runtime)
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| Path::new(&d).join("libvirt"))
     };
-    resolve_in(uri, &socket_dir, user.as_deref(), |p| p.exists())
+    resolve_in(uri, Path::new(SYSTEM_SOCKET_DIR), user.as_deref(), |p| {
+        p.exists()
+    })
 }
 
 fn resolve_in(
