@@ -4,11 +4,14 @@
 //! Exit codes: [`exit::SUCCESS`] (done, or the guest powered off, or a
 //! requested stop completed), [`exit::FAILURE`] (the launcher could not do
 //! what was asked, including on a host that lacks what the spec needs:
-//! host facts never make a spec invalid), [`exit::INVALID_SPEC`] (every
-//! problem is printed to stderr with its field path; clap's own usage
-//! errors and configuration errors use 2 too) and
+//! host facts never make a spec invalid, and a bad configuration file),
+//! [`exit::INVALID_SPEC`] (every problem is printed to stderr with its
+//! field path; clap's own usage errors use 2 too) and
 //! [`exit::VM_FAILED`] (the VM crashed, or was stopped by something other
 //! than the launcher).
+//!
+//! Diagnostics go to stderr as text, or with `--log-format json` as JSON
+//! log records like every other log line (see [`report`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,8 +42,8 @@ pub mod exit {
 const AFTER_HELP: &str = "\
 Exit codes: 0 success (including a guest power-off and a requested stop that \
 completed), 1 launcher failure (including a host that lacks what the spec needs: \
-firmware, SEV, TDX), 2 invalid spec, configuration or usage, 3 the VM crashed \
-or was stopped by something other than the launcher.";
+firmware, SEV, TDX, and an invalid configuration file), 2 invalid spec or usage, \
+3 the VM crashed or was stopped by something other than the launcher.";
 
 /// Run one VM from a KubeVirt VirtualMachineInstance spec under Cloud
 /// Hypervisor or libvirt.
@@ -195,7 +198,10 @@ pub struct SpecArg {
 pub struct RunArgs {
     /// VirtualMachineInstance spec file (YAML or JSON).
     pub spec: PathBuf,
-    /// Permission bits (octal) of virt-serial0 and virt-serial0-log.
+    /// Permission bits (octal) of virt-serial0 and virt-serial0-log. When
+    /// they grant the group or others access, the VM directory (and a
+    /// private dir the launcher creates) gets their search bit (e.g. 0660 ->
+    /// 0710), so they can reach the socket; they still cannot list it.
     #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
     pub console_socket_mode: u32,
     /// Do not attach the console even when stdin is a terminal.
@@ -229,7 +235,7 @@ pub struct Target {
     /// VirtualMachineInstance spec the VM was started from.
     pub spec: Option<PathBuf>,
     /// The VMI uid (the directory name under --private-dir).
-    #[arg(long, value_name = "UID")]
+    #[arg(long, value_name = "UID", value_parser = parse_uid)]
     pub uid: Option<String>,
     /// How long to wait for the launcher's answer, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
@@ -238,6 +244,24 @@ pub struct Target {
 
 fn parse_hypervisor(s: &str) -> Result<Hypervisor, String> {
     s.parse()
+}
+
+/// A uid as `metadata.uid` allows it (the same rule as domain-model's): it
+/// names a directory under `--private-dir`, so no `/` and no `..`.
+fn parse_uid(s: &str) -> Result<String, String> {
+    let safe = !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if safe {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid uid: use letters, digits, '-', '_' and '.' (a UUID is usual)"
+        ))
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -255,9 +279,15 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = logging::init(cli.global.log_format, &cli.global.log_level) {
-        eprintln!("ch-launcher: {e}");
+        // No logger: in JSON mode, still one JSON record.
+        if cli.global.log_format == LogFormat::Json {
+            eprintln!("{}", serde_json::json!({ "level": "ERROR", "message": e }));
+        } else {
+            eprintln!("ch-launcher: {e}");
+        }
         return ExitCode::from(exit::FAILURE);
     }
+    let _ = JSON_DIAGNOSTICS.set(cli.global.log_format == LogFormat::Json);
     // One thread: the launcher mostly waits, and the VMM's parent-death
     // signal is tied to the thread that spawned it (this one).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -266,7 +296,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ch-launcher: cannot start the async runtime: {e}");
+            report(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -275,16 +305,34 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> u8 {
     let g = &cli.global;
+    // `run` catches SIGTERM and SIGINT before anything else, so that from
+    // the start a signal stops the VM in order instead of killing the
+    // launcher (and, with it, the VMM) outright.
+    let signals = match &cli.command {
+        Commands::Run(_) => match runner::StopSignals::install() {
+            Ok(signals) => Some(signals),
+            Err(e) => {
+                report(format_args!("cannot install signal handlers: {e}"));
+                return exit::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let s = match settings(g) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ch-launcher: {e}");
-            return exit::INVALID_SPEC;
+            // The launcher's configuration (file or `--feature-gates`), not
+            // the spec: a launcher failure.
+            report(&e);
+            return exit::FAILURE;
         }
     };
     let s = &s;
     match &cli.command {
-        Commands::Run(args) => run(g, s, args).await,
+        Commands::Run(args) => match signals {
+            Some(signals) => run(g, s, args, signals).await,
+            None => exit::FAILURE,
+        },
         Commands::Validate(args) => validate(g, s, args),
         Commands::Render(args) => render(g, s, &args.spec),
         Commands::Pause(t) => control_command(g, s, t, Command::Pause).await,
@@ -330,7 +378,7 @@ fn firmware_command(g: &GlobalArgs, s: &Settings, command: &FirmwareCommand) -> 
                 Ok(choice) if args.json => print_json(&choice),
                 Ok(choice) => print_stdout(&choice.to_string(), exit::SUCCESS),
                 Err(e) => {
-                    eprintln!("ch-launcher: {}: {e}", args.spec.display());
+                    report(format_args!("{}: {e}", args.spec.display()));
                     if let (true, firmware::FirmwareError::NoMatch(no_match)) = (args.json, &e) {
                         let _ = print_json(&serde_json::json!({ "noMatch": no_match }));
                     }
@@ -345,7 +393,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> u8 {
     match serde_json::to_string_pretty(value) {
         Ok(text) => print_stdout(&format!("{text}\n"), exit::SUCCESS),
         Err(e) => {
-            eprintln!("ch-launcher: cannot encode JSON: {e}");
+            report(format_args!("cannot encode JSON: {e}"));
             exit::FAILURE
         }
     }
@@ -360,7 +408,7 @@ fn host(g: &GlobalArgs, command: &HostCommand) -> u8 {
     match output {
         Ok(text) => print_stdout(&text, exit::SUCCESS),
         Err(e) => {
-            eprintln!("ch-launcher: {e}");
+            report(&e);
             exit::FAILURE
         }
     }
@@ -457,8 +505,34 @@ fn load_options(g: &GlobalArgs, s: &Settings) -> LoadOptions {
     }
 }
 
+/// Whether diagnostics are JSON records (`--log-format json`); set once in
+/// [`main`].
+static JSON_DIAGNOSTICS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn json_diagnostics() -> bool {
+    JSON_DIAGNOSTICS.get().copied().unwrap_or(false)
+}
+
+/// Reports an error that ends the command: `ch-launcher: ...` on stderr, or
+/// an ERROR log record in JSON mode.
+fn report(error: impl std::fmt::Display) {
+    if json_diagnostics() {
+        tracing::error!("{error}");
+    } else {
+        eprintln!("ch-launcher: {error}");
+    }
+}
+
+/// Every spec problem: as text, one per line; in JSON mode one ERROR record
+/// per problem with its `path` and `message`, and the spec file as `spec`.
 fn print_spec_errors(spec: &Path, errors: &SpecErrors) {
-    eprint!("{}: {errors}", spec.display());
+    if json_diagnostics() {
+        for e in &errors.0 {
+            tracing::error!(spec = %spec.display(), path = %e.path, message = %e.message);
+        }
+    } else {
+        eprint!("{}: {errors}", spec.display());
+    }
 }
 
 fn load(g: &GlobalArgs, s: &Settings, spec: &Path) -> Result<Domain, u8> {
@@ -468,7 +542,7 @@ fn load(g: &GlobalArgs, s: &Settings, spec: &Path) -> Result<Domain, u8> {
     })
 }
 
-async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs) -> u8 {
+async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::StopSignals) -> u8 {
     let domain = match load(g, s, &args.spec) {
         Ok(d) => d,
         Err(code) => return code,
@@ -496,13 +570,7 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs) -> u8 {
     let mut opts = RunOptions::new(paths.clone());
     opts.console_mode = args.console_socket_mode;
     let runner = Runner::new(domain.clone(), opts);
-    let signals = match runner::forward_signals(runner.stopper()) {
-        Ok(task) => task,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return exit::FAILURE;
-        }
-    };
+    let signals = signals.forward(runner.stopper());
     let attached = (!args.no_attach && attach::stdin_is_terminal()).then(|| {
         let mut status = runner.status();
         let socket = paths.serial_socket();
@@ -687,7 +755,7 @@ fn validate(g: &GlobalArgs, s: &Settings, args: &ValidateArgs) -> u8 {
             return exit::INVALID_SPEC;
         }
         Err(Refusal::Launcher(e)) => {
-            eprintln!("ch-launcher: {e}");
+            report(&e);
             return exit::FAILURE;
         }
     }
@@ -695,7 +763,7 @@ fn validate(g: &GlobalArgs, s: &Settings, args: &ValidateArgs) -> u8 {
         match serde_json::to_string_pretty(&domain) {
             Ok(text) => print_stdout(&format!("{text}\n"), exit::SUCCESS),
             Err(e) => {
-                eprintln!("ch-launcher: cannot encode the VM as JSON: {e}");
+                report(format_args!("cannot encode the VM as JSON: {e}"));
                 exit::FAILURE
             }
         }
@@ -772,7 +840,7 @@ fn render(g: &GlobalArgs, s: &Settings, spec: &Path) -> u8 {
             exit::INVALID_SPEC
         }
         Err(Refusal::Launcher(e)) => {
-            eprintln!("ch-launcher: {e}");
+            report(&e);
             exit::FAILURE
         }
     }
@@ -793,7 +861,7 @@ async fn control_command(g: &GlobalArgs, s: &Settings, target: &Target, command:
         }
         // clap requires one of the two.
         (None, None) => {
-            eprintln!("ch-launcher: give the VM's SPEC or --uid");
+            report("give the VM's SPEC or --uid");
             return exit::INVALID_SPEC;
         }
     };
@@ -801,7 +869,7 @@ async fn control_command(g: &GlobalArgs, s: &Settings, target: &Target, command:
     match control::request(&socket, command, Duration::from_secs(target.timeout)).await {
         Ok(status) => print_stdout(&format!("{status}\n"), exit::SUCCESS),
         Err(e) => {
-            eprintln!("ch-launcher: {}: {e}", command.as_str());
+            report(format_args!("{}: {e}", command.as_str()));
             exit::FAILURE
         }
     }
@@ -816,7 +884,7 @@ fn print_stdout(text: &str, code: u8) -> u8 {
         Ok(()) => code,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
         Err(e) => {
-            eprintln!("ch-launcher: cannot write to stdout: {e}");
+            report(format_args!("cannot write to stdout: {e}"));
             exit::FAILURE
         }
     }
@@ -1002,6 +1070,23 @@ mod tests {
         assert!(
             Cli::try_parse_from(["ch-launcher", "render", "x", "--hypervisor", "qemu"]).is_err()
         );
+    }
+
+    #[test]
+    fn a_uid_is_checked_like_metadata_uid() {
+        for bad in ["../etc", "a/b", "..", ".", "", "x y"] {
+            assert!(
+                Cli::try_parse_from(["ch-launcher", "stop", "--uid", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let ok = Cli::try_parse_from([
+            "ch-launcher",
+            "stop",
+            "--uid",
+            "0b5bd7a4-7fa6-4d3c-9e0b-3a1f7c5e2d10",
+        ]);
+        assert!(ok.is_ok());
     }
 
     #[test]

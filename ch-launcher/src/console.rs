@@ -55,21 +55,24 @@ const READ_CHUNK: usize = 4096;
 /// relay stops reading from the client (backpressure).
 const MAX_PENDING_INPUT: usize = 64 * 1024;
 
-/// The pace of client input to the guest, in bytes per second: 64 KiB/s,
-/// about 57 times a 16550 at 115200 baud (11.5 KB/s) and far above any
-/// typist, yet slow enough that a guest reading its serial port keeps
-/// Cloud Hypervisor's input buffer small (see the module documentation).
-/// Measured with CH v48 and the tiny test guest (which echoes every byte):
-/// 2 MiB pasted at this pace went through with CH alive, while unpaced
-/// 64 KiB writes killed CH after 1-1.7 MB.
-pub const INPUT_RATE: u32 = 64 * 1024;
+/// The pace of client input to the guest, in bytes per second: what a
+/// 16550 UART delivers at 115200 baud (10 bits per byte on the wire), the
+/// fastest line speed guests commonly configure, so any guest's serial
+/// driver keeps up with it. Measured with Cloud Hypervisor v48 and the tiny
+/// test guest, which drains about 13.6 KB/s while echoing every byte: at
+/// 64 KiB/s CH's input buffer outgrew the guest and CH died (SIGSYS) after
+/// ~330 KB; at this pace 2 MiB went through with CH alive. A guest that
+/// stops reading its serial port altogether can still make CH die after
+/// about 200 KB of unread input; only CH can fix that (bound its buffer).
+pub const INPUT_RATE: u32 = 115_200 / 10;
 
 /// Input that may go to the guest at once before pacing starts: a burst of
-/// typing or a short command line is never delayed.
+/// typing or a short command line is never delayed, and CH's buffer never
+/// holds much more than this beyond what the guest has read.
 const INPUT_BURST: usize = 4096;
 
 /// The largest single write of client input to the guest.
-const INPUT_CHUNK: usize = 1024;
+const INPUT_CHUNK: usize = 512;
 
 /// How long a replaced serial device may stay open before the relay gives up
 /// on reading it to its end and moves to the new one. The hypervisor closes
@@ -282,13 +285,16 @@ fn annotate(err: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
 }
 
-/// The connected client: a task that writes guest output to it and passes
-/// its input back to the relay.
+/// The connected client: a task that writes guest output to it and one that
+/// passes its input back to the relay.
 struct Client {
     output: mpsc::Sender<Vec<u8>>,
     /// Closes when the client is gone.
     input: mpsc::Receiver<Vec<u8>>,
+    /// Writes `output` to the client.
     task: Option<JoinHandle<()>>,
+    /// Reads the client's input into `input`.
+    input_task: JoinHandle<()>,
 }
 
 impl Client {
@@ -309,7 +315,9 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // Aborting drops the stream, so the client sees the connection close.
+        // Aborting drops both halves of the stream, so the client sees the
+        // connection close.
+        self.input_task.abort();
         if let Some(task) = &self.task {
             task.abort();
         }
@@ -546,32 +554,32 @@ async fn client_input(client: &mut Option<Client>) -> Option<Vec<u8>> {
 fn spawn_client(stream: UnixStream) -> Client {
     let (output, mut output_rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_CHUNKS);
     let (input_tx, input) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_CHUNKS);
+    let (mut reader, mut writer) = stream.into_split();
+    // Output and input in separate tasks: input waiting for the (paced)
+    // guest must never hold up the output the client is reading, or a
+    // paste the guest echoes would stall its own echo.
     let task = tokio::spawn(async move {
-        let (mut reader, mut writer) = stream.into_split();
+        while let Some(bytes) = output_rx.recv().await {
+            if let Err(e) = writer.write_all(&bytes).await {
+                tracing::debug!(error = %e, "console client write failed");
+                return;
+            }
+        }
+    });
+    let input_task = tokio::spawn(async move {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            tokio::select! {
-                out = output_rx.recv() => match out {
-                    Some(bytes) => {
-                        if let Err(e) = writer.write_all(&bytes).await {
-                            tracing::debug!(error = %e, "console client write failed");
-                            return;
-                        }
-                    }
-                    None => return,
-                },
-                read = reader.read(&mut buf) => match read {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if input_tx.send(buf[..n].to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "console client read failed");
+            match reader.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => {
+                    if input_tx.send(buf[..n].to_vec()).await.is_err() {
                         return;
                     }
-                },
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "console client read failed");
+                    return;
+                }
             }
         }
     });
@@ -579,6 +587,7 @@ fn spawn_client(stream: UnixStream) -> Client {
         output,
         input,
         task: Some(task),
+        input_task,
     }
 }
 
@@ -938,7 +947,10 @@ mod tests {
         let per_byte = 1.0 / f64::from(INPUT_RATE);
         // Idle for long: the first burst is not delayed.
         let clock = next_input_clock(now - Duration::from_secs(60), now, INPUT_BURST);
-        assert!(clock <= now + Duration::from_millis(1), "a burst is due now");
+        assert!(
+            clock <= now + Duration::from_millis(1),
+            "a burst is due now"
+        );
         // A long paste: the clock advances by its length at the rate.
         let mut clock = clock;
         for _ in 0..64 {
@@ -961,6 +973,7 @@ mod tests {
         let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
         // A quarter second's worth at the rate, beyond the burst.
         let size = INPUT_BURST + INPUT_RATE as usize / 4;
+        assert!(size > 2 * INPUT_CHUNK);
         let paste: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
         let started = Instant::now();
         let writer = tokio::spawn(async move {

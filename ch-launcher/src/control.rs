@@ -22,8 +22,8 @@ use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
 use crate::console::bind_socket;
-use crate::util::remove_socket;
 use crate::lifecycle::Status;
+use crate::util::remove_socket;
 
 /// The control socket is for the launcher's own user only.
 pub const SOCKET_MODE: u32 = 0o600;

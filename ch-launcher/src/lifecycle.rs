@@ -10,6 +10,8 @@
 //! | `Created`             | Paused   | StartingUp |
 //! | `Booted`              | Running  | Booted     |
 //! | `Paused`              | Paused   | User       |
+//! | `Suspended{reason}`   | Paused   | `reason` (IOError, Watchdog, Unknown...) |
+//! | `PmSuspended`         | PMSuspended | Unknown |
 //! | `Resumed`             | Running  | Unpaused   |
 //! | `Rebooted`            | Running  | Booted     |
 //! | `ShuttingDown`        | Shutdown | User       |
@@ -41,6 +43,8 @@ pub enum State {
     Shutdown,
     Shutoff,
     Crashed,
+    /// The guest suspended itself (ACPI S3/S4), libvirt's `pmsuspended`.
+    PMSuspended,
 }
 
 /// KubeVirt's state change reasons (`virtwrap/api` `StateChangeReason`).
@@ -55,6 +59,10 @@ pub enum Reason {
     Destroyed,
     Panicked,
     Failed,
+    /// Paused by the hypervisor after a disk I/O error.
+    IOError,
+    /// Paused by the hypervisor when the guest's watchdog fired.
+    Watchdog,
 }
 
 /// What a backend observed, independent of the hypervisor.
@@ -66,6 +74,11 @@ pub enum Event {
     Booted,
     /// Paused on request.
     Paused,
+    /// Paused by the hypervisor itself, for `reason` (`IOError`,
+    /// `Watchdog`, `Unknown`...).
+    Suspended { reason: Reason },
+    /// The guest suspended itself to RAM or disk.
+    PmSuspended,
     /// Resumed on request.
     Resumed,
     /// The guest is rebooting (guest- or user-initiated).
@@ -137,6 +150,8 @@ impl Lifecycle {
             Event::Created => (State::Paused, Reason::StartingUp, None),
             Event::Booted => (State::Running, Reason::Booted, None),
             Event::Paused => (State::Paused, Reason::User, None),
+            Event::Suspended { reason } => (State::Paused, *reason, None),
+            Event::PmSuspended => (State::PMSuspended, Reason::Unknown, None),
             Event::Resumed => (State::Running, Reason::Unpaused, None),
             // A reboot keeps the guest running from the cluster's view.
             Event::Rebooting => return None,

@@ -94,10 +94,7 @@ mod tests {
         let fits = "/".to_string() + &"d".repeat(MAX_SOCKET_PATH - 52 - 1);
         let paths = VmPaths::new(Path::new(&fits), uid);
         assert_eq!(paths.check_socket_paths(), Ok(()));
-        assert_eq!(
-            paths.ch_serial_socket().as_os_str().len(),
-            MAX_SOCKET_PATH
-        );
+        assert_eq!(paths.ch_serial_socket().as_os_str().len(), MAX_SOCKET_PATH);
 
         let too_long = fits + "d";
         let paths = VmPaths::new(Path::new(&too_long), uid);

@@ -332,22 +332,38 @@ impl Runner {
     }
 }
 
-/// Forwards SIGTERM and SIGINT to `stopper` for as long as the task runs.
-/// Install it before creating the VM, so that an early signal stops the VM
-/// instead of killing the launcher outright.
-pub fn forward_signals(stopper: Stopper) -> io::Result<JoinHandle<()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                Some(()) = term.recv() => "SIGTERM",
-                Some(()) = int.recv() => "SIGINT",
-                else => return,
-            };
-            stopper.request(StopRequest::Signal(name));
-        }
-    }))
+/// SIGTERM and SIGINT caught, not yet forwarded to a runner. Install them
+/// first thing (before the spec is even read), so that an early signal
+/// stops the VM in order instead of killing the launcher outright; a signal
+/// that arrives before [`StopSignals::forward`] is kept and forwarded then.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Must be called inside a tokio runtime.
+    pub fn install() -> io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Forwards every signal to `stopper` for as long as the task runs.
+    pub fn forward(self, stopper: Stopper) -> JoinHandle<()> {
+        let StopSignals { mut term, mut int } = self;
+        tokio::spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    Some(()) = term.recv() => "SIGTERM",
+                    Some(()) = int.recv() => "SIGINT",
+                    else => return,
+                };
+                stopper.request(StopRequest::Signal(name));
+            }
+        })
+    }
 }
 
 /// The VM directory's mode for a console socket of mode `console_mode`:
@@ -375,9 +391,11 @@ fn prepare_vm_dir(paths: &VmPaths, console_mode: u32) -> Result<VmLock, RunError
         source,
     };
     let mode = vm_dir_mode(console_mode);
+    // Missing parents (the private directory) get the same mode: the
+    // console's group must be able to pass them too.
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(mode)
         .create(&paths.dir)
         .map_err(err)?;
     // An existing directory keeps its mode, and a new one got the umask.

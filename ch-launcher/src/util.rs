@@ -68,11 +68,8 @@ mod tests {
 
     #[tokio::test]
     async fn no_deadline_never_fires() {
-        let never = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            sleep_until(None),
-        )
-        .await;
+        let never =
+            tokio::time::timeout(std::time::Duration::from_millis(50), sleep_until(None)).await;
         assert!(never.is_err());
         sleep_until(Some(Instant::now())).await;
     }

@@ -144,8 +144,9 @@ fn beta_sev_gate_is_on_by_default_and_minus_name_disables_it() {
         text(&off.stderr)
     );
 
+    // A bad gate list is the launcher's configuration, not the spec: exit 1.
     let bogus = s.launcher(&["validate", "--feature-gates", "Bogus", arg(&spec)]);
-    assert_eq!(bogus.status.code(), Some(2));
+    assert_eq!(bogus.status.code(), Some(1));
     assert!(
         text(&bogus.stderr).contains("--feature-gates: unknown feature gate \"Bogus\""),
         "{}",
@@ -200,7 +201,8 @@ fn config_file_errors_name_the_file_and_the_key() {
     ] {
         std::fs::write(&config, body).unwrap();
         let out = s.launcher(&["validate", "--config", arg(&config), arg(&spec)]);
-        assert_eq!(out.status.code(), Some(2), "{body}");
+        // A configuration file error is a launcher failure (1), not a spec's (2).
+        assert_eq!(out.status.code(), Some(1), "{body}");
         let stderr = text(&out.stderr);
         assert!(
             stderr.contains(&format!("{}: ", config.display())) && stderr.contains(key),
@@ -208,7 +210,7 @@ fn config_file_errors_name_the_file_and_the_key() {
         );
     }
     let missing = s.launcher(&["validate", "--config", "/nonexistent/c.yaml", arg(&spec)]);
-    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("/nonexistent/c.yaml: cannot read"));
 }
 

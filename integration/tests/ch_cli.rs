@@ -178,3 +178,118 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// Every stderr line of `out`, each of which must be a JSON record.
+fn json_records(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn json_log_format_reports_each_spec_error_as_a_record_with_its_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = dir.path().join("broken.yaml");
+    std::fs::write(&spec, INVALID_SPEC).expect("write spec");
+    for command in ["validate", "render", "status"] {
+        let out = launcher(&["--log-format", "json", command], &spec);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let records = json_records(&out);
+        let cores = records
+            .iter()
+            .find(|r| r["path"] == "spec.domain.cpu.cores")
+            .unwrap_or_else(|| panic!("{command}: no record for cpu.cores: {records:?}"));
+        assert_eq!(cores["level"], "ERROR");
+        assert!(cores["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
+
+#[test]
+fn json_log_format_control_command_errors_are_records() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(launcher_bin())
+        .arg("--private-dir")
+        .arg(dir.path())
+        .args(["--log-format", "json", "status", "--uid", "no-such-vm"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ch-launcher");
+    assert_eq!(out.status.code(), Some(1));
+    let records = json_records(&out);
+    assert!(
+        records.iter().any(|r| r["level"] == "ERROR"
+            && r["message"].as_str().is_some_and(|m| m.contains("status"))),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn text_log_format_keeps_plain_error_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(launcher_bin())
+        .arg("--private-dir")
+        .arg(dir.path())
+        .args(["status", "--uid", "no-such-vm"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ch-launcher");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("ch-launcher: status: "), "{stderr}");
+}
+
+#[test]
+fn a_uid_that_leaves_the_private_dir_is_refused() {
+    for uid in ["../etc", "a/b", ".."] {
+        let out = Command::new(launcher_bin())
+            .args(["status", "--uid", uid])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ch-launcher");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{uid}: {stderr}");
+        assert!(stderr.contains("not a valid uid"), "{uid}: {stderr}");
+    }
+}
+
+#[test]
+fn a_broken_config_file_is_a_launcher_failure_exit_1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "featureGates: [unclosed\n").expect("write config");
+    let out = Command::new(launcher_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("validate")
+        .arg(guest_spec(dir.path()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ch-launcher");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("config.yaml"), "{stderr}");
+}
+
+#[test]
+fn a_private_dir_too_deep_for_unix_sockets_fails_before_starting_anything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deep = dir.path().join("d".repeat(90));
+    let out = Command::new(launcher_bin())
+        .arg("--private-dir")
+        .arg(&deep)
+        .args(["run", "--no-attach"])
+        .arg(guest_spec(dir.path()))
+        .env(ch_support::CH_BIN_ENV, ch_support::vmm_bin())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ch-launcher");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&deep.display().to_string()), "{stderr}");
+    assert!(stderr.contains("longer than the 107 bytes"), "{stderr}");
+    assert!(stderr.contains("--private-dir"), "{stderr}");
+    assert!(!deep.exists(), "nothing may be created");
+}

@@ -346,7 +346,43 @@ fn console_socket_mode_option_sets_the_socket_and_log_permissions() {
         .parent()
         .expect("vm dir")
         .to_path_buf();
-    assert_eq!(mode(&vm_dir), 0o700);
+    // The group may pass the directory (not list it), or the socket's 0660
+    // would be unreachable for it.
+    assert_eq!(mode(&vm_dir), 0o710);
+    assert_group_member_can_connect(&launcher.serial_socket());
+}
+
+/// Connects to `socket` as a user who is not its owner but in its group
+/// (`nobody` with the socket's gid), like virt-handler in another container.
+/// Needs root to switch users; says SKIP otherwise.
+fn assert_group_member_can_connect(socket: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP: connecting as another user needs root");
+        return;
+    }
+    let gid = std::fs::metadata(socket).expect("stat socket").gid();
+    // The test's temporary directory is 0700; a pod's /var/run is not.
+    let top = socket
+        .ancestors()
+        .find(|p| p.parent() == Some(std::path::Path::new("/tmp")))
+        .expect("the test VM lives under /tmp");
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    // `socat` would do; the system's Perl is more likely to be there.
+    let script = "use Socket; socket(S, PF_UNIX, SOCK_STREAM, 0) or die $!; \
+                  connect(S, pack_sockaddr_un($ARGV[0])) or die \"connect: $!\"";
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups"])
+        .args(["/usr/bin/perl", "-e", script])
+        .arg(socket)
+        .output()
+        .expect("run setpriv (util-linux)");
+    assert!(
+        out.status.success(),
+        "uid 65534 with gid {gid} cannot connect to {}: {}",
+        socket.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -359,4 +395,122 @@ fn default_console_socket_is_owner_only() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+/// Cloud Hypervisor queues serial input without bound and dies (SIGSYS from
+/// its own seccomp filter, on `mremap`) once a paste outruns the guest; the
+/// relay paces input so a long paste goes through. 1 MiB (unpaced, CH died
+/// after 0.3-1.7 MB) takes about 90 s at the relay's 115200-baud pace.
+#[test]
+fn a_long_paste_reaches_the_guest_and_the_vm_survives() {
+    use std::io::{Read, Write};
+    const SIZE: usize = 1 << 20;
+    let launcher = Launcher::start(VmOptions::default());
+    wait_file_contains(&launcher.serial_log(), BANNER);
+    let vmm = launcher.vmm_pid();
+    let stream = launcher.console().into_stream();
+    let mut reader = stream.try_clone().expect("clone console stream");
+    // The echo comes back while the paste goes out; read it concurrently.
+    let echoed = std::thread::spawn(move || {
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 65536];
+        reader.set_read_timeout(Some(SLOW)).expect("read timeout");
+        while total < SIZE {
+            // Ends on a 15 s silence: what arrived by then is the answer.
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    });
+    // No 'q' or 'r': the guest powers off or reboots on those.
+    let chunk: Vec<u8> = (0..65536).map(|i| b"abcdefghijklmnop"[i % 16]).collect();
+    let started = Instant::now();
+    let mut writer = stream;
+    for _ in 0..SIZE / chunk.len() {
+        if let Err(e) = writer.write_all(&chunk) {
+            panic!(
+                "the console closed after {:?} of pasting: {e}; VMM log:\n{}",
+                started.elapsed(),
+                std::fs::read_to_string(launcher.vm_dir().join("cloud-hypervisor.log"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    // The stand-in holds echo it could not write at once until the guest
+    // writes again, so keep the guest writing (one byte a second) until the
+    // whole paste is back.
+    while !echoed.is_finished() {
+        if writer.write_all(b".").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let total = echoed.join().expect("reader thread");
+    eprintln!(
+        "pasted {SIZE} bytes, {total} echoed in {:?}",
+        started.elapsed()
+    );
+    assert!(total >= SIZE, "{total} of {SIZE}: {}", launcher.logs_text());
+    assert_eq!(launcher.vmm_pids(), vec![vmm], "the VMM died");
+    assert_eq!(launcher.ctl("status")["state"], "Running");
+}
+
+#[test]
+fn a_second_launcher_for_the_same_vm_exits_1_without_touching_the_first() {
+    let launcher = Launcher::start(VmOptions::default());
+    wait_file_contains(&launcher.serial_log(), BANNER);
+    let api = launcher.vm_dir().join("ch-api.sock");
+    let vmm_log = launcher.vm_dir().join("cloud-hypervisor.log");
+    let log_before = std::fs::metadata(&vmm_log).map(|m| m.len()).unwrap_or(0);
+
+    let second = std::process::Command::new(ch_support::launcher_bin())
+        .arg("--private-dir")
+        .arg(launcher.private_dir())
+        .args(["run", "--no-attach"])
+        .arg(launcher.spec())
+        .env(ch_support::CH_BIN_ENV, ch_support::vmm_bin())
+        .output()
+        .expect("run a second launcher");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    let pid = launcher.pid().as_raw();
+    assert!(
+        stderr.contains(&format!("another ch-launcher (pid {pid}) runs this VM")),
+        "{stderr}"
+    );
+    // The first VM's files are untouched and it still answers.
+    assert!(api.exists(), "the API socket was removed");
+    let log_after = std::fs::metadata(&vmm_log).map(|m| m.len()).unwrap_or(0);
+    assert!(log_after >= log_before, "the VMM log was truncated");
+    let mut console = launcher.console();
+    console.send(b"x");
+    console.expect(b"x");
+}
+
+/// A VMM that stops answering (SIGSTOP) must not keep the launcher from
+/// stopping: the second signal destroys, SIGKILLing the VMM.
+#[test]
+fn a_stopped_vmm_is_killed_on_the_second_signal() {
+    let mut launcher = Launcher::start(VmOptions {
+        grace_seconds: 600,
+        ..VmOptions::default()
+    });
+    launcher.wait_status("Running", |s| s["state"] == "Running");
+    let vmm = launcher.vmm_pid();
+    kill(vmm, Signal::SIGSTOP).expect("SIGSTOP the VMM");
+    launcher.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    launcher.signal(Signal::SIGTERM);
+    // The API timeout (5 s) plus the kill; far below the grace period.
+    let exit = launcher.wait_exit(Duration::from_secs(20));
+    let _ = kill(vmm, Signal::SIGCONT);
+    let exit = exit.unwrap_or_else(|| panic!("launcher still runs: {}", launcher.logs_text()));
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    assert_eq!(
+        launcher.logged_final_state(),
+        ("Shutoff".to_string(), "Destroyed".to_string())
+    );
+    launcher.expect_no_vmm(SLOW);
 }

@@ -71,7 +71,8 @@ impl Api {
         self.call("vm.reboot", self.client.reboot_vm()).await
     }
     pub async fn power_button(&self) -> Result<(), BackendError> {
-        self.call("vm.power-button", self.client.power_button_vm()).await
+        self.call("vm.power-button", self.client.power_button_vm())
+            .await
     }
     pub async fn shutdown(&self) -> Result<(), BackendError> {
         self.call("vm.shutdown", self.client.shutdown_vm()).await

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::process::Child;
+use super::spawn::VmmChild;
 use tokio::sync::{mpsc, watch, Notify};
 
 /// One event as CH reports it.
@@ -190,7 +190,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 /// Ties one VMM process to the lifecycle channel.
 pub struct Monitor {
-    pub child: Child,
+    pub child: VmmChild,
     pub events: pipe::Receiver,
     pub mapper: EventMapper,
     pub tx: mpsc::UnboundedSender<Event>,
@@ -243,7 +243,7 @@ impl Monitor {
                 tracing::error!(
                     "{detail}; last lines of {}:\n{}",
                     self.log.display(),
-                    super::process::log_tail(&self.log, 20)
+                    super::process::log_tail(&self.log, super::process::LOG_TAIL_LINES)
                 );
             }
             let _ = self.tx.send(event);

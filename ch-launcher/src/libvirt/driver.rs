@@ -1,6 +1,6 @@
-//! The libvirt driver: defines the rendered domain in libvirtd, starts it
-//! paused, forwards its lifecycle events, and undefines it when the launcher
-//! lets go of it.
+//! The libvirt driver: creates the rendered domain in libvirtd as a
+//! transient, auto-destroyed domain started paused, forwards its lifecycle
+//! events, and destroys it when the launcher lets go of it.
 //!
 //! It speaks libvirt's RPC protocol itself ([`super::rpc`]) over the
 //! daemon's unix socket instead of linking `libvirt.so`, whose dozens of
@@ -9,20 +9,41 @@
 //! `CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY` for this domain only); a
 //! task maps them onto [`Event`]s.
 //!
-//! The domain is created paused (`VIR_DOMAIN_START_PAUSED`) so that the
-//! runner decides when the vCPUs first run ([`Backend::boot`]), exactly as on
-//! the Cloud Hypervisor path. QEMU itself binds `virt-serial0` and writes
-//! `virt-serial0-log` (through virtlogd), so the console is
-//! [`ConsoleSource::ServedByHypervisor`].
+//! The domain is created with `DOMAIN_CREATE_XML` and
+//! `VIR_DOMAIN_START_PAUSED | VIR_DOMAIN_START_AUTODESTROY`:
+//! - paused, so that the runner decides when the vCPUs first run
+//!   ([`Backend::boot`]), exactly as on the Cloud Hypervisor path;
+//! - transient and auto-destroyed, so that libvirtd destroys it as soon as
+//!   the launcher's connection closes, even when the launcher is killed with
+//!   SIGKILL; nothing is ever defined, so nothing is left to undefine;
+//! - owned: only a launcher whose `CREATE_XML` succeeded holds a
+//!   [`LibvirtBackend`], and only that one destroys the domain. A second
+//!   launcher for the same VMI gets libvirt's refusal (name and UUID are
+//!   taken) and touches nothing.
+//!
+//! QEMU itself binds `virt-serial0` and writes `virt-serial0-log` (through
+//! virtlogd), so the console is [`ConsoleSource::ServedByHypervisor`].
+//!
+//! Losing libvirtd: the forwarder reconnects for up to [`RECONNECT_WINDOW`],
+//! registers the events again, looks the domain up by UUID and reconciles
+//! the state with `DOMAIN_GET_STATE` (calls made meanwhile fail as
+//! unreachable). A daemon that stops cleanly (SIGTERM) runs the
+//! auto-destroy of the launcher's connection as it goes, so after such a
+//! restart the domain is gone and the VM is reported Crashed; a daemon that
+//! crashes leaves QEMU running and the launcher carries on. After a
+//! reconnect the new connection does not own the auto-destroy (libvirt has
+//! no call to re-arm it): the launcher's own exit still destroys the domain.
 //!
 //! Cleanup: dropping the [`LibvirtBackend`] destroys the domain if it still
-//! runs and undefines it (with its NVRAM unless the spec asked for
-//! persistent EFI variables). A failure after `define` undefines too. `Drop`
-//! cannot await, so the cleanup opens a short blocking connection of its
-//! own ([`BlockingClient`]): it works whatever state the runtime is in.
+//! runs, removes its per-VM NVRAM copy unless the spec asked for persistent
+//! EFI variables, and the VNC socket QEMU leaves behind. `Drop` cannot
+//! await, so the cleanup opens a short blocking connection of its own
+//! ([`BlockingClient`]): it works whatever state the runtime is in.
 use super::events::{EventMapper, Mapped};
 use super::launch_security::ConfidentialHost;
-use super::render::{domain_name, render, RenderContext};
+use super::render::{domain_name, render, vnc_socket_path, RenderContext};
+use super::rpc::client::{resolve, Endpoint, DEFAULT_CALL_TIMEOUT};
+use super::rpc::protocol::{VIR_ERR_DOM_EXIST, VIR_ERR_OPERATION_FAILED};
 use super::rpc::{flags, BlockingClient, Client, DomainEvent, DomainRef, Notice, RpcError};
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
 use crate::lifecycle::Event;
@@ -30,13 +51,24 @@ use crate::paths::VmPaths;
 use domain_model::{Boot, Domain};
 use firmware::LibvirtFirmware;
 use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How long the cleanup in `Drop` waits for each libvirtd answer: a
 /// destroy may take QEMU's shutdown, but a hung daemon must not hang the
 /// launcher's exit.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the launcher keeps trying to reach libvirtd again after losing
+/// its connection (a daemon restart takes a few seconds) before it reports
+/// the VM Crashed.
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Pause between two reconnect attempts.
+const RECONNECT_RETRY: Duration = Duration::from_millis(250);
 
 /// libvirtd's system QEMU driver, where KubeVirt's virt-launcher runs its VMs.
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -63,22 +95,52 @@ impl Default for LibvirtOptions {
     }
 }
 
-/// A domain defined and started (paused) in libvirtd.
+/// A domain this launcher created (paused) in libvirtd.
 pub struct LibvirtBackend {
     inner: Inner,
 }
 
-struct Inner {
-    client: Client,
+/// The link to libvirtd, shared by the backend's calls and the forwarder,
+/// which replaces the client after a reconnect.
+struct Conn {
+    endpoint: Endpoint,
+    uri: String,
     dom: DomainRef,
     name: String,
-    uri: String,
-    keep_nvram: bool,
+    call_timeout: Duration,
+    /// `None` while reconnecting.
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl Conn {
+    fn client(&self, operation: &'static str) -> Result<Arc<Client>, BackendError> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| BackendError::Unreachable {
+                operation,
+                detail: format!("reconnecting to libvirtd at {}", self.uri),
+            })
+    }
+
+    fn set_client(&self, client: Option<Arc<Client>>) {
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+}
+
+/// Owns the created domain: dropping it destroys the domain.
+struct Inner {
+    conn: Arc<Conn>,
+    /// The per-VM EFI variable store, removed at exit unless persistent.
+    nvram_to_remove: Option<PathBuf>,
+    vnc_socket: PathBuf,
     /// Maps the connection's notices onto the backend's events.
     forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Renders `domain`, defines it under `opts.uri` and starts it paused.
+/// Renders `domain` and creates it under `opts.uri`, paused and
+/// auto-destroyed with the launcher's connection.
 pub async fn create(
     domain: &Domain,
     paths: &VmPaths,
@@ -88,24 +150,41 @@ pub async fn create(
         paths: paths.clone(),
         firmware: opts.firmware.clone(),
         confidential: opts.confidential.clone(),
-    };
+    }
+    .absolute()
+    .map_err(|e| {
+        BackendError::Host(format!(
+            "cannot make {} absolute: {e}",
+            paths.dir.display()
+        ))
+    })?;
     let xml = render(domain, &ctx).map_err(|e| BackendError::Host(e.to_string()))?;
     prepare_host_files(domain, paths)?;
     let name = domain_name(domain);
     let uri = opts.uri.as_str();
-    let keep_nvram = matches!(
-        domain.boot,
-        Boot::Efi {
-            persistent: true,
-            ..
-        }
-    );
-    let (client, notices) = Client::connect(uri)
+    let nvram_to_remove = match (&ctx.firmware, &domain.boot) {
+        (
+            _,
+            Boot::Efi {
+                persistent: true, ..
+            },
+        ) => None,
+        (
+            Some(LibvirtFirmware::Loader {
+                nvram: Some(nvram), ..
+            }),
+            _,
+        ) => Some(nvram.path.clone()),
+        _ => None,
+    };
+    let unreachable = |e: RpcError| BackendError::Unreachable {
+        operation: "connect to libvirtd",
+        detail: format!("{uri}: {e}"),
+    };
+    let endpoint = resolve(uri).map_err(unreachable)?;
+    let (client, notices) = Client::connect_endpoint(endpoint.clone(), DEFAULT_CALL_TIMEOUT)
         .await
-        .map_err(|e| BackendError::Unreachable {
-            operation: "connect to libvirtd",
-            detail: format!("{uri}: {e}"),
-        })?;
+        .map_err(unreachable)?;
     match client.lib_version().await {
         Ok(v) => tracing::debug!(
             uri,
@@ -115,39 +194,41 @@ pub async fn create(
         ),
         Err(e) => tracing::debug!(error = %e, "libvirt version unknown"),
     }
-    remove_leftover(&client, &name, uri).await?;
+    check_existing(&client, &name, uri).await?;
     let dom = client
-        .define_xml(&xml)
+        .create_xml(
+            &xml,
+            flags::VIR_DOMAIN_START_PAUSED | flags::VIR_DOMAIN_START_AUTODESTROY,
+        )
         .await
-        .map_err(|e| failed("define the domain", e))?;
-    tracing::info!(domain = name, uri, "libvirt domain defined");
-    // From here on, dropping `inner` undefines the domain.
+        .map_err(|e| create_failed(&name, uri, e))?;
+    tracing::info!(domain = name, uri, "libvirt domain created paused (transient, auto-destroyed)");
+    // From here on the domain is this launcher's: dropping `inner` destroys it.
+    let client = Arc::new(client);
     let mut inner = Inner {
-        client,
-        dom,
-        name,
-        uri: uri.to_owned(),
-        keep_nvram,
+        conn: Arc::new(Conn {
+            endpoint,
+            uri: uri.to_owned(),
+            dom,
+            name,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            client: Mutex::new(Some(client.clone())),
+        }),
+        nvram_to_remove,
+        vnc_socket: vnc_socket_path(&ctx.paths),
         forwarder: None,
     };
+    let ids = register(&client, &inner.conn.dom)
+        .await
+        .map_err(|e| backend_error("subscribe to domain events", e))?;
     let (tx, events) = mpsc::unbounded_channel();
-    let lifecycle = inner
-        .client
-        .register_event(flags::VIR_DOMAIN_EVENT_ID_LIFECYCLE, &inner.dom)
-        .await
-        .map_err(|e| failed("subscribe to domain events", e))?;
-    let reboot = inner
-        .client
-        .register_event(flags::VIR_DOMAIN_EVENT_ID_REBOOT, &inner.dom)
-        .await
-        .map_err(|e| failed("subscribe to domain events", e))?;
-    inner.forwarder = Some(tokio::spawn(forward(notices, lifecycle, reboot, tx)));
-    inner
-        .client
-        .create_with_flags(&inner.dom, flags::VIR_DOMAIN_START_PAUSED)
-        .await
-        .map_err(|e| failed("start the domain", e))?;
-    tracing::info!(domain = %inner.name, "libvirt domain started paused");
+    inner.forwarder = Some(tokio::spawn(forward(
+        inner.conn.clone(),
+        notices,
+        ids,
+        tx,
+        RECONNECT_WINDOW,
+    )));
     Ok(Created {
         backend: LibvirtBackend { inner },
         events,
@@ -155,75 +236,235 @@ pub async fn create(
     })
 }
 
+/// The callback ids of this connection's lifecycle and reboot events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallbackIds {
+    lifecycle: i32,
+    reboot: i32,
+}
+
+async fn register(client: &Client, dom: &DomainRef) -> Result<CallbackIds, RpcError> {
+    Ok(CallbackIds {
+        lifecycle: client
+            .register_event(flags::VIR_DOMAIN_EVENT_ID_LIFECYCLE, dom)
+            .await?,
+        reboot: client
+            .register_event(flags::VIR_DOMAIN_EVENT_ID_REBOOT, dom)
+            .await?,
+    })
+}
+
 /// Feeds the domain's events through the [`EventMapper`] until the last
-/// one, or until the connection ends (which is the hypervisor's death as
-/// far as the launcher can tell: it can no longer control the VM).
+/// one. A lost connection is retried for `window`; only when libvirtd does
+/// not come back is it the hypervisor's death as far as the launcher can
+/// tell: it can no longer control the VM.
 async fn forward(
+    conn: Arc<Conn>,
     mut notices: mpsc::UnboundedReceiver<Notice>,
-    lifecycle_id: i32,
-    reboot_id: i32,
+    mut ids: CallbackIds,
     tx: mpsc::UnboundedSender<Event>,
+    window: Duration,
 ) {
     let mut mapper = EventMapper::default();
-    while let Some(notice) = notices.recv().await {
-        let mapped = match notice {
-            Notice::Event(DomainEvent::Lifecycle {
-                callback_id,
-                event,
-                detail,
-                ..
-            }) if callback_id == lifecycle_id => mapper.lifecycle(event, detail),
-            Notice::Event(DomainEvent::Reboot { callback_id, .. }) if callback_id == reboot_id => {
-                mapper.reboot()
+    loop {
+        let reason = loop {
+            let Some(notice) = notices.recv().await else {
+                return;
+            };
+            let mapped = match notice {
+                Notice::Event(DomainEvent::Lifecycle {
+                    callback_id,
+                    event,
+                    detail,
+                    ..
+                }) if callback_id == ids.lifecycle => mapper.lifecycle(event, detail),
+                Notice::Event(DomainEvent::Reboot { callback_id, .. })
+                    if callback_id == ids.reboot =>
+                {
+                    mapper.reboot()
+                }
+                Notice::Event(other) => {
+                    tracing::debug!(?other, "libvirt event of another callback ignored");
+                    continue;
+                }
+                Notice::Closed(reason) => break reason,
+            };
+            let mapped = if mapped.query_state {
+                paused_reason(&conn, &mut mapper).await
+            } else {
+                mapped
+            };
+            if emit(&tx, mapped) {
+                return;
             }
-            Notice::Event(other) => {
-                tracing::debug!(?other, "libvirt event of another callback ignored");
-                continue;
-            }
-            Notice::Closed(reason) => Mapped {
-                event: Some(Event::HypervisorDied {
-                    detail: format!("{reason}; the VM can no longer be controlled"),
-                }),
-                last: true,
-            },
         };
-        if let Some(event) = mapped.event {
-            tracing::debug!(?event, "libvirt event");
-            // The receiver is gone only when the runner stopped listening.
-            let _ = tx.send(event);
-        }
-        if mapped.last {
-            // Dropping `tx` closes the channel: the hypervisor is gone.
+        conn.set_client(None);
+        tracing::warn!(%reason, window = ?window,
+            "lost the connection to libvirtd; reconnecting");
+        let deadline = Instant::now() + window;
+        let (client, rx, found) = match reconnect(&conn, deadline).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                emit(
+                    &tx,
+                    died(format!(
+                        "lost the connection to libvirtd ({reason}) and could not reconnect \
+                         within {window:?} ({e}); the VM can no longer be controlled"
+                    )),
+                );
+                return;
+            }
+        };
+        let Some((new_ids, (domain_state, state_reason))) = found else {
+            emit(
+                &tx,
+                died(format!(
+                    "the domain is gone after libvirtd came back (the connection was lost: \
+                     {reason}); libvirtd destroys the launcher's auto-destroy domain when it \
+                     shuts down"
+                )),
+            );
+            return;
+        };
+        tracing::warn!(domain = %conn.name, domain_state, state_reason,
+            "reconnected to libvirtd; the VM is still there");
+        conn.set_client(Some(client));
+        notices = rx;
+        ids = new_ids;
+        if emit(&tx, mapper.from_state(domain_state, state_reason)) {
             return;
         }
     }
 }
 
-/// A domain of the same name left behind by a launcher that could not clean
-/// up (SIGKILL) is removed when it is shut off; a running one means another
-/// launcher owns it.
-async fn remove_leftover(client: &Client, name: &str, uri: &str) -> Result<(), BackendError> {
+/// One new connection with the events registered again, and the domain's
+/// state, or `None` in place of them when libvirt no longer knows the
+/// domain.
+type Reconnected = (
+    Arc<Client>,
+    mpsc::UnboundedReceiver<Notice>,
+    Option<(CallbackIds, (i32, i32))>,
+);
+
+async fn reconnect(conn: &Conn, deadline: Instant) -> Result<Reconnected, RpcError> {
+    loop {
+        let attempt = async {
+            let (client, rx) =
+                Client::connect_endpoint(conn.endpoint.clone(), conn.call_timeout).await?;
+            let Some(dom) = client.lookup_by_uuid(&conn.dom.uuid).await? else {
+                return Ok((Arc::new(client), rx, None));
+            };
+            // Registered before the state is read: nothing falls between.
+            let ids = register(&client, &dom).await?;
+            let state = client.get_state(&dom).await?;
+            Ok((Arc::new(client), rx, Some((ids, state))))
+        };
+        let err = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(RpcError::Closed(
+                    "libvirtd did not answer in time".to_owned(),
+                ))
+            }
+        };
+        if Instant::now() + RECONNECT_RETRY >= deadline {
+            return Err(err);
+        }
+        tracing::debug!(error = %err, "libvirtd not back yet");
+        tokio::time::sleep(RECONNECT_RETRY).await;
+    }
+}
+
+/// A `SUSPENDED` event that does not say why: libvirtd's state does.
+async fn paused_reason(conn: &Conn, mapper: &mut EventMapper) -> Mapped {
+    let state = match conn.client("read the domain state") {
+        Ok(client) => client.get_state(&conn.dom).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match state {
+        Ok((domain_state, reason)) => mapper.from_state(domain_state, reason),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask libvirtd why the domain paused");
+            mapper.from_state(flags::VIR_DOMAIN_PAUSED, flags::VIR_DOMAIN_PAUSED_UNKNOWN)
+        }
+    }
+}
+
+fn died(detail: String) -> Mapped {
+    Mapped {
+        event: Some(Event::HypervisorDied { detail }),
+        last: true,
+        query_state: false,
+    }
+}
+
+/// Sends the mapped event; true when it was the last one.
+fn emit(tx: &mpsc::UnboundedSender<Event>, mapped: Mapped) -> bool {
+    if let Some(event) = mapped.event {
+        tracing::debug!(?event, "libvirt event");
+        // The receiver is gone only when the runner stopped listening.
+        let _ = tx.send(event);
+    }
+    // Returning drops `tx` (the forwarder ends), which closes the channel:
+    // the hypervisor is gone.
+    mapped.last
+}
+
+/// A domain of this name already in libvirt. The launcher only creates
+/// transient domains, so a persistent one was defined by something else
+/// (an older launcher version, or by hand): a shut-off one is undefined, a
+/// running one refused without blaming another launcher. A transient one is
+/// held by another live launcher's connection.
+async fn check_existing(client: &Client, name: &str, uri: &str) -> Result<(), BackendError> {
     let old = client
         .lookup_by_name(name)
         .await
-        .map_err(|e| failed("look up a leftover domain", e))?;
+        .map_err(|e| backend_error("look up an existing domain", e))?;
     let Some(old) = old else {
         return Ok(());
     };
-    if client.is_active(&old).await.unwrap_or(true) {
-        return Err(BackendError::Host(format!(
-            "a libvirt domain named {name} is already running under {uri}; another launcher \
-             runs this VM (stop it, or `virsh -c {uri} destroy {name}`)"
-        )));
+    let persistent = client.is_persistent(&old).await.unwrap_or(false);
+    let active = client.is_active(&old).await.unwrap_or(true);
+    match (persistent, active) {
+        (false, _) => Err(already_exists(name, uri)),
+        (true, true) => Err(BackendError::Host(format!(
+            "a persistent libvirt domain named {name} is running under {uri}; the launcher \
+             only creates transient domains, so it was defined outside the launcher (by hand, \
+             or by an older launcher version): `virsh -c {uri} destroy {name}` and `virsh -c \
+             {uri} undefine --keep-nvram {name}`"
+        ))),
+        (true, false) => {
+            tracing::warn!(
+                domain = name,
+                "undefining a shut-off persistent domain of the same name (defined outside \
+                 the launcher or by an older version)"
+            );
+            client
+                .undefine_flags(&old, flags::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+                .await
+                .map_err(|e| backend_error("undefine the leftover domain", e))
+        }
     }
-    tracing::warn!(
-        domain = name,
-        "undefining a shut-off domain left from an earlier run"
-    );
-    client
-        .undefine_flags(&old, flags::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
-        .await
-        .map_err(|e| failed("undefine the leftover domain", e))
+}
+
+fn already_exists(name: &str, uri: &str) -> BackendError {
+    BackendError::Host(format!(
+        "domain {name} already exists under {uri} (another launcher?); this launcher leaves \
+         it alone"
+    ))
+}
+
+/// libvirt refuses a second domain of the same name or UUID: the race
+/// [`check_existing`] cannot close.
+fn create_failed(name: &str, uri: &str, e: RpcError) -> BackendError {
+    let taken = matches!(e.code(), Some(VIR_ERR_OPERATION_FAILED | VIR_ERR_DOM_EXIST))
+        && e.to_string().contains("already");
+    if taken {
+        tracing::debug!(error = %e, "libvirt refused the duplicate domain");
+        return already_exists(name, uri);
+    }
+    backend_error("create the domain", e)
 }
 
 /// Disks the spec wants created when missing, and no stale console socket
@@ -256,17 +497,25 @@ fn prepare_host_files(domain: &Domain, paths: &VmPaths) -> Result<(), BackendErr
             }
         }
     }
-    let socket = paths.serial_socket();
-    if std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
-        std::fs::remove_file(&socket).map_err(|e| {
+    for socket in [paths.serial_socket(), vnc_socket_path(paths)] {
+        remove_socket(&socket).map_err(|e| {
             BackendError::Host(format!("cannot remove the stale {}: {e}", socket.display()))
         })?;
     }
     Ok(())
 }
-/// libvirtd's refusal keeps its message; a lost connection is an
-/// unreachable hypervisor.
-fn failed(operation: &'static str, e: RpcError) -> BackendError {
+
+/// Removes `path` when it is a unix socket; anything else stays.
+fn remove_socket(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+/// libvirtd's refusal keeps its message; a lost connection or a call
+/// without an answer is an unreachable hypervisor.
+pub(crate) fn backend_error(operation: &'static str, e: RpcError) -> BackendError {
     match e {
         RpcError::Remote(e) => BackendError::Refused {
             operation,
@@ -282,59 +531,60 @@ fn failed(operation: &'static str, e: RpcError) -> BackendError {
 impl LibvirtBackend {
     /// The libvirt domain's name (`<namespace>_<name>`).
     pub fn domain_name(&self) -> &str {
-        &self.inner.name
+        &self.inner.conn.name
+    }
+
+    async fn call<F, Fut>(&self, operation: &'static str, f: F) -> Result<(), BackendError>
+    where
+        F: FnOnce(Arc<Client>, DomainRef) -> Fut,
+        Fut: std::future::Future<Output = Result<(), RpcError>>,
+    {
+        let conn = &self.inner.conn;
+        let client = conn.client(operation)?;
+        f(client, conn.dom.clone())
+            .await
+            .map_err(|e| backend_error(operation, e))
     }
 }
 
 impl Backend for LibvirtBackend {
     async fn boot(&self) -> Result<(), BackendError> {
-        let i = &self.inner;
-        i.client
-            .resume(&i.dom)
-            .await
-            .map_err(|e| failed("boot (resume the paused domain)", e))
+        self.call("boot (resume the paused domain)", |c, d| async move {
+            c.resume(&d).await
+        })
+        .await
     }
 
     async fn pause(&self) -> Result<(), BackendError> {
-        let i = &self.inner;
-        i.client
-            .suspend(&i.dom)
+        self.call("pause", |c, d| async move { c.suspend(&d).await })
             .await
-            .map_err(|e| failed("pause", e))
     }
 
     async fn resume(&self) -> Result<(), BackendError> {
-        let i = &self.inner;
-        i.client
-            .resume(&i.dom)
+        self.call("resume", |c, d| async move { c.resume(&d).await })
             .await
-            .map_err(|e| failed("resume", e))
     }
 
     /// A hard reset, like Cloud Hypervisor's `vm.reboot`: it works whether or
     /// not the guest listens to ACPI.
     async fn reboot(&self) -> Result<(), BackendError> {
-        let i = &self.inner;
-        i.client
-            .reset(&i.dom)
+        self.call("reboot (reset)", |c, d| async move { c.reset(&d).await })
             .await
-            .map_err(|e| failed("reboot (reset)", e))
     }
 
+    /// libvirt refuses the power button of a paused domain ("domain is not
+    /// running"); the runner destroys at once when the power button fails.
     async fn power_button(&self) -> Result<(), BackendError> {
-        let i = &self.inner;
-        i.client
-            .shutdown_flags(&i.dom, flags::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            .await
-            .map_err(|e| failed("ACPI power button", e))
+        self.call("ACPI power button", |c, d| async move {
+            c.shutdown_flags(&d, flags::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                .await
+        })
+        .await
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
-        let i = &self.inner;
-        i.client
-            .destroy(&i.dom)
+        self.call("destroy", |c, d| async move { c.destroy(&d).await })
             .await
-            .map_err(|e| failed("destroy", e))
     }
 
     /// QEMU's chardev keeps `virt-serial0` across reboots.
@@ -348,32 +598,39 @@ impl Drop for Inner {
         if let Some(forwarder) = self.forwarder.take() {
             forwarder.abort();
         }
-        let undefine_flags = if self.keep_nvram {
-            flags::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
-        } else {
-            flags::VIR_DOMAIN_UNDEFINE_NVRAM
-        };
-        let mut client = match BlockingClient::connect(&self.uri, CLEANUP_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(domain = %self.name, uri = %self.uri, error = %e,
-                    "cannot reach libvirtd to undefine the domain");
-                return;
+        let conn = &self.conn;
+        // Destroyed explicitly while the auto-destroy connection is still
+        // open, so the launcher exits only once QEMU is gone; closing that
+        // connection afterwards would destroy it too.
+        match BlockingClient::connect(&conn.uri, CLEANUP_TIMEOUT) {
+            Ok(mut client) => {
+                if client.is_active(&conn.dom).unwrap_or(false) {
+                    tracing::warn!(domain = %conn.name,
+                        "destroying the domain the launcher leaves behind");
+                    if let Err(e) = client.destroy(&conn.dom) {
+                        tracing::error!(domain = %conn.name, error = %e, "destroy failed");
+                    }
+                }
+                if let Err(e) = client.close() {
+                    tracing::debug!(error = %e, "closing the cleanup connection to libvirtd");
+                }
             }
-        };
-        if client.is_active(&self.dom).unwrap_or(false) {
-            tracing::warn!(domain = %self.name, "destroying the domain the launcher leaves behind");
-            if let Err(e) = client.destroy(&self.dom) {
-                tracing::error!(domain = %self.name, error = %e, "destroy failed");
+            Err(e) => tracing::error!(domain = %conn.name, uri = %conn.uri, error = %e,
+                "cannot reach libvirtd to destroy the domain; its auto-destroy applies \
+                 when the launcher's connection closes"),
+        }
+        conn.set_client(None);
+        if let Some(nvram) = &self.nvram_to_remove {
+            match std::fs::remove_file(nvram) {
+                Ok(()) => tracing::debug!(path = %nvram.display(), "NVRAM copy removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %nvram.display(), error = %e,
+                    "cannot remove the VM's NVRAM copy"),
             }
         }
-        match client.undefine_flags(&self.dom, undefine_flags) {
-            Ok(()) => tracing::info!(domain = %self.name, "libvirt domain undefined"),
-            Err(e) => tracing::error!(domain = %self.name, uri = %self.uri,
-                error = %e, "cannot undefine the libvirt domain"),
-        }
-        if let Err(e) = client.close() {
-            tracing::debug!(error = %e, "closing the cleanup connection to libvirtd");
+        if let Err(e) = remove_socket(&self.vnc_socket) {
+            tracing::warn!(path = %self.vnc_socket.display(), error = %e,
+                "cannot remove the VNC socket");
         }
     }
 }
@@ -395,6 +652,26 @@ mod tests {
         })
     }
 
+    /// A link whose libvirtd is gone for good: reconnecting fails.
+    fn unreachable_conn() -> Arc<Conn> {
+        let dir = std::env::temp_dir().join(format!("no-libvirtd-{}", std::process::id()));
+        Arc::new(Conn {
+            endpoint: Endpoint {
+                socket: dir.join("libvirt-sock"),
+                name: "qemu:///system".into(),
+            },
+            uri: "qemu:///system".into(),
+            dom: DomainRef {
+                name: "default_tiny".into(),
+                uuid: [0; 16],
+                id: 1,
+            },
+            name: "default_tiny".into(),
+            call_timeout: Duration::from_millis(200),
+            client: Mutex::new(None),
+        })
+    }
+
     async fn forwarded(notices: Vec<Notice>) -> Vec<Event> {
         let (ntx, nrx) = mpsc::unbounded_channel();
         for n in notices {
@@ -403,7 +680,17 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         // `forward` ends (dropping `tx`) at the last event; keeping `ntx`
         // open proves it does not wait for more.
-        forward(nrx, 7, 8, tx).await;
+        forward(
+            unreachable_conn(),
+            nrx,
+            CallbackIds {
+                lifecycle: 7,
+                reboot: 8,
+            },
+            tx,
+            Duration::from_millis(600),
+        )
+        .await;
         let mut out = Vec::new();
         while let Some(e) = rx.recv().await {
             out.push(e);
@@ -427,8 +714,35 @@ mod tests {
             panic!("{events:?}");
         };
         assert!(
-            detail.contains("libvirtd closed the connection"),
+            detail.contains("libvirtd closed the connection")
+                && detail.contains("could not reconnect within"),
             "{detail}"
+        );
+    }
+
+    #[tokio::test]
+    async fn suspended_without_a_telling_detail_asks_libvirtd_and_falls_back_to_unknown() {
+        let events = forwarded(vec![
+            lifecycle(7, 4, 0), // the boot
+            lifecycle(7, 3, 2), // SUSPENDED/IOERROR
+            lifecycle(7, 4, 0),
+            lifecycle(7, 3, 6), // SUSPENDED/API_ERROR: GET_STATE fails here
+            lifecycle(7, 5, 1), // STOPPED/DESTROYED
+        ])
+        .await;
+        assert_eq!(
+            events,
+            vec![
+                Event::Booted,
+                Event::Suspended {
+                    reason: crate::lifecycle::Reason::IOError
+                },
+                Event::Resumed,
+                Event::Suspended {
+                    reason: crate::lifecycle::Reason::Unknown
+                },
+                Event::Destroyed,
+            ]
         );
     }
 

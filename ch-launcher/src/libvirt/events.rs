@@ -6,7 +6,11 @@
 //! | `STARTED/*`                                | none: the runner reports `Created`; the driver always starts paused |
 //! | `RESUMED/*`, first time                    | `Booted`                    |
 //! | `RESUMED/*`, later                         | `Resumed`                   |
-//! | `SUSPENDED/*` after boot, `PMSUSPENDED/*`  | `Paused`                    |
+//! | `SUSPENDED/PAUSED` after boot (`virDomainSuspend`: the launcher's `pause`, or `virsh suspend`) | `Paused` (Paused/User) |
+//! | `SUSPENDED/IOERROR`                        | `Suspended{IOError}`        |
+//! | `SUSPENDED/WATCHDOG`                       | `Suspended{Watchdog}`       |
+//! | `SUSPENDED/*` other (`API_ERROR`, migration, snapshot, ...) | the reason `DOMAIN_GET_STATE` gives (below) |
+//! | `PMSUSPENDED/*` (guest S3/S4)              | `PmSuspended` (PMSuspended/Unknown) |
 //! | `SHUTDOWN/*`                               | none: `STOPPED` follows     |
 //! | `STOPPED/SHUTDOWN` (guest powered off)     | `GuestPoweredOff`           |
 //! | `STOPPED/DESTROYED`                        | `Destroyed`                 |
@@ -15,7 +19,23 @@
 //! | `STOPPED/SAVED`, `MIGRATED`, `FROM_SNAPSHOT`, ... | `HypervisorDied` (stopped by someone else) |
 //! | `CRASHED/*` (pvpanic)                      | `GuestPanicked`             |
 //! | `REBOOT` (separate event id: guest reset)  | `Rebooted`                  |
-//! | lost connection to libvirtd (EOF on its socket) | `HypervisorDied`       |
+//! | lost connection to libvirtd, not back within the reconnect window | `HypervisorDied` |
+//!
+//! `DOMAIN_GET_STATE` answers ([`EventMapper::from_state`]), asked after a
+//! `SUSPENDED` event whose detail says nothing and after a reconnect:
+//!
+//! | `virDomainState` / reason                  | [`Event`]                   |
+//! |--------------------------------------------|-----------------------------|
+//! | `PAUSED/USER`                              | `Paused`                    |
+//! | `PAUSED/IOERROR`, `PAUSED/WATCHDOG`        | `Suspended{IOError}`, `Suspended{Watchdog}` |
+//! | `PAUSED/*` other                           | `Suspended{Unknown}`        |
+//! | `RUNNING/*`                                | `Booted` first time, `Resumed` after a pause, else none |
+//! | `PMSUSPENDED/*`                            | `PmSuspended`               |
+//! | `SHUTOFF/SHUTDOWN`, `/DESTROYED`, `/CRASHED`, other | as `STOPPED/*` above (last) |
+//! | `CRASHED/*`                                | `GuestPanicked`             |
+//!
+//! Before the boot (the domain is created paused) pause states change
+//! nothing: the VM stays Paused/StartingUp until its first resume.
 //!
 //! Measured against libvirt 9.0 + QEMU 7.2: a guest power-off emits
 //! `SHUTDOWN/FINISHED` then `STOPPED/SHUTDOWN`; `virsh destroy` emits
@@ -26,7 +46,8 @@
 //! A `STOPPED` event is the last one: the driver closes the event channel
 //! after it, which tells the runner the hypervisor is gone.
 
-use crate::lifecycle::Event;
+use super::rpc::flags as state;
+use crate::lifecycle::{Event, Reason};
 
 /// libvirt's lifecycle event and detail numbers (`virDomainEventType` and
 /// the `virDomainEvent*DetailType`s of `libvirt-domain.h`). They are ABI:
@@ -45,6 +66,9 @@ mod sys {
 
     pub const VIR_DOMAIN_EVENT_STARTED_BOOTED: u32 = 0;
     pub const VIR_DOMAIN_EVENT_SUSPENDED_PAUSED: u32 = 0;
+    pub const VIR_DOMAIN_EVENT_SUSPENDED_IOERROR: u32 = 2;
+    pub const VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG: u32 = 3;
+    pub const VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR: u32 = 6;
     pub const VIR_DOMAIN_EVENT_RESUMED_UNPAUSED: u32 = 0;
     pub const VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED: u32 = 0;
     pub const VIR_DOMAIN_EVENT_CRASHED_PANICKED: u32 = 0;
@@ -65,6 +89,8 @@ mod sys {
 #[derive(Debug, Default, Clone)]
 pub struct EventMapper {
     booted: bool,
+    /// Paused after the boot (by anyone), as last reported.
+    paused: bool,
 }
 
 /// What one libvirt event means for the launcher.
@@ -73,33 +99,52 @@ pub struct Mapped {
     pub event: Option<Event>,
     /// The domain is gone: no further event will come.
     pub last: bool,
+    /// The event does not say why the domain paused: ask libvirtd
+    /// (`DOMAIN_GET_STATE`) and map its answer with [`EventMapper::from_state`].
+    pub query_state: bool,
+}
+
+impl Mapped {
+    fn event(event: Option<Event>) -> Mapped {
+        Mapped {
+            event,
+            last: false,
+            query_state: false,
+        }
+    }
 }
 
 impl EventMapper {
     /// Maps a `VIR_DOMAIN_EVENT_ID_LIFECYCLE` callback's `event` and `detail`.
     pub fn lifecycle(&mut self, event: i32, detail: i32) -> Mapped {
         let (Ok(event), Ok(detail)) = (u32::try_from(event), u32::try_from(detail)) else {
-            return Mapped {
-                event: None,
-                last: false,
-            };
+            return Mapped::event(None);
         };
-        let mut last = false;
-        let mapped = match event {
-            sys::VIR_DOMAIN_EVENT_RESUMED => {
-                if self.booted {
-                    Some(Event::Resumed)
-                } else {
-                    self.booted = true;
-                    Some(Event::Booted)
-                }
+        match event {
+            sys::VIR_DOMAIN_EVENT_RESUMED => Mapped::event(self.running()),
+            sys::VIR_DOMAIN_EVENT_SUSPENDED if self.booted => {
+                let reason = match detail {
+                    sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED => Reason::User,
+                    sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR => Reason::IOError,
+                    sys::VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG => Reason::Watchdog,
+                    // API_ERROR and the rest: libvirtd's state says why.
+                    _ => {
+                        return Mapped {
+                            query_state: true,
+                            ..Mapped::event(None)
+                        }
+                    }
+                };
+                Mapped::event(self.paused(reason))
             }
-            sys::VIR_DOMAIN_EVENT_SUSPENDED if self.booted => Some(Event::Paused),
-            sys::VIR_DOMAIN_EVENT_PMSUSPENDED => Some(Event::Paused),
-            sys::VIR_DOMAIN_EVENT_CRASHED => Some(Event::GuestPanicked),
-            sys::VIR_DOMAIN_EVENT_STOPPED => {
-                last = true;
-                Some(match detail {
+            sys::VIR_DOMAIN_EVENT_PMSUSPENDED => {
+                self.paused = true;
+                Mapped::event(Some(Event::PmSuspended))
+            }
+            sys::VIR_DOMAIN_EVENT_CRASHED => Mapped::event(Some(Event::GuestPanicked)),
+            sys::VIR_DOMAIN_EVENT_STOPPED => Mapped {
+                last: true,
+                ..Mapped::event(Some(match detail {
                     sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => Event::GuestPoweredOff,
                     sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED => Event::Destroyed,
                     sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED => Event::GuestPanicked,
@@ -112,22 +157,77 @@ impl EventMapper {
                             stopped_detail_name(other)
                         ),
                     },
-                })
-            }
-            _ => None,
-        };
-        Mapped {
-            event: mapped,
-            last,
+                }))
+            },
+            _ => Mapped::event(None),
         }
+    }
+
+    /// Maps a `DOMAIN_GET_STATE` answer (`virDomainState`, reason): after a
+    /// `SUSPENDED` event without a telling detail, and after a reconnect,
+    /// when events may have been missed.
+    pub fn from_state(&mut self, domain_state: i32, reason: i32) -> Mapped {
+        match domain_state {
+            state::VIR_DOMAIN_RUNNING => Mapped::event(self.running_if_changed()),
+            state::VIR_DOMAIN_PAUSED if self.booted => {
+                let reason = match reason {
+                    state::VIR_DOMAIN_PAUSED_USER => Reason::User,
+                    state::VIR_DOMAIN_PAUSED_IOERROR => Reason::IOError,
+                    state::VIR_DOMAIN_PAUSED_WATCHDOG => Reason::Watchdog,
+                    _ => Reason::Unknown,
+                };
+                Mapped::event(self.paused(reason))
+            }
+            state::VIR_DOMAIN_PMSUSPENDED => {
+                self.paused = true;
+                Mapped::event(Some(Event::PmSuspended))
+            }
+            state::VIR_DOMAIN_CRASHED => Mapped::event(Some(Event::GuestPanicked)),
+            state::VIR_DOMAIN_SHUTOFF => Mapped {
+                last: true,
+                ..Mapped::event(Some(match reason {
+                    state::VIR_DOMAIN_SHUTOFF_SHUTDOWN => Event::GuestPoweredOff,
+                    state::VIR_DOMAIN_SHUTOFF_DESTROYED => Event::Destroyed,
+                    state::VIR_DOMAIN_SHUTOFF_CRASHED => Event::GuestPanicked,
+                    other => Event::HypervisorDied {
+                        detail: format!("libvirt reports the domain shut off (reason {other})"),
+                    },
+                }))
+            },
+            _ => Mapped::event(None),
+        }
+    }
+
+    fn running(&mut self) -> Option<Event> {
+        self.paused = false;
+        if self.booted {
+            Some(Event::Resumed)
+        } else {
+            self.booted = true;
+            Some(Event::Booted)
+        }
+    }
+
+    /// Like a resume, but silent when the launcher already knew it ran.
+    fn running_if_changed(&mut self) -> Option<Event> {
+        if self.booted && !self.paused {
+            None
+        } else {
+            self.running()
+        }
+    }
+
+    fn paused(&mut self, reason: Reason) -> Option<Event> {
+        self.paused = true;
+        Some(match reason {
+            Reason::User => Event::Paused,
+            reason => Event::Suspended { reason },
+        })
     }
 
     /// Maps a `VIR_DOMAIN_EVENT_ID_REBOOT` callback.
     pub fn reboot(&mut self) -> Mapped {
-        Mapped {
-            event: Some(Event::Rebooted),
-            last: false,
-        }
+        Mapped::event(Some(Event::Rebooted))
     }
 }
 
@@ -287,6 +387,74 @@ mod tests {
     }
 
     #[test]
+    fn hypervisor_pauses_map_to_their_kubevirt_reasons() {
+        for (detail, reason) in [
+            (sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED, Reason::User),
+            (sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR, Reason::IOError),
+            (sys::VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG, Reason::Watchdog),
+        ] {
+            let events = with_start(&[BOOT, (sys::VIR_DOMAIN_EVENT_SUSPENDED, detail)]);
+            assert_eq!(run(&events), (State::Paused, reason, false), "{detail}");
+        }
+    }
+
+    #[test]
+    fn api_error_pause_asks_libvirtd_for_the_reason() {
+        let mut m = EventMapper::default();
+        m.lifecycle(BOOT.0 as i32, BOOT.1 as i32);
+        let asked = m.lifecycle(
+            sys::VIR_DOMAIN_EVENT_SUSPENDED as i32,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR as i32,
+        );
+        assert!(asked.query_state && asked.event.is_none(), "{asked:?}");
+        for (paused, reason) in [
+            (state::VIR_DOMAIN_PAUSED_USER, Reason::User),
+            (state::VIR_DOMAIN_PAUSED_IOERROR, Reason::IOError),
+            (state::VIR_DOMAIN_PAUSED_WATCHDOG, Reason::Watchdog),
+            (state::VIR_DOMAIN_PAUSED_CRASHED, Reason::Unknown),
+        ] {
+            let mut lifecycle = Lifecycle::default();
+            lifecycle.apply(&Event::Booted);
+            let event = m.from_state(state::VIR_DOMAIN_PAUSED, paused).event.unwrap();
+            lifecycle.apply(&event);
+            assert_eq!(
+                (lifecycle.status().state, lifecycle.status().reason),
+                (State::Paused, reason)
+            );
+        }
+    }
+
+    #[test]
+    fn guest_pm_suspend_maps_to_pmsuspended() {
+        let events = with_start(&[BOOT, (sys::VIR_DOMAIN_EVENT_PMSUSPENDED, 0)]);
+        assert_eq!(run(&events), (State::PMSuspended, Reason::Unknown, false));
+    }
+
+    #[test]
+    fn state_after_reconnect_reports_only_what_changed() {
+        let mut m = EventMapper::default();
+        // Still paused before the boot: nothing to say.
+        let m0 = m.from_state(state::VIR_DOMAIN_PAUSED, state::VIR_DOMAIN_PAUSED_STARTING_UP);
+        assert_eq!(m0.event, None);
+        m.lifecycle(BOOT.0 as i32, BOOT.1 as i32);
+        // Running as known: nothing.
+        assert_eq!(m.from_state(state::VIR_DOMAIN_RUNNING, 1).event, None);
+        // Paused while the launcher was away, then found running again.
+        assert_eq!(
+            m.from_state(state::VIR_DOMAIN_PAUSED, state::VIR_DOMAIN_PAUSED_USER)
+                .event,
+            Some(Event::Paused)
+        );
+        assert_eq!(
+            m.from_state(state::VIR_DOMAIN_RUNNING, 1).event,
+            Some(Event::Resumed)
+        );
+        // Powered off meanwhile: the last event.
+        let off = m.from_state(state::VIR_DOMAIN_SHUTOFF, state::VIR_DOMAIN_SHUTOFF_SHUTDOWN);
+        assert_eq!((off.event, off.last), (Some(Event::GuestPoweredOff), true));
+    }
+
+    #[test]
     fn reboot_event_maps_to_rebooted() {
         assert_eq!(EventMapper::default().reboot().event, Some(Event::Rebooted));
     }
@@ -294,13 +462,7 @@ mod tests {
     #[test]
     fn unknown_event_numbers_are_ignored() {
         let m = EventMapper::default().lifecycle(999, 0);
-        assert_eq!(
-            m,
-            Mapped {
-                event: None,
-                last: false
-            }
-        );
+        assert_eq!(m, Mapped::event(None));
         let m = EventMapper::default().lifecycle(-1, -1);
         assert_eq!(m.event, None);
     }

@@ -897,12 +897,16 @@ mod tests {
     fn every_confidential_document_validates_against_libvirt_schema() {
         const SCHEMAS: &str = "/usr/share/libvirt/schemas";
         let (Some(validate), Some(xmllint)) = (which("virt-xml-validate"), which("xmllint")) else {
-            println!("SKIP: virt-xml-validate or xmllint missing (apt-get install libvirt-clients libxml2-utils)");
+            crate::libvirt::tests::skip(
+                "virt-xml-validate or xmllint missing (apt-get install libvirt-clients libxml2-utils)",
+            );
             return;
         };
         let Ok(common) = std::fs::read_to_string(Path::new(SCHEMAS).join("domaincommon.rng"))
         else {
-            println!("SKIP: libvirt's schema is not installed in {SCHEMAS}");
+            crate::libvirt::tests::skip(&format!(
+                "libvirt's schema is not installed in {SCHEMAS}"
+            ));
             return;
         };
         let installed_knows_new_types =
@@ -950,12 +954,14 @@ mod tests {
     #[test]
     fn extended_schema_rejects_unknown_launch_security_content() {
         let Some(xmllint) = which("xmllint") else {
-            println!("SKIP: xmllint missing (apt-get install libxml2-utils)");
+            crate::libvirt::tests::skip("xmllint missing (apt-get install libxml2-utils)");
             return;
         };
         const SCHEMAS: &str = "/usr/share/libvirt/schemas";
         if !Path::new(SCHEMAS).join("domain.rng").is_file() {
-            println!("SKIP: libvirt's schema is not installed in {SCHEMAS}");
+            crate::libvirt::tests::skip(&format!(
+                "libvirt's schema is not installed in {SCHEMAS}"
+            ));
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -77,9 +77,40 @@ pub fn render(domain: &Domain, ctx: &RenderContext) -> Result<String, RenderErro
     Ok(out)
 }
 
+impl RenderContext {
+    /// The same context with the VM directory and the NVRAM path made
+    /// absolute against the current directory: libvirtd and QEMU run
+    /// elsewhere, so a relative `--private-dir` would name other files.
+    pub fn absolute(&self) -> std::io::Result<RenderContext> {
+        let mut ctx = self.clone();
+        ctx.paths.dir = std::path::absolute(&self.paths.dir)?;
+        if let Some(LibvirtFirmware::Loader {
+            nvram: Some(nvram), ..
+        }) = &mut ctx.firmware
+        {
+            nvram.path = std::path::absolute(&nvram.path)?;
+        }
+        Ok(ctx)
+    }
+}
+
 /// The typed document, or every problem found.
 pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErrors> {
     let mut errors = SpecErrors::default();
+    let absolute = ctx.absolute();
+    let ctx = match &absolute {
+        Ok(abs) => abs,
+        Err(e) => {
+            errors.push(
+                "--private-dir",
+                format!(
+                    "cannot make {} absolute for libvirt: {e}",
+                    ctx.paths.dir.display()
+                ),
+            );
+            ctx
+        }
+    };
 
     if !is_uuid(&domain.firmware.uuid) {
         errors.push(

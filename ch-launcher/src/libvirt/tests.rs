@@ -770,10 +770,7 @@ fn disk_letters_continue_past_z() {
 /// Every document of the corpus validates against libvirt's schema.
 #[test]
 fn every_corpus_document_validates_against_libvirt_schema() {
-    let Some(validator) = which("virt-xml-validate") else {
-        println!(
-            "SKIP: virt-xml-validate not installed (apt-get install libvirt-clients libxml2-utils)"
-        );
+    let Some(validator) = validator() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -798,6 +795,83 @@ fn every_corpus_document_validates_against_libvirt_schema() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// `virt-xml-validate`, or `None` after a SKIP line (a failure under
+/// `CH_LAUNCHER_REQUIRE_LIBVIRT=1`).
+fn validator() -> Option<PathBuf> {
+    let found = which("virt-xml-validate");
+    if found.is_none() {
+        skip("virt-xml-validate not installed (apt-get install libvirt-clients libxml2-utils)");
+    }
+    found
+}
+
+/// CI sets `CH_LAUNCHER_REQUIRE_LIBVIRT=1`: there a missing libvirt tool or
+/// an unreachable libvirtd fails the test instead of skipping it, so that a
+/// broken host set-up cannot pass unnoticed.
+pub(crate) fn skip(why: &str) {
+    let required = std::env::var("CH_LAUNCHER_REQUIRE_LIBVIRT").is_ok_and(|v| v == "1");
+    assert!(!required, "{why}; CH_LAUNCHER_REQUIRE_LIBVIRT=1 requires it");
+    println!("SKIP: {why}");
+}
+
+/// A relative `--private-dir` still gives libvirt absolute paths (libvirtd
+/// and QEMU do not share the launcher's working directory), and the
+/// document still validates.
+#[test]
+fn relative_private_dir_renders_absolute_paths_that_validate() {
+    let (_, mut d, _) = corpus().remove(9);
+    d.boot = Boot::Efi {
+        secure_boot: false,
+        persistent: false,
+    };
+    let paths = VmPaths::new(Path::new("rel/private"), "0f4c-uid");
+    let mut firmware = ovmf();
+    if let LibvirtFirmware::Loader {
+        nvram: Some(nvram), ..
+    } = &mut firmware
+    {
+        nvram.path = nvram_dir(&paths).join("default_tiny_VARS.fd");
+    }
+    let c = RenderContext {
+        paths,
+        firmware: Some(firmware),
+        confidential: Default::default(),
+    };
+    let xml = render(&d, &c).unwrap();
+    let dom = Node::parse(&xml);
+    let cwd = std::env::current_dir().unwrap();
+    let vm_dir = cwd.join("rel/private/0f4c-uid");
+    for (what, path) in [
+        ("serial source", dom.one("devices/serial/source").attr("path")),
+        ("serial log", dom.one("devices/serial/log").attr("file")),
+        ("vnc socket", dom.one("devices/graphics/listen").attr("socket")),
+        ("nvram", dom.one("os/nvram").text.as_str()),
+    ] {
+        assert!(
+            Path::new(path).is_absolute() && Path::new(path).starts_with(&vm_dir),
+            "{what}: {path} is not under {}",
+            vm_dir.display()
+        );
+    }
+    let Some(validator) = validator() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relative.xml");
+    std::fs::write(&file, &xml).unwrap();
+    let out = std::process::Command::new(validator)
+        .arg(&file)
+        .arg("domain")
+        .output()
+        .expect("virt-xml-validate runs");
+    assert!(
+        out.status.success(),
+        "{}{}\n{xml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -818,7 +892,9 @@ fn every_corpus_document_is_accepted_by_libvirtd() {
             .output()
             .is_ok_and(|o| o.status.success());
     if !reachable {
-        println!("SKIP: libvirtd not reachable at {uri} (run .ci/setup-host.sh)");
+        skip(&format!(
+            "libvirtd not reachable at {uri} (run .ci/setup-host.sh)"
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();

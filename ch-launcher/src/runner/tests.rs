@@ -499,7 +499,10 @@ async fn boot_failure_is_an_error_and_destroys_the_created_vm() {
     let last = status.borrow().clone();
     assert_eq!((last.state, last.reason), (State::Shutoff, Reason::Failed));
     assert!(
-        last.message.as_deref().unwrap_or("").contains("VM is not running"),
+        last.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("VM is not running"),
         "{last:?}"
     );
     assert_eq!(handle.calls(), vec![Call::Boot, Call::Destroy]);
@@ -639,7 +642,11 @@ async fn vm_dir_is_private_and_sockets_are_gone_after_the_run() {
 
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&paths.dir), 0o700);
-    assert_eq!(mode(&paths.lock_file()) & 0o077, 0, "the lock file is private");
+    assert_eq!(
+        mode(&paths.lock_file()) & 0o077,
+        0,
+        "the lock file is private"
+    );
     assert_eq!(mode(&paths.serial_socket()), 0o600);
     assert_eq!(mode(&paths.control_socket()), 0o600);
 
@@ -694,8 +701,10 @@ async fn a_second_launcher_for_the_same_vm_is_refused() {
         "{err}"
     );
     assert!(
-        err.to_string()
-            .contains(&format!("another ch-launcher (pid {}) runs this VM", std::process::id())),
+        err.to_string().contains(&format!(
+            "another ch-launcher (pid {}) runs this VM",
+            std::process::id()
+        )),
         "{err}"
     );
 
@@ -870,10 +879,9 @@ async fn two_launchers_started_together_create_the_vm_once() {
             },
         )
     };
-    let (a, b) = tokio::time::timeout(
-        T,
-        async { tokio::join!(start(created.clone()), start(created.clone())) },
-    )
+    let (a, b) = tokio::time::timeout(T, async {
+        tokio::join!(start(created.clone()), start(created.clone()))
+    })
     .await
     .unwrap();
     let errors = [a.unwrap_err(), b.unwrap_err()];
@@ -888,9 +896,7 @@ async fn two_launchers_started_together_create_the_vm_once() {
     );
     // The lock went with the launcher that held it: a later run may start.
     let err = Runner::new(domain(Duration::from_secs(1), false), s.opts.clone())
-        .run(|_d: Domain, _p: VmPaths| async {
-            Err::<Created<FakeBackend>, _>("created again")
-        })
+        .run(|_d: Domain, _p: VmPaths| async { Err::<Created<FakeBackend>, _>("created again") })
         .await
         .unwrap_err();
     assert!(matches!(err, RunError::Create(_)), "{err}");

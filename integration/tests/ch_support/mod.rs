@@ -285,6 +285,11 @@ impl Launcher {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }
 
+    /// `<private dir>/<uid>`.
+    pub fn vm_dir(&self) -> &Path {
+        &self.vm_dir
+    }
+
     pub fn private_dir(&self) -> PathBuf {
         self.dir.path().join("p")
     }
@@ -521,6 +526,11 @@ pub struct Console {
 }
 
 impl Console {
+    /// The connection itself, for tests that read and write concurrently.
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to virt-serial0");
     }

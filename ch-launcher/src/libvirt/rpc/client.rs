@@ -26,6 +26,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
@@ -54,6 +55,9 @@ pub enum RpcError {
     Closed(String),
     #[error("{0}")]
     Remote(RemoteError),
+    /// libvirtd accepted the call but did not answer in time.
+    #[error("libvirtd did not answer procedure {procedure} within {after:?}")]
+    Timeout { procedure: i32, after: Duration },
 }
 
 impl RpcError {
@@ -154,6 +158,12 @@ fn resolve_in(
     })
 }
 
+/// How long [`Client::call`] waits for libvirtd's answer unless told
+/// otherwise ([`Client::set_call_timeout`]). Every call the launcher makes
+/// answers in well under a second; a destroy waits for QEMU to exit, which
+/// libvirt itself bounds to about 15 s.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A call's outcome as the reader task hands it over.
 type Reply = Result<Vec<u8>, RpcError>;
 
@@ -187,6 +197,7 @@ pub struct Client {
     serial: AtomicU32,
     reader: tokio::task::JoinHandle<()>,
     endpoint: Endpoint,
+    call_timeout: Duration,
 }
 
 impl Drop for Client {
@@ -200,7 +211,15 @@ impl Client {
     /// Connects, authenticates and opens `uri`. Domain events and the end
     /// of the connection arrive on the returned channel.
     pub async fn connect(uri: &str) -> Result<(Client, mpsc::UnboundedReceiver<Notice>), RpcError> {
-        let endpoint = resolve(uri)?;
+        Self::connect_endpoint(resolve(uri)?, DEFAULT_CALL_TIMEOUT).await
+    }
+
+    /// [`Client::connect`] to an already resolved endpoint, each call
+    /// (the handshake's too) bounded by `call_timeout`.
+    pub async fn connect_endpoint(
+        endpoint: Endpoint,
+        call_timeout: Duration,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<Notice>), RpcError> {
         let stream = tokio::net::UnixStream::connect(&endpoint.socket)
             .await
             .map_err(|source| RpcError::Connect {
@@ -221,6 +240,7 @@ impl Client {
             serial: AtomicU32::new(0),
             reader,
             endpoint,
+            call_timeout,
         };
         client.open().await?;
         Ok((client, rx))
@@ -228,6 +248,11 @@ impl Client {
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Bounds how long each later call waits for its answer.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
     }
 
     async fn open(&self) -> Result<(), RpcError> {
@@ -250,9 +275,36 @@ impl Client {
         Ok(())
     }
 
-    /// One round trip: the reply body, or libvirtd's error.
+    /// One round trip: the reply body, or libvirtd's error. A daemon that
+    /// does not answer within the call timeout is [`RpcError::Timeout`]: a
+    /// hung libvirtd must not hang the launcher's stop.
     pub async fn call(&self, procedure: i32, body: Vec<u8>) -> Result<Vec<u8>, RpcError> {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.call_timeout, self.round_trip(serial, procedure, body))
+            .await
+        {
+            Ok(reply) => reply,
+            Err(_) => {
+                // A late answer finds no waiter and is dropped by the reader.
+                self.shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&serial);
+                Err(RpcError::Timeout {
+                    procedure,
+                    after: self.call_timeout,
+                })
+            }
+        }
+    }
+
+    async fn round_trip(
+        &self,
+        serial: u32,
+        procedure: i32,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, RpcError> {
         let (tx, rx) = oneshot::channel();
         {
             // The reader sets `closed` and drains `pending` under this lock,
@@ -300,6 +352,35 @@ impl Client {
                 .call(proc::DOMAIN_DEFINE_XML_FLAGS, args::define_xml(xml, 0))
                 .await?,
         )?)
+    }
+
+    /// Creates and starts a transient domain (`virDomainCreateXML`); with
+    /// `VIR_DOMAIN_START_AUTODESTROY` libvirtd destroys it when this
+    /// connection closes, whatever happens to the launcher.
+    pub async fn create_xml(&self, xml: &str, flags: u32) -> Result<DomainRef, RpcError> {
+        Ok(ret::dom(
+            &self
+                .call(proc::DOMAIN_CREATE_XML, args::define_xml(xml, flags))
+                .await?,
+        )?)
+    }
+
+    /// The domain with this UUID, `None` when libvirt knows none.
+    pub async fn lookup_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<DomainRef>, RpcError> {
+        not_found_is_none(
+            self.call(proc::DOMAIN_LOOKUP_BY_UUID, args::uuid(uuid))
+                .await
+                .and_then(|b| Ok(ret::dom(&b)?)),
+        )
+    }
+
+    /// Whether libvirt keeps the domain's definition (defined, not transient).
+    pub async fn is_persistent(&self, dom: &DomainRef) -> Result<bool, RpcError> {
+        Ok(ret::int(
+            &self
+                .call(proc::DOMAIN_IS_PERSISTENT, args::dom(dom))
+                .await?,
+        )? != 0)
     }
 
     /// The domain named `name`, `None` when libvirt knows none.

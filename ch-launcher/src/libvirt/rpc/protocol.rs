@@ -30,13 +30,16 @@ pub mod proc {
     pub const CONNECT_OPEN: i32 = 1;
     pub const CONNECT_CLOSE: i32 = 2;
     pub const CONNECT_GET_VERSION: i32 = 4;
+    pub const DOMAIN_CREATE_XML: i32 = 10;
     pub const DOMAIN_DESTROY: i32 = 12;
     pub const DOMAIN_LOOKUP_BY_NAME: i32 = 23;
+    pub const DOMAIN_LOOKUP_BY_UUID: i32 = 24;
     pub const DOMAIN_RESUME: i32 = 28;
     pub const DOMAIN_SUSPEND: i32 = 34;
     pub const AUTH_LIST: i32 = 66;
     pub const AUTH_POLKIT: i32 = 70;
     pub const DOMAIN_IS_ACTIVE: i32 = 150;
+    pub const DOMAIN_IS_PERSISTENT: i32 = 151;
     pub const CONNECT_GET_LIB_VERSION: i32 = 157;
     pub const DOMAIN_CREATE_WITH_FLAGS: i32 = 196;
     pub const DOMAIN_GET_STATE: i32 = 212;
@@ -54,13 +57,30 @@ pub mod proc {
 /// Flag and enum values from libvirt's public headers (`libvirt-domain.h`).
 pub mod flags {
     pub const VIR_DOMAIN_START_PAUSED: u32 = 1;
+    /// libvirtd destroys the domain when the creating connection closes.
+    pub const VIR_DOMAIN_START_AUTODESTROY: u32 = 1 << 1;
     pub const VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN: u32 = 1;
     pub const VIR_DOMAIN_UNDEFINE_NVRAM: u32 = 1 << 2;
     pub const VIR_DOMAIN_UNDEFINE_KEEP_NVRAM: u32 = 1 << 3;
     pub const VIR_DOMAIN_EVENT_ID_LIFECYCLE: i32 = 0;
     pub const VIR_DOMAIN_EVENT_ID_REBOOT: i32 = 1;
     /// `virDomainState`.
+    pub const VIR_DOMAIN_RUNNING: i32 = 1;
+    pub const VIR_DOMAIN_PAUSED: i32 = 3;
     pub const VIR_DOMAIN_SHUTOFF: i32 = 5;
+    pub const VIR_DOMAIN_CRASHED: i32 = 6;
+    pub const VIR_DOMAIN_PMSUSPENDED: i32 = 7;
+    /// `virDomainPausedReason`.
+    pub const VIR_DOMAIN_PAUSED_UNKNOWN: i32 = 0;
+    pub const VIR_DOMAIN_PAUSED_USER: i32 = 1;
+    pub const VIR_DOMAIN_PAUSED_IOERROR: i32 = 5;
+    pub const VIR_DOMAIN_PAUSED_WATCHDOG: i32 = 6;
+    pub const VIR_DOMAIN_PAUSED_CRASHED: i32 = 10;
+    pub const VIR_DOMAIN_PAUSED_STARTING_UP: i32 = 11;
+    /// `virDomainShutoffReason`.
+    pub const VIR_DOMAIN_SHUTOFF_SHUTDOWN: i32 = 1;
+    pub const VIR_DOMAIN_SHUTOFF_DESTROYED: i32 = 2;
+    pub const VIR_DOMAIN_SHUTOFF_CRASHED: i32 = 3;
 }
 
 /// `remote_auth_type`.
@@ -72,6 +92,12 @@ pub mod auth {
 
 /// `VIR_ERR_NO_DOMAIN` in `virterror.h`.
 pub const VIR_ERR_NO_DOMAIN: i32 = 42;
+/// `VIR_ERR_OPERATION_FAILED`: among others, a name or UUID already in use.
+pub const VIR_ERR_OPERATION_FAILED: i32 = 9;
+/// `VIR_ERR_DOM_EXIST`.
+pub const VIR_ERR_DOM_EXIST: i32 = 28;
+/// `VIR_ERR_OPERATION_INVALID`: e.g. "domain is not running".
+pub const VIR_ERR_OPERATION_INVALID: i32 = 55;
 
 /// `virNetMessageType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,6 +389,13 @@ pub mod args {
     pub fn define_xml(xml: &str, flags: u32) -> Vec<u8> {
         build(|e| {
             e.string(xml).uint(flags);
+        })
+    }
+
+    /// `remote_domain_lookup_by_uuid_args { remote_uuid uuid; }`
+    pub fn uuid(uuid: &[u8; 16]) -> Vec<u8> {
+        build(|e| {
+            e.fixed_opaque(uuid);
         })
     }
 

@@ -258,6 +258,68 @@ async fn reader_delivers_events_answers_pings_and_reports_eof_to_calls_and_liste
     server.await.unwrap();
 }
 
+/// A daemon that accepts the connection and the handshake but never answers
+/// a call: the call ends with `Timeout` after the client's call timeout, the
+/// driver maps it to `BackendError::Unreachable`, and a later call still
+/// works (the late answer is discarded).
+#[tokio::test]
+async fn call_to_a_daemon_that_never_answers_times_out_as_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("libvirt-sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        for _ in 0..2 {
+            // AUTH_LIST (one type: none), then CONNECT_OPEN.
+            let (call, _) = read_call(&mut s).await.unwrap();
+            let body: &[u8] = if call.proc == proc::AUTH_LIST {
+                &[0, 0, 0, 1, 0, 0, 0, 0]
+            } else {
+                &[]
+            };
+            s.write_all(&reply_to(&call, body)).await.unwrap();
+        }
+        // The destroy is read and never answered; the next call is.
+        let (destroy, _) = read_call(&mut s).await.unwrap();
+        assert_eq!(destroy.proc, proc::DOMAIN_DESTROY);
+        let (version, _) = read_call(&mut s).await.unwrap();
+        assert_eq!(version.proc, proc::CONNECT_GET_LIB_VERSION);
+        s.write_all(&reply_to(&version, &[0, 0, 0, 0, 0, 0x8c, 0xba, 0x80]))
+            .await
+            .unwrap();
+        // Hold the connection until the client is done.
+        let _ = read_call(&mut s).await;
+    });
+    let uri = format!("qemu+unix:///system?socket={}", sock.display());
+    let endpoint = super::client::resolve(&uri).unwrap();
+    let (client, _notices) = Client::connect_endpoint(endpoint, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let dom = super::DomainRef {
+        name: "x".into(),
+        uuid: [0; 16],
+        id: 1,
+    };
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), client.destroy(&dom))
+        .await
+        .expect("the call gives up by itself")
+        .unwrap_err();
+    assert!(
+        matches!(err, RpcError::Timeout { procedure, .. } if procedure == proc::DOMAIN_DESTROY),
+        "{err}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let backend = crate::libvirt::driver::backend_error("destroy", err);
+    assert!(
+        matches!(backend, crate::backend::BackendError::Unreachable { .. }),
+        "{backend}"
+    );
+    assert_eq!(client.lib_version().await.unwrap(), 9_222_784);
+    drop(client);
+    server.await.unwrap();
+}
+
 /// libvirtd on this machine, or a SKIP line.
 fn reachable_uri() -> Option<String> {
     let uri = std::env::var("LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
@@ -267,7 +329,9 @@ fn reachable_uri() -> Option<String> {
             Some(uri)
         }
         Err(e) => {
-            println!("SKIP: libvirtd not reachable at {uri}: {e} (run .ci/setup-host.sh)");
+            crate::libvirt::tests::skip(&format!(
+                "libvirtd not reachable at {uri}: {e} (run .ci/setup-host.sh)"
+            ));
             None
         }
     }
