@@ -25,7 +25,11 @@ fn ovmf_installed(test: &str) -> bool {
 }
 
 fn spec(dir: &Path, efi: &str, smm: bool) -> PathBuf {
-    let features = if smm { "\n    features:\n      smm: {}" } else { "" };
+    let features = if smm {
+        "\n    features:\n      smm: {}"
+    } else {
+        ""
+    };
     let text = format!(
         "apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -66,7 +70,9 @@ fn render(dir: &Path, spec: &Path) -> String {
 
 /// The text content and attributes of the first `<name ...>...</name>`.
 fn element<'a>(xml: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
-    let start = xml.find(&format!("<{name} ")).or_else(|| xml.find(&format!("<{name}>")))?;
+    let start = xml
+        .find(&format!("<{name} "))
+        .or_else(|| xml.find(&format!("<{name}>")))?;
     let rest = &xml[start + name.len() + 1..];
     let open_end = rest.find('>')?;
     let attrs = &rest[..open_end];
@@ -109,12 +115,21 @@ fn efi_guest_gets_an_existing_ovmf_loader_and_vars_template() {
     let xml = render(dir.path(), &spec(dir.path(), "{secureBoot: false}", false));
 
     let (loader_attrs, loader) = element(&xml, "loader").expect("a <loader> element");
-    assert!(Path::new(loader).is_file(), "loader {loader} does not exist");
+    assert!(
+        Path::new(loader).is_file(),
+        "loader {loader} does not exist"
+    );
     assert!(loader_attrs.contains("type='pflash'") || loader_attrs.contains("type=\"pflash\""));
-    assert!(!loader.contains("secboot") && !loader.contains(".ms."), "plain EFI got {loader}");
+    assert!(
+        !loader.contains("secboot") && !loader.contains(".ms."),
+        "plain EFI got {loader}"
+    );
 
     let (nvram_attrs, _) = element(&xml, "nvram")
-        .or_else(|| xml.find("<nvram ").map(|i| (&xml[i..i + xml[i..].find('>').unwrap()], "")))
+        .or_else(|| {
+            xml.find("<nvram ")
+                .map(|i| (&xml[i..i + xml[i..].find('>').unwrap()], ""))
+        })
         .expect("an <nvram> element");
     let template = nvram_attrs
         .split("template=")
@@ -122,7 +137,10 @@ fn efi_guest_gets_an_existing_ovmf_loader_and_vars_template() {
         .and_then(|s| s.get(1..))
         .and_then(|s| s.split(['\'', '"']).next())
         .expect("nvram has a template attribute");
-    assert!(Path::new(template).is_file(), "NVRAM template {template} does not exist");
+    assert!(
+        Path::new(template).is_file(),
+        "NVRAM template {template} does not exist"
+    );
 
     assert_schema_valid(dir.path(), &xml);
 }
@@ -136,7 +154,10 @@ fn secure_boot_guest_gets_the_secure_boot_ovmf_build_with_smm() {
     let xml = render(dir.path(), &spec(dir.path(), "{secureBoot: true}", true));
 
     let (loader_attrs, loader) = element(&xml, "loader").expect("a <loader> element");
-    assert!(Path::new(loader).is_file(), "loader {loader} does not exist");
+    assert!(
+        Path::new(loader).is_file(),
+        "loader {loader} does not exist"
+    );
     assert!(
         loader_attrs.contains("secure='yes'") || loader_attrs.contains("secure=\"yes\""),
         "secure boot loader not marked secure: {loader_attrs}"
