@@ -28,6 +28,8 @@ use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::termios::{self, SetArg};
@@ -44,10 +46,17 @@ use crate::util::{remove_socket, remove_stale_socket, sleep_until};
 /// The default mode of `virt-serial0` and its log: only the launcher's user.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
-/// Guest output chunks queued for a client that does not read. Beyond this the
+/// Guest output bytes queued for a client that does not read. Beyond this the
 /// client is disconnected (the log still has every byte), so that a stuck
-/// client can neither block the relay nor grow the launcher's memory.
-const CLIENT_QUEUE_CHUNKS: usize = 256;
+/// client can neither block the relay nor grow the launcher's memory. Counted
+/// in bytes, not reads: Cloud Hypervisor writes the guest's output a byte at
+/// a time, so reads are often tiny, and a client that pauses for a moment
+/// must not be dropped for it.
+const CLIENT_QUEUE_BYTES: usize = 1 << 20;
+
+/// Client input chunks queued for the relay; beyond this the client's input
+/// waits (backpressure).
+const CLIENT_INPUT_CHUNKS: usize = 256;
 
 const READ_CHUNK: usize = 4096;
 
@@ -288,7 +297,9 @@ fn annotate(err: io::Error, what: &str, path: &Path) -> io::Error {
 /// The connected client: a task that writes guest output to it and one that
 /// passes its input back to the relay.
 struct Client {
-    output: mpsc::Sender<Vec<u8>>,
+    output: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes in `output` the client has not taken yet.
+    queued: Arc<AtomicUsize>,
     /// Closes when the client is gone.
     input: mpsc::Receiver<Vec<u8>>,
     /// Writes `output` to the client.
@@ -298,6 +309,13 @@ struct Client {
 }
 
 impl Client {
+    /// Queues guest output for the client; false when the client has
+    /// [`CLIENT_QUEUE_BYTES`] waiting already, or is gone.
+    fn send_output(&self, bytes: &[u8]) -> bool {
+        let queued = self.queued.fetch_add(bytes.len(), Ordering::SeqCst) + bytes.len();
+        queued <= CLIENT_QUEUE_BYTES && self.output.send(bytes.to_vec()).is_ok()
+    }
+
     /// Lets the client receive what is already queued (for up to `limit`),
     /// then closes it.
     async fn finish(mut self, limit: Duration) {
@@ -453,7 +471,7 @@ impl Relay {
                     }
                 }
                 if let Some(c) = &self.client {
-                    if c.output.try_send(bytes.to_vec()).is_err() {
+                    if !c.send_output(bytes) {
                         tracing::warn!("console client does not keep up; disconnecting it");
                         self.client = None;
                     }
@@ -552,8 +570,10 @@ async fn client_input(client: &mut Option<Client>) -> Option<Vec<u8>> {
 }
 
 fn spawn_client(stream: UnixStream) -> Client {
-    let (output, mut output_rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_CHUNKS);
-    let (input_tx, input) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_CHUNKS);
+    let (output, mut output_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let taken = queued.clone();
+    let (input_tx, input) = mpsc::channel::<Vec<u8>>(CLIENT_INPUT_CHUNKS);
     let (mut reader, mut writer) = stream.into_split();
     // Output and input in separate tasks: input waiting for the (paced)
     // guest must never hold up the output the client is reading, or a
@@ -564,6 +584,7 @@ fn spawn_client(stream: UnixStream) -> Client {
                 tracing::debug!(error = %e, "console client write failed");
                 return;
             }
+            taken.fetch_sub(bytes.len(), Ordering::SeqCst);
         }
     });
     let input_task = tokio::spawn(async move {
@@ -585,6 +606,7 @@ fn spawn_client(stream: UnixStream) -> Client {
     });
     Client {
         output,
+        queued,
         input,
         task: Some(task),
         input_task,
@@ -999,5 +1021,48 @@ mod tests {
         );
         assert_eq!(got.len(), size);
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_client_pausing_during_bytewise_output_stays_and_a_stuck_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let (guest, mut hypervisor) = socket_guest(&dir.path().join("ch-serial.sock")).await;
+        let _relay = ConsoleRelay::start(guest, &cfg).unwrap();
+        let mut client = UnixStream::connect(&cfg.socket).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The client does not read for a moment: its socket buffer fills.
+        let burst = vec![b'b'; 512 * 1024];
+        hypervisor.write_all(&burst).await.unwrap();
+        // Then output like CH echoing a paste: one byte per write.
+        for _ in 0..600 {
+            hypervisor.write_all(b"e").await.unwrap();
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        hypervisor.write_all(b"END").await.unwrap();
+        let mut first = vec![0u8; burst.len()];
+        timeout(WAIT, client.read_exact(&mut first))
+            .await
+            .expect("the burst in time")
+            .expect("the client was dropped");
+        assert!(first == burst);
+        let got = read_until(&mut client, b"END").await;
+        assert_eq!(got.len(), 603, "the client lost bytes");
+
+        // A client that stops reading is dropped once a whole queue waits
+        // for it; the log still gets everything.
+        let chunk = vec![b'x'; 64 * 1024];
+        let rounds = 3 * CLIENT_QUEUE_BYTES / chunk.len();
+        for _ in 0..rounds {
+            hypervisor.write_all(&chunk).await.unwrap();
+        }
+        let logged = burst.len() + 603 + rounds * chunk.len();
+        let deadline = Instant::now() + WAIT;
+        while std::fs::metadata(&cfg.log).unwrap().len() < logged as u64 {
+            assert!(Instant::now() < deadline, "the log never got all output");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rest = read_to_end(client).await;
+        assert!(rest.len() < rounds * chunk.len(), "the stuck client was kept");
     }
 }

@@ -4,16 +4,16 @@
 //! The binary (`src/main.rs`) only parses the command line and calls into
 //! this library.
 
+pub mod attach;
 pub mod backend;
 pub mod ch;
+pub mod cli;
+pub mod console;
+pub mod control;
 pub mod host;
 pub mod libvirt;
 pub mod lifecycle;
-pub mod paths;
-pub mod console;
-pub mod control;
-pub mod runner;
-pub mod attach;
-pub mod cli;
 pub mod logging;
+pub mod paths;
+pub mod runner;
 pub mod util;

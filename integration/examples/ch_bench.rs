@@ -20,7 +20,7 @@
 //! larger of its own peak and Cloud Hypervisor's, which it reaps.
 //!
 //! Run:
-//!   cargo build --release -p ch-launcher -p integration --examples
+//!   cargo build --release -p ch-launcher -p images -p integration --bins --examples
 //!   CLOUD_HYPERVISOR_BIN=/path/to/cloud-hypervisor \
 //!     target/release/examples/ch_bench [ITERATIONS [WARMUP]]
 //! (defaults 15 and 2). `CH_LAUNCHER_BIN` names the launcher (default:

@@ -1,9 +1,9 @@
 //! Benchmark (not a test): `ch-launcher run` of the halting test guest under
 //! libvirt against `virsh create` of the same domain XML plus waiting for the
-//! domain to end, side by side, alternating, several iterations; prints the
-//! medians, their ratio, and the launcher's peak RSS (`ru_maxrss` of the
-//! reaped launcher process, i.e. its VmHWM) next to its peak proportional
-//! and private memory (sampled from `/proc/<pid>/smaps_rollup`).
+//! domain to end, side by side, in alternating order (`bench::alternate`),
+//! several iterations after a warm-up; prints the medians, their ratio, and
+//! the launcher's own peak RSS (its `VmHWM` at exit, `bench::measure`) next
+//! to its peak proportional and private memory (sampled `smaps_rollup`).
 //!
 //! Run (as root, after `.ci/setup-host.sh`):
 //!   cargo build --release -p ch-launcher
@@ -13,6 +13,7 @@
 
 use domain_model::Hypervisor;
 use images::{TestGuestSpec, Variant};
+use integration::bench::{self, Iteration, MeasureOptions, Measured, Memory};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,38 +73,74 @@ fn run() -> Result<(), String> {
     std::fs::create_dir_all(&vm_dir).map_err(|e| e.to_string())?;
 
     println!(
-        "libvirt_bench: {iterations} iterations, halting test guest, {uri}, launcher {}",
+        "libvirt_bench: {iterations} iterations (+1 warm-up, order alternating), halting test \
+         guest, {uri}, launcher {}",
         launcher.display()
     );
-    let mut launcher_times = Vec::new();
-    let mut virsh_times = Vec::new();
-    let mut peak_rss_kib = 0i64;
-    let mut peak = Rollup::default();
-    for i in 0..iterations {
-        let (t, rss, rollup) = time_launcher(&launcher, &private, &uri, &spec)?;
-        let v = time_virsh(&uri, &xml, &domain)?;
-        println!(
-            "  #{i}: ch-launcher run {:>7.1} ms (peak RSS {:>5} KiB, PSS {:>5} KiB, private {:>5} KiB) \
-             | virsh create + wait {:>7.1} ms",
-            ms(t),
-            rss,
-            rollup.pss_kib,
-            rollup.private_kib,
-            ms(v)
-        );
-        launcher_times.push(t);
-        virsh_times.push(v);
-        peak_rss_kib = peak_rss_kib.max(rss);
-        peak = peak.max(rollup);
-    }
-    let l = median(&mut launcher_times);
-    let v = median(&mut virsh_times);
+    let run_launcher = || -> Result<Measured, String> {
+        let mut cmd = Command::new(&launcher);
+        cmd.arg("--private-dir")
+            .arg(&private)
+            .arg("--libvirt-uri")
+            .arg(&uri)
+            .arg("--log-level=warn")
+            .arg("run")
+            .arg("--no-attach")
+            .arg(&spec)
+            .stdin(Stdio::null());
+        let m = bench::measure(
+            &mut cmd,
+            MeasureOptions {
+                own_peak_at_exit: true,
+                sample_every: Some(Duration::from_millis(10)),
+            },
+        )
+        .map_err(|e| format!("{}: {e}", launcher.display()))?;
+        if !m.status.success() {
+            return Err(format!("ch-launcher run ended with {}", m.status));
+        }
+        Ok(m)
+    };
+    let run_virsh = || time_virsh(&uri, &xml, &domain);
+    let (launched, virsh) = bench::alternate(
+        1,
+        iterations,
+        run_launcher,
+        run_virsh,
+        |it: Iteration, l: &Measured, v: &Duration| {
+            let sampled = l.sampled_peak.unwrap_or_default();
+            println!(
+                "  #{}{}: ch-launcher run {:>7.1} ms (peak RSS {:>5} KiB, PSS {:>5} KiB, \
+                 private {:>5} KiB) | virsh create + wait {:>7.1} ms ({} first)",
+                it.index,
+                if it.warmup { " (warm-up)" } else { "" },
+                bench::ms(l.wall),
+                l.own_peak_rss_kib(),
+                sampled.pss_kib,
+                sampled.private_kib,
+                bench::ms(*v),
+                if it.a_first { "launcher" } else { "virsh" }
+            );
+        },
+    )?;
+    let walls: Vec<Duration> = launched.iter().map(|m| m.wall).collect();
+    let l = bench::median(&walls).ok_or("no iterations")?;
+    let v = bench::median(&virsh).ok_or("no iterations")?;
+    let peak_rss_kib = launched
+        .iter()
+        .map(Measured::own_peak_rss_kib)
+        .max()
+        .unwrap_or(0);
+    let peak = launched
+        .iter()
+        .filter_map(|m| m.sampled_peak)
+        .fold(Memory::default(), Memory::max);
     println!(
         "median: ch-launcher run {:.1} ms, virsh create + wait {:.1} ms, ratio {:.3} \
          (launcher adds {:+.1}%); launcher peak RSS {} KiB ({:.1} MiB), peak PSS {} KiB, \
          peak private {} KiB ({:.1} MiB)",
-        ms(l),
-        ms(v),
+        bench::ms(l),
+        bench::ms(v),
         l.as_secs_f64() / v.as_secs_f64(),
         (l.as_secs_f64() / v.as_secs_f64() - 1.0) * 100.0,
         peak_rss_kib,
@@ -113,93 +150,6 @@ fn run() -> Result<(), String> {
         peak.private_kib as f64 / 1024.0
     );
     Ok(())
-}
-
-/// Peak proportional and private (clean + dirty) memory, in KiB.
-#[derive(Debug, Default, Clone, Copy)]
-struct Rollup {
-    pss_kib: u64,
-    private_kib: u64,
-}
-
-impl Rollup {
-    fn max(self, other: Rollup) -> Rollup {
-        Rollup {
-            pss_kib: self.pss_kib.max(other.pss_kib),
-            private_kib: self.private_kib.max(other.private_kib),
-        }
-    }
-
-    fn read(pid: libc::pid_t) -> Option<Rollup> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-        let field = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        Some(Rollup {
-            pss_kib: field("Pss:"),
-            private_kib: field("Private_Clean:") + field("Private_Dirty:"),
-        })
-    }
-}
-
-/// Wall time of one `ch-launcher run`, its peak RSS in KiB, and its sampled
-/// peak PSS and private memory.
-fn time_launcher(
-    launcher: &Path,
-    private: &Path,
-    uri: &str,
-    spec: &Path,
-) -> Result<(Duration, i64, Rollup), String> {
-    let start = Instant::now();
-    let child = Command::new(launcher)
-        .arg("--private-dir")
-        .arg(private)
-        .arg("--libvirt-uri")
-        .arg(uri)
-        .arg("--log-level=warn")
-        .arg("run")
-        .arg("--no-attach")
-        .arg(spec)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", launcher.display()))?;
-    let pid = child.id() as libc::pid_t;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut peak = Rollup::default();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(now) = Rollup::read(pid) {
-                    peak = peak.max(now);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            peak
-        })
-    };
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own unreaped child; the pointers are valid.
-    // Reaping it here (not through `Child::wait`) is what yields its rusage.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let took = start.elapsed();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let rollup = sampler.join().map_err(|_| "the memory sampler panicked")?;
-    if rc != pid {
-        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        return Err(format!(
-            "ch-launcher run ended with wait status {status:#x}"
-        ));
-    }
-    Ok((took, usage.ru_maxrss, rollup))
 }
 
 /// Wall time of `virsh create` until libvirt reports the domain stopped.
@@ -259,13 +209,4 @@ fn find_vm_dir(xml: &[u8]) -> Result<PathBuf, String> {
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| "console socket has no directory".into())
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -4,9 +4,15 @@
 //! states and exit codes as the Cloud Hypervisor path; no domain is left
 //! defined or running afterwards.
 //!
+//! Also what the launcher owes libvirt when things go wrong: a SIGKILLed
+//! launcher leaves no domain (auto-destroy), a second launcher for the same
+//! VMI fails without touching the first one's domain, a libvirtd restart is
+//! survived or reported.
+//!
 //! Needs a reachable libvirtd (`.ci/setup-host.sh`); otherwise every test
-//! prints a `SKIP:` line and passes. `LIBVIRT_URI` overrides
-//! `qemu:///system`; `CH_LAUNCHER_BIN` names a prebuilt launcher.
+//! prints a `SKIP:` line and passes, unless `CH_LAUNCHER_REQUIRE_LIBVIRT=1`
+//! (CI) makes that a failure. `LIBVIRT_URI` overrides `qemu:///system`;
+//! `CH_LAUNCHER_BIN` names a prebuilt launcher.
 
 use domain_model::Hypervisor;
 use images::{TestGuestSpec, Variant};
@@ -37,28 +43,29 @@ fn virsh(args: &[&str]) -> std::io::Result<std::process::Output> {
         .output()
 }
 
-/// `None` (after printing the SKIP line) when libvirtd cannot be reached.
+/// `None` (after printing the SKIP line) when libvirtd cannot be reached;
+/// a failure instead under `CH_LAUNCHER_REQUIRE_LIBVIRT=1`.
 fn libvirt_or_skip(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    match virsh(&["version"]) {
+    let why = match virsh(&["version"]) {
         Ok(out) if out.status.success() => {
-            Some(ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+            return Some(ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
         }
-        Ok(out) => {
-            println!(
-                "SKIP: {test}: libvirtd not reachable at {} ({}); run .ci/setup-host.sh",
-                uri(),
-                String::from_utf8_lossy(&out.stderr)
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-            None
-        }
-        Err(e) => {
-            println!("SKIP: {test}: virsh not runnable ({e}); run .ci/setup-host.sh");
-            None
-        }
-    }
+        Ok(out) => format!(
+            "libvirtd not reachable at {} ({})",
+            uri(),
+            String::from_utf8_lossy(&out.stderr)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Err(e) => format!("virsh not runnable ({e})"),
+    };
+    assert!(
+        std::env::var("CH_LAUNCHER_REQUIRE_LIBVIRT").as_deref() != Ok("1"),
+        "{test}: {why}, and CH_LAUNCHER_REQUIRE_LIBVIRT=1 requires libvirt"
+    );
+    println!("SKIP: {test}: {why}; run .ci/setup-host.sh");
+    None
 }
 
 /// The launcher binary: `$CH_LAUNCHER_BIN`, else built by cargo next to
@@ -235,6 +242,12 @@ impl LaunchedVm {
         }
     }
 
+    /// The exit status if the launcher has exited.
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("launcher started");
+        child.try_wait().expect("wait")
+    }
+
     fn wait_exit(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("launcher started");
         let deadline = Instant::now() + WAIT;
@@ -269,6 +282,30 @@ impl LaunchedVm {
             .unwrap_or_else(|| panic!("no final state logged\n{logs}"));
         let field = |name: &str| record[name].as_str().unwrap_or_default().to_owned();
         (field("state"), field("reason"))
+    }
+
+    /// Whether libvirt lists the domain (running or defined).
+    fn domain_listed(&self) -> bool {
+        let out = virsh(&["list", "--all", "--name"]).expect("virsh list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|n| n.trim() == self.domain)
+    }
+
+    /// `virsh domstate` of the domain.
+    fn domstate(&self) -> String {
+        let out = virsh(&["domstate", &self.domain]).expect("virsh domstate");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The pid of the domain's QEMU, from libvirt's pid file.
+    fn qemu_pid(&self) -> i32 {
+        let pidfile = format!("/var/run/libvirt/qemu/{}.pid", self.domain);
+        std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{pidfile}: {e}"))
+            .trim()
+            .parse()
+            .expect("QEMU pid")
     }
 
     fn assert_domain_gone(&self) {
@@ -449,12 +486,7 @@ fn libvirt_killed_qemu_maps_to_crashed_and_exit_3() {
     };
     let mut vm = LaunchedVm::start("lv-kill", 5, "");
     vm.wait_status("Running", "Booted");
-    let pidfile = format!("/var/run/libvirt/qemu/{}.pid", vm.domain);
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap_or_else(|e| panic!("{pidfile}: {e}"))
-        .trim()
-        .parse()
-        .expect("QEMU pid");
+    let pid = vm.qemu_pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -511,8 +543,248 @@ fn libvirt_guest_with_disks_cdrom_rng_and_vnc_boots_under_qemu() {
         );
     }
 
+    let vnc = vm.vm_dir().join("virt-vnc");
+    assert!(vnc.exists(), "QEMU binds {}", vnc.display());
+
     let mut console = vm.connect_console();
     console.write_all(b"q").unwrap();
     assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    vm.assert_domain_gone();
+    assert!(
+        !vnc.exists(),
+        "the VNC socket is left behind: {}",
+        vnc.display()
+    );
+}
+
+/// Waits up to `wait` for `done`.
+fn eventually(wait: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+#[test]
+fn libvirt_sigkilled_launcher_leaves_no_domain_behind() {
+    let Some(_guard) = libvirt_or_skip("libvirt_sigkilled_launcher_leaves_no_domain_behind") else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-sigkill", 5, "");
+    vm.wait_status("Running", "Booted");
+    let qemu = vm.qemu_pid();
+    vm.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&vm.wait_exit()),
+        Some(9)
+    );
+    // libvirtd destroys the auto-destroy domain when the connection closes.
+    assert!(
+        eventually(Duration::from_secs(5), || !vm.domain_listed()),
+        "domain {} survived the launcher's SIGKILL ({})",
+        vm.domain,
+        vm.domstate()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu), None).is_err()
+        }),
+        "QEMU {qemu} still runs"
+    );
+}
+
+#[test]
+fn libvirt_second_launcher_for_the_same_vm_fails_and_leaves_the_first_alone() {
+    let Some(_guard) =
+        libvirt_or_skip("libvirt_second_launcher_for_the_same_vm_fails_and_leaves_the_first_alone")
+    else {
+        return;
+    };
+    // Started together, so that either may win the CREATE_XML race.
+    let mut a = LaunchedVm::start("lv-race", 5, "");
+    let mut b = LaunchedVm::start("lv-race", 5, "");
+    assert_eq!(a.domain, b.domain);
+    let deadline = Instant::now() + WAIT;
+    let (mut winner, loser, status) = loop {
+        if let Some(status) = a.try_exit() {
+            break (b, a, status);
+        }
+        if let Some(status) = b.try_exit() {
+            break (a, b, status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither launcher gave up\n{}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(status.code(), Some(0), "{}", loser.logs());
+    let logs = loser.logs();
+    assert!(
+        logs.contains(&format!(
+            "domain {} already exists under {} (another launcher?)",
+            winner.domain,
+            uri()
+        )),
+        "{logs}"
+    );
+    assert!(!logs.contains("destroying the domain"), "{logs}");
+    // The loser's exit touched nothing: the winner's VM still runs.
+    winner.wait_status("Running", "Booted");
+    assert_eq!(winner.domstate(), "running");
+    let mut console = winner.connect_console();
+    console.write_all(b"q").unwrap();
+    assert_eq!(winner.wait_exit().code(), Some(0), "{}", winner.logs());
+    winner.assert_domain_gone();
+}
+
+#[test]
+fn libvirt_sigterm_of_a_paused_vm_destroys_without_waiting_the_grace_period() {
+    let Some(_guard) = libvirt_or_skip("libvirt_sigterm_of_a_paused_vm_destroys_at_once") else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-paused-term", 60, "");
+    vm.wait_status("Running", "Booted");
+    vm.control("pause").expect("pause");
+    let sent = Instant::now();
+    vm.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = vm.wait_exit();
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", vm.logs());
+    assert!(
+        took < Duration::from_secs(20),
+        "a paused VM cannot take the power button; waited {took:?}\n{}",
+        vm.logs()
+    );
+    assert_eq!(vm.final_state(), ("Shutoff".into(), "Destroyed".into()));
+    vm.assert_domain_gone();
+}
+
+/// Stops libvirtd for a test and starts it again whatever happens, then
+/// waits until it answers.
+struct DaemonRestart;
+
+impl DaemonRestart {
+    fn libvirtd_pid() -> nix::unistd::Pid {
+        let pid = std::fs::read_to_string("/var/run/libvirtd.pid")
+            .expect("libvirtd's pid file (/var/run/libvirtd.pid)")
+            .trim()
+            .parse()
+            .expect("libvirtd pid");
+        nix::unistd::Pid::from_raw(pid)
+    }
+
+    fn exited(pid: nix::unistd::Pid) -> bool {
+        // Gone, or a zombie nobody reaps in a container.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    }
+
+    /// Sends `signal` to libvirtd and waits until it is gone. libvirt 9.0
+    /// can deadlock when it stops with an auto-destroy domain running (the
+    /// auto-destroy waits for the daemon lock its shutdown thread holds):
+    /// after 15 s it is killed, as an init system would.
+    fn stop(signal: nix::sys::signal::Signal) -> DaemonRestart {
+        let pid = Self::libvirtd_pid();
+        let restart = DaemonRestart;
+        nix::sys::signal::kill(pid, signal).expect("signal libvirtd");
+        if !eventually(Duration::from_secs(15), || Self::exited(pid)) {
+            println!("libvirtd {pid} hangs after {signal}; killing it");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            assert!(
+                eventually(Duration::from_secs(10), || Self::exited(pid)),
+                "libvirtd {pid} did not exit"
+            );
+        }
+        restart
+    }
+
+    fn start(&self) {
+        let started = Command::new("libvirtd").arg("-d").status();
+        assert!(
+            started.is_ok_and(|s| s.success()),
+            "libvirtd -d failed to start"
+        );
+        assert!(
+            eventually(Duration::from_secs(30), || virsh(&["version"])
+                .is_ok_and(|o| o.status.success())),
+            "libvirtd does not answer again"
+        );
+    }
+}
+
+impl Drop for DaemonRestart {
+    fn drop(&mut self) {
+        if !virsh(&["version"]).is_ok_and(|o| o.status.success()) {
+            let _ = Command::new("libvirtd").arg("-d").status();
+            eventually(Duration::from_secs(30), || {
+                virsh(&["version"]).is_ok_and(|o| o.status.success())
+            });
+        }
+    }
+}
+
+/// A libvirtd that crashes (SIGKILL) leaves QEMU running: the launcher
+/// reconnects when the daemon is back and keeps controlling the VM.
+#[test]
+fn libvirt_launcher_reconnects_after_a_libvirtd_crash_and_keeps_the_vm() {
+    let Some(_guard) = libvirt_or_skip("libvirt_launcher_reconnects_after_a_libvirtd_crash") else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-reconnect", 5, "");
+    vm.wait_status("Running", "Booted");
+    let daemon = DaemonRestart::stop(nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(vm.try_exit().is_none(), "{}", vm.logs());
+    daemon.start();
+    assert!(
+        eventually(WAIT, || vm.logs().contains("reconnected to libvirtd")),
+        "{}",
+        vm.logs()
+    );
+    vm.wait_status("Running", "Booted");
+    let paused = vm.control("pause").expect("pause after the reconnect");
+    assert_eq!(paused["state"], "Paused", "{paused}");
+    let resumed = vm.control("resume").expect("resume");
+    assert_eq!(resumed["state"], "Running", "{resumed}");
+    let mut console = vm.connect_console();
+    console.write_all(b"q").unwrap();
+    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    assert_eq!(vm.final_state(), ("Shutoff".into(), "Shutdown".into()));
+    vm.assert_domain_gone();
+}
+
+/// A libvirtd that stops cleanly (SIGTERM) runs the auto-destroy of the
+/// launcher's connection: after the restart the domain is gone and the
+/// launcher says so (Crashed, exit 3) instead of hanging or leaving QEMU.
+#[test]
+fn libvirt_clean_libvirtd_restart_reports_crashed_and_leaves_no_qemu() {
+    let Some(_guard) = libvirt_or_skip("libvirt_clean_libvirtd_restart_reports_crashed") else {
+        return;
+    };
+    let mut vm = LaunchedVm::start("lv-restart", 5, "");
+    vm.wait_status("Running", "Booted");
+    let qemu = vm.qemu_pid();
+    let daemon = DaemonRestart::stop(nix::sys::signal::Signal::SIGTERM);
+    daemon.start();
+    let status = vm.wait_exit();
+    assert_eq!(status.code(), Some(3), "{}", vm.logs());
+    assert_eq!(vm.final_state(), ("Crashed".into(), "Unknown".into()));
+    let logs = vm.logs();
+    assert!(
+        logs.contains("libvirtd"),
+        "the message names libvirtd: {logs}"
+    );
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu), None).is_err(),
+        "QEMU {qemu} is orphaned"
+    );
     vm.assert_domain_gone();
 }

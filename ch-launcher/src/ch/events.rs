@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use super::spawn::VmmChild;
+use tokio::process::Child;
 use tokio::sync::{mpsc, watch, Notify};
 
 /// One event as CH reports it.
@@ -190,7 +190,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 /// Ties one VMM process to the lifecycle channel.
 pub struct Monitor {
-    pub child: VmmChild,
+    pub child: Child,
     pub events: pipe::Receiver,
     pub mapper: EventMapper,
     pub tx: mpsc::UnboundedSender<Event>,

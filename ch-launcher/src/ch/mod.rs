@@ -5,7 +5,6 @@
 //! - [`process`]: spawning the VMM on an API socket the launcher already
 //!   listens on, and its first answer raced against its exit.
 //! - [`api`]: API calls with CH's error chain kept.
-//! - [`spawn`]: the `vfork`-style process start behind [`process`].
 //! - [`events`]: event-monitor parsing and the lifecycle mapping.
 //! - [`driver`]: [`create`], the launch sequence.
 //!
@@ -16,7 +15,6 @@ pub mod config;
 pub mod driver;
 pub mod events;
 pub mod process;
-pub mod spawn;
 
 pub use config::{render_json, vm_config, ConfigError, ConfigErrors, HostInputs, SerialMode};
 pub use driver::{create, ChOptions, CreateError};

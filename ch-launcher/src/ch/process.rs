@@ -8,24 +8,25 @@
 //!
 //! The VMM must never outlive the launcher, even a SIGKILLed one: the child
 //! asks the kernel for SIGKILL when its parent dies (`PR_SET_PDEATHSIG`). That
-//! signal follows the *thread* that started it, so [`spawn`] must run on a thread
+//! signal follows the *thread* that forked, so [`spawn`] must run on a thread
 //! that lives as long as the launcher (the main thread of a current-thread
 //! runtime). The VMM gets its own process group, so a terminal's Ctrl-C
 //! reaches only the launcher, which then stops the VM in order. Its output
 //! goes to a log file, not the launcher's terminal.
 
 use super::events::describe_exit;
-use super::spawn::{self, SpawnRequest, VmmChild};
 use crate::backend::BackendError;
 use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
 
 /// Environment variable naming the `cloud-hypervisor` binary.
 pub const BINARY_ENV: &str = "CLOUD_HYPERVISOR_BIN";
@@ -65,7 +66,7 @@ pub enum ProcessError {
 
 /// A started VMM whose event monitor the launcher reads.
 pub struct Spawned {
-    pub child: VmmChild,
+    pub child: Child,
     pub events: pipe::Receiver,
     pub log: PathBuf,
 }
@@ -112,37 +113,62 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
         let path = path.to_path_buf();
         move |source| ProcessError::Prepare { path, source }
     };
-    let output = File::create(log).map_err(prepare(log))?;
-    let devnull = File::open("/dev/null").map_err(prepare(Path::new("/dev/null")))?;
+    let stdout = File::create(log).map_err(prepare(log))?;
+    let stderr = stdout.try_clone().map_err(prepare(log))?;
 
     let (read, write) = pipe_cloexec().map_err(ProcessError::Pipe)?;
-    let write = above_stdio(write).map_err(ProcessError::Pipe)?;
     let write_fd = write.as_raw_fd();
 
     // Listening before the VMM exists is what lets the first request go out
     // without polling. std creates it close-on-exec; only the VMM's copy is
-    // made inheritable (by `spawn::spawn`).
-    let listen = |source| ProcessError::Listen {
+    // made inheritable (below).
+    let listener = UnixListener::bind(api_socket).map_err(|source| ProcessError::Listen {
         path: api_socket.to_path_buf(),
         source,
-    };
-    let listener = UnixListener::bind(api_socket).map_err(listen)?;
-    let listener = above_stdio(listener.into()).map_err(listen)?;
+    })?;
     let listen_fd = listener.as_raw_fd();
 
-    let args = [
-        "--api-socket".into(),
-        format!("fd={listen_fd}").into(),
-        "--event-monitor".into(),
-        format!("fd={write_fd}").into(),
-    ];
-    let child = spawn::spawn(&SpawnRequest {
-        program: binary,
-        args: &args,
-        stdio: [devnull.as_raw_fd(), output.as_raw_fd(), output.as_raw_fd()],
-        inherit: &[write_fd, listen_fd],
-    })
-    .map_err(|source| {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--api-socket")
+        .arg(format!("fd={listen_fd}"))
+        .arg("--event-monitor")
+        .arg(format!("fd={write_fd}"))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(true);
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, fcntl), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The launcher may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Only the VMM inherits the event pipe's write end and the API
+            // listener, each at its own number.
+            for fd in [write_fd, listen_fd] {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| {
         let _ = std::fs::remove_file(api_socket);
         ProcessError::Spawn {
             binary: binary.to_path_buf(),
@@ -160,17 +186,6 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
         events,
         log: log.to_path_buf(),
     })
-}
-
-/// `fd`, moved above 0-2 if it landed there (a launcher started with a
-/// closed stdio), so the VMM's stdio cannot overwrite it.
-fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    let moved = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
-    // SAFETY: just duplicated, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
 }
 
 fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {

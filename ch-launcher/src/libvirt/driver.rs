@@ -43,7 +43,9 @@ use super::events::{EventMapper, Mapped};
 use super::launch_security::ConfidentialHost;
 use super::render::{domain_name, render, vnc_socket_path, RenderContext};
 use super::rpc::client::{resolve, Endpoint, DEFAULT_CALL_TIMEOUT};
-use super::rpc::protocol::{VIR_ERR_DOM_EXIST, VIR_ERR_OPERATION_FAILED};
+use super::rpc::protocol::{
+    VIR_ERR_DOM_EXIST, VIR_ERR_OPERATION_FAILED, VIR_ERR_OPERATION_INVALID,
+};
 use super::rpc::{flags, BlockingClient, Client, DomainEvent, DomainRef, Notice, RpcError};
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
 use crate::lifecycle::Event;
@@ -153,10 +155,7 @@ pub async fn create(
     }
     .absolute()
     .map_err(|e| {
-        BackendError::Host(format!(
-            "cannot make {} absolute: {e}",
-            paths.dir.display()
-        ))
+        BackendError::Host(format!("cannot make {} absolute: {e}", paths.dir.display()))
     })?;
     let xml = render(domain, &ctx).map_err(|e| BackendError::Host(e.to_string()))?;
     prepare_host_files(domain, paths)?;
@@ -202,7 +201,11 @@ pub async fn create(
         )
         .await
         .map_err(|e| create_failed(&name, uri, e))?;
-    tracing::info!(domain = name, uri, "libvirt domain created paused (transient, auto-destroyed)");
+    tracing::info!(
+        domain = name,
+        uri,
+        "libvirt domain created paused (transient, auto-destroyed)"
+    );
     // From here on the domain is this launcher's: dropping `inner` destroys it.
     let client = Arc::new(client);
     let mut inner = Inner {
@@ -451,15 +454,19 @@ async fn check_existing(client: &Client, name: &str, uri: &str) -> Result<(), Ba
 fn already_exists(name: &str, uri: &str) -> BackendError {
     BackendError::Host(format!(
         "domain {name} already exists under {uri} (another launcher?); this launcher leaves \
-         it alone"
+         it alone. If no launcher runs this VM, it outlived one (a libvirtd restart drops \
+         the auto-destroy): `virsh -c {uri} destroy {name}`"
     ))
 }
 
-/// libvirt refuses a second domain of the same name or UUID: the race
-/// [`check_existing`] cannot close.
+/// libvirt refuses a second domain of the same name ("domain 'N' is
+/// already active", `OPERATION_INVALID`) or UUID ("already defined with
+/// uuid", `OPERATION_FAILED`): the race [`check_existing`] cannot close.
 fn create_failed(name: &str, uri: &str, e: RpcError) -> BackendError {
-    let taken = matches!(e.code(), Some(VIR_ERR_OPERATION_FAILED | VIR_ERR_DOM_EXIST))
-        && e.to_string().contains("already");
+    let taken = matches!(
+        e.code(),
+        Some(VIR_ERR_OPERATION_FAILED | VIR_ERR_OPERATION_INVALID | VIR_ERR_DOM_EXIST)
+    ) && e.to_string().contains("already");
     if taken {
         tracing::debug!(error = %e, "libvirt refused the duplicate domain");
         return already_exists(name, uri);
@@ -744,6 +751,59 @@ mod tests {
                 Event::Destroyed,
             ]
         );
+    }
+
+    /// The CREATE_XML race against the real libvirtd: the second create of
+    /// the same domain (same name, or another name with the same UUID) is
+    /// refused and reported as an existing domain; the first one is
+    /// untouched and goes away with its creator's connection.
+    #[tokio::test]
+    async fn second_create_of_the_same_domain_is_already_exists_on_the_real_libvirtd() {
+        let uri = std::env::var("LIBVIRT_URI").unwrap_or_else(|_| DEFAULT_URI.into());
+        let first = match Client::connect(&uri).await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                crate::libvirt::tests::skip(&format!("libvirtd not reachable at {uri}: {e}"));
+                return;
+            }
+        };
+        let (second, _) = Client::connect(&uri).await.unwrap();
+        let name = format!("ch-launcher-race-{}", std::process::id());
+        let uuid = format!("0badc0de-0000-4000-8000-{:012x}", std::process::id());
+        let xml = |name: &str| {
+            format!(
+                "<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid>\
+                 <memory unit='KiB'>65536</memory><os><type arch='x86_64'>hvm</type></os>\
+                 <devices><memballoon model='none'/></devices></domain>"
+            )
+        };
+        let autodestroy = flags::VIR_DOMAIN_START_PAUSED | flags::VIR_DOMAIN_START_AUTODESTROY;
+        let dom = first.create_xml(&xml(&name), autodestroy).await.unwrap();
+        for other in [name.clone(), format!("{name}-renamed")] {
+            let err = second
+                .create_xml(&xml(&other), autodestroy)
+                .await
+                .unwrap_err();
+            let mapped = create_failed(&name, &uri, err).to_string();
+            assert!(
+                mapped.contains(&format!(
+                    "domain {name} already exists under {uri} (another launcher?)"
+                )),
+                "{mapped}"
+            );
+        }
+        assert!(first.is_active(&dom).await.unwrap());
+        drop(first);
+        // Auto-destroy: the creator's connection is gone, so is the domain.
+        let mut gone = false;
+        for _ in 0..50 {
+            if second.lookup_by_name(&name).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "{name} outlived its creator's connection");
     }
 
     #[tokio::test]

@@ -415,7 +415,10 @@ mod tests {
         ] {
             let mut lifecycle = Lifecycle::default();
             lifecycle.apply(&Event::Booted);
-            let event = m.from_state(state::VIR_DOMAIN_PAUSED, paused).event.unwrap();
+            let event = m
+                .from_state(state::VIR_DOMAIN_PAUSED, paused)
+                .event
+                .unwrap();
             lifecycle.apply(&event);
             assert_eq!(
                 (lifecycle.status().state, lifecycle.status().reason),
@@ -434,7 +437,10 @@ mod tests {
     fn state_after_reconnect_reports_only_what_changed() {
         let mut m = EventMapper::default();
         // Still paused before the boot: nothing to say.
-        let m0 = m.from_state(state::VIR_DOMAIN_PAUSED, state::VIR_DOMAIN_PAUSED_STARTING_UP);
+        let m0 = m.from_state(
+            state::VIR_DOMAIN_PAUSED,
+            state::VIR_DOMAIN_PAUSED_STARTING_UP,
+        );
         assert_eq!(m0.event, None);
         m.lifecycle(BOOT.0 as i32, BOOT.1 as i32);
         // Running as known: nothing.
@@ -450,7 +456,10 @@ mod tests {
             Some(Event::Resumed)
         );
         // Powered off meanwhile: the last event.
-        let off = m.from_state(state::VIR_DOMAIN_SHUTOFF, state::VIR_DOMAIN_SHUTOFF_SHUTDOWN);
+        let off = m.from_state(
+            state::VIR_DOMAIN_SHUTOFF,
+            state::VIR_DOMAIN_SHUTOFF_SHUTDOWN,
+        );
         assert_eq!((off.event, off.last), (Some(Event::GuestPoweredOff), true));
     }
 

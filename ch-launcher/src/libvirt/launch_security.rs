@@ -904,9 +904,7 @@ mod tests {
         };
         let Ok(common) = std::fs::read_to_string(Path::new(SCHEMAS).join("domaincommon.rng"))
         else {
-            crate::libvirt::tests::skip(&format!(
-                "libvirt's schema is not installed in {SCHEMAS}"
-            ));
+            crate::libvirt::tests::skip(&format!("libvirt's schema is not installed in {SCHEMAS}"));
             return;
         };
         let installed_knows_new_types =
@@ -959,9 +957,7 @@ mod tests {
         };
         const SCHEMAS: &str = "/usr/share/libvirt/schemas";
         if !Path::new(SCHEMAS).join("domain.rng").is_file() {
-            crate::libvirt::tests::skip(&format!(
-                "libvirt's schema is not installed in {SCHEMAS}"
-            ));
+            crate::libvirt::tests::skip(&format!("libvirt's schema is not installed in {SCHEMAS}"));
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -810,7 +810,10 @@ fn validator() -> Option<PathBuf> {
 /// broken host set-up cannot pass unnoticed.
 pub(crate) fn skip(why: &str) {
     let required = std::env::var("CH_LAUNCHER_REQUIRE_LIBVIRT").is_ok_and(|v| v == "1");
-    assert!(!required, "{why}; CH_LAUNCHER_REQUIRE_LIBVIRT=1 requires it");
+    assert!(
+        !required,
+        "{why}; CH_LAUNCHER_REQUIRE_LIBVIRT=1 requires it"
+    );
     println!("SKIP: {why}");
 }
 
@@ -842,9 +845,15 @@ fn relative_private_dir_renders_absolute_paths_that_validate() {
     let cwd = std::env::current_dir().unwrap();
     let vm_dir = cwd.join("rel/private/0f4c-uid");
     for (what, path) in [
-        ("serial source", dom.one("devices/serial/source").attr("path")),
+        (
+            "serial source",
+            dom.one("devices/serial/source").attr("path"),
+        ),
         ("serial log", dom.one("devices/serial/log").attr("file")),
-        ("vnc socket", dom.one("devices/graphics/listen").attr("socket")),
+        (
+            "vnc socket",
+            dom.one("devices/graphics/listen").attr("socket"),
+        ),
         ("nvram", dom.one("os/nvram").text.as_str()),
     ] {
         assert!(
