@@ -1063,6 +1063,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let rest = read_to_end(client).await;
-        assert!(rest.len() < rounds * chunk.len(), "the stuck client was kept");
+        assert!(
+            rest.len() < rounds * chunk.len(),
+            "the stuck client was kept"
+        );
     }
 }

@@ -9,10 +9,8 @@ use ch_launcher::backend::{Backend, BackendError, ConsoleSource, Created};
 use ch_launcher::ch::{self, ChOptions, ChVm, SerialMode};
 use ch_launcher::lifecycle::Event;
 use ch_launcher::paths::VmPaths;
-use domain_model::{
-    Architecture, Boot, Cpu, CpuModel, Devices, Domain, Features, Firmware, Hypervisor, Memory,
-    MigrationCondition,
-};
+use domain_model::fixtures;
+use domain_model::Domain;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -34,56 +32,13 @@ fn ch_binary(test: &str) -> Option<PathBuf> {
 }
 
 fn domain(kernel: &Path) -> Domain {
-    let uid = "0d6f2b8e-3c1a-4e55-9a0b-7c2d1e4f5a6b";
-    Domain {
-        name: "tiny".into(),
-        namespace: "default".into(),
-        uid: uid.into(),
-        hypervisor: Hypervisor::CloudHypervisor,
-        architecture: Architecture::Amd64,
-        cpu: Cpu {
-            sockets: 1,
-            cores: 1,
-            threads: 1,
-            max_sockets: 1,
-            model: CpuModel::HostModel,
-        },
-        memory: Memory {
-            guest: 64 << 20,
-            max_guest: None,
-            hugepage_size: None,
-        },
-        firmware: Firmware {
-            uuid: uid.into(),
-            serial: Some("tiny-serial".into()),
-        },
-        boot: Boot::Kernel {
-            kernel: kernel.to_path_buf(),
-            initrd: None,
-            cmdline: None,
-        },
-        disks: vec![],
-        devices: Devices {
-            rng: true,
-            serial_console: true,
-            graphics: None,
-            inputs: vec![],
-            interfaces: vec![],
-        },
-        features: Features {
-            acpi: true,
-            smm: false,
-        },
-        clock: None,
-        launch_security: None,
-        termination_grace_period: Duration::from_secs(5),
-        start_paused: false,
-        live_migratable: MigrationCondition {
-            live_migratable: true,
-            reason: None,
-            message: None,
-        },
-    }
+    let mut d = fixtures::domain()
+        .with_uid("0d6f2b8e-3c1a-4e55-9a0b-7c2d1e4f5a6b")
+        .with_boot(fixtures::kernel_boot(kernel))
+        .with_grace_period(Duration::from_secs(5));
+    d.firmware.serial = Some("tiny-serial".into());
+    d.devices.rng = true;
+    d
 }
 
 struct Vm {
@@ -477,10 +432,7 @@ async fn confidential_domain_is_refused_by_a_build_without_the_feature() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut d = domain(images::test_guest());
-    d.boot = Boot::Efi {
-        secure_boot: false,
-        persistent: false,
-    };
+    d.boot = fixtures::efi_boot(false);
     d.launch_security = Some(domain_model::LaunchSecurity::Tdx);
     let opts = ChOptions {
         binary: Some(bin),

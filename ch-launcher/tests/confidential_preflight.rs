@@ -10,10 +10,8 @@
 
 use ch_launcher::ch::{self, ChOptions, CreateError, HostInputs};
 use ch_launcher::paths::VmPaths;
-use domain_model::{
-    Architecture, Boot, Cpu, CpuModel, Devices, Domain, Features, Firmware, Hypervisor,
-    LaunchSecurity, Memory, MigrationCondition,
-};
+use domain_model::fixtures;
+use domain_model::{CpuModel, Domain, LaunchSecurity};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,55 +26,14 @@ fn ch_binary(test: &str) -> Option<PathBuf> {
 }
 
 fn confidential_domain(launch_security: LaunchSecurity) -> Domain {
-    let uid = "6b1d7c1e-2f3a-4b5c-8d9e-0a1b2c3d4e5f";
-    Domain {
-        name: "confidential".into(),
-        namespace: "default".into(),
-        uid: uid.into(),
-        hypervisor: Hypervisor::CloudHypervisor,
-        architecture: Architecture::Amd64,
-        cpu: Cpu {
-            sockets: 1,
-            cores: 1,
-            threads: 1,
-            max_sockets: 1,
-            model: CpuModel::HostPassthrough,
-        },
-        memory: Memory {
-            guest: 64 << 20,
-            max_guest: None,
-            hugepage_size: None,
-        },
-        firmware: Firmware {
-            uuid: uid.into(),
-            serial: None,
-        },
-        boot: Boot::Efi {
-            secure_boot: false,
-            persistent: false,
-        },
-        disks: vec![],
-        devices: Devices {
-            rng: false,
-            serial_console: true,
-            graphics: None,
-            inputs: vec![],
-            interfaces: vec![],
-        },
-        features: Features {
-            acpi: true,
-            smm: false,
-        },
-        clock: None,
-        launch_security: Some(launch_security),
-        termination_grace_period: Duration::from_secs(5),
-        start_paused: false,
-        live_migratable: MigrationCondition {
-            live_migratable: false,
-            reason: None,
-            message: None,
-        },
-    }
+    fixtures::domain()
+        .with_name("confidential")
+        .with_uid("6b1d7c1e-2f3a-4b5c-8d9e-0a1b2c3d4e5f")
+        .with_cpu_model(CpuModel::HostPassthrough)
+        .with_boot(fixtures::efi_boot(false))
+        .with_launch_security(launch_security)
+        .with_grace_period(Duration::from_secs(5))
+        .not_live_migratable()
 }
 
 /// Creates the VM and expects the build-feature refusal; returns its message.

@@ -11,6 +11,8 @@
 pub mod api;
 pub mod domain;
 pub mod error;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod gates;
 pub mod launch_security;
 pub mod migration;

@@ -67,12 +67,12 @@ fn efi_boot_gets_cloudhv_or_configured_rust_hypervisor_firmware() {
 fn tdx_gets_tdvf_but_not_with_direct_kernel_boot() {
     let t = tempfile::tempdir().expect("tempdir");
     let paths = ChFirmwarePaths::under_dir(t.path());
-    let d = with_security(ch(efi(false)), LaunchSecurity::Tdx);
+    let d = ch(efi(false)).with_launch_security(LaunchSecurity::Tdx);
     let s = select_cloud_hypervisor(&req(&d), &paths).expect("tdx");
     assert_eq!(s.kind, ChFirmwareKind::Tdvf);
     assert_eq!(s.path, t.path().join("tdvf.fd"));
 
-    let d = with_security(ch(kernel_boot()), LaunchSecurity::Tdx);
+    let d = ch(kernel_boot()).with_launch_security(LaunchSecurity::Tdx);
     let err = select_cloud_hypervisor(&req(&d), &paths).expect_err("tdx + kernel");
     assert!(
         err.to_string()
@@ -88,7 +88,7 @@ fn sev_snp_gets_first_igvm_by_name_or_the_configured_one() {
     touch(t.path(), "a-ovmf.igvm");
     touch(t.path(), "CLOUDHV.fd");
     let mut paths = ChFirmwarePaths::under_dir(t.path());
-    let d = with_security(ch(efi(false)), snp());
+    let d = ch(efi(false)).with_launch_security(snp());
     let s = select_cloud_hypervisor(&req(&d), &paths).expect("snp");
     assert_eq!(s.kind, ChFirmwareKind::Igvm);
     assert_eq!(s.kind.payload_field(), "igvm");
@@ -110,7 +110,7 @@ fn sev_snp_gets_first_igvm_by_name_or_the_configured_one() {
 fn sev_snp_without_igvm_file_lists_the_directory() {
     let t = tempfile::tempdir().expect("tempdir");
     let paths = ChFirmwarePaths::under_dir(t.path());
-    let d = with_security(ch(efi(false)), snp());
+    let d = ch(efi(false)).with_launch_security(snp());
     let err = select_cloud_hypervisor(&req(&d), &paths).expect_err("no igvm");
     let text = err.to_string();
     assert!(text.contains("AMD SEV-SNP"), "{text}");
@@ -124,7 +124,7 @@ fn sev_snp_without_igvm_file_lists_the_directory() {
 fn sev_snp_refuses_direct_kernel_boot() {
     let t = tempfile::tempdir().expect("tempdir");
     touch(t.path(), "x.igvm");
-    let d = with_security(ch(kernel_boot()), snp());
+    let d = ch(kernel_boot()).with_launch_security(snp());
     let err = select_cloud_hypervisor(&req(&d), &ChFirmwarePaths::under_dir(t.path()))
         .expect_err("igvm + kernel");
     assert!(
@@ -148,10 +148,13 @@ fn refuses_what_cloud_hypervisor_firmware_cannot_do() {
         ),
         (ch(Boot::Bios), "Cloud Hypervisor has no legacy BIOS"),
         (
-            with_security(ch(efi(false)), sev(false)),
+            ch(efi(false)).with_launch_security(sev(false)),
             "supports AMD SEV-SNP and Intel TDX, not AMD SEV",
         ),
-        (with_security(ch(efi(false)), sev(true)), "not AMD SEV-ES"),
+        (
+            ch(efi(false)).with_launch_security(sev(true)),
+            "not AMD SEV-ES",
+        ),
     ];
     for (d, expected) in cases {
         let err = select_cloud_hypervisor(&req(&d), &paths).expect_err(expected);

@@ -93,7 +93,7 @@ fn debian_secure_boot_picks_ms_enrolled_image() {
     let Some(c) = debian_catalog("debian_secure_boot_picks_ms_enrolled_image") else {
         return;
     };
-    let d = with_smm(domain(Hypervisor::Libvirt, efi(true)));
+    let d = domain(Hypervisor::Libvirt, efi(true)).with_smm();
     let s = select(&c, &req(&d)).expect("secure boot");
     assert_eq!(
         s.descriptor_path,
@@ -124,7 +124,7 @@ fn debian_sev_picks_an_amd_sev_image_without_secure_boot() {
     let Some(c) = debian_catalog("debian_sev_picks_an_amd_sev_image_without_secure_boot") else {
         return;
     };
-    let d = with_security(domain(Hypervisor::Libvirt, efi(false)), sev(false));
+    let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(sev(false));
     let s = select(&c, &req(&d)).expect("SEV");
     assert!(s.features.contains(&Feature::AmdSev), "{s}");
     assert!(!s.secure_boot());
@@ -159,7 +159,7 @@ fn debian_has_no_sev_es_snp_or_tdx_image_and_says_what_each_lacks() {
             println!("SKIP: a descriptor here has {feature}; the no-match case does not apply");
             continue;
         }
-        let d = with_security(domain(Hypervisor::Libvirt, efi(false)), ls);
+        let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(ls);
         let err = select(&c, &req(&d)).expect_err(lack);
         assert_eq!(err.rejected.len(), c.entries.len(), "{err}");
         for r in &err.rejected {

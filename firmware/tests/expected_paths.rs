@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{domain, efi, kernel_boot, with_security};
+use common::{domain, efi, kernel_boot};
 use domain_model::{Hypervisor, LaunchSecurity};
 use firmware::{
     choose, is_session_uri, ChFirmwareKind, ChFirmwarePaths, Choice, FirmwareConfig, FirmwareError,
@@ -57,7 +57,7 @@ fn dry_run_renders_kubevirts_ovmf_paths_for_each_confidential_kind() {
         ),
     ];
     for (ls, executable, mapping) in cases {
-        let d = with_security(domain(Hypervisor::Libvirt, efi(false)), ls.clone());
+        let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(ls.clone());
         let choice = choose(&d, &config, Purpose::DryRun).expect("dry run");
         let Choice::Qemu(s) = &choice else {
             panic!("{ls:?}: {choice:?}")
@@ -85,7 +85,7 @@ fn dry_run_renders_kubevirts_ovmf_paths_for_each_confidential_kind() {
 fn dry_run_keeps_the_error_when_even_the_pod_image_has_nothing_that_fits() {
     let t = tempfile::tempdir().expect("tempdir");
     // Secure Boot with SEV: no firmware anywhere offers both.
-    let d = with_security(domain(Hypervisor::Libvirt, efi(true)), sev(false));
+    let d = domain(Hypervisor::Libvirt, efi(true)).with_launch_security(sev(false));
     let err = choose(&d, &bare_host(t.path()), Purpose::DryRun).expect_err("impossible");
     assert!(matches!(err, FirmwareError::NoMatch(_)), "{err:?}");
 }
@@ -118,10 +118,8 @@ fn dry_run_prefers_what_the_host_has() {
 fn cloud_hypervisor_snp_dry_run_names_the_expected_igvm_file() {
     let t = tempfile::tempdir().expect("tempdir");
     let config = bare_host(&t.path().join("absent"));
-    let d = with_security(
-        domain(Hypervisor::CloudHypervisor, efi(false)),
-        LaunchSecurity::SevSnp { host_data: None },
-    );
+    let d = domain(Hypervisor::CloudHypervisor, efi(false))
+        .with_launch_security(LaunchSecurity::SevSnp { host_data: None });
     let choice = choose(&d, &config, Purpose::DryRun).expect("dry run");
     let Choice::CloudHypervisor(s) = &choice else {
         panic!("{choice:?}")
@@ -139,10 +137,8 @@ fn cloud_hypervisor_snp_dry_run_names_the_expected_igvm_file() {
         Err(FirmwareError::NoMatch(_))
     ));
     // What Cloud Hypervisor cannot do at all stays an error in a dry run.
-    let kernel = with_security(
-        domain(Hypervisor::CloudHypervisor, kernel_boot()),
-        LaunchSecurity::SevSnp { host_data: None },
-    );
+    let kernel = domain(Hypervisor::CloudHypervisor, kernel_boot())
+        .with_launch_security(LaunchSecurity::SevSnp { host_data: None });
     assert!(choose(&kernel, &config, Purpose::DryRun).is_err());
 }
 

@@ -85,7 +85,7 @@ fn plain_efi_skips_secure_boot_images_and_picks_split_flash() {
 fn secure_boot_picks_enrolled_keys_when_smm_is_enabled() {
     let t = Tree::new();
     debian_like(&t);
-    let d = with_smm(domain(Hypervisor::Libvirt, efi(true)));
+    let d = domain(Hypervisor::Libvirt, efi(true)).with_smm();
     let s = select(&t.catalog(), &req(&d)).expect("match");
     assert_eq!(
         s.descriptor_path,
@@ -98,7 +98,7 @@ fn secure_boot_picks_enrolled_keys_when_smm_is_enabled() {
 fn secure_boot_without_enrolled_keys_picks_empty_varstore() {
     let t = Tree::new();
     debian_like(&t);
-    let d = with_smm(domain(Hypervisor::Libvirt, efi(true)));
+    let d = domain(Hypervisor::Libvirt, efi(true)).with_smm();
     let mut r = req(&d);
     r.enrolled_keys = Some(false);
     let s = select(&t.catalog(), &r).expect("match");
@@ -234,7 +234,7 @@ fn sev_needs_amd_sev_and_sev_es_needs_amd_sev_es() {
     );
     let c = t.catalog();
 
-    let d = with_security(domain(Hypervisor::Libvirt, efi(false)), sev(false));
+    let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(sev(false));
     let s = select(&c, &req(&d)).expect("sev");
     assert_eq!(s.descriptor_path, t.dir("share").join("20-sev.json"));
     assert_eq!(
@@ -242,7 +242,7 @@ fn sev_needs_amd_sev_and_sev_es_needs_amd_sev_es() {
         vec!["AMD SEV needs amd-sev".to_owned()]
     );
 
-    let d = with_security(domain(Hypervisor::Libvirt, efi(false)), sev(true));
+    let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(sev(true));
     let s = select(&c, &req(&d)).expect("sev-es");
     assert_eq!(s.descriptor_path, t.dir("share").join("30-sev-es.json"));
     assert!(s.passed_over[1]
@@ -327,7 +327,7 @@ fn plain_efi_never_picks_confidential_only_image() {
 fn sev_snp_picks_stateless_amdsev_image_never_nvram() {
     let t = Tree::new();
     confidential_tree(&t);
-    let d = with_security(domain(Hypervisor::Libvirt, efi(false)), snp());
+    let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(snp());
     let r = req(&d);
     assert!(r.stateless && !r.smm_allowed);
     let s = select(&t.catalog(), &r).expect("snp");
@@ -354,7 +354,7 @@ fn sev_snp_rejects_split_flash_because_it_keeps_nvram() {
         "15-snp-split.json",
         &descriptor(&split(&code, &vars), &["pc-q35-*"], &["amd-sev-snp"]),
     );
-    let d = with_security(domain(Hypervisor::Libvirt, efi(false)), snp());
+    let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(snp());
     let err = select(&t.catalog(), &req(&d)).expect_err("split keeps NVRAM");
     assert!(
         err.to_string().contains("flash (split) keeps UEFI variables in an NVRAM, but AMD SEV-SNP needs a stateless image"),
@@ -366,10 +366,9 @@ fn sev_snp_rejects_split_flash_because_it_keeps_nvram() {
 fn tdx_picks_intel_tdx_stateless_flash_and_refuses_smm() {
     let t = Tree::new();
     confidential_tree(&t);
-    let d = with_smm(with_security(
-        domain(Hypervisor::Libvirt, efi(false)),
-        LaunchSecurity::Tdx,
-    ));
+    let d = domain(Hypervisor::Libvirt, efi(false))
+        .with_launch_security(LaunchSecurity::Tdx)
+        .with_smm();
     let s = select(&t.catalog(), &req(&d)).expect("tdx");
     assert_eq!(s.descriptor_path, t.dir("share").join("12-tdx.json"));
     assert_eq!(s.mapping, MappingKind::FlashStateless);
@@ -396,10 +395,7 @@ fn tdx_picks_intel_tdx_stateless_flash_and_refuses_smm() {
 
 #[test]
 fn tdx_with_direct_kernel_boot_still_needs_firmware() {
-    let d = with_security(
-        domain(Hypervisor::Libvirt, kernel_boot()),
-        LaunchSecurity::Tdx,
-    );
+    let d = domain(Hypervisor::Libvirt, kernel_boot()).with_launch_security(LaunchSecurity::Tdx);
     let r = req(&d);
     assert!(r.direct_kernel && r.stateless && r.interface == Interface::Uefi);
     assert_eq!(
@@ -412,7 +408,7 @@ fn tdx_with_direct_kernel_boot_still_needs_firmware() {
 fn persistent_nvram_cannot_be_stateless() {
     let t = Tree::new();
     confidential_tree(&t);
-    let mut d = with_security(domain(Hypervisor::Libvirt, efi(false)), snp());
+    let mut d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(snp());
     d.boot = domain_model::Boot::Efi {
         secure_boot: false,
         persistent: true,
@@ -626,7 +622,7 @@ fn no_match_lists_searched_dirs_request_and_every_candidate() {
         &descriptor(r#"{"device":"memory","filename":"/x"}"#, &[], &[]),
     );
     t.write("etc", "80-hidden.json", "");
-    let d = with_security(domain(Hypervisor::Libvirt, efi(false)), LaunchSecurity::Tdx);
+    let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(LaunchSecurity::Tdx);
     let err = select(&t.catalog(), &req(&d)).expect_err("no TDX firmware");
     let text = err.to_string();
     assert!(
@@ -695,7 +691,7 @@ fn dry_run_warns_about_missing_files_and_run_check_fails() {
 fn libvirt_split_flash_gets_pflash_and_per_vm_nvram() {
     let t = Tree::new();
     debian_like(&t);
-    let d = with_smm(domain(Hypervisor::Libvirt, efi(true)));
+    let d = domain(Hypervisor::Libvirt, efi(true)).with_smm();
     let s = select(&t.catalog(), &req(&d)).expect("sb");
     let nvram_dir = PathBuf::from("/var/lib/nvram");
     match LibvirtFirmware::from_selection(&s, "default_vm1", &nvram_dir) {
@@ -825,7 +821,7 @@ fn plain_efi_refuses_secure_boot_image_even_when_nothing_else_differs() {
         "20-plain.json",
         &descriptor(&split(&code, &vars), &["pc-q35-*"], &[]),
     );
-    let d = with_smm(domain(Hypervisor::Libvirt, efi(false)));
+    let d = domain(Hypervisor::Libvirt, efi(false)).with_smm();
     let s = select(&t.catalog(), &req(&d)).expect("plain");
     assert_eq!(s.descriptor_path, t.dir("share").join("20-plain.json"));
     assert_eq!(

@@ -530,81 +530,17 @@ fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain_model::fixtures::{self, domain};
     use domain_model::{
-        Clock, Cpu, Devices, Disk, DiskSource, Features, Firmware, Hypervisor, Input, InputBus,
-        InputKind, Memory, MigrationCondition, SpecFeature, Timer, TimerName,
+        Clock, Cpu, Disk, Input, InputBus, InputKind, Memory, SpecFeature, Timer, TimerName,
     };
-    use std::time::Duration;
 
     const MIB: u64 = 1024 * 1024;
 
-    fn domain() -> Domain {
-        Domain {
-            name: "tiny".into(),
-            namespace: "default".into(),
-            uid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
-            hypervisor: Hypervisor::CloudHypervisor,
-            architecture: Architecture::Amd64,
-            cpu: Cpu {
-                sockets: 1,
-                cores: 1,
-                threads: 1,
-                max_sockets: 1,
-                model: CpuModel::HostModel,
-            },
-            memory: Memory {
-                guest: 64 * MIB,
-                max_guest: None,
-                hugepage_size: None,
-            },
-            firmware: Firmware {
-                uuid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
-                serial: None,
-            },
-            boot: Boot::Kernel {
-                kernel: "/images/guest.elf".into(),
-                initrd: None,
-                cmdline: None,
-            },
-            disks: vec![],
-            devices: Devices {
-                rng: false,
-                serial_console: true,
-                graphics: None,
-                inputs: vec![],
-                interfaces: vec![],
-            },
-            features: Features {
-                acpi: true,
-                smm: false,
-            },
-            clock: None,
-            launch_security: None,
-            termination_grace_period: Duration::from_secs(30),
-            start_paused: false,
-            live_migratable: MigrationCondition {
-                live_migratable: true,
-                reason: None,
-                message: None,
-            },
-        }
-    }
-
     fn disk(i: usize, name: &str, boot_order: Option<u32>) -> Disk {
         Disk {
-            spec_path: format!("spec.domain.devices.disks[{i}]"),
-            name: name.into(),
-            device: DiskDevice::Disk,
-            bus: DiskBus::Virtio,
-            readonly: false,
-            serial: None,
             boot_order,
-            source: DiskSource {
-                spec_path: format!("spec.volumes[{i}]"),
-                path: format!("/disks/{name}.img").into(),
-                format: ImageFormat::Raw,
-                create_with_capacity: None,
-            },
+            ..fixtures::disk(i, name, format!("/disks/{name}.img"))
         }
     }
 

@@ -278,11 +278,11 @@ mod tests {
     use crate::host::domcaps;
     use crate::libvirt::render::{build, render, RenderContext};
     use crate::paths::VmPaths;
+    use domain_model::fixtures;
     use domain_model::*;
     use quick_xml::events::Event as XmlEvent;
     use std::collections::BTreeMap;
     use std::path::Path;
-    use std::time::Duration;
 
     #[test]
     fn sev_policies_match_kubevirt() {
@@ -309,76 +309,35 @@ mod tests {
     /// disk (not virtio), a virtio-rng and a virtio tablet.
     fn guest(ls: LaunchSecurity) -> Domain {
         let disk = |i: usize, name: &str, bus: DiskBus| Disk {
-            spec_path: format!("spec.domain.devices.disks[{i}]"),
-            name: name.into(),
-            device: DiskDevice::Disk,
             bus,
-            readonly: false,
-            serial: None,
-            boot_order: None,
-            source: DiskSource {
-                spec_path: format!("spec.volumes[{i}]"),
-                path: format!("/var/run/kubevirt-private/vmi-disks/{name}/disk.img").into(),
-                format: ImageFormat::Raw,
-                create_with_capacity: None,
-            },
+            ..fixtures::disk(
+                i,
+                name,
+                format!("/var/run/kubevirt-private/vmi-disks/{name}/disk.img"),
+            )
         };
-        Domain {
-            name: "cvm".into(),
-            namespace: "default".into(),
-            uid: "cvm-uid".into(),
-            hypervisor: Hypervisor::Libvirt,
-            architecture: Architecture::Amd64,
-            cpu: Cpu {
-                sockets: 1,
-                cores: 2,
-                threads: 1,
-                max_sockets: 1,
-                model: CpuModel::HostPassthrough,
-            },
-            memory: Memory {
-                guest: 1 << 30,
-                max_guest: None,
-                hugepage_size: None,
-            },
-            firmware: Firmware {
-                uuid: UUID.into(),
-                serial: None,
-            },
-            boot: Boot::Efi {
-                secure_boot: false,
-                persistent: false,
-            },
-            disks: vec![
+        let mut d = fixtures::domain()
+            .with_name("cvm")
+            .with_uid(UUID)
+            .with_hypervisor(Hypervisor::Libvirt)
+            .with_cpu_model(CpuModel::HostPassthrough)
+            .with_boot(fixtures::efi_boot(false))
+            .with_disks(vec![
                 disk(0, "root", DiskBus::Virtio),
                 disk(1, "data", DiskBus::Scsi),
                 disk(2, "legacy", DiskBus::Sata),
-            ],
-            devices: Devices {
-                rng: true,
-                serial_console: true,
-                graphics: None,
-                inputs: vec![Input {
-                    spec_path: "spec.domain.devices.inputs[0]".into(),
-                    kind: InputKind::Tablet,
-                    bus: InputBus::Virtio,
-                }],
-                interfaces: Vec::new(),
-            },
-            features: Features {
-                acpi: true,
-                smm: false,
-            },
-            clock: None,
-            launch_security: Some(ls),
-            termination_grace_period: Duration::from_secs(30),
-            start_paused: false,
-            live_migratable: MigrationCondition {
-                live_migratable: false,
-                reason: None,
-                message: None,
-            },
-        }
+            ])
+            .with_launch_security(ls)
+            .not_live_migratable();
+        d.cpu.cores = 2;
+        d.memory.guest = 1 << 30;
+        d.devices.rng = true;
+        d.devices.inputs = vec![Input {
+            spec_path: "spec.domain.devices.inputs[0]".into(),
+            kind: InputKind::Tablet,
+            bus: InputBus::Virtio,
+        }];
+        d
     }
 
     fn sev(encrypted_state: bool) -> LaunchSecurity {

@@ -4,83 +4,29 @@
 
 use super::render::{build, nvram_dir, render, vnc_socket_path, RenderContext};
 use crate::paths::VmPaths;
+use domain_model::fixtures;
 use domain_model::*;
 use firmware::{LibvirtFirmware, LibvirtLoader, LibvirtNvram, LoaderType};
 use quick_xml::events::Event as XmlEvent;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 const UUID: &str = "5a9fc181-957e-5c32-9e5a-2de5e9673531";
 
 /// The tiny test guest: direct kernel boot, serial console, nothing else.
 fn tiny_guest() -> Domain {
-    Domain {
-        name: "tiny".into(),
-        namespace: "default".into(),
-        uid: "0f4c5d6e-1111-4222-8333-944455566677".into(),
-        hypervisor: Hypervisor::Libvirt,
-        architecture: Architecture::Amd64,
-        cpu: Cpu {
-            sockets: 1,
-            cores: 1,
-            threads: 1,
-            max_sockets: 1,
-            model: CpuModel::HostPassthrough,
-        },
-        memory: Memory {
-            guest: 64 << 20,
-            max_guest: None,
-            hugepage_size: None,
-        },
-        firmware: Firmware {
-            uuid: UUID.into(),
-            serial: None,
-        },
-        boot: Boot::Kernel {
-            kernel: "/var/lib/images/tiny-guest.elf".into(),
-            initrd: None,
-            cmdline: None,
-        },
-        disks: Vec::new(),
-        devices: Devices {
-            rng: false,
-            serial_console: true,
-            graphics: None,
-            inputs: Vec::new(),
-            interfaces: Vec::new(),
-        },
-        features: Features {
-            acpi: true,
-            smm: false,
-        },
-        clock: None,
-        launch_security: None,
-        termination_grace_period: Duration::from_secs(30),
-        start_paused: false,
-        live_migratable: MigrationCondition {
-            live_migratable: true,
-            reason: None,
-            message: None,
-        },
-    }
+    fixtures::domain()
+        .with_hypervisor(Hypervisor::Libvirt)
+        .with_uid(UUID)
+        .with_cpu_model(CpuModel::HostPassthrough)
+        .with_boot(fixtures::kernel_boot("/var/lib/images/tiny-guest.elf"))
 }
 
 fn disk(index: usize, name: &str, device: DiskDevice, bus: DiskBus, path: &str) -> Disk {
     Disk {
-        spec_path: format!("spec.domain.devices.disks[{index}]"),
-        name: name.into(),
         device,
         bus,
-        readonly: false,
-        serial: None,
-        boot_order: None,
-        source: DiskSource {
-            spec_path: format!("spec.volumes[{index}]"),
-            path: path.into(),
-            format: ImageFormat::Raw,
-            create_with_capacity: None,
-        },
+        ..fixtures::disk(index, name, path)
     }
 }
 
@@ -90,6 +36,20 @@ fn ctx() -> RenderContext {
         firmware: None,
         confidential: Default::default(),
     }
+}
+
+fn with_firmware(firmware: LibvirtFirmware) -> RenderContext {
+    RenderContext {
+        firmware: Some(firmware),
+        ..ctx()
+    }
+}
+
+/// An EFI guest booting its one virtio disk.
+fn efi_guest(secure_boot: bool) -> Domain {
+    tiny_guest()
+        .with_boot(fixtures::efi_boot(secure_boot))
+        .with_disks(vec![fixtures::disk(0, "rootdisk", "/img/root.raw")])
 }
 
 /// What the firmware crate makes of Debian's OVMF descriptors.
@@ -189,47 +149,12 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
     d.disks[1].boot_order = Some(2);
     out.push(("cdrom-bios", d, ctx()));
 
-    let mut d = tiny_guest();
-    d.boot = Boot::Efi {
-        secure_boot: false,
-        persistent: false,
-    };
-    d.disks = vec![disk(
-        0,
-        "rootdisk",
-        DiskDevice::Disk,
-        DiskBus::Virtio,
-        "/img/root.raw",
-    )];
-    out.push((
-        "efi",
-        d,
-        RenderContext {
-            firmware: Some(ovmf()),
-            ..ctx()
-        },
-    ));
+    out.push(("efi", efi_guest(false), with_firmware(ovmf())));
 
-    let mut d = tiny_guest();
-    d.boot = Boot::Efi {
-        secure_boot: true,
-        persistent: false,
-    };
-    d.features.smm = true;
-    d.disks = vec![disk(
-        0,
-        "rootdisk",
-        DiskDevice::Disk,
-        DiskBus::Virtio,
-        "/img/root.raw",
-    )];
     out.push((
         "efi-secure-boot",
-        d,
-        RenderContext {
-            firmware: Some(ovmf_secure()),
-            ..ctx()
-        },
+        efi_guest(true).with_smm(),
+        with_firmware(ovmf_secure()),
     ));
 
     let mut d = tiny_guest();
@@ -569,10 +494,7 @@ fn efi_secure_boot_enables_smm_and_a_secure_loader() {
 #[test]
 fn efi_without_firmware_is_an_error_naming_the_field() {
     let mut d = tiny_guest();
-    d.boot = Boot::Efi {
-        secure_boot: false,
-        persistent: false,
-    };
+    d.boot = fixtures::efi_boot(false);
     let errors = build(&d, &ctx()).unwrap_err();
     assert_eq!(errors.0.len(), 1);
     assert_eq!(errors.0[0].path, "spec.domain.firmware.bootloader.efi");
@@ -581,14 +503,8 @@ fn efi_without_firmware_is_an_error_naming_the_field() {
 #[test]
 fn secure_boot_firmware_without_smm_in_the_spec_is_refused() {
     let mut d = tiny_guest();
-    d.boot = Boot::Efi {
-        secure_boot: true,
-        persistent: false,
-    };
-    let c = RenderContext {
-        firmware: Some(ovmf_secure()),
-        ..ctx()
-    };
+    d.boot = fixtures::efi_boot(true);
+    let c = with_firmware(ovmf_secure());
     let errors = build(&d, &c).unwrap_err();
     assert_eq!(errors.0[0].path, "spec.domain.features.smm");
 }
@@ -823,10 +739,7 @@ pub(crate) fn skip(why: &str) {
 #[test]
 fn relative_private_dir_renders_absolute_paths_that_validate() {
     let (_, mut d, _) = corpus().remove(9);
-    d.boot = Boot::Efi {
-        secure_boot: false,
-        persistent: false,
-    };
+    d.boot = fixtures::efi_boot(false);
     let paths = VmPaths::new(Path::new("rel/private"), "0f4c-uid");
     let mut firmware = ovmf();
     if let LibvirtFirmware::Loader {

@@ -3,84 +3,19 @@
 
 #![allow(dead_code)]
 
-use domain_model::{
-    Architecture, Boot, Cpu, CpuModel, Devices, Domain, Features, Firmware, Hypervisor,
-    LaunchSecurity, Memory, MigrationCondition,
-};
+use domain_model::fixtures;
+pub use domain_model::fixtures::efi_boot as efi;
+use domain_model::{Boot, Domain, Hypervisor, LaunchSecurity};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub fn domain(hypervisor: Hypervisor, boot: Boot) -> Domain {
-    Domain {
-        name: "vm1".into(),
-        namespace: "default".into(),
-        uid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
-        hypervisor,
-        architecture: Architecture::Amd64,
-        cpu: Cpu {
-            sockets: 1,
-            cores: 1,
-            threads: 1,
-            max_sockets: 1,
-            model: CpuModel::HostModel,
-        },
-        memory: Memory {
-            guest: 64 << 20,
-            max_guest: None,
-            hugepage_size: None,
-        },
-        firmware: Firmware {
-            uuid: "5f0c3a3e-8c1b-4a57-9d7e-0a0b0c0d0e0f".into(),
-            serial: None,
-        },
-        boot,
-        disks: vec![],
-        devices: Devices {
-            rng: false,
-            serial_console: true,
-            graphics: None,
-            inputs: vec![],
-            interfaces: vec![],
-        },
-        features: Features {
-            acpi: true,
-            smm: false,
-        },
-        clock: None,
-        launch_security: None,
-        termination_grace_period: Duration::from_secs(30),
-        start_paused: false,
-        live_migratable: MigrationCondition {
-            live_migratable: true,
-            reason: None,
-            message: None,
-        },
-    }
-}
-
-pub fn efi(secure_boot: bool) -> Boot {
-    Boot::Efi {
-        secure_boot,
-        persistent: false,
-    }
+    fixtures::domain()
+        .with_hypervisor(hypervisor)
+        .with_boot(boot)
 }
 
 pub fn kernel_boot() -> Boot {
-    Boot::Kernel {
-        kernel: "/images/vmlinuz".into(),
-        initrd: None,
-        cmdline: None,
-    }
-}
-
-pub fn with_security(mut d: Domain, ls: LaunchSecurity) -> Domain {
-    d.launch_security = Some(ls);
-    d
-}
-
-pub fn with_smm(mut d: Domain) -> Domain {
-    d.features.smm = true;
-    d
+    fixtures::kernel_boot("/images/vmlinuz")
 }
 
 pub fn sev(encrypted_state: bool) -> LaunchSecurity {
