@@ -400,11 +400,14 @@ fn default_console_socket_is_owner_only() {
 /// Cloud Hypervisor queues serial input without bound and dies (SIGSYS from
 /// its own seccomp filter, on `mremap`) once a paste outruns the guest; the
 /// relay paces input so a long paste goes through. 1 MiB (unpaced, CH died
-/// after 0.3-1.7 MB) takes about 90 s at the relay's 115200-baud pace.
+/// after 0.3-1.7 MB) takes about 90 s at the relay's 115200-baud pace. The
+/// stand-in does not reproduce the crash, so against it a shorter paste only
+/// proves that paced input all arrives.
 #[test]
 fn a_long_paste_reaches_the_guest_and_the_vm_survives() {
     use std::io::{Read, Write};
-    const SIZE: usize = 1 << 20;
+    let real_ch = std::env::var_os(ch_support::CH_BIN_ENV).is_some();
+    let size: usize = if real_ch { 1 << 20 } else { 1 << 17 };
     let launcher = Launcher::start(VmOptions::default());
     wait_file_contains(&launcher.serial_log(), BANNER);
     let vmm = launcher.vmm_pid();
@@ -415,7 +418,7 @@ fn a_long_paste_reaches_the_guest_and_the_vm_survives() {
         let mut total = 0usize;
         let mut buf = vec![0u8; 65536];
         reader.set_read_timeout(Some(SLOW)).expect("read timeout");
-        while total < SIZE {
+        while total < size {
             // Ends on a 15 s silence: what arrived by then is the answer.
             match reader.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -428,7 +431,7 @@ fn a_long_paste_reaches_the_guest_and_the_vm_survives() {
     let chunk: Vec<u8> = (0..65536).map(|i| b"abcdefghijklmnop"[i % 16]).collect();
     let started = Instant::now();
     let mut writer = stream;
-    for _ in 0..SIZE / chunk.len() {
+    for _ in 0..size / chunk.len() {
         if let Err(e) = writer.write_all(&chunk) {
             panic!(
                 "the console closed after {:?} of pasting: {e}; VMM log:\n{}",
@@ -449,10 +452,10 @@ fn a_long_paste_reaches_the_guest_and_the_vm_survives() {
     }
     let total = echoed.join().expect("reader thread");
     eprintln!(
-        "pasted {SIZE} bytes, {total} echoed in {:?}",
+        "pasted {size} bytes, {total} echoed in {:?}",
         started.elapsed()
     );
-    assert!(total >= SIZE, "{total} of {SIZE}: {}", launcher.logs_text());
+    assert!(total >= size, "{total} of {size}: {}", launcher.logs_text());
     assert_eq!(launcher.vmm_pids(), vec![vmm], "the VMM died");
     assert_eq!(launcher.ctl("status")["state"], "Running");
 }
