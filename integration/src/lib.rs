@@ -1,5 +1,5 @@
 //! End-to-end test support: the Cloud Hypervisor stand-in (`ch-standin`), a
-//! way to find its binary, a minimal HTTP/1.1 client for unix sockets, and
+//! way to find its binary and the launcher's, a minimal HTTP/1.1 client for unix sockets, and
 //! the measurement pieces of the benchmarks in `examples/` ([`bench`]).
 //!
 //! From a shell, the stand-in's path is
@@ -13,6 +13,44 @@ pub mod unix_http;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// Set to use a prebuilt launcher instead of building one.
+pub const LAUNCHER_BIN_ENV: &str = "CH_LAUNCHER_BIN";
+
+/// The `ch-launcher` binary: `$CH_LAUNCHER_BIN` if set, else built once with
+/// cargo and taken from next to the running test binary
+/// (`target/<profile>/ch-launcher`).
+pub fn launcher_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(LAUNCHER_BIN_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(path);
+    }
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "ch-launcher", "--bin", "ch-launcher"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building ch-launcher failed");
+            profile_dir().expect("test binary path").join("ch-launcher")
+        })
+        .clone()
+}
+
+/// `target/<profile>`, where cargo puts the workspace's binaries: the
+/// directory of the running test binary, or its parent for `deps`.
+fn profile_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    Some(if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
+}
 
 /// Set to use a prebuilt stand-in instead of the one in the target dir.
 pub const STANDIN_BIN_ENV: &str = "CH_STANDIN_BIN";
@@ -24,17 +62,7 @@ pub fn standin_path() -> PathBuf {
     if let Some(path) = std::env::var_os(STANDIN_BIN_ENV) {
         return PathBuf::from(path);
     }
-    let profile_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|p| p.to_path_buf()))
-        .map(|dir| {
-            // Test binaries live in target/<profile>/deps.
-            if dir.ends_with("deps") {
-                dir.parent().map(|p| p.to_path_buf()).unwrap_or(dir)
-            } else {
-                dir
-            }
-        });
+    let profile_dir = profile_dir();
     if let Some(dir) = &profile_dir {
         let candidate = dir.join("ch-standin");
         if candidate.is_file() {

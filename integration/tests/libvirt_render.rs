@@ -6,34 +6,9 @@
 //! Features only QEMU has are accepted for libvirt and refused for Cloud
 //! Hypervisor, each refusal naming its field.
 
+use integration::launcher_path;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// The launcher binary: `$CH_LAUNCHER_BIN`, else built by cargo next to
-/// this test binary.
-fn launcher() -> PathBuf {
-    if let Some(path) = std::env::var_os("CH_LAUNCHER_BIN") {
-        return PathBuf::from(path);
-    }
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "ch-launcher", "--bin", "ch-launcher"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building ch-launcher failed");
-            let exe = std::env::current_exe().expect("test binary path");
-            let mut dir = exe.parent().expect("test binary dir").to_path_buf();
-            if dir.ends_with("deps") {
-                dir.pop();
-            }
-            dir.join("ch-launcher")
-        })
-        .clone()
-}
 
 /// Specs covering what the libvirt backend maps; `@DIR@` is the scratch
 /// directory (disk images are created there by DiskOrCreate at run time,
@@ -145,7 +120,7 @@ fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn cli(dir: &Path, args: &[&str], spec: &Path) -> Output {
-    Command::new(launcher())
+    Command::new(launcher_path())
         .arg("--private-dir")
         .arg(dir.join("private"))
         .args(args)

@@ -16,6 +16,7 @@
 
 use domain_model::Hypervisor;
 use images::{TestGuestSpec, Variant};
+use integration::launcher_path;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -68,32 +69,6 @@ fn libvirt_or_skip(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     None
 }
 
-/// The launcher binary: `$CH_LAUNCHER_BIN`, else built by cargo next to
-/// this test binary (`target/<profile>/ch-launcher`).
-fn launcher() -> PathBuf {
-    if let Some(path) = std::env::var_os("CH_LAUNCHER_BIN") {
-        return PathBuf::from(path);
-    }
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "ch-launcher", "--bin", "ch-launcher"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building ch-launcher failed");
-            let exe = std::env::current_exe().expect("test binary path");
-            let mut dir = exe.parent().expect("test binary dir").to_path_buf();
-            if dir.ends_with("deps") {
-                dir.pop();
-            }
-            dir.join("ch-launcher")
-        })
-        .clone()
-}
-
 /// One `ch-launcher run` of the test guest. Dropping it kills the launcher's
 /// process group and removes the libvirt domain if anything is left.
 struct LaunchedVm {
@@ -136,7 +111,7 @@ impl LaunchedVm {
             dir,
         };
         let stderr = std::fs::File::create(&vm.log).expect("log file");
-        let child = Command::new(launcher())
+        let child = Command::new(launcher_path())
             .args(vm.global_args())
             .arg("--log-format=json")
             .arg("run")
@@ -195,7 +170,7 @@ impl LaunchedVm {
 
     /// A control command (`status`, `pause`, ...); its JSON answer.
     fn control(&self, command: &str) -> Result<Value, String> {
-        let out = Command::new(launcher())
+        let out = Command::new(launcher_path())
             .args(self.global_args())
             .arg(command)
             .arg(&self.spec)
