@@ -569,6 +569,9 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
     };
     let mut opts = RunOptions::new(paths.clone());
     opts.console_mode = args.console_socket_mode;
+    // Cloud Hypervisor serves the serial port on a socket or PTY that the
+    // launcher relays; libvirt binds `virt-serial0` itself.
+    opts.early_console = matches!(backend, Launch::Ch(_)) && domain.devices.serial_console;
     let runner = Runner::new(domain.clone(), opts);
     let signals = signals.forward(runner.stopper());
     let attached = (!args.no_attach && attach::stdin_is_terminal()).then(|| {

@@ -202,6 +202,9 @@ enum RelayControl {
     /// The hypervisor replaced the serial device (Cloud Hypervisor does on
     /// every reboot).
     Switch(GuestSerial),
+    /// The first serial device of a detached relay, and the channel that
+    /// reports its end from now on.
+    Attach(GuestSerial, watch::Sender<bool>),
     /// Hand the client what is queued for it (waiting up to the limit), then stop.
     Finish(Duration),
 }
@@ -210,6 +213,18 @@ impl ConsoleRelay {
     /// Binds the socket, opens the log and starts relaying `guest`. Must be
     /// called inside a tokio runtime.
     pub fn start(guest: GuestSerial, config: &ConsoleConfig) -> io::Result<ConsoleRelay> {
+        Self::spawn(Some(guest), config)
+    }
+
+    /// Binds the socket and opens the log before the serial device exists
+    /// (the runner does it while the hypervisor starts); clients can connect
+    /// at once, and [`ConsoleRelay::attach`] brings the device. Until then
+    /// the relay counts as finished: there is no device whose end to await.
+    pub fn start_detached(config: &ConsoleConfig) -> io::Result<ConsoleRelay> {
+        Self::spawn(None, config)
+    }
+
+    fn spawn(guest: Option<GuestSerial>, config: &ConsoleConfig) -> io::Result<ConsoleRelay> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -221,10 +236,10 @@ impl ConsoleRelay {
         log.set_permissions(Permissions::from_mode(config.mode))
             .map_err(|e| annotate(e, "setting mode of console log", &config.log))?;
         let listener = bind_socket(&config.socket, config.mode)?;
-        let (closed_tx, guest_closed) = watch::channel(false);
+        let (closed_tx, guest_closed) = watch::channel(guest.is_none());
         let (control, control_rx) = mpsc::unbounded_channel();
         let relay = Relay {
-            guest: Some(guest),
+            guest,
             next: None,
             switch_deadline: None,
             guest_closed: closed_tx,
@@ -242,6 +257,19 @@ impl ConsoleRelay {
             control,
             guest_closed,
         })
+    }
+
+    /// Relays `guest`, the first serial device of a relay from
+    /// [`ConsoleRelay::start_detached`]. The device is open (its bytes wait
+    /// in it) before this returns, so the guest's output from boot on is
+    /// relayed.
+    pub fn attach(&mut self, guest: GuestSerial) {
+        // Seen by `finish` at once, before the relay task takes the device.
+        self.guest_closed = {
+            let (tx, rx) = watch::channel(false);
+            let _ = self.control.send(RelayControl::Attach(guest, tx));
+            rx
+        };
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -390,6 +418,7 @@ impl Relay {
                 },
                 command = control.recv() => match command {
                     Some(RelayControl::Switch(guest)) => self.switch(guest),
+                    Some(RelayControl::Attach(guest, closed)) => self.attach(guest, closed),
                     Some(RelayControl::Finish(limit)) => {
                         if let Some(c) = self.client.take() {
                             c.finish(limit).await;
@@ -432,6 +461,19 @@ impl Relay {
                     self.take_next();
                 }
             }
+        }
+    }
+
+    fn attach(&mut self, guest: GuestSerial, closed: watch::Sender<bool>) {
+        // From now on the device's end is reported to the receiver the
+        // `ConsoleRelay` holds now (it starts at "open").
+        self.guest_closed = closed;
+        if self.guest.is_some() {
+            // Not a detached relay after all: a replacement device.
+            self.switch(guest);
+        } else {
+            tracing::debug!("serial device attached to the console relay");
+            self.guest = Some(guest);
         }
     }
 
@@ -888,6 +930,46 @@ mod tests {
         assert_eq!(sent.len(), output.len());
         assert!(sent == output, "the client got different bytes");
         assert!(!cfg.socket.exists());
+    }
+
+    #[tokio::test]
+    async fn a_detached_relay_serves_its_socket_early_and_relays_the_device_attached_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let mut relay = ConsoleRelay::start_detached(&cfg).unwrap();
+        // The client connects before the hypervisor even has a serial device.
+        let client = UnixStream::connect(&cfg.socket).await.unwrap();
+        let reader = tokio::spawn(read_to_end(client));
+
+        let (guest, mut hypervisor) = socket_guest(&dir.path().join("ch-serial.sock")).await;
+        // Output written before the relay task takes the device is kept.
+        hypervisor.write_all(b"TINY-GUEST-UP\r\n").await.unwrap();
+        relay.attach(guest);
+        hypervisor.write_all(b"bye").await.unwrap();
+        drop(hypervisor);
+        // `finish` waits for the attached device's end, even when called
+        // before the relay task took the device.
+        relay.finish(WAIT).await;
+
+        assert_eq!(std::fs::read(&cfg.log).unwrap(), b"TINY-GUEST-UP\r\nbye");
+        assert_eq!(reader.await.unwrap(), b"TINY-GUEST-UP\r\nbye");
+        assert!(!cfg.socket.exists());
+    }
+
+    #[tokio::test]
+    async fn a_detached_relay_that_never_got_a_device_finishes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let relay = ConsoleRelay::start_detached(&cfg).unwrap();
+        let started = std::time::Instant::now();
+        relay.finish(Duration::from_secs(5)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "finish waited {:?}",
+            started.elapsed()
+        );
+        assert!(!cfg.socket.exists());
+        assert!(cfg.log.exists());
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::console::bind_socket;
@@ -78,18 +78,29 @@ struct Response<'a> {
     error: Option<&'a str>,
 }
 
-/// The listening control socket. Dropping it stops serving and removes the
-/// socket file.
-pub struct Server {
-    socket: PathBuf,
-    task: JoinHandle<()>,
+/// A bound control socket not served yet: connections wait in its backlog
+/// until [`Listener::serve`]. Lets the runner bind it while the hypervisor
+/// starts. Dropping it removes the socket file.
+pub struct Listener {
+    file: SocketFile,
+    listener: UnixListener,
 }
 
-impl Server {
-    /// Binds `path` (mode [`SOCKET_MODE`]) and serves `handler` on it. Must be
-    /// called inside a tokio runtime.
-    pub fn start<H: Handler>(path: &Path, handler: Arc<H>) -> io::Result<Server> {
+impl Listener {
+    /// Binds `path` (mode [`SOCKET_MODE`]). Must be called inside a tokio
+    /// runtime.
+    pub fn bind(path: &Path) -> io::Result<Listener> {
         let listener = bind_socket(path, SOCKET_MODE)?;
+        Ok(Listener {
+            file: SocketFile(path.to_path_buf()),
+            listener,
+        })
+    }
+
+    /// Serves `handler` on the socket, starting with the connections that
+    /// are waiting.
+    pub fn serve<H: Handler>(self, handler: Arc<H>) -> Server {
+        let Listener { file, listener } = self;
         let task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -103,17 +114,38 @@ impl Server {
                 }
             }
         });
-        Ok(Server {
-            socket: path.to_path_buf(),
-            task,
-        })
+        Server { task, _file: file }
+    }
+}
+
+/// Removes the socket file when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        remove_socket(&self.0);
+    }
+}
+
+/// The listening control socket. Dropping it stops serving and removes the
+/// socket file.
+pub struct Server {
+    task: JoinHandle<()>,
+    /// Dropped after `Server::drop` stopped the task.
+    _file: SocketFile,
+}
+
+impl Server {
+    /// Binds `path` (mode [`SOCKET_MODE`]) and serves `handler` on it. Must be
+    /// called inside a tokio runtime.
+    pub fn start<H: Handler>(path: &Path, handler: Arc<H>) -> io::Result<Server> {
+        Ok(Listener::bind(path)?.serve(handler))
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
-        remove_socket(&self.socket);
     }
 }
 
@@ -344,6 +376,41 @@ mod tests {
             handler.lifecycle.lock().unwrap().status().state,
             State::Running
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_before_serving_starts_is_answered_once_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher-sock");
+        let listener = Listener::bind(&path).unwrap();
+        let early = tokio::spawn({
+            let path = path.clone();
+            async move { request(&path, Command::Status, T).await }
+        });
+        // The request waits in the backlog while nothing serves the socket.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!early.is_finished());
+        let handler = recorder();
+        let server = listener.serve(handler.clone());
+        let status = early.await.unwrap().unwrap();
+        assert_eq!(status["state"], "Running");
+        assert_eq!(*handler.seen.lock().unwrap(), vec![Command::Status]);
+        drop(server);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_unserved_listener_removes_its_socket_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("launcher-sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(async { Listener::bind(&path) }).unwrap();
+        assert!(path.exists());
+        drop(listener);
+        assert!(!path.exists());
     }
 
     #[tokio::test]

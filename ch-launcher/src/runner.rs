@@ -4,8 +4,11 @@
 //! per-VM directory (0700, plus the search bit for the group or others when
 //! `--console-socket-mode` grants them access, so they can reach
 //! `virt-serial0`), take the VM's lock file (one launcher per VM), let the
-//! backend create the VM, attach the serial console relay (before boot, because output written
-//! before anyone holds a serial PTY is lost), serve the control socket, boot
+//! backend create the VM while binding the control socket (and, when the
+//! launcher relays the console, `virt-serial0` and its log) as the
+//! hypervisor starts, attach the serial console relay to the VM's serial
+//! device (before boot, because output written before anyone holds a
+//! serial PTY is lost), serve the control socket, boot
 //! (unless the spec starts paused: then `resume` boots), and feed every
 //! backend [`Event`] into one [`Lifecycle`] whose status is published on a
 //! `watch` channel and logged at each transition.
@@ -22,8 +25,8 @@
 use std::fmt::Display;
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -60,6 +63,12 @@ pub struct RunOptions {
     pub exit_wait: Duration,
     /// How long to wait for the hypervisor to go away after a destroy.
     pub destroy_wait: Duration,
+    /// The launcher relays this VM's serial console itself (the backend
+    /// serves it on a PTY or socket, see [`ConsoleSource`]): `virt-serial0`
+    /// and its log are set up while the hypervisor starts instead of after
+    /// it created the VM. Must be false when the hypervisor binds
+    /// `virt-serial0` itself ([`ConsoleSource::ServedByHypervisor`]).
+    pub early_console: bool,
 }
 
 impl RunOptions {
@@ -70,6 +79,7 @@ impl RunOptions {
             control_wait: Duration::from_secs(10),
             exit_wait: Duration::from_secs(5),
             destroy_wait: Duration::from_secs(10),
+            early_console: false,
         }
     }
 }
@@ -182,9 +192,20 @@ impl Runner {
         tracing::info!(vm = %self.domain.name, namespace = %self.domain.namespace,
             uid = %self.domain.uid, hypervisor = %self.domain.hypervisor,
             dir = %paths.dir.display(), "creating the VM");
-        let created = create(self.domain.clone(), paths.clone())
-            .await
-            .map_err(|e| RunError::Create(e.to_string()))?;
+        // The hypervisor is started in the create future's first poll; the
+        // launcher's own sockets, which need nothing from it, are bound
+        // while it starts up instead of after it created the VM.
+        let console_config = self.console_config();
+        let early_console = self.opts.early_console;
+        let creating = create(self.domain.clone(), paths.clone());
+        let binding = async {
+            // Whichever `join!` polls first, `create` runs (and spawns)
+            // before the sockets are bound.
+            tokio::task::yield_now().await;
+            EarlySockets::bind(&paths, early_console.then_some(&console_config))
+        };
+        let (created, sockets) = tokio::join!(creating, binding);
+        let created = created.map_err(|e| RunError::Create(e.to_string()))?;
         let (ops_tx, ops) = mpsc::unbounded_channel();
         let mut session = Session {
             backend: Arc::new(created.backend),
@@ -200,7 +221,7 @@ impl Runner {
             control: None,
         };
 
-        let result = self.drive(&mut session, created.console).await;
+        let result = self.drive(&mut session, created.console, sockets).await;
 
         // Every way out: the hypervisor must be gone before the launcher is.
         if session.events_open {
@@ -246,27 +267,35 @@ impl Runner {
         &mut self,
         session: &mut Session<B>,
         console: ConsoleSource,
+        sockets: Result<EarlySockets, RunError>,
     ) -> Result<(), RunError> {
-        let paths = &self.opts.paths;
-        match GuestSerial::open(&console)
+        let EarlySockets {
+            console: early_relay,
+            control,
+        } = sockets?;
+        let config = self.console_config();
+        let guest = GuestSerial::open(&console)
             .await
-            .map_err(RunError::Console)?
-        {
-            Some(guest) => {
-                let config = ConsoleConfig {
-                    socket: paths.serial_socket(),
-                    log: paths.serial_log(),
-                    mode: self.opts.console_mode,
-                };
+            .map_err(RunError::Console)?;
+        match (guest, early_relay) {
+            (Some(guest), Some(mut relay)) => {
+                relay.attach(guest);
+                tracing::info!(source = ?console, socket = %config.socket.display(),
+                    log = %config.log.display(), "serial console ready");
+                session.console = Some(relay);
+            }
+            (Some(guest), None) => {
                 let relay = ConsoleRelay::start(guest, &config).map_err(RunError::Console)?;
                 tracing::info!(source = ?console, socket = %config.socket.display(),
                     log = %config.log.display(), "serial console ready");
                 session.console = Some(relay);
             }
-            None if console == ConsoleSource::ServedByHypervisor => {
+            // An early relay without a device is dropped here, which
+            // removes its socket.
+            (None, _) if console == ConsoleSource::ServedByHypervisor => {
                 tracing::debug!("the hypervisor serves the serial console itself");
             }
-            None => tracing::info!("the VM has no serial console"),
+            (None, _) => tracing::info!("the VM has no serial console"),
         }
 
         let handler = Arc::new(VmControl {
@@ -276,9 +305,7 @@ impl Runner {
             booted: AtomicBool::new(!self.domain.start_paused),
             wait: self.opts.control_wait,
         });
-        let server =
-            control::Server::start(&paths.control_socket(), handler).map_err(RunError::Control)?;
-        session.control = Some(server);
+        session.control = Some(control.serve(handler));
         session.apply(&Event::Created);
 
         if let Ok(request) = self.stop_rx.try_recv() {
@@ -329,6 +356,38 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+impl Runner {
+    fn console_config(&self) -> ConsoleConfig {
+        ConsoleConfig {
+            socket: self.opts.paths.serial_socket(),
+            log: self.opts.paths.serial_log(),
+            mode: self.opts.console_mode,
+        }
+    }
+}
+
+/// The launcher's sockets, bound while the hypervisor starts: the control
+/// socket (served once the VM exists; requests wait in its backlog until
+/// then) and, with [`RunOptions::early_console`], the console relay (its
+/// serial device attached once the VM exists). Dropping them removes the
+/// socket files.
+struct EarlySockets {
+    console: Option<ConsoleRelay>,
+    control: control::Listener,
+}
+
+impl EarlySockets {
+    fn bind(paths: &VmPaths, console: Option<&ConsoleConfig>) -> Result<EarlySockets, RunError> {
+        let console = console
+            .map(ConsoleRelay::start_detached)
+            .transpose()
+            .map_err(RunError::Console)?;
+        let control =
+            control::Listener::bind(&paths.control_socket()).map_err(RunError::Control)?;
+        Ok(EarlySockets { console, control })
     }
 }
 
@@ -427,22 +486,30 @@ impl VmLock {
             .mode(0o600)
             .open(&path)
             .map_err(err)?;
-        let mut lock =
-            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => lock,
-                Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                    let mut text = String::new();
-                    let pid = file
-                        .read_to_string(&mut text)
-                        .ok()
-                        .and_then(|_| text.trim().parse().ok());
-                    return Err(RunError::AlreadyRunning { pid, lock: path });
-                }
-                Err((_, errno)) => return Err(err(io::Error::from(errno))),
-            };
-        lock.set_len(0)
-            .and_then(|()| lock.rewind())
-            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let pid = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                return Err(RunError::AlreadyRunning { pid, lock: path });
+            }
+            Err((_, errno)) => return Err(err(io::Error::from(errno))),
+        };
+        // Overwritten in place, then cut to length, never truncated to zero
+        // first: on ext4, truncating the previous run's line to zero frees
+        // its block, and writing a file truncated to zero makes the close
+        // at exit write it out (`auto_da_alloc`): 0.2 to 0.3 ms on the VM's
+        // start-up path and a disk write on its way out, against a few
+        // microseconds for an overwrite in place. A reader racing
+        // this sees the new pid, possibly followed by the rest of a longer
+        // old line: the refusal then says "pid unknown".
+        let line = format!("{}\n", std::process::id());
+        lock.write_all_at(line.as_bytes(), 0)
+            .and_then(|()| lock.set_len(line.len() as u64))
             .map_err(err)?;
         Ok(VmLock { _lock: lock })
     }

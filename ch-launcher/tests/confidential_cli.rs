@@ -7,14 +7,11 @@
 //! `--firmware-descriptor-dir`, which replaces the host's, so the choice
 //! does not depend on what this machine has installed.
 
+mod common;
+
+use common::{assert_stderr_contains, efi_vmi, sample, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn sample(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/domcapabilities")
-        .join(name)
-}
 
 /// A temporary host: descriptors for SEV (split flash) and SEV-SNP/TDX
 /// (stateless ROM images), firmware files that exist, and spec files.
@@ -79,32 +76,16 @@ impl Host {
     }
 
     /// A libvirt VMI spec with `launch_security` (YAML under
-    /// `launchSecurity:`) booting EFI without secure boot.
+    /// `launchSecurity:`) and a virtio-rng, booting EFI without secure boot.
     fn spec(&self, name: &str, launch_security: &str) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: {name}
-spec:
-  hypervisor: libvirt
-  domain:
-    launchSecurity: {launch_security}
-    firmware:
-      bootloader:
-        efi:
-          secureBoot: false
-    memory:
-      guest: 1Gi
+        let domain_lines = format!(
+            "    launchSecurity: {launch_security}
     devices:
       rng: {{}}
 "
-            ),
-        )
-        .unwrap();
+        );
+        std::fs::write(&path, efi_vmi(name, "libvirt", &domain_lines)).unwrap();
         path
     }
 
@@ -119,10 +100,6 @@ spec:
             .output()
             .expect("ch-launcher runs")
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
@@ -210,11 +187,7 @@ fn render_sev_on_a_host_without_sev_is_a_host_failure_not_a_spec_error() {
         &spec,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("host lacks SEV"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_contains(&out, "host lacks SEV");
 }
 
 /// `<sev supported='yes'>` without cbitpos: labelled like KubeVirt does, but

@@ -4,18 +4,11 @@
 //! `firmware select`, and dry runs that render the expected firmware paths
 //! where this host has none while `run` refuses.
 
+mod common;
+
+use common::{assert_stderr_contains, efi_vmi, sample, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn sample(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/domcapabilities")
-        .join(name)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A scratch directory with spec files, an empty descriptor directory and
 /// an empty Cloud Hypervisor firmware directory.
@@ -41,26 +34,7 @@ impl Scratch {
         let ls = launch_security
             .map(|ls| format!("    launchSecurity: {ls}\n"))
             .unwrap_or_default();
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: {name}
-spec:
-  hypervisor: {hypervisor}
-  domain:
-{ls}    firmware:
-      bootloader:
-        efi:
-          secureBoot: false
-    memory:
-      guest: 1Gi
-"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&path, efi_vmi(name, hypervisor, &ls)).unwrap();
         path
     }
 
@@ -78,6 +52,23 @@ spec:
             .output()
             .expect("ch-launcher runs")
     }
+
+    /// The launcher's `args` for `spec`, then `--domcapabilities caps`: the
+    /// host those capabilities describe instead of this one.
+    fn on_host(&self, args: &[&str], spec: &Path, caps: &Path) -> Output {
+        let mut all = args.to_vec();
+        all.extend([arg(spec), "--domcapabilities", arg(caps)]);
+        self.launcher(&all)
+    }
+
+    /// `render` of a Cloud Hypervisor spec, which must succeed: the
+    /// `vm.create` JSON and what was said on stderr.
+    fn render_json(&self, spec: &Path) -> (serde_json::Value, String) {
+        let out = self.launcher(&["render", arg(spec)]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json = serde_json::from_slice(&out.stdout).expect("vm.create JSON");
+        (json, text(&out.stderr))
+    }
 }
 
 fn arg(p: &Path) -> &str {
@@ -92,7 +83,7 @@ fn tdx_needs_the_alpha_gate_and_feature_gates_enables_it() {
     let tdx_caps = sample("domcapabilities_tdx.xml");
     for hypervisor in ["libvirt", "cloud-hypervisor"] {
         let spec = s.spec("tdx", hypervisor, Some("{tdx: {}}"));
-        let off = s.launcher(&["validate", arg(&spec), "--domcapabilities", arg(&tdx_caps)]);
+        let off = s.on_host(&["validate"], &spec, &tdx_caps);
         assert_eq!(
             off.status.code(),
             Some(2),
@@ -107,14 +98,11 @@ fn tdx_needs_the_alpha_gate_and_feature_gates_enables_it() {
         );
 
         // What the gate's error message tells the user to do works.
-        let on = s.launcher(&[
-            "validate",
-            "--feature-gates",
-            "WorkloadEncryptionTDX",
-            arg(&spec),
-            "--domcapabilities",
-            arg(&tdx_caps),
-        ]);
+        let on = s.on_host(
+            &["validate", "--feature-gates", "WorkloadEncryptionTDX"],
+            &spec,
+            &tdx_caps,
+        );
         assert!(on.status.success(), "{hypervisor}: {}", text(&on.stderr));
         assert!(text(&on.stdout).contains("is valid"));
     }
@@ -125,33 +113,22 @@ fn beta_sev_gate_is_on_by_default_and_minus_name_disables_it() {
     let s = Scratch::new();
     let spec = s.spec("sev", "libvirt", Some("{sev: {}}"));
     let caps = sample("domcapabilities_sev.xml");
-    let on = s.launcher(&["validate", arg(&spec), "--domcapabilities", arg(&caps)]);
+    let on = s.on_host(&["validate"], &spec, &caps);
     assert!(on.status.success(), "{}", text(&on.stderr));
 
     // `-Name` right after the option is a value, not an unknown flag.
-    let off = s.launcher(&[
-        "validate",
-        "--feature-gates",
-        "-WorkloadEncryptionSEV",
-        arg(&spec),
-        "--domcapabilities",
-        arg(&caps),
-    ]);
-    assert_eq!(off.status.code(), Some(2), "{}", text(&off.stderr));
-    assert!(
-        text(&off.stderr).contains("remove -WorkloadEncryptionSEV"),
-        "{}",
-        text(&off.stderr)
+    let off = s.on_host(
+        &["validate", "--feature-gates", "-WorkloadEncryptionSEV"],
+        &spec,
+        &caps,
     );
+    assert_eq!(off.status.code(), Some(2), "{}", text(&off.stderr));
+    assert_stderr_contains(&off, "remove -WorkloadEncryptionSEV");
 
     // A bad gate list is the launcher's configuration, not the spec: exit 1.
     let bogus = s.launcher(&["validate", "--feature-gates", "Bogus", arg(&spec)]);
     assert_eq!(bogus.status.code(), Some(1));
-    assert!(
-        text(&bogus.stderr).contains("--feature-gates: unknown feature gate \"Bogus\""),
-        "{}",
-        text(&bogus.stderr)
-    );
+    assert_stderr_contains(&bogus, "--feature-gates: unknown feature gate \"Bogus\"");
 }
 
 #[test]
@@ -161,25 +138,19 @@ fn config_file_gates_apply_and_the_command_line_wins() {
     let caps = sample("domcapabilities_tdx.xml");
     let config = s.path("config.yaml");
     std::fs::write(&config, "featureGates: [WorkloadEncryptionTDX]\n").unwrap();
-    let on = s.launcher(&[
-        "validate",
-        "--config",
-        arg(&config),
-        arg(&spec),
-        "--domcapabilities",
-        arg(&caps),
-    ]);
+    let on = s.on_host(&["validate", "--config", arg(&config)], &spec, &caps);
     assert!(on.status.success(), "{}", text(&on.stderr));
 
-    let off = s.launcher(&[
-        "validate",
-        "--config",
-        arg(&config),
-        "--feature-gates=-WorkloadEncryptionTDX",
-        arg(&spec),
-        "--domcapabilities",
-        arg(&caps),
-    ]);
+    let off = s.on_host(
+        &[
+            "validate",
+            "--config",
+            arg(&config),
+            "--feature-gates=-WorkloadEncryptionTDX",
+        ],
+        &spec,
+        &caps,
+    );
     assert_eq!(off.status.code(), Some(2), "{}", text(&off.stderr));
 }
 
@@ -365,7 +336,7 @@ fn render_snp_without_firmware_renders_kubevirts_expected_path_and_run_refuses()
     let s = Scratch::new();
     let spec = s.spec("snp", "libvirt", Some("{snp: {}}"));
     let caps = sample("domcapabilities_sevsnp.xml");
-    let out = s.launcher(&["render", arg(&spec), "--domcapabilities", arg(&caps)]);
+    let out = s.on_host(&["render"], &spec, &caps);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let xml = text(&out.stdout);
     assert!(
@@ -380,13 +351,7 @@ fn render_snp_without_firmware_renders_kubevirts_expected_path_and_run_refuses()
         "{stderr}"
     );
 
-    let out = s.launcher(&[
-        "run",
-        "--no-attach",
-        arg(&spec),
-        "--domcapabilities",
-        arg(&caps),
-    ]);
+    let out = s.on_host(&["run", "--no-attach"], &spec, &caps);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("firmware: no firmware fits"), "{stderr}");
@@ -400,18 +365,12 @@ fn render_snp_without_firmware_renders_kubevirts_expected_path_and_run_refuses()
 fn render_cloud_hypervisor_snp_without_igvm_names_the_expected_file() {
     let s = Scratch::new();
     let spec = s.spec("snp", "cloud-hypervisor", Some("{snp: {}}"));
-    let out = s.launcher(&["render", arg(&spec)]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("vm.create JSON");
+    let (json, stderr) = s.render_json(&spec);
     assert_eq!(
         json["payload"]["igvm"],
         serde_json::json!(s.path("ch-firmware/sev-snp.igvm"))
     );
-    assert!(
-        text(&out.stderr).contains("no *.igvm file there"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(stderr.contains("no *.igvm file there"), "{stderr}");
 }
 
 #[test]
@@ -422,48 +381,29 @@ fn validate_checks_the_translation_even_when_the_host_lacks_sev() {
     // SEV-ES forbids SMM: a spec error the libvirt translation finds.
     std::fs::write(
         &path,
-        "apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: sev-smm
-spec:
-  hypervisor: libvirt
-  domain:
-    launchSecurity: {sev: {policy: {encryptedState: true}}}
+        efi_vmi(
+            "sev-smm",
+            "libvirt",
+            "    launchSecurity: {sev: {policy: {encryptedState: true}}}
     features:
       smm: {enabled: true}
-    firmware:
-      bootloader:
-        efi:
-          secureBoot: false
-    memory:
-      guest: 1Gi
 ",
+        ),
     )
     .unwrap();
-    let out = s.launcher(&["validate", arg(&path), "--domcapabilities", arg(&caps)]);
+    let out = s.on_host(&["validate"], &path, &caps);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("spec.domain.features.smm"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_stderr_contains(&out, "spec.domain.features.smm");
 }
 
 #[test]
 fn render_cloud_hypervisor_efi_without_firmware_directory_warns_and_renders() {
     let s = Scratch::new();
     let spec = s.spec("efi", "cloud-hypervisor", None);
-    let out = s.launcher(&["render", arg(&spec)]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("vm.create JSON");
+    let (json, stderr) = s.render_json(&spec);
     assert_eq!(
         json["payload"]["firmware"],
         serde_json::json!(s.path("ch-firmware/CLOUDHV.fd"))
     );
-    assert!(
-        text(&out.stderr).contains("CLOUDHV.fd does not exist"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(stderr.contains("CLOUDHV.fd does not exist"), "{stderr}");
 }

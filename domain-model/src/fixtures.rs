@@ -107,6 +107,21 @@ pub fn disk(index: usize, name: &str, path: impl Into<PathBuf>) -> Disk {
     }
 }
 
+/// AMD SEV (SEV-ES with `encrypted_state`) with KubeVirt's defaults.
+pub fn sev(encrypted_state: bool) -> LaunchSecurity {
+    LaunchSecurity::Sev {
+        encrypted_state,
+        dh_cert: None,
+        session: None,
+        attestation: false,
+    }
+}
+
+/// AMD SEV-SNP without host data.
+pub fn snp() -> LaunchSecurity {
+    LaunchSecurity::SevSnp { host_data: None }
+}
+
 /// Builder-style variations of a fixture [`Domain`].
 impl Domain {
     pub fn with_name(mut self, name: &str) -> Self {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{domain, efi, kernel_boot};
+use common::{domain, efi, kernel_boot, sev, snp};
 use domain_model::{Hypervisor, LaunchSecurity};
 use firmware::{
     choose, is_session_uri, ChFirmwareKind, ChFirmwarePaths, Choice, FirmwareConfig, FirmwareError,
@@ -18,15 +18,6 @@ fn bare_host(dir: &Path) -> FirmwareConfig {
         qemu: SearchPaths::new(vec![dir.join("descriptors")]),
         cloud_hypervisor: ChFirmwarePaths::under_dir(dir),
         machine: None,
-    }
-}
-
-fn sev(encrypted_state: bool) -> LaunchSecurity {
-    LaunchSecurity::Sev {
-        encrypted_state,
-        dh_cert: None,
-        session: None,
-        attestation: false,
     }
 }
 
@@ -45,11 +36,7 @@ fn dry_run_renders_kubevirts_ovmf_paths_for_each_confidential_kind() {
             "/usr/share/OVMF/OVMF_CODE.cc.fd",
             MappingKind::FlashSplit,
         ),
-        (
-            LaunchSecurity::SevSnp { host_data: None },
-            "/usr/share/OVMF/OVMF.amdsev.fd",
-            MappingKind::Memory,
-        ),
+        (snp(), "/usr/share/OVMF/OVMF.amdsev.fd", MappingKind::Memory),
         (
             LaunchSecurity::Tdx,
             "/usr/share/OVMF/OVMF.inteltdx.fd",
@@ -118,8 +105,7 @@ fn dry_run_prefers_what_the_host_has() {
 fn cloud_hypervisor_snp_dry_run_names_the_expected_igvm_file() {
     let t = tempfile::tempdir().expect("tempdir");
     let config = bare_host(&t.path().join("absent"));
-    let d = domain(Hypervisor::CloudHypervisor, efi(false))
-        .with_launch_security(LaunchSecurity::SevSnp { host_data: None });
+    let d = domain(Hypervisor::CloudHypervisor, efi(false)).with_launch_security(snp());
     let choice = choose(&d, &config, Purpose::DryRun).expect("dry run");
     let Choice::CloudHypervisor(s) = &choice else {
         panic!("{choice:?}")
@@ -137,8 +123,7 @@ fn cloud_hypervisor_snp_dry_run_names_the_expected_igvm_file() {
         Err(FirmwareError::NoMatch(_))
     ));
     // What Cloud Hypervisor cannot do at all stays an error in a dry run.
-    let kernel = domain(Hypervisor::CloudHypervisor, kernel_boot())
-        .with_launch_security(LaunchSecurity::SevSnp { host_data: None });
+    let kernel = domain(Hypervisor::CloudHypervisor, kernel_boot()).with_launch_security(snp());
     assert!(choose(&kernel, &config, Purpose::DryRun).is_err());
 }
 

@@ -239,6 +239,13 @@ impl LaunchedVm {
         }
     }
 
+    /// Has the guest power off (`q` on its console) and expects the
+    /// launcher to exit 0.
+    fn power_off_from(&mut self, console: &mut UnixStream) {
+        console.write_all(b"q").unwrap();
+        assert_eq!(self.wait_exit().code(), Some(0), "{}", self.logs());
+    }
+
     fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = self.child.as_ref().expect("launcher started").id();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
@@ -368,9 +375,7 @@ fn libvirt_guest_boots_echoes_and_powers_off_with_exit_0() {
         "echo round trip failed: {echoed:?}"
     );
 
-    console.write_all(b"q").unwrap();
-    let status = vm.wait_exit();
-    assert_eq!(status.code(), Some(0), "{}", vm.logs());
+    vm.power_off_from(&mut console);
     assert_eq!(vm.final_state(), ("Shutoff".into(), "Shutdown".into()));
     let log = std::fs::read_to_string(vm.serial_log()).unwrap_or_default();
     assert!(log.contains("ping"), "the echo is logged too: {log:?}");
@@ -397,8 +402,7 @@ fn libvirt_start_paused_shows_the_banner_on_virt_serial0_after_resume() {
     assert!(again.contains(BANNER), "no banner after reboot: {again:?}");
     vm.wait_status("Running", "Booted");
 
-    console.write_all(b"q").unwrap();
-    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    vm.power_off_from(&mut console);
     vm.assert_domain_gone();
 }
 
@@ -426,8 +430,7 @@ fn libvirt_pause_then_resume_maps_to_paused_user_then_running() {
     console.write_all(b"x").unwrap();
     assert!(read_until(&mut console, "x", Duration::from_secs(20)).contains('x'));
 
-    console.write_all(b"q").unwrap();
-    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    vm.power_off_from(&mut console);
     vm.assert_domain_gone();
 }
 
@@ -522,8 +525,7 @@ fn libvirt_guest_with_disks_cdrom_rng_and_vnc_boots_under_qemu() {
     assert!(vnc.exists(), "QEMU binds {}", vnc.display());
 
     let mut console = vm.connect_console();
-    console.write_all(b"q").unwrap();
-    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    vm.power_off_from(&mut console);
     vm.assert_domain_gone();
     assert!(
         !vnc.exists(),
@@ -614,8 +616,7 @@ fn libvirt_second_launcher_for_the_same_vm_fails_and_leaves_the_first_alone() {
     winner.wait_status("Running", "Booted");
     assert_eq!(winner.domstate(), "running");
     let mut console = winner.connect_console();
-    console.write_all(b"q").unwrap();
-    assert_eq!(winner.wait_exit().code(), Some(0), "{}", winner.logs());
+    winner.power_off_from(&mut console);
     winner.assert_domain_gone();
 }
 
@@ -730,8 +731,7 @@ fn libvirt_launcher_reconnects_after_a_libvirtd_crash_and_keeps_the_vm() {
     let resumed = vm.control("resume").expect("resume");
     assert_eq!(resumed["state"], "Running", "{resumed}");
     let mut console = vm.connect_console();
-    console.write_all(b"q").unwrap();
-    assert_eq!(vm.wait_exit().code(), Some(0), "{}", vm.logs());
+    vm.power_off_from(&mut console);
     assert_eq!(vm.final_state(), ("Shutoff".into(), "Shutdown".into()));
     vm.assert_domain_gone();
 }

@@ -17,7 +17,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-const RECORDINGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/cloud-hypervisor");
+const RECORDINGS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/reference/cloud-hypervisor"
+);
 const REAL_CH_ENV: &str = "CLOUD_HYPERVISOR_BIN";
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -461,6 +464,25 @@ fn replay(bin: &Path) {
     }
 }
 
+/// One scenario, two tests: `$standin` runs it against the stand-in,
+/// `$real` against the real Cloud Hypervisor when `CLOUD_HYPERVISOR_BIN` is
+/// set (else it prints a SKIP line and passes).
+macro_rules! on_both_vmms {
+    ($scenario:ident, $standin:ident, $real:ident) => {
+        #[test]
+        fn $standin() {
+            $scenario(&standin());
+        }
+
+        #[test]
+        fn $real() {
+            if let Some(bin) = real_cloud_hypervisor() {
+                $scenario(&bin);
+            }
+        }
+    };
+}
+
 fn standin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ch-standin"))
 }
@@ -478,17 +500,11 @@ fn real_cloud_hypervisor() -> Option<PathBuf> {
     }
 }
 
-#[test]
-fn standin_reproduces_the_recorded_api_sessions_and_events() {
-    replay(&standin());
-}
-
-#[test]
-fn real_cloud_hypervisor_reproduces_the_recorded_api_sessions_and_events() {
-    if let Some(bin) = real_cloud_hypervisor() {
-        replay(&bin);
-    }
-}
+on_both_vmms!(
+    replay,
+    standin_reproduces_the_recorded_api_sessions_and_events,
+    real_cloud_hypervisor_reproduces_the_recorded_api_sessions_and_events
+);
 
 fn create_and_boot(vmm: &Vmm, kernel: &Path, serial: &str) {
     let body = format!(
@@ -525,17 +541,11 @@ fn sigterm_shuts_the_vmm_down(bin: &Path) {
     );
 }
 
-#[test]
-fn standin_sigterm_shuts_the_vm_down_and_exits_zero() {
-    sigterm_shuts_the_vmm_down(&standin());
-}
-
-#[test]
-fn real_cloud_hypervisor_sigterm_shuts_the_vm_down_and_exits_zero() {
-    if let Some(bin) = real_cloud_hypervisor() {
-        sigterm_shuts_the_vmm_down(&bin);
-    }
-}
+on_both_vmms!(
+    sigterm_shuts_the_vmm_down,
+    standin_sigterm_shuts_the_vm_down_and_exits_zero,
+    real_cloud_hypervisor_sigterm_shuts_the_vm_down_and_exits_zero
+);
 
 fn halting_guest_powers_off_after_its_banner(bin: &Path) {
     let mut vmm = Vmm::start(bin, &[]);
@@ -550,17 +560,11 @@ fn halting_guest_powers_off_after_its_banner(bin: &Path) {
     assert!(!socket.exists(), "the serial socket is removed with the VM");
 }
 
-#[test]
-fn standin_halting_guest_powers_off_after_its_banner() {
-    halting_guest_powers_off_after_its_banner(&standin());
-}
-
-#[test]
-fn real_cloud_hypervisor_halting_guest_powers_off_after_its_banner() {
-    if let Some(bin) = real_cloud_hypervisor() {
-        halting_guest_powers_off_after_its_banner(&bin);
-    }
-}
+on_both_vmms!(
+    halting_guest_powers_off_after_its_banner,
+    standin_halting_guest_powers_off_after_its_banner,
+    real_cloud_hypervisor_halting_guest_powers_off_after_its_banner
+);
 
 /// CH buffers serial output while nobody holds the PTY and flushes it once the
 /// slave has been open for a poll period (500 ms): a reader that opens late and
@@ -578,17 +582,11 @@ fn late_pty_reader_gets_the_banner_after_the_probe_period(bin: &Path) {
     assert_eq!(read_until(&mut file, b"x"), b"x", "the guest echoes");
 }
 
-#[test]
-fn standin_late_pty_reader_gets_the_banner_after_the_probe_period() {
-    late_pty_reader_gets_the_banner_after_the_probe_period(&standin());
-}
-
-#[test]
-fn real_cloud_hypervisor_late_pty_reader_gets_the_banner_after_the_probe_period() {
-    if let Some(bin) = real_cloud_hypervisor() {
-        late_pty_reader_gets_the_banner_after_the_probe_period(&bin);
-    }
-}
+on_both_vmms!(
+    late_pty_reader_gets_the_banner_after_the_probe_period,
+    standin_late_pty_reader_gets_the_banner_after_the_probe_period,
+    real_cloud_hypervisor_late_pty_reader_gets_the_banner_after_the_probe_period
+);
 
 #[test]
 fn standin_reports_features_from_the_environment() {
@@ -667,17 +665,11 @@ fn serial_pty_is_replaced_by_a_guest_reboot(bin: &Path) {
     );
 }
 
-#[test]
-fn standin_serial_pty_is_replaced_by_a_guest_reboot() {
-    serial_pty_is_replaced_by_a_guest_reboot(&standin());
-}
-
-#[test]
-fn real_cloud_hypervisor_serial_pty_is_replaced_by_a_guest_reboot() {
-    if let Some(bin) = real_cloud_hypervisor() {
-        serial_pty_is_replaced_by_a_guest_reboot(&bin);
-    }
-}
+on_both_vmms!(
+    serial_pty_is_replaced_by_a_guest_reboot,
+    standin_serial_pty_is_replaced_by_a_guest_reboot,
+    real_cloud_hypervisor_serial_pty_is_replaced_by_a_guest_reboot
+);
 
 /// Disk images are opened when the VM is built and locked before it runs.
 fn disk_errors_fail_the_boot(bin: &Path) {
@@ -749,17 +741,11 @@ fn disk_errors_fail_the_boot(bin: &Path) {
     );
 }
 
-#[test]
-fn standin_disk_errors_fail_the_boot() {
-    disk_errors_fail_the_boot(&standin());
-}
-
-#[test]
-fn real_cloud_hypervisor_disk_errors_fail_the_boot() {
-    if let Some(bin) = real_cloud_hypervisor() {
-        disk_errors_fail_the_boot(&bin);
-    }
-}
+on_both_vmms!(
+    disk_errors_fail_the_boot,
+    standin_disk_errors_fail_the_boot,
+    real_cloud_hypervisor_disk_errors_fail_the_boot
+);
 
 /// `--api-socket fd=N`: the VMM serves a socket its parent bound and listens
 /// on before starting it (what `ch-launcher` does), so the first request can
@@ -811,14 +797,8 @@ fn api_socket_fd_serves_a_listener_bound_before_the_vmm_started(bin: &Path) {
     );
 }
 
-#[test]
-fn standin_api_socket_fd_serves_a_listener_bound_before_the_vmm_started() {
-    api_socket_fd_serves_a_listener_bound_before_the_vmm_started(&standin());
-}
-
-#[test]
-fn real_cloud_hypervisor_api_socket_fd_serves_a_listener_bound_before_the_vmm_started() {
-    if let Some(bin) = real_cloud_hypervisor() {
-        api_socket_fd_serves_a_listener_bound_before_the_vmm_started(&bin);
-    }
-}
+on_both_vmms!(
+    api_socket_fd_serves_a_listener_bound_before_the_vmm_started,
+    standin_api_socket_fd_serves_a_listener_bound_before_the_vmm_started,
+    real_cloud_hypervisor_api_socket_fd_serves_a_listener_bound_before_the_vmm_started
+);

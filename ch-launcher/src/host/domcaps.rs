@@ -187,11 +187,13 @@ impl DomainCapabilities {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn sample(name: &str) -> HostCapabilities {
+    /// A recorded `virsh domcapabilities` file from the shared reference
+    /// set, loaded; also used by the tests of what is derived from it.
+    pub(crate) fn sample(name: &str) -> HostCapabilities {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/reference/domcapabilities")
             .join(name);

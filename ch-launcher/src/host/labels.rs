@@ -75,13 +75,10 @@ pub fn to_lines(labels: &BTreeMap<String, String>) -> String {
 mod tests {
     use super::*;
     use crate::host::domcaps;
-    use std::path::PathBuf;
+    use domain_model::fixtures::{sev, snp};
 
     fn labels_of(sample: &str) -> Vec<String> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/domcapabilities")
-            .join(sample);
-        let caps = domcaps::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let caps = domcaps::tests::sample(sample);
         to_lines(&node_labels(&caps))
             .lines()
             .map(str::to_string)
@@ -143,15 +140,6 @@ mod tests {
         assert!(labels_of("this-machine-qemu-7.2-kvm.xml").is_empty());
     }
 
-    fn sev(encrypted_state: bool) -> LaunchSecurity {
-        LaunchSecurity::Sev {
-            encrypted_state,
-            dh_cert: None,
-            session: None,
-            attestation: false,
-        }
-    }
-
     fn selector(ls: Option<&LaunchSecurity>) -> Vec<String> {
         to_lines(&node_selector(ls))
             .lines()
@@ -168,7 +156,7 @@ mod tests {
             ["kubevirt.io/sev=true", "kubevirt.io/sev-es=true"]
         );
         assert_eq!(
-            selector(Some(&LaunchSecurity::SevSnp { host_data: None })),
+            selector(Some(&snp())),
             ["kubevirt.io/sev=true", "kubevirt.io/sev-snp=true"]
         );
         assert_eq!(
@@ -183,13 +171,9 @@ mod tests {
 
     #[test]
     fn unsupported_names_the_missing_label() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/domcapabilities/domcapabilities_sev.xml");
-        let caps = domcaps::load(&path).unwrap();
+        let caps = domcaps::tests::sample("domcapabilities_sev.xml");
         assert_eq!(caps.unsupported(&sev(true)), None);
-        let snp = caps
-            .unsupported(&LaunchSecurity::SevSnp { host_data: None })
-            .expect("the SEV sample has no SNP");
+        let snp = caps.unsupported(&snp()).expect("the SEV sample has no SNP");
         assert!(snp.contains("SEV-SNP") && snp.contains(SEV_SNP), "{snp}");
         assert!(caps.unsupported(&LaunchSecurity::Tdx).is_some());
     }

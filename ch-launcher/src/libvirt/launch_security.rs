@@ -277,11 +277,10 @@ mod tests {
     use super::*;
     use crate::host::domcaps;
     use crate::libvirt::render::{build, render, RenderContext};
+    use crate::libvirt::tests::{validation_failure, which, Node};
     use crate::paths::VmPaths;
-    use domain_model::fixtures;
+    use domain_model::fixtures::{self, sev, snp};
     use domain_model::*;
-    use quick_xml::events::Event as XmlEvent;
-    use std::collections::BTreeMap;
     use std::path::Path;
 
     #[test]
@@ -340,26 +339,21 @@ mod tests {
         d
     }
 
-    fn sev(encrypted_state: bool) -> LaunchSecurity {
-        LaunchSecurity::Sev {
-            encrypted_state,
-            dh_cert: None,
-            session: None,
-            attestation: false,
-        }
-    }
-
-    fn snp() -> LaunchSecurity {
-        LaunchSecurity::SevSnp { host_data: None }
+    /// An IBM Secure Execution guest: s390x, kernel boot, only the devices
+    /// s390x has (neither SATA nor SCSI-on-ISA legacy, nor USB input).
+    fn secure_execution_guest() -> Domain {
+        let mut d = guest(LaunchSecurity::SecureExecution)
+            .with_boot(fixtures::kernel_boot("/var/lib/images/se-guest.img"));
+        d.architecture = Architecture::S390x;
+        d.disks.truncate(1);
+        d.devices.inputs.clear();
+        d
     }
 
     /// The host's SEV parameters as `virsh domcapabilities` recorded them.
     fn host_from(sample: &str) -> ConfidentialHost {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/domcapabilities")
-            .join(sample);
         ConfidentialHost {
-            sev: domcaps::load(&path).unwrap_or_else(|e| panic!("{e}")).sev,
+            sev: domcaps::tests::sample(sample).sev,
             tdx_quote_generation_socket: None,
         }
     }
@@ -446,7 +440,7 @@ mod tests {
             assert!(c.firmware.is_some(), "no test firmware fits {domain:?}");
         }
         let xml = render(domain, &c).unwrap_or_else(|e| panic!("{e}"));
-        let tree = parse(&xml);
+        let tree = Node::parse(&xml);
         (xml, tree)
     }
 
@@ -457,86 +451,21 @@ mod tests {
         }
     }
 
-    // ---- a small element tree, to assert on the document as libvirt reads it
-
-    #[derive(Debug, Default)]
-    struct Node {
-        name: String,
-        attrs: BTreeMap<String, String>,
-        text: String,
-        children: Vec<Node>,
-    }
-
-    impl Node {
-        fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-            self.children.iter().filter(move |c| c.name == name)
-        }
-        fn get(&self, path: &str) -> Option<&Node> {
-            let mut node = self;
-            for name in path.split('/') {
-                node = node.children.iter().find(|c| c.name == name)?;
-            }
-            Some(node)
-        }
-        fn at(&self, path: &str) -> &Node {
-            self.get(path)
-                .unwrap_or_else(|| panic!("no <{path}> under <{}>", self.name))
-        }
-        fn attr(&self, name: &str) -> Option<&str> {
-            self.attrs.get(name).map(String::as_str)
-        }
-    }
-
-    fn parse(xml: &str) -> Node {
-        let mut reader = quick_xml::Reader::from_str(xml);
-        let mut stack = vec![Node::default()];
-        let open = |e: &quick_xml::events::BytesStart| Node {
-            name: String::from_utf8_lossy(e.name().as_ref()).into_owned(),
-            attrs: e
-                .attributes()
-                .map(|a| {
-                    let a = a.unwrap();
-                    (
-                        String::from_utf8_lossy(a.key.as_ref()).into_owned(),
-                        a.unescape_value().unwrap().into_owned(),
-                    )
-                })
-                .collect(),
-            ..Node::default()
-        };
-        loop {
-            match reader.read_event().unwrap() {
-                XmlEvent::Start(e) => stack.push(open(&e)),
-                XmlEvent::Empty(e) => stack.last_mut().unwrap().children.push(open(&e)),
-                XmlEvent::Text(t) => {
-                    stack.last_mut().unwrap().text += t.unescape().unwrap().trim();
-                }
-                XmlEvent::End(_) => {
-                    let done = stack.pop().unwrap();
-                    stack.last_mut().unwrap().children.push(done);
-                }
-                XmlEvent::Eof => break,
-                _ => {}
-            }
-        }
-        stack.pop().unwrap().children.pop().expect("a root element")
-    }
-
     /// `iommu` of each virtio device's driver, by device.
     fn iommu_flags(doc: &Node) -> Vec<(String, Option<String>)> {
-        let devices = doc.at("devices");
+        let devices = doc.one("devices");
         let mut out = Vec::new();
         for disk in devices.all("disk") {
             out.push((
-                format!("disk {}", disk.at("target").attr("bus").unwrap_or("?")),
-                disk.at("driver").attr("iommu").map(str::to_owned),
+                format!("disk {}", disk.one("target").attr_opt("bus").unwrap_or("?")),
+                disk.one("driver").attr_opt("iommu").map(str::to_owned),
             ));
         }
         for c in devices.all("controller") {
             out.push((
-                format!("controller {}", c.attr("model").unwrap_or("?")),
+                format!("controller {}", c.attr_opt("model").unwrap_or("?")),
                 c.get("driver")
-                    .and_then(|d| d.attr("iommu"))
+                    .and_then(|d| d.attr_opt("iommu"))
                     .map(str::to_owned),
             ));
         }
@@ -545,7 +474,7 @@ mod tests {
                 out.push((
                     kind.to_string(),
                     d.get("driver")
-                        .and_then(|d| d.attr("iommu"))
+                        .and_then(|d| d.attr_opt("iommu"))
                         .map(str::to_owned),
                 ));
             }
@@ -579,17 +508,17 @@ mod tests {
     fn sev_renders_policy_0x1_with_the_hosts_cbitpos_and_iommu_on_virtio_devices() {
         let d = guest(sev(false));
         let (_, doc) = rendered(&d, host_cbit_51());
-        let ls = doc.at("launchSecurity");
-        assert_eq!(ls.attr("type"), Some("sev"));
-        assert_eq!(ls.at("cbitpos").text, "51");
-        assert_eq!(ls.at("reducedPhysBits").text, "5");
-        assert_eq!(ls.at("policy").text, "0x1");
+        let ls = doc.one("launchSecurity");
+        assert_eq!(ls.attr_opt("type"), Some("sev"));
+        assert_eq!(ls.one("cbitpos").text, "51");
+        assert_eq!(ls.one("reducedPhysBits").text, "5");
+        assert_eq!(ls.one("policy").text, "0x1");
         assert!(ls.get("dhCert").is_none() && ls.get("session").is_none());
         assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
         // OVMF with amd-sev, with its variable store (SEV keeps NVRAM).
-        let loader = doc.at("os/loader");
+        let loader = doc.one("os/loader");
         assert_eq!(loader.text, "/usr/share/OVMF/OVMF_CODE_4M.fd");
-        assert_eq!(loader.attr("type"), Some("pflash"));
+        assert_eq!(loader.attr_opt("type"), Some("pflash"));
         assert!(doc.get("os/nvram").is_some());
         assert!(doc.get("features/pmu").is_none());
     }
@@ -598,8 +527,8 @@ mod tests {
     fn sev_parameters_come_from_recorded_domcapabilities() {
         let d = guest(sev(false));
         let (_, doc) = rendered(&d, host_from("domcapabilities_sev.xml"));
-        assert_eq!(doc.at("launchSecurity/cbitpos").text, "47");
-        assert_eq!(doc.at("launchSecurity/reducedPhysBits").text, "1");
+        assert_eq!(doc.one("launchSecurity/cbitpos").text, "47");
+        assert_eq!(doc.one("launchSecurity/reducedPhysBits").text, "1");
     }
 
     #[test]
@@ -611,11 +540,11 @@ mod tests {
             attestation: false,
         });
         let (_, doc) = rendered(&d, host_from("domcapabilities_sev.xml"));
-        let ls = doc.at("launchSecurity");
-        assert_eq!(ls.attr("type"), Some("sev"));
-        assert_eq!(ls.at("policy").text, "0x5");
-        assert_eq!(ls.at("dhCert").text, "RBBBSDDD=FDDCCCDDDG");
-        assert_eq!(ls.at("session").text, "AAACCCDD=FFFCCCDSDS");
+        let ls = doc.one("launchSecurity");
+        assert_eq!(ls.attr_opt("type"), Some("sev"));
+        assert_eq!(ls.one("policy").text, "0x5");
+        assert_eq!(ls.one("dhCert").text, "RBBBSDDD=FDDCCCDDDG");
+        assert_eq!(ls.one("session").text, "AAACCCDD=FFFCCCDSDS");
         assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
     }
 
@@ -623,16 +552,16 @@ mod tests {
     fn sev_snp_renders_type_sev_snp_policy_0x30000_on_the_stateless_amdsev_image() {
         let d = guest(snp());
         let (_, doc) = rendered(&d, host_from("domcapabilities_sevsnp.xml"));
-        let ls = doc.at("launchSecurity");
-        assert_eq!(ls.attr("type"), Some("sev-snp"));
-        assert_eq!(ls.at("cbitpos").text, "47");
-        assert_eq!(ls.at("reducedPhysBits").text, "1");
-        assert_eq!(ls.at("policy").text, "0x30000");
+        let ls = doc.one("launchSecurity");
+        assert_eq!(ls.attr_opt("type"), Some("sev-snp"));
+        assert_eq!(ls.one("cbitpos").text, "47");
+        assert_eq!(ls.one("reducedPhysBits").text, "1");
+        assert_eq!(ls.one("policy").text, "0x30000");
         assert!(ls.get("hostData").is_none());
         assert_eq!(iommu_flags(&doc), flags(IOMMU_ON));
-        let loader = doc.at("os/loader");
+        let loader = doc.one("os/loader");
         assert_eq!(loader.text, "/usr/share/OVMF/OVMF.amdsev.fd");
-        assert_eq!(loader.attr("type"), Some("rom"));
+        assert_eq!(loader.attr_opt("type"), Some("rom"));
         assert!(
             doc.get("os/nvram").is_none(),
             "SEV-SNP firmware is stateless"
@@ -646,7 +575,7 @@ mod tests {
         });
         let (_, doc) = rendered(&d, host_from("domcapabilities_sevsnp.xml"));
         assert_eq!(
-            doc.at("launchSecurity/hostData").text,
+            doc.one("launchSecurity/hostData").text,
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAP8="
         );
     }
@@ -655,18 +584,18 @@ mod tests {
     fn tdx_renders_type_tdx_with_pmu_off_and_no_iommu_flags() {
         let d = guest(LaunchSecurity::Tdx);
         let (_, doc) = rendered(&d, ConfidentialHost::default());
-        let ls = doc.at("launchSecurity");
-        assert_eq!(ls.attr("type"), Some("tdx"));
+        let ls = doc.one("launchSecurity");
+        assert_eq!(ls.attr_opt("type"), Some("tdx"));
         assert!(
             ls.children.is_empty(),
             "no quote service unless configured: {ls:?}"
         );
-        assert_eq!(doc.at("features/pmu").attr("state"), Some("off"));
+        assert_eq!(doc.one("features/pmu").attr_opt("state"), Some("off"));
         assert!(doc.get("features/smm").is_none());
         assert!(iommu_flags(&doc).iter().all(|(_, v)| v.is_none()));
-        let loader = doc.at("os/loader");
+        let loader = doc.one("os/loader");
         assert_eq!(loader.text, "/usr/share/OVMF/OVMF.inteltdx.fd");
-        assert_eq!(loader.attr("type"), Some("rom"));
+        assert_eq!(loader.attr_opt("type"), Some("rom"));
         assert!(doc.get("os/nvram").is_none(), "TDX firmware is stateless");
     }
 
@@ -679,26 +608,20 @@ mod tests {
         };
         let (_, doc) = rendered(&d, host);
         assert_eq!(
-            doc.at("launchSecurity/quoteGenerationService").attr("path"),
+            doc.one("launchSecurity/quoteGenerationService")
+                .attr_opt("path"),
             Some("/var/run/tdx-qgs/qgs.socket")
         );
     }
 
     #[test]
     fn secure_execution_renders_an_s390_guest_without_launch_security_and_iommu_on() {
-        let mut d = guest(LaunchSecurity::SecureExecution);
-        d.architecture = Architecture::S390x;
-        d.boot = Boot::Kernel {
-            kernel: "/var/lib/images/se-guest.img".into(),
-            initrd: None,
-            cmdline: None,
-        };
-        // s390x has neither SATA nor SCSI-on-ISA legacy, nor USB input.
-        d.disks.truncate(1);
-        d.devices.inputs.clear();
-        let (_, doc) = rendered(&d, ConfidentialHost::default());
-        assert_eq!(doc.at("os/type").attr("machine"), Some("s390-ccw-virtio"));
-        assert_eq!(doc.at("os/type").attr("arch"), Some("s390x"));
+        let (_, doc) = rendered(&secure_execution_guest(), ConfidentialHost::default());
+        assert_eq!(
+            doc.one("os/type").attr_opt("machine"),
+            Some("s390-ccw-virtio")
+        );
+        assert_eq!(doc.one("os/type").attr_opt("arch"), Some("s390x"));
         assert!(doc.get("launchSecurity").is_none());
         assert_eq!(
             iommu_flags(&doc),
@@ -800,15 +723,7 @@ mod tests {
     /// Every confidential document, with the name it is reported under.
     fn confidential_corpus() -> Vec<(&'static str, String)> {
         let snp_host = host_from("domcapabilities_sevsnp.xml");
-        let mut se = guest(LaunchSecurity::SecureExecution);
-        se.architecture = Architecture::S390x;
-        se.boot = Boot::Kernel {
-            kernel: "/var/lib/images/se-guest.img".into(),
-            initrd: None,
-            cmdline: None,
-        };
-        se.disks.truncate(1);
-        se.devices.inputs.clear();
+        let se = secure_execution_guest();
         let qgs = ConfidentialHost {
             sev: None,
             tdx_quote_generation_socket: Some("/var/run/tdx-qgs/qgs.socket".into()),
@@ -840,12 +755,21 @@ mod tests {
         .collect()
     }
 
-    fn which(tool: &str) -> Option<std::path::PathBuf> {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|dir| Path::new(dir).join(tool))
-            .find(|p| p.is_file())
+    /// Where libvirt's schema is installed.
+    const SCHEMAS: &str = "/usr/share/libvirt/schemas";
+
+    /// libvirt's domain schema with the newer launchSecurity grammar
+    /// (testdata/libvirt-schema) in place of the installed one, written to
+    /// `dir`.
+    fn extended_schema(dir: &Path) -> std::path::PathBuf {
+        let extended = dir.join("domain-launch-security.rng");
+        let grammar = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/libvirt-schema/launch-security.rng"),
+        )
+        .unwrap();
+        std::fs::write(&extended, grammar.replace("@SCHEMAS@", SCHEMAS)).unwrap();
+        extended
     }
 
     /// libvirt's own schema accepts every confidential document. The
@@ -854,7 +778,6 @@ mod tests {
     /// grammar (testdata/libvirt-schema) in place of the old one.
     #[test]
     fn every_confidential_document_validates_against_libvirt_schema() {
-        const SCHEMAS: &str = "/usr/share/libvirt/schemas";
         let (Some(validate), Some(xmllint)) = (which("virt-xml-validate"), which("xmllint")) else {
             crate::libvirt::tests::skip(
                 "virt-xml-validate or xmllint missing (apt-get install libvirt-clients libxml2-utils)",
@@ -869,13 +792,7 @@ mod tests {
         let installed_knows_new_types =
             common.contains("launchSecuritySEVSNP") && common.contains("launchSecurityTDX");
         let dir = tempfile::tempdir().unwrap();
-        let extended = dir.path().join("domain-launch-security.rng");
-        let grammar = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("testdata/libvirt-schema/launch-security.rng"),
-        )
-        .unwrap();
-        std::fs::write(&extended, grammar.replace("@SCHEMAS@", SCHEMAS)).unwrap();
+        let extended = extended_schema(dir.path());
 
         let mut failures = Vec::new();
         for (name, xml) in confidential_corpus() {
@@ -895,13 +812,7 @@ mod tests {
                     .output()
             }
             .expect("the validator runs");
-            if !out.status.success() {
-                failures.push(format!(
-                    "{name}:\n{}{}\n{xml}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
+            failures.extend(validation_failure(name, &xml, &out));
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     }
@@ -914,19 +825,12 @@ mod tests {
             crate::libvirt::tests::skip("xmllint missing (apt-get install libxml2-utils)");
             return;
         };
-        const SCHEMAS: &str = "/usr/share/libvirt/schemas";
         if !Path::new(SCHEMAS).join("domain.rng").is_file() {
             crate::libvirt::tests::skip(&format!("libvirt's schema is not installed in {SCHEMAS}"));
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let extended = dir.path().join("domain-launch-security.rng");
-        let grammar = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("testdata/libvirt-schema/launch-security.rng"),
-        )
-        .unwrap();
-        std::fs::write(&extended, grammar.replace("@SCHEMAS@", SCHEMAS)).unwrap();
+        let extended = extended_schema(dir.path());
         let (_, xml) = confidential_corpus()
             .into_iter()
             .find(|(name, _)| *name == "tdx")

@@ -267,17 +267,18 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
     out
 }
 
-/// A parsed element, enough to assert on structure.
+/// A parsed element, enough to assert on structure (shared with the
+/// launch security tests).
 #[derive(Debug, Default)]
-struct Node {
-    name: String,
+pub(crate) struct Node {
+    pub(crate) name: String,
     attrs: BTreeMap<String, String>,
-    text: String,
-    children: Vec<Node>,
+    pub(crate) text: String,
+    pub(crate) children: Vec<Node>,
 }
 
 impl Node {
-    fn parse(xml: &str) -> Node {
+    pub(crate) fn parse(xml: &str) -> Node {
         let mut reader = quick_xml::Reader::from_str(xml);
         let mut stack = vec![Node::default()];
         loop {
@@ -322,7 +323,7 @@ impl Node {
     }
 
     /// Every element at a `/`-separated path below this one.
-    fn all(&self, path: &str) -> Vec<&Node> {
+    pub(crate) fn all(&self, path: &str) -> Vec<&Node> {
         let mut current = vec![self];
         for step in path.split('/') {
             current = current
@@ -333,7 +334,12 @@ impl Node {
         current
     }
 
-    fn one(&self, path: &str) -> &Node {
+    /// The first element at `path`, if any.
+    pub(crate) fn get(&self, path: &str) -> Option<&Node> {
+        self.all(path).into_iter().next()
+    }
+
+    pub(crate) fn one(&self, path: &str) -> &Node {
         let found = self.all(path);
         assert_eq!(
             found.len(),
@@ -344,10 +350,13 @@ impl Node {
         found[0]
     }
 
-    fn attr(&self, name: &str) -> &str {
-        self.attrs
-            .get(name)
+    pub(crate) fn attr(&self, name: &str) -> &str {
+        self.attr_opt(name)
             .unwrap_or_else(|| panic!("<{}> has no attribute {name}", self.name))
+    }
+
+    pub(crate) fn attr_opt(&self, name: &str) -> Option<&str> {
+        self.attrs.get(name).map(String::as_str)
     }
 }
 
@@ -700,15 +709,24 @@ fn every_corpus_document_validates_against_libvirt_schema() {
             .arg("domain")
             .output()
             .expect("virt-xml-validate runs");
-        if !out.status.success() {
-            failures.push(format!(
-                "{name}:\n{}{}\n{xml}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        failures.extend(validation_failure(name, &xml, &out));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// What to report when a validator run on `name`'s document `xml` failed.
+pub(crate) fn validation_failure(
+    name: &str,
+    xml: &str,
+    out: &std::process::Output,
+) -> Option<String> {
+    (!out.status.success()).then(|| {
+        format!(
+            "{name}:\n{}{}\n{xml}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 /// `virt-xml-validate`, or `None` after a SKIP line (a failure under
@@ -794,7 +812,8 @@ fn relative_private_dir_renders_absolute_paths_that_validate() {
     );
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+/// `tool`'s path when it is on `PATH`.
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

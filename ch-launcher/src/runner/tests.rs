@@ -999,3 +999,64 @@ async fn a_private_dir_too_deep_for_socket_paths_is_refused_before_anything_star
     assert!(err.to_string().contains("--private-dir"), "{err}");
     assert!(!deep.exists(), "nothing was created");
 }
+
+#[tokio::test]
+async fn early_console_and_control_socket_are_bound_while_the_hypervisor_starts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = setup().with_serial_socket();
+    s.opts.early_console = true;
+    let runner = s.runner(Duration::from_secs(30), false);
+    let mut status = runner.status();
+    let create = s.create();
+    let handle = s.handle.clone();
+    let paths = s.opts.paths.clone();
+    let (listener, _) = s.serial_socket.take().unwrap();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(runner.run(move |domain, vm_paths| async move {
+        // The "hypervisor" is still starting until the test says so.
+        let _ = started.await;
+        create(domain, vm_paths).await
+    }));
+
+    tokio::time::timeout(T, async {
+        while !(paths.serial_socket().exists() && paths.control_socket().exists()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("virt-serial0 and the control socket were not bound while the VM was created");
+    let mut client = tokio::net::UnixStream::connect(paths.serial_socket())
+        .await
+        .unwrap();
+    assert_eq!(status.borrow().state, State::NoState);
+
+    started_tx.send(()).unwrap();
+    let (mut guest, _) = tokio::time::timeout(T, listener.accept())
+        .await
+        .expect("the launcher never connected to the serial socket")
+        .unwrap();
+    wait_state(&mut status, State::Running, Reason::Booted).await;
+    guest.write_all(b"TINY-GUEST-UP\r\n").await.unwrap();
+    drop(guest);
+    handle.emit(Event::GuestPoweredOff);
+    handle.hypervisor_exits();
+    let outcome = tokio::time::timeout(T, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(outcome.succeeded());
+
+    assert_eq!(
+        std::fs::read_to_string(paths.serial_log()).unwrap(),
+        "TINY-GUEST-UP\r\n"
+    );
+    let mut sent = Vec::new();
+    tokio::time::timeout(T, client.read_to_end(&mut sent))
+        .await
+        .expect("the console client was not closed after the run")
+        .unwrap();
+    assert_eq!(sent, b"TINY-GUEST-UP\r\n");
+    assert!(!paths.serial_socket().exists());
+    assert!(!paths.control_socket().exists());
+}

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use domain_model::fixtures;
-pub use domain_model::fixtures::efi_boot as efi;
-use domain_model::{Boot, Domain, Hypervisor, LaunchSecurity};
+pub use domain_model::fixtures::{efi_boot as efi, sev, snp};
+use domain_model::{Boot, Domain, Hypervisor};
 use std::path::{Path, PathBuf};
 
 pub fn domain(hypervisor: Hypervisor, boot: Boot) -> Domain {
@@ -16,19 +16,6 @@ pub fn domain(hypervisor: Hypervisor, boot: Boot) -> Domain {
 
 pub fn kernel_boot() -> Boot {
     fixtures::kernel_boot("/images/vmlinuz")
-}
-
-pub fn sev(encrypted_state: bool) -> LaunchSecurity {
-    LaunchSecurity::Sev {
-        encrypted_state,
-        dh_cert: None,
-        session: None,
-        attestation: false,
-    }
-}
-
-pub fn snp() -> LaunchSecurity {
-    LaunchSecurity::SevSnp { host_data: None }
 }
 
 /// A descriptor's JSON text. `mapping` is the raw JSON of the mapping object.

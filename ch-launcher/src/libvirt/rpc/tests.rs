@@ -139,9 +139,9 @@ fn recorded_error_reply_decodes_every_remote_error_field() {
     );
 }
 
-#[test]
-fn keepalive_ping_is_recognised_and_pong_is_framed_for_the_keepalive_program() {
-    let ping = frame(
+/// A keepalive ping as libvirtd sends it.
+fn ping_frame() -> Vec<u8> {
+    frame(
         &Header {
             prog: protocol::KEEPALIVE_PROGRAM,
             vers: 1,
@@ -151,7 +151,12 @@ fn keepalive_ping_is_recognised_and_pong_is_framed_for_the_keepalive_program() {
             status: protocol::Status::Ok,
         },
         &[],
-    );
+    )
+}
+
+#[test]
+fn keepalive_ping_is_recognised_and_pong_is_framed_for_the_keepalive_program() {
+    let ping = ping_frame();
     assert_eq!(classify(body_of(&ping)).unwrap(), Incoming::Ping);
     assert_eq!(
         pong(),
@@ -207,17 +212,7 @@ async fn reader_delivers_events_answers_pings_and_reports_eof_to_calls_and_liste
         assert_eq!(body, args::connect_open("qemu:///system", 0));
         s.write_all(&reply_to(&open, &[])).await.unwrap();
         // A ping, then the recorded event, then wait for the pong.
-        let ping = frame(
-            &Header {
-                prog: protocol::KEEPALIVE_PROGRAM,
-                vers: 1,
-                proc: protocol::KEEPALIVE_PROC_PING,
-                kind: protocol::MessageType::Message,
-                serial: 0,
-                status: protocol::Status::Ok,
-            },
-            &[],
-        );
+        let ping = ping_frame();
         s.write_all(&ping).await.unwrap();
         let mut event = (LIFECYCLE_EVENT.len() as u32 + 4).to_be_bytes().to_vec();
         event.extend_from_slice(LIFECYCLE_EVENT);
