@@ -7,7 +7,6 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,28 +25,15 @@ pub fn set_raw_terminal(raw: bool) {
 /// Installs the global subscriber. `level` is a level (`info`, `debug`) or
 /// any `tracing` filter directive list (`info,ch_launcher::console=debug`).
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
-    // A plain level (the default and the usual case) needs no `EnvFilter`:
-    // a static maximum level costs nothing to build and lets disabled
-    // callsites be skipped without a lookup, and everything before the
-    // hypervisor's spawn is on the VM's start-up path.
-    macro_rules! install {
-        ($builder:expr) => {{
-            let builder = $builder
-                .with_writer(|| Stderr)
-                .with_ansi(io::stderr().is_terminal());
-            match format {
-                LogFormat::Text => builder.try_init(),
-                LogFormat::Json => builder.json().flatten_event(true).try_init(),
-            }
-        }};
-    }
-    let installed = match level.parse::<LevelFilter>() {
-        Ok(max) => install!(tracing_subscriber::fmt().with_max_level(max)),
-        Err(_) => {
-            let filter = EnvFilter::try_new(level)
-                .map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
-            install!(tracing_subscriber::fmt().with_env_filter(filter))
-        }
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| Stderr)
+        .with_ansi(io::stderr().is_terminal());
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     installed.map_err(|e| format!("cannot set up logging: {e}"))
 }
