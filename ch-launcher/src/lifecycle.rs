@@ -31,6 +31,7 @@
 //! Final states (Shutoff, Crashed) are sticky: a late event (for example the
 //! VMM exiting after the guest powered off) does not overwrite them.
 
+use domain_model::MigrationCondition;
 use serde::Serialize;
 use std::time::SystemTime;
 
@@ -109,6 +110,10 @@ pub struct Status {
     pub message: Option<String>,
     /// Seconds since the Unix epoch when this state was entered.
     pub since: u64,
+    /// Whether the VM can be live-migrated, with KubeVirt's reason when not
+    /// (e.g. `SEVNotLiveMigratable`); fixed for the VM's lifetime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_migratable: Option<MigrationCondition>,
 }
 
 impl Status {
@@ -131,12 +136,20 @@ impl Default for Lifecycle {
                 reason: Reason::Unknown,
                 message: None,
                 since: now(),
+                live_migratable: None,
             },
         }
     }
 }
 
 impl Lifecycle {
+    /// A lifecycle whose every status carries the VM's migratability.
+    pub fn for_vm(live_migratable: MigrationCondition) -> Self {
+        let mut lifecycle = Lifecycle::default();
+        lifecycle.current.live_migratable = Some(live_migratable);
+        lifecycle
+    }
+
     pub fn status(&self) -> &Status {
         &self.current
     }
@@ -173,6 +186,7 @@ impl Lifecycle {
             reason,
             message,
             since: now(),
+            live_migratable: self.current.live_migratable.take(),
         };
         Some(&self.current)
     }
@@ -183,4 +197,49 @@ fn now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_migratable() -> MigrationCondition {
+        MigrationCondition {
+            live_migratable: false,
+            reason: Some("SEVNotLiveMigratable".into()),
+            message: Some("VMI uses SEV".into()),
+        }
+    }
+
+    #[test]
+    fn every_status_carries_the_vms_live_migratable_condition() {
+        let mut lifecycle = Lifecycle::for_vm(not_migratable());
+        assert_eq!(lifecycle.status().live_migratable, Some(not_migratable()));
+        for event in [
+            Event::Created,
+            Event::Booted,
+            Event::Paused,
+            Event::GuestPoweredOff,
+        ] {
+            lifecycle.apply(&event);
+            assert_eq!(lifecycle.status().live_migratable, Some(not_migratable()));
+        }
+        let json = serde_json::to_value(lifecycle.status()).unwrap();
+        assert_eq!(json["live_migratable"]["reason"], "SEVNotLiveMigratable");
+        assert_eq!(json["state"], "Shutoff");
+    }
+
+    #[test]
+    fn final_states_are_sticky() {
+        let mut lifecycle = Lifecycle::default();
+        lifecycle.apply(&Event::Booted);
+        lifecycle.apply(&Event::GuestPoweredOff);
+        assert!(lifecycle
+            .apply(&Event::HypervisorDied {
+                detail: "exited".into()
+            })
+            .is_none());
+        assert_eq!(lifecycle.status().state, State::Shutoff);
+        assert_eq!(lifecycle.status().reason, Reason::Shutdown);
+    }
 }

@@ -156,7 +156,8 @@ pub struct Runner {
 impl Runner {
     pub fn new(domain: Domain, opts: RunOptions) -> Runner {
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-        let (status_tx, _) = watch::channel(Lifecycle::default().status().clone());
+        let lifecycle = Lifecycle::for_vm(domain.live_migratable.clone());
+        let (status_tx, _) = watch::channel(lifecycle.status().clone());
         Runner {
             domain,
             opts,
@@ -213,7 +214,7 @@ impl Runner {
             events_open: true,
             ops_tx,
             ops,
-            lifecycle: Lifecycle::default(),
+            lifecycle: Lifecycle::for_vm(self.domain.live_migratable.clone()),
             status_tx: self.status_tx.clone(),
             stop_requested: false,
             destroy_sent: false,
