@@ -25,7 +25,12 @@ fn ch_binary(test: &str) -> Option<PathBuf> {
     match std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty()) {
         Some(bin) => Some(PathBuf::from(bin)),
         None => {
-            println!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                (format!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary")
+                    + "\n")
+                    .as_bytes(),
+            );
             None
         }
     }

@@ -253,7 +253,10 @@ fn render_without_recorded_capabilities_asks_libvirt() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !reachable {
-        println!("SKIP: libvirtd not reachable at {uri}");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            (format!("SKIP: libvirtd not reachable at {uri}") + "\n").as_bytes(),
+        );
         return;
     }
     let host = Host::new();

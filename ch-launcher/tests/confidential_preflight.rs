@@ -19,7 +19,12 @@ fn ch_binary(test: &str) -> Option<PathBuf> {
     match std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty()) {
         Some(bin) => Some(PathBuf::from(bin)),
         None => {
-            println!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                (format!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary")
+                    + "\n")
+                    .as_bytes(),
+            );
             None
         }
     }
@@ -62,9 +67,13 @@ async fn expect_refusal(
             ..
         } => {
             if features.iter().any(|f| f == feature) {
-                println!(
-                    "SKIP: {test}: {} has the {feature:?} feature",
-                    bin.display()
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    (format!(
+                        "SKIP: {test}: {} has the {feature:?} feature",
+                        bin.display()
+                    ) + "\n")
+                        .as_bytes(),
                 );
                 return None;
             }

@@ -19,7 +19,12 @@ fn ovmf_installed(test: &str) -> bool {
             std::env::var_os("CH_LAUNCHER_REQUIRE_LIBVIRT").is_none(),
             "{test}: Debian's ovmf descriptors are missing but CH_LAUNCHER_REQUIRE_LIBVIRT is set"
         );
-        println!("SKIP: {test}: Debian's ovmf package is not installed ({DESCRIPTORS})");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            (format!("SKIP: {test}: Debian's ovmf package is not installed ({DESCRIPTORS})")
+                + "\n")
+                .as_bytes(),
+        );
     }
     present
 }
@@ -87,7 +92,10 @@ fn assert_schema_valid(dir: &Path, xml: &str) {
             std::env::var_os("CH_LAUNCHER_REQUIRE_LIBVIRT").is_none(),
             "virt-xml-validate is missing but CH_LAUNCHER_REQUIRE_LIBVIRT is set"
         );
-        println!("SKIP: virt-xml-validate is not installed");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            concat!("SKIP: virt-xml-validate is not installed", "\n").as_bytes(),
+        );
         return;
     };
     let _ = status;

@@ -18,7 +18,12 @@ const PLAIN: &str = "/usr/share/qemu/firmware/60-edk2-x86_64.json";
 /// `~/.config/qemu/firmware` cannot change the outcome.
 fn debian_catalog(test: &str) -> Option<Catalog> {
     if !Path::new(PLAIN).is_file() {
-        println!("SKIP: {test}: Debian's ovmf package is not installed ({PLAIN} absent)");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            (format!("SKIP: {test}: Debian's ovmf package is not installed ({PLAIN} absent)")
+                + "\n")
+                .as_bytes(),
+        );
         return None;
     }
     Some(Catalog::load(&SearchPaths::under_root(Path::new("/"))))
@@ -156,7 +161,13 @@ fn debian_has_no_sev_es_snp_or_tdx_image_and_says_what_each_lacks() {
     ];
     for (ls, feature, lack) in cases {
         if has(feature.clone()) {
-            println!("SKIP: a descriptor here has {feature}; the no-match case does not apply");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                (format!(
+                    "SKIP: a descriptor here has {feature}; the no-match case does not apply"
+                ) + "\n")
+                    .as_bytes(),
+            );
             continue;
         }
         let d = domain(Hypervisor::Libvirt, efi(false)).with_launch_security(ls);

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 fn cloud_hypervisor() -> Option<PathBuf> {
     let binary = std::env::var_os("CLOUD_HYPERVISOR_BIN").map(PathBuf::from);
     if binary.is_none() {
-        println!("SKIP: CLOUD_HYPERVISOR_BIN is not set");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            concat!("SKIP: CLOUD_HYPERVISOR_BIN is not set", "\n").as_bytes(),
+        );
     }
     binary
 }

@@ -33,7 +33,10 @@ impl Qemu {
     /// `None` (after printing `SKIP:`) when there is no QEMU to run.
     fn boot(variant: Variant, allow_reboot: bool) -> Option<Qemu> {
         let Some(binary) = qemu_binary() else {
-            println!("SKIP: qemu-system-x86_64 not found (set QEMU_BIN or install QEMU)");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"SKIP: qemu-system-x86_64 not found (set QEMU_BIN or install QEMU)\n",
+            );
             return None;
         };
         let mut command = Command::new(&binary);

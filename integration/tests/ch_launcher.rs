@@ -358,7 +358,10 @@ fn console_socket_mode_option_sets_the_socket_and_log_permissions() {
 fn assert_group_member_can_connect(socket: &std::path::Path) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIP: connecting as another user needs root");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            concat!("SKIP: connecting as another user needs root", "\n").as_bytes(),
+        );
         return;
     }
     let gid = std::fs::metadata(socket).expect("stat socket").gid();

@@ -65,7 +65,10 @@ fn libvirt_or_skip(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
         std::env::var("CH_LAUNCHER_REQUIRE_LIBVIRT").as_deref() != Ok("1"),
         "{test}: {why}, and CH_LAUNCHER_REQUIRE_LIBVIRT=1 requires libvirt"
     );
-    println!("SKIP: {test}: {why}; run .ci/setup-host.sh");
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        (format!("SKIP: {test}: {why}; run .ci/setup-host.sh") + "\n").as_bytes(),
+    );
     None
 }
 

@@ -492,8 +492,12 @@ fn real_cloud_hypervisor() -> Option<PathBuf> {
     match std::env::var_os(REAL_CH_ENV) {
         Some(path) => Some(PathBuf::from(path)),
         None => {
-            println!(
-                "SKIP: {REAL_CH_ENV} is not set; not replaying against a real Cloud Hypervisor"
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                (format!(
+                    "SKIP: {REAL_CH_ENV} is not set; not replaying against a real Cloud Hypervisor"
+                ) + "\n")
+                    .as_bytes(),
             );
             None
         }

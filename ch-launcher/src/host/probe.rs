@@ -412,7 +412,14 @@ mod tests {
             .any(|f| ["sev", "tdx_host_platform"].contains(f))
             || Path::new("/sys/firmware/uv").exists()
         {
-            println!("SKIP: this host's CPU advertises SEV, TDX or an Ultravisor");
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                concat!(
+                    "SKIP: this host's CPU advertises SEV, TDX or an Ultravisor",
+                    "\n"
+                )
+                .as_bytes(),
+            );
             return;
         }
         let caps = NativeProbe::default().probe();

@@ -748,7 +748,10 @@ pub(crate) fn skip(why: &str) {
         !required,
         "{why}; CH_LAUNCHER_REQUIRE_LIBVIRT=1 requires it"
     );
-    println!("SKIP: {why}");
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        (format!("SKIP: {why}") + "\n").as_bytes(),
+    );
 }
 
 /// A relative `--private-dir` still gives libvirt absolute paths (libvirtd
