@@ -758,9 +758,9 @@ mod tests {
     /// Where libvirt's schema is installed.
     const SCHEMAS: &str = "/usr/share/libvirt/schemas";
 
-    /// libvirt's domain schema with the newer launchSecurity grammar
-    /// (testdata/libvirt-schema) in place of the installed one, written to
-    /// `dir`.
+    /// The installed libvirt domain schema with its `launchSecurity`
+    /// definition widened by our sev-snp/tdx grammar (testdata/libvirt-schema),
+    /// written to `dir`.
     fn extended_schema(dir: &Path) -> std::path::PathBuf {
         let extended = dir.join("domain-launch-security.rng");
         let grammar = std::fs::read_to_string(
@@ -774,8 +774,8 @@ mod tests {
 
     /// libvirt's own schema accepts every confidential document. The
     /// installed schema (libvirt 9 on Debian 12) has no sev-snp or tdx, so
-    /// those are checked against it with libvirt's newer launchSecurity
-    /// grammar (testdata/libvirt-schema) in place of the old one.
+    /// those are checked against it widened by a grammar of ours for those two
+    /// types, written from libvirt's documented format (testdata/libvirt-schema).
     #[test]
     fn every_confidential_document_validates_against_libvirt_schema() {
         let (Some(validate), Some(xmllint)) = (which("virt-xml-validate"), which("xmllint")) else {
