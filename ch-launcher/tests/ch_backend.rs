@@ -5,10 +5,13 @@
 //! VMMs are tied to the test thread (PDEATHSIG) and killed on drop, so a
 //! failing test leaves none behind.
 
+mod common;
+
 use ch_launcher::backend::{Backend, BackendError, ConsoleSource, Created};
 use ch_launcher::ch::{self, ChOptions, ChVm, SerialMode};
 use ch_launcher::lifecycle::Event;
 use ch_launcher::paths::VmPaths;
+use common::ch_binary;
 use domain_model::fixtures;
 use domain_model::Domain;
 use std::fs::File;
@@ -21,20 +24,14 @@ use tokio::sync::mpsc;
 
 const EVENT_WAIT: Duration = Duration::from_secs(10);
 
-fn ch_binary(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty()) {
-        Some(bin) => Some(PathBuf::from(bin)),
-        None => {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                (format!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary")
-                    + "\n")
-                    .as_bytes(),
-            );
-            None
-        }
-    }
-}
+/// The events of a guest that reboots once and then powers off.
+const REBOOT_THEN_POWER_OFF: [Event; 5] = [
+    Event::Created,
+    Event::Booted,
+    Event::Rebooting,
+    Event::Rebooted,
+    Event::GuestPoweredOff,
+];
 
 fn domain(kernel: &Path) -> Domain {
     let mut d = fixtures::domain()
@@ -76,6 +73,23 @@ impl Vm {
         tokio::time::timeout(EVENT_WAIT, self.created.events.recv())
             .await
             .expect("an event (or the channel's end) in time")
+    }
+
+    /// The events up to and including `last`, which must come.
+    async fn events_until(&mut self, last: Event) -> Vec<Event> {
+        let mut events = Vec::new();
+        while events.last() != Some(&last) {
+            let event = self.next_event().await;
+            events.push(event.unwrap_or_else(|| panic!("the events ended before {last:?}")));
+        }
+        events
+    }
+
+    /// Appends every event left, up to the end of the stream.
+    async fn rest_of_events(&mut self, events: &mut Vec<Event>) {
+        while let Some(e) = self.next_event().await {
+            events.push(e);
+        }
     }
 
     fn pty(&self) -> PathBuf {
@@ -245,10 +259,7 @@ async fn serial_socket_is_bound_again_at_the_same_path_after_a_reboot() {
     read_until(&mut out, banner()).await;
     socket.write_all(&[images::REBOOT_KEY]).expect("write");
     read_to_end(&mut out).await;
-    let mut events = Vec::new();
-    while events.last() != Some(&Event::Rebooted) {
-        events.push(vm.next_event().await.expect("events until Rebooted"));
-    }
+    let mut events = vm.events_until(Event::Rebooted).await;
     assert_eq!(
         vm.created.backend.console().await.expect("vm.info"),
         ConsoleSource::UnixSocket(path.clone())
@@ -257,19 +268,8 @@ async fn serial_socket_is_bound_again_at_the_same_path_after_a_reboot() {
     assert_eq!(read_until(&mut out, banner()).await, images::BANNER);
     socket.write_all(&[images::POWER_OFF_KEY]).expect("write");
     read_to_end(&mut out).await;
-    while let Some(e) = vm.next_event().await {
-        events.push(e);
-    }
-    assert_eq!(
-        events,
-        [
-            Event::Created,
-            Event::Booted,
-            Event::Rebooting,
-            Event::Rebooted,
-            Event::GuestPoweredOff
-        ]
-    );
+    vm.rest_of_events(&mut events).await;
+    assert_eq!(events, REBOOT_THEN_POWER_OFF);
 }
 
 #[tokio::test]
@@ -283,9 +283,7 @@ async fn banner_on_the_pty_then_guest_power_off() {
     read_until(&mut out, banner()).await;
     pty.write_all(&[images::POWER_OFF_KEY]).expect("write");
     let mut events = Vec::new();
-    while let Some(e) = vm.next_event().await {
-        events.push(e);
-    }
+    vm.rest_of_events(&mut events).await;
     assert_eq!(
         events,
         [Event::Created, Event::Booted, Event::GuestPoweredOff]
@@ -338,10 +336,7 @@ async fn pause_resume_reboot_and_destroy_are_reported_in_order() {
     vm.created.backend.pause().await.expect("pause");
     vm.created.backend.resume().await.expect("resume");
     vm.created.backend.reboot().await.expect("reboot");
-    let mut events = Vec::new();
-    while events.last() != Some(&Event::Rebooted) {
-        events.push(vm.next_event().await.expect("events until Rebooted"));
-    }
+    let mut events = vm.events_until(Event::Rebooted).await;
 
     // A reboot replaces the serial PTY; the new one works both ways.
     let second_pty = vm.current_pty().await;
@@ -352,9 +347,7 @@ async fn pause_resume_reboot_and_destroy_are_reported_in_order() {
 
     vm.created.backend.destroy().await.expect("destroy");
     assert!(vm.created.backend.has_exited());
-    while let Some(e) = vm.next_event().await {
-        events.push(e);
-    }
+    vm.rest_of_events(&mut events).await;
     assert_eq!(
         events,
         [
@@ -379,25 +372,11 @@ async fn guest_reboot_and_power_off_from_the_console_are_reported() {
     vm.created.backend.boot().await.expect("boot");
     read_until(&mut out, banner()).await;
     pty.write_all(&[images::REBOOT_KEY]).expect("write");
-    let mut events = Vec::new();
-    while events.last() != Some(&Event::Rebooted) {
-        events.push(vm.next_event().await.expect("events until Rebooted"));
-    }
+    let mut events = vm.events_until(Event::Rebooted).await;
     let (mut pty, _out) = serial(&vm.current_pty().await);
     pty.write_all(&[images::POWER_OFF_KEY]).expect("write");
-    while let Some(e) = vm.next_event().await {
-        events.push(e);
-    }
-    assert_eq!(
-        events,
-        [
-            Event::Created,
-            Event::Booted,
-            Event::Rebooting,
-            Event::Rebooted,
-            Event::GuestPoweredOff
-        ]
-    );
+    vm.rest_of_events(&mut events).await;
+    assert_eq!(events, REBOOT_THEN_POWER_OFF);
 }
 
 #[tokio::test]

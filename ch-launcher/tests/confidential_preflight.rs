@@ -8,27 +8,14 @@
 //! a binary that does have the feature is reported as a `SKIP:` too, since the
 //! refusal cannot be shown with it.
 
+mod common;
+
 use ch_launcher::ch::{self, ChOptions, CreateError, HostInputs};
 use ch_launcher::paths::VmPaths;
+use common::ch_binary;
 use domain_model::fixtures;
 use domain_model::{CpuModel, Domain, LaunchSecurity};
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn ch_binary(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty()) {
-        Some(bin) => Some(PathBuf::from(bin)),
-        None => {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                (format!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary")
-                    + "\n")
-                    .as_bytes(),
-            );
-            None
-        }
-    }
-}
 
 fn confidential_domain(launch_security: LaunchSecurity) -> Domain {
     fixtures::domain()

@@ -63,17 +63,7 @@ fn run() -> Result<(), String> {
             ch.display()
         ));
     }
-    let launcher = std::env::var_os("CH_LAUNCHER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/ch-launcher")
-        });
-    if !launcher.is_file() {
-        return Err(format!(
-            "{} not found: cargo build --release -p ch-launcher (or set CH_LAUNCHER_BIN)",
-            launcher.display()
-        ));
-    }
+    let launcher = bench::release_launcher()?;
 
     let work = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let spec = TestGuestSpec::new(Hypervisor::CloudHypervisor, Variant::Halting)

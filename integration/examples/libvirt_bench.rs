@@ -32,17 +32,7 @@ fn run() -> Result<(), String> {
         None => 7,
     };
     let uri = std::env::var("LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into());
-    let launcher = std::env::var_os("CH_LAUNCHER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/ch-launcher")
-        });
-    if !launcher.is_file() {
-        return Err(format!(
-            "{} not found: cargo build --release -p ch-launcher",
-            launcher.display()
-        ));
-    }
+    let launcher = bench::release_launcher()?;
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let name = format!("bench-{}", std::process::id());
     let spec = TestGuestSpec::new(Hypervisor::Libvirt, Variant::Halting)

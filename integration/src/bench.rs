@@ -16,10 +16,31 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The release `ch-launcher` a benchmark measures: `$CH_LAUNCHER_BIN`, else
+/// `target/release/ch-launcher`. It must be built already: unlike
+/// [`crate::launcher_path`], a benchmark never builds what it measures, nor
+/// measures a debug build by accident.
+pub fn release_launcher() -> Result<PathBuf, String> {
+    let launcher = std::env::var_os(crate::LAUNCHER_BIN_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/ch-launcher")
+        });
+    if !launcher.is_file() {
+        return Err(format!(
+            "{} not found: cargo build --release -p ch-launcher (or set {})",
+            launcher.display(),
+            crate::LAUNCHER_BIN_ENV
+        ));
+    }
+    Ok(launcher)
+}
 
 /// What to measure besides wall time and `ru_maxrss`.
 #[derive(Debug, Clone, Copy, Default)]

@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 pub const LAUNCHER_BIN_ENV: &str = "CH_LAUNCHER_BIN";
 
 /// The `ch-launcher` binary: `$CH_LAUNCHER_BIN` if set, else built once with
-/// cargo and taken from next to the running test binary
-/// (`target/<profile>/ch-launcher`).
+/// cargo (in the profile of the running binary) and located from cargo's own
+/// report, which holds whatever the profile and target directory.
 pub fn launcher_path() -> PathBuf {
     if let Some(path) = std::env::var_os(LAUNCHER_BIN_ENV).filter(|v| !v.is_empty()) {
         return PathBuf::from(path);
@@ -29,13 +29,32 @@ pub fn launcher_path() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "ch-launcher", "--bin", "ch-launcher"])
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "-p",
+                "ch-launcher",
+                "--bin",
+                "ch-launcher",
+                "--message-format=json-render-diagnostics",
+            ]);
+            if !cfg!(debug_assertions) {
+                cmd.arg("--release");
+            }
+            let out = cmd
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building ch-launcher failed");
-            profile_dir().expect("test binary path").join("ch-launcher")
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("run cargo build for ch-launcher");
+            assert!(out.status.success(), "cargo build -p ch-launcher failed");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|m| {
+                    m["reason"] == "compiler-artifact" && m["target"]["name"] == "ch-launcher"
+                })
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .expect("cargo reported no ch-launcher executable")
         })
         .clone()
 }

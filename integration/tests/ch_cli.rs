@@ -4,14 +4,14 @@
 
 mod ch_support;
 
-use ch_support::launcher_bin;
 use domain_model::Hypervisor;
 use images::{TestGuestSpec, Variant};
+use integration::launcher_path;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn launcher(args: &[&str], spec: &Path) -> Output {
-    Command::new(launcher_bin())
+    Command::new(launcher_path())
         .args(args)
         .arg(spec)
         .stdin(Stdio::null())
@@ -128,7 +128,7 @@ fn run_with_a_missing_hypervisor_binary_fails_with_1_and_leaves_no_sockets() {
     let dir = tempfile::tempdir().expect("temp dir");
     let spec = guest_spec(dir.path());
     let private = dir.path().join("p");
-    let out = Command::new(launcher_bin())
+    let out = Command::new(launcher_path())
         .arg("--private-dir")
         .arg(&private)
         .args(["run", "--no-attach"])
@@ -155,7 +155,7 @@ fn run_with_a_missing_hypervisor_binary_fails_with_1_and_leaves_no_sockets() {
 
 #[test]
 fn control_command_needs_a_spec_or_a_uid() {
-    let out = Command::new(launcher_bin())
+    let out = Command::new(launcher_path())
         .arg("pause")
         .stdin(Stdio::null())
         .output()
@@ -210,7 +210,7 @@ fn json_log_format_reports_each_spec_error_as_a_record_with_its_path() {
 #[test]
 fn json_log_format_control_command_errors_are_records() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(launcher_bin())
+    let out = Command::new(launcher_path())
         .arg("--private-dir")
         .arg(dir.path())
         .args(["--log-format", "json", "status", "--uid", "no-such-vm"])
@@ -229,7 +229,7 @@ fn json_log_format_control_command_errors_are_records() {
 #[test]
 fn text_log_format_keeps_plain_error_lines() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(launcher_bin())
+    let out = Command::new(launcher_path())
         .arg("--private-dir")
         .arg(dir.path())
         .args(["status", "--uid", "no-such-vm"])
@@ -244,7 +244,7 @@ fn text_log_format_keeps_plain_error_lines() {
 #[test]
 fn a_uid_that_leaves_the_private_dir_is_refused() {
     for uid in ["../etc", "a/b", ".."] {
-        let out = Command::new(launcher_bin())
+        let out = Command::new(launcher_path())
             .args(["status", "--uid", uid])
             .stdin(Stdio::null())
             .output()
@@ -260,7 +260,7 @@ fn a_broken_config_file_is_a_launcher_failure_exit_1() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, "featureGates: [unclosed\n").expect("write config");
-    let out = Command::new(launcher_bin())
+    let out = Command::new(launcher_path())
         .arg("--config")
         .arg(&config)
         .arg("validate")
@@ -277,7 +277,7 @@ fn a_broken_config_file_is_a_launcher_failure_exit_1() {
 fn a_private_dir_too_deep_for_unix_sockets_fails_before_starting_anything() {
     let dir = tempfile::tempdir().expect("temp dir");
     let deep = dir.path().join("d".repeat(90));
-    let out = Command::new(launcher_bin())
+    let out = Command::new(launcher_path())
         .arg("--private-dir")
         .arg(&deep)
         .args(["run", "--no-attach"])

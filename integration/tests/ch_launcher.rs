@@ -254,7 +254,7 @@ fn pty_serial_mode_relays_echo_and_follows_a_reboot() {
 fn control_commands_find_the_vm_by_its_spec_too() {
     let launcher = Launcher::start(VmOptions::default());
     launcher.wait_status("Running", |s| s["state"] == "Running");
-    let out = std::process::Command::new(ch_support::launcher_bin())
+    let out = std::process::Command::new(integration::launcher_path())
         .arg("--private-dir")
         .arg(launcher.private_dir())
         .arg("status")
@@ -273,7 +273,7 @@ fn control_commands_find_the_vm_by_its_spec_too() {
 #[test]
 fn control_command_without_a_launcher_fails_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = std::process::Command::new(ch_support::launcher_bin())
+    let out = std::process::Command::new(integration::launcher_path())
         .arg("--private-dir")
         .arg(dir.path())
         .args(["status", "--uid", "nope"])
@@ -471,7 +471,7 @@ fn a_second_launcher_for_the_same_vm_exits_1_without_touching_the_first() {
     let vmm_log = launcher.vm_dir().join("cloud-hypervisor.log");
     let log_before = std::fs::metadata(&vmm_log).map(|m| m.len()).unwrap_or(0);
 
-    let second = std::process::Command::new(ch_support::launcher_bin())
+    let second = std::process::Command::new(integration::launcher_path())
         .arg("--private-dir")
         .arg(launcher.private_dir())
         .args(["run", "--no-attach"])

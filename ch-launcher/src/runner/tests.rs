@@ -2,10 +2,7 @@
 //! hypervisor driver does.
 
 use super::*;
-use domain_model::{
-    Architecture, Boot, Cpu, CpuModel, Devices, Features, Firmware, Hypervisor, Memory,
-    MigrationCondition,
-};
+use domain_model::fixtures;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -13,49 +10,8 @@ const T: Duration = Duration::from_secs(5);
 
 fn domain(grace: Duration, start_paused: bool) -> Domain {
     Domain {
-        name: "testvm".into(),
-        namespace: "default".into(),
-        uid: "0b5bd7a4-7fa6-4d3c-9e0b-3a1f7c5e2d10".into(),
-        hypervisor: Hypervisor::CloudHypervisor,
-        architecture: Architecture::Amd64,
-        cpu: Cpu {
-            sockets: 1,
-            cores: 1,
-            threads: 1,
-            max_sockets: 1,
-            model: CpuModel::HostModel,
-        },
-        memory: Memory {
-            guest: 64 << 20,
-            max_guest: None,
-            hugepage_size: None,
-        },
-        firmware: Firmware {
-            uuid: "0b5bd7a4-7fa6-4d3c-9e0b-3a1f7c5e2d10".into(),
-            serial: None,
-        },
-        boot: Boot::Bios,
-        disks: Vec::new(),
-        devices: Devices {
-            rng: false,
-            serial_console: true,
-            graphics: None,
-            inputs: Vec::new(),
-            interfaces: Vec::new(),
-        },
-        features: Features {
-            acpi: true,
-            smm: false,
-        },
-        clock: None,
-        launch_security: None,
-        termination_grace_period: grace,
         start_paused,
-        live_migratable: MigrationCondition {
-            live_migratable: true,
-            reason: None,
-            message: None,
-        },
+        ..fixtures::domain().with_grace_period(grace)
     }
 }
 
@@ -68,6 +24,9 @@ enum Call {
     PowerButton,
     Destroy,
 }
+
+/// What a stop makes of a guest that does not power off in time.
+const POWER_BUTTON_THEN_DESTROY: [Call; 3] = [Call::Boot, Call::PowerButton, Call::Destroy];
 
 /// Behaves like a hypervisor driver: operations report their effect as
 /// events; the channel closes once the "hypervisor" is gone.
@@ -270,51 +229,105 @@ async fn wait_state(rx: &mut watch::Receiver<Status>, state: State, reason: Reas
     reached.unwrap_or_else(|_| panic!("never reached {state:?}/{reason:?}; now {:?}", rx.borrow()))
 }
 
+/// A run spawned on the runtime, with what the test drives and watches it by.
+struct Started {
+    status: watch::Receiver<Status>,
+    stopper: Stopper,
+    handle: Handle,
+    run: tokio::task::JoinHandle<Result<Outcome, RunError>>,
+}
+
+impl Setup {
+    /// Spawns the run on this setup's fake backend and waits until the guest
+    /// booted.
+    async fn boot(&mut self, grace: Duration) -> Started {
+        let mut started = self.spawn(grace, false);
+        wait_state(&mut started.status, State::Running, Reason::Booted).await;
+        started
+    }
+
+    /// Spawns the run on this setup's fake backend.
+    fn spawn(&mut self, grace: Duration, start_paused: bool) -> Started {
+        let runner = self.runner(grace, start_paused);
+        let status = runner.status();
+        let stopper = runner.stopper();
+        let create = self.create();
+        Started {
+            status,
+            stopper,
+            handle: self.handle.clone(),
+            run: tokio::spawn(runner.run(create)),
+        }
+    }
+}
+
+impl Started {
+    /// The "hypervisor" reports `last` (if anything) and exits; returns how
+    /// the run ended.
+    async fn hypervisor_exits(&mut self, last: Option<Event>) -> Outcome {
+        if let Some(event) = last {
+            self.handle.emit(event);
+        }
+        self.handle.hypervisor_exits();
+        finish(&mut self.run).await
+    }
+
+    /// Stops the run the quick way (the second `signal` destroys at once)
+    /// and returns how it ended.
+    async fn force_stop(&mut self, signal: &'static str) -> Outcome {
+        self.stopper.request(StopRequest::Signal(signal));
+        self.stopper.request(StopRequest::Signal(signal));
+        finish(&mut self.run).await
+    }
+}
+
+/// Sends `command` on the control socket, which must answer in time; returns
+/// the status it answers with.
+async fn ask(control: &Path, command: Command) -> serde_json::Value {
+    control::request(control, command, T).await.unwrap()
+}
+
+/// Runs `runner` with a `create` step that fails with `cause`; returns the
+/// run's error.
+async fn failed_create(runner: Runner, cause: &'static str) -> RunError {
+    runner
+        .run(move |_d: Domain, _p: VmPaths| async move { Err::<Created<FakeBackend>, _>(cause) })
+        .await
+        .unwrap_err()
+}
+
+/// The outcome of a spawned run, which must end within `T`.
+async fn finish(
+    run: impl std::future::Future<Output = Result<Result<Outcome, RunError>, tokio::task::JoinError>>,
+) -> Outcome {
+    tokio::time::timeout(T, run)
+        .await
+        .expect("the run did not end in time")
+        .expect("the run panicked")
+        .expect("the run failed")
+}
+
 #[tokio::test]
 async fn guest_poweroff_ends_shutoff_shutdown_and_succeeds() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
-    handle.emit(Event::GuestPoweredOff);
-    handle.hypervisor_exits();
-
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
+    let outcome = vm.hypervisor_exits(Some(Event::GuestPoweredOff)).await;
     assert_eq!(outcome.status.state, State::Shutoff);
     assert_eq!(outcome.status.reason, Reason::Shutdown);
     assert!(outcome.succeeded());
-    assert_eq!(handle.calls(), vec![Call::Boot]);
+    assert_eq!(vm.handle.calls(), vec![Call::Boot]);
 }
 
 #[tokio::test]
 async fn stop_with_a_guest_ignoring_acpi_destroys_after_the_grace_period() {
     let mut s = setup();
     let grace = Duration::from_millis(300);
-    let runner = s.runner(grace, false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
+    let mut vm = s.boot(grace).await;
     let asked = Instant::now();
-    stopper.request(StopRequest::Signal("SIGTERM"));
+    vm.stopper.request(StopRequest::Signal("SIGTERM"));
     // While the guest is asked to power off, status says so.
-    wait_state(&mut status, State::Shutdown, Reason::User).await;
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    wait_state(&mut vm.status, State::Shutdown, Reason::User).await;
+    let outcome = finish(vm.run).await;
     assert!(
         asked.elapsed() >= grace,
         "destroyed before the grace period"
@@ -328,107 +341,62 @@ async fn stop_with_a_guest_ignoring_acpi_destroys_after_the_grace_period() {
         outcome.succeeded(),
         "a requested stop that completed is a success"
     );
-    assert_eq!(
-        handle.calls(),
-        vec![Call::Boot, Call::PowerButton, Call::Destroy]
-    );
+    assert_eq!(vm.handle.calls(), POWER_BUTTON_THEN_DESTROY);
 }
 
 #[tokio::test]
 async fn stop_with_a_cooperative_guest_needs_no_destroy() {
     let mut s = setup();
     s.fake.as_mut().unwrap().honors_acpi = true;
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
-    stopper.request(StopRequest::Signal("SIGINT"));
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let vm = s.boot(Duration::from_secs(30)).await;
+    vm.stopper.request(StopRequest::Signal("SIGINT"));
+    let outcome = finish(vm.run).await;
     assert_eq!(
         (outcome.status.state, outcome.status.reason),
         (State::Shutoff, Reason::Shutdown)
     );
     assert!(outcome.succeeded());
-    assert_eq!(handle.calls(), vec![Call::Boot, Call::PowerButton]);
+    assert_eq!(vm.handle.calls(), vec![Call::Boot, Call::PowerButton]);
 }
 
 #[tokio::test]
 async fn second_signal_destroys_without_waiting_for_the_grace_period() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(600), false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    stopper.request(StopRequest::Signal("SIGINT"));
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let vm = s.boot(Duration::from_secs(600)).await;
+    vm.stopper.request(StopRequest::Signal("SIGTERM"));
+    vm.stopper.request(StopRequest::Signal("SIGINT"));
+    let outcome = finish(vm.run).await;
     assert_eq!(outcome.status.reason, Reason::Destroyed);
-    assert_eq!(
-        handle.calls(),
-        vec![Call::Boot, Call::PowerButton, Call::Destroy]
-    );
+    assert_eq!(vm.handle.calls(), POWER_BUTTON_THEN_DESTROY);
 }
 
 #[tokio::test]
 async fn hypervisor_death_is_a_crash_and_a_failure() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
-    handle.emit(Event::HypervisorDied {
-        detail: "killed by signal 9".into(),
-    });
-    handle.hypervisor_exits();
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
+    let outcome = vm
+        .hypervisor_exits(Some(Event::HypervisorDied {
+            detail: "killed by signal 9".into(),
+        }))
+        .await;
     assert_eq!(outcome.status.state, State::Crashed);
     assert_eq!(
         outcome.status.message.as_deref(),
         Some("killed by signal 9")
     );
     assert!(!outcome.succeeded());
-    assert_eq!(handle.calls(), vec![Call::Boot], "nothing left to destroy");
+    assert_eq!(
+        vm.handle.calls(),
+        vec![Call::Boot],
+        "nothing left to destroy"
+    );
 }
 
 #[tokio::test]
 async fn event_stream_ending_without_a_final_state_counts_as_a_crash() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
-    handle.hypervisor_exits();
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
+    let outcome = vm.hypervisor_exits(None).await;
     assert_eq!(outcome.status.state, State::Crashed);
     assert!(!outcome.succeeded());
 }
@@ -436,20 +404,8 @@ async fn event_stream_ending_without_a_final_state_counts_as_a_crash() {
 #[tokio::test]
 async fn destroy_nobody_requested_is_a_failure() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
-    handle.emit(Event::Destroyed);
-    handle.hypervisor_exits();
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
+    let outcome = vm.hypervisor_exits(Some(Event::Destroyed)).await;
     assert_eq!(outcome.status.reason, Reason::Destroyed);
     assert!(!outcome.succeeded());
 }
@@ -457,27 +413,17 @@ async fn destroy_nobody_requested_is_a_failure() {
 #[tokio::test]
 async fn hypervisor_lingering_after_the_final_state_is_destroyed() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
+    let vm = s.boot(Duration::from_secs(30)).await;
     // The guest powered off but the hypervisor process does not exit.
-    handle.emit(Event::GuestPoweredOff);
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    vm.handle.emit(Event::GuestPoweredOff);
+    let outcome = finish(vm.run).await;
     assert_eq!(
         (outcome.status.state, outcome.status.reason),
         (State::Shutoff, Reason::Shutdown),
         "the final state stays what the guest did"
     );
     assert!(outcome.succeeded());
-    assert_eq!(handle.calls(), vec![Call::Boot, Call::Destroy]);
+    assert_eq!(vm.handle.calls(), vec![Call::Boot, Call::Destroy]);
 }
 
 #[tokio::test]
@@ -513,12 +459,7 @@ async fn boot_failure_is_an_error_and_destroys_the_created_vm() {
 async fn create_failure_is_reported_with_its_cause() {
     let s = setup();
     let runner = s.runner(Duration::from_secs(30), false);
-    let err = runner
-        .run(|_d: Domain, _p: VmPaths| async {
-            Err::<Created<FakeBackend>, _>("cloud-hypervisor: No such file or directory")
-        })
-        .await
-        .unwrap_err();
+    let err = failed_create(runner, "cloud-hypervisor: No such file or directory").await;
     assert!(matches!(err, RunError::Create(_)));
     assert!(err.to_string().contains("No such file"), "{err}");
 }
@@ -526,45 +467,27 @@ async fn create_failure_is_reported_with_its_cause() {
 #[tokio::test]
 async fn control_pause_and_resume_reach_paused_user_then_running() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
     let control = s.opts.paths.control_socket();
-    let run = tokio::spawn(runner.run(create));
-    wait_state(&mut status, State::Running, Reason::Booted).await;
 
-    let st = control::request(&control, Command::Pause, T).await.unwrap();
+    let st = ask(&control, Command::Pause).await;
     assert_eq!(
         (&st["state"], &st["reason"]),
         (&"Paused".into(), &"User".into())
     );
-    let st = control::request(&control, Command::Status, T)
-        .await
-        .unwrap();
+    let st = ask(&control, Command::Status).await;
     assert_eq!(st["state"], "Paused");
-    let st = control::request(&control, Command::Resume, T)
-        .await
-        .unwrap();
+    let st = ask(&control, Command::Resume).await;
     assert_eq!(
         (&st["state"], &st["reason"]),
         (&"Running".into(), &"Unpaused".into())
     );
-    let st = control::request(&control, Command::Reboot, T)
-        .await
-        .unwrap();
+    let st = ask(&control, Command::Reboot).await;
     assert_eq!(st["state"], "Running");
 
-    stopper.request(StopRequest::Signal("SIGINT"));
-    stopper.request(StopRequest::Signal("SIGINT"));
-    tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    vm.force_stop("SIGINT").await;
     assert_eq!(
-        handle.calls()[..4],
+        vm.handle.calls()[..4],
         [Call::Boot, Call::Pause, Call::Resume, Call::Reboot]
     );
 }
@@ -573,72 +496,45 @@ async fn control_pause_and_resume_reach_paused_user_then_running() {
 async fn control_stop_is_the_graceful_stop() {
     let mut s = setup();
     s.fake.as_mut().unwrap().honors_acpi = true;
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let create = s.create();
-    let handle = s.handle.clone();
+    let vm = s.boot(Duration::from_secs(30)).await;
     let control = s.opts.paths.control_socket();
-    let run = tokio::spawn(runner.run(create));
-    wait_state(&mut status, State::Running, Reason::Booted).await;
 
-    control::request(&control, Command::Stop, T).await.unwrap();
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    ask(&control, Command::Stop).await;
+    let outcome = finish(vm.run).await;
     assert!(outcome.stop_requested);
     assert_eq!(outcome.status.reason, Reason::Shutdown);
-    assert_eq!(handle.calls(), vec![Call::Boot, Call::PowerButton]);
+    assert_eq!(vm.handle.calls(), vec![Call::Boot, Call::PowerButton]);
 }
 
 #[tokio::test]
 async fn start_paused_stays_starting_up_until_resume_boots_it() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), true);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
+    let mut vm = s.spawn(Duration::from_secs(30), true);
     let control = s.opts.paths.control_socket();
-    let run = tokio::spawn(runner.run(create));
 
-    wait_state(&mut status, State::Paused, Reason::StartingUp).await;
-    let st = control::request(&control, Command::Status, T)
-        .await
-        .unwrap();
+    wait_state(&mut vm.status, State::Paused, Reason::StartingUp).await;
+    let st = ask(&control, Command::Status).await;
     assert_eq!(st["reason"], "StartingUp");
-    assert!(handle.calls().is_empty(), "nothing booted yet");
+    assert!(vm.handle.calls().is_empty(), "nothing booted yet");
 
-    let st = control::request(&control, Command::Resume, T)
-        .await
-        .unwrap();
+    let st = ask(&control, Command::Resume).await;
     assert_eq!(
         (&st["state"], &st["reason"]),
         (&"Running".into(), &"Booted".into())
     );
-    assert_eq!(handle.calls(), vec![Call::Boot]);
+    assert_eq!(vm.handle.calls(), vec![Call::Boot]);
 
-    stopper.request(StopRequest::Control);
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    vm.stopper.request(StopRequest::Control);
+    vm.stopper.request(StopRequest::Signal("SIGTERM"));
+    finish(vm.run).await;
 }
 
 #[tokio::test]
 async fn vm_dir_is_private_and_sockets_are_gone_after_the_run() {
     use std::os::unix::fs::PermissionsExt;
     let mut s = setup().with_pty();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let create = s.create();
-    let handle = s.handle.clone();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
     let paths = s.opts.paths.clone();
-    let run = tokio::spawn(runner.run(create));
-    wait_state(&mut status, State::Running, Reason::Booted).await;
 
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&paths.dir), 0o700);
@@ -653,7 +549,7 @@ async fn vm_dir_is_private_and_sockets_are_gone_after_the_run() {
     // The guest prints; the "hypervisor" then exits and closes its PTY.
     let (pty, _) = s.pty.take().unwrap();
     nix::unistd::write(&pty.master, b"TINY-GUEST-UP\r\n").unwrap();
-    handle.emit(Event::GuestPoweredOff);
+    vm.handle.emit(Event::GuestPoweredOff);
     let deadline = Instant::now() + T;
     while !std::fs::read_to_string(paths.serial_log())
         .unwrap_or_default()
@@ -663,12 +559,7 @@ async fn vm_dir_is_private_and_sockets_are_gone_after_the_run() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(pty);
-    handle.hypervisor_exits();
-    tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    vm.hypervisor_exits(None).await;
 
     assert!(!paths.serial_socket().exists());
     assert!(!paths.control_socket().exists());
@@ -681,21 +572,11 @@ async fn vm_dir_is_private_and_sockets_are_gone_after_the_run() {
 #[tokio::test]
 async fn a_second_launcher_for_the_same_vm_is_refused() {
     let mut s = setup();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
     let opts = s.opts.clone();
-    let run = tokio::spawn(runner.run(create));
-    wait_state(&mut status, State::Running, Reason::Booted).await;
 
     let second = Runner::new(domain(Duration::from_secs(1), false), opts);
-    let err = second
-        .run(|_d: Domain, _p: VmPaths| async {
-            Err::<Created<FakeBackend>, _>("must not be called")
-        })
-        .await
-        .unwrap_err();
+    let err = failed_create(second, "must not be called").await;
     assert!(
         matches!(err, RunError::AlreadyRunning { pid: Some(pid), .. } if pid == std::process::id()),
         "{err}"
@@ -708,27 +589,15 @@ async fn a_second_launcher_for_the_same_vm_is_refused() {
         "{err}"
     );
 
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    vm.force_stop("SIGTERM").await;
 }
 
 #[tokio::test]
 async fn console_follows_the_new_pty_after_a_reboot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = setup().with_pty();
-    let runner = s.runner(Duration::from_secs(30), false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
     let paths = s.opts.paths.clone();
-    let run = tokio::spawn(runner.run(create));
-    wait_state(&mut status, State::Running, Reason::Booted).await;
 
     let mut client = tokio::net::UnixStream::connect(paths.serial_socket())
         .await
@@ -742,9 +611,10 @@ async fn console_follows_the_new_pty_after_a_reboot() {
     let mut raw = nix::sys::termios::tcgetattr(&new.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut raw);
     nix::sys::termios::tcsetattr(&new.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
-    *handle.console.lock().unwrap() = ConsoleSource::Pty(nix::unistd::ttyname(&new.slave).unwrap());
-    handle.emit(Event::Rebooting);
-    handle.emit(Event::Rebooted);
+    *vm.handle.console.lock().unwrap() =
+        ConsoleSource::Pty(nix::unistd::ttyname(&new.slave).unwrap());
+    vm.handle.emit(Event::Rebooting);
+    vm.handle.emit(Event::Rebooted);
 
     nix::unistd::write(&new.master, b"TINY-GUEST-UP\r\n").unwrap();
     let mut got = Vec::new();
@@ -769,13 +639,7 @@ async fn console_follows_the_new_pty_after_a_reboot() {
     .map(|b| assert_eq!(&b, b"e"))
     .unwrap();
 
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    vm.force_stop("SIGTERM").await;
 }
 
 #[tokio::test]
@@ -845,11 +709,7 @@ async fn socket_console_keeps_every_byte_across_a_reboot_and_up_to_the_power_off
     drop(second);
     handle.emit(Event::GuestPoweredOff);
     handle.hypervisor_exits();
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let outcome = finish(run).await;
     assert!(outcome.succeeded());
 
     let expected = "TINY-GUEST-UP\r\nrTINY-GUEST-UP\r\nq-bye";
@@ -895,10 +755,11 @@ async fn two_launchers_started_together_create_the_vm_once() {
         "{errors:?}"
     );
     // The lock went with the launcher that held it: a later run may start.
-    let err = Runner::new(domain(Duration::from_secs(1), false), s.opts.clone())
-        .run(|_d: Domain, _p: VmPaths| async { Err::<Created<FakeBackend>, _>("created again") })
-        .await
-        .unwrap_err();
+    let err = failed_create(
+        Runner::new(domain(Duration::from_secs(1), false), s.opts.clone()),
+        "created again",
+    )
+    .await;
     assert!(matches!(err, RunError::Create(_)), "{err}");
 }
 
@@ -906,18 +767,11 @@ async fn two_launchers_started_together_create_the_vm_once() {
 async fn a_hung_power_button_does_not_block_the_second_signal() {
     let mut s = setup();
     s.fake.as_mut().unwrap().hang_power_button = true;
-    let runner = s.runner(Duration::from_secs(600), false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
-    stopper.request(StopRequest::Signal("SIGTERM"));
+    let vm = s.boot(Duration::from_secs(600)).await;
+    vm.stopper.request(StopRequest::Signal("SIGTERM"));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    let outcome = tokio::time::timeout(T, run)
+    vm.stopper.request(StopRequest::Signal("SIGTERM"));
+    let outcome = tokio::time::timeout(T, vm.run)
         .await
         .expect("the runner is stuck on the power button")
         .unwrap()
@@ -926,10 +780,7 @@ async fn a_hung_power_button_does_not_block_the_second_signal() {
         (outcome.status.state, outcome.status.reason),
         (State::Shutoff, Reason::Destroyed)
     );
-    assert_eq!(
-        handle.calls(),
-        vec![Call::Boot, Call::PowerButton, Call::Destroy]
-    );
+    assert_eq!(vm.handle.calls(), POWER_BUTTON_THEN_DESTROY);
 }
 
 #[tokio::test]
@@ -937,17 +788,10 @@ async fn a_hung_power_button_still_destroys_after_the_grace_period() {
     let mut s = setup();
     s.fake.as_mut().unwrap().hang_power_button = true;
     let grace = Duration::from_millis(300);
-    let runner = s.runner(grace, false);
-    let mut status = runner.status();
-    let stopper = runner.stopper();
-    let create = s.create();
-    let handle = s.handle.clone();
-    let run = tokio::spawn(runner.run(create));
-
-    wait_state(&mut status, State::Running, Reason::Booted).await;
+    let vm = s.boot(grace).await;
     let asked = Instant::now();
-    stopper.request(StopRequest::Signal("SIGTERM"));
-    let outcome = tokio::time::timeout(T, run)
+    vm.stopper.request(StopRequest::Signal("SIGTERM"));
+    let outcome = tokio::time::timeout(T, vm.run)
         .await
         .expect("the runner is stuck on the power button")
         .unwrap()
@@ -955,10 +799,7 @@ async fn a_hung_power_button_still_destroys_after_the_grace_period() {
     assert!(asked.elapsed() >= grace);
     assert_eq!(outcome.status.reason, Reason::Destroyed);
     assert!(outcome.succeeded());
-    assert_eq!(
-        handle.calls(),
-        vec![Call::Boot, Call::PowerButton, Call::Destroy]
-    );
+    assert_eq!(vm.handle.calls(), POWER_BUTTON_THEN_DESTROY);
 }
 
 #[tokio::test]
@@ -973,12 +814,7 @@ async fn a_console_mode_for_the_group_makes_the_vm_dir_searchable_for_it() {
     s.opts.console_mode = 0o660;
     let runner = s.runner(Duration::from_secs(30), false);
     let paths = s.opts.paths.clone();
-    let err = runner
-        .run(|_d: Domain, _p: VmPaths| async {
-            Err::<Created<FakeBackend>, _>("created; stopping here")
-        })
-        .await
-        .unwrap_err();
+    let err = failed_create(runner, "created; stopping here").await;
     assert!(matches!(err, RunError::Create(_)), "{err}");
     let mode = std::fs::metadata(&paths.dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o710, "group may search (not list) the VM directory");
@@ -989,12 +825,11 @@ async fn a_private_dir_too_deep_for_socket_paths_is_refused_before_anything_star
     let dir = tempfile::tempdir().unwrap();
     let deep = dir.path().join("d".repeat(100));
     let opts = RunOptions::new(VmPaths::new(&deep, "uid-1"));
-    let err = Runner::new(domain(Duration::from_secs(1), false), opts)
-        .run(|_d: Domain, _p: VmPaths| async {
-            Err::<Created<FakeBackend>, _>("must not be called")
-        })
-        .await
-        .unwrap_err();
+    let err = failed_create(
+        Runner::new(domain(Duration::from_secs(1), false), opts),
+        "must not be called",
+    )
+    .await;
     assert!(matches!(err, RunError::SocketPath(_)), "{err}");
     assert!(err.to_string().contains("--private-dir"), "{err}");
     assert!(!deep.exists(), "nothing was created");
@@ -1040,11 +875,7 @@ async fn early_console_and_control_socket_are_bound_while_the_hypervisor_starts(
     drop(guest);
     handle.emit(Event::GuestPoweredOff);
     handle.hypervisor_exits();
-    let outcome = tokio::time::timeout(T, run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let outcome = finish(run).await;
     assert!(outcome.succeeded());
 
     assert_eq!(

@@ -5,6 +5,23 @@
 use std::path::PathBuf;
 use std::process::Output;
 
+/// The `cloud-hypervisor` binary named by `CLOUD_HYPERVISOR_BIN`; without
+/// it, prints a visible `SKIP:` line for `test` and returns `None`.
+pub fn ch_binary(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("CLOUD_HYPERVISOR_BIN").filter(|v| !v.is_empty()) {
+        Some(bin) => Some(PathBuf::from(bin)),
+        None => {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                (format!("SKIP: {test}: set CLOUD_HYPERVISOR_BIN to a cloud-hypervisor binary")
+                    + "\n")
+                    .as_bytes(),
+            );
+            None
+        }
+    }
+}
+
 /// A recorded `virsh domcapabilities` file from the shared reference set.
 pub fn sample(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 
 use domain_model::Hypervisor;
 use images::{TestGuestSpec, Variant};
+use integration::launcher_path;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Set to test a prebuilt launcher instead of building one.
-pub const LAUNCHER_BIN_ENV: &str = "CH_LAUNCHER_BIN";
 /// Set to test against a real Cloud Hypervisor.
 pub const CH_BIN_ENV: &str = "CLOUD_HYPERVISOR_BIN";
 
@@ -46,42 +45,6 @@ pub fn vmm_bin() -> &'static Path {
             }
         },
     )
-}
-
-/// The `ch-launcher` binary: `$CH_LAUNCHER_BIN`, else built once with cargo
-/// (same profile as these tests) and located from cargo's own report.
-pub fn launcher_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os(LAUNCHER_BIN_ENV).filter(|v| !v.is_empty()) {
-            return PathBuf::from(path);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-p",
-            "ch-launcher",
-            "--bin",
-            "ch-launcher",
-            "--message-format=json-render-diagnostics",
-        ]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let out = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build for ch-launcher");
-        assert!(out.status.success(), "cargo build -p ch-launcher failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ch-launcher")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no ch-launcher executable")
-    })
 }
 
 /// How to start the test VM.
@@ -202,7 +165,7 @@ impl Launcher {
         std::fs::write(&spec, text).expect("write spec");
         let private = dir.path().join("p");
 
-        let mut cmd = Command::new(launcher_bin());
+        let mut cmd = Command::new(launcher_path());
         cmd.arg("--private-dir")
             .arg(&private)
             .args(["--log-format", "json", "--log-level", "debug", "run"])
@@ -330,7 +293,7 @@ impl Launcher {
 
     /// `ch-launcher <command> --uid <uid>` with this launcher's private dir.
     pub fn ctl_output(&self, command: &str) -> Output {
-        Command::new(launcher_bin())
+        Command::new(launcher_path())
             .arg("--private-dir")
             .arg(self.private_dir())
             .args([command, "--uid", &self.uid()])
@@ -639,7 +602,7 @@ pub fn run_to_exit(variant: Variant, run_args: &[&str]) -> Finished {
         .expect("write test guest spec");
     let private = dir.path().join("p");
     let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-    let child = Command::new(launcher_bin())
+    let child = Command::new(launcher_path())
         .arg("--private-dir")
         .arg(&private)
         .args([
