@@ -246,22 +246,10 @@ fn parse_hypervisor(s: &str) -> Result<Hypervisor, String> {
     s.parse()
 }
 
-/// A uid as `metadata.uid` allows it (the same rule as domain-model's): it
-/// names a directory under `--private-dir`, so no `/` and no `..`.
+/// A uid as `metadata.uid` allows it: it names a directory under
+/// `--private-dir`.
 fn parse_uid(s: &str) -> Result<String, String> {
-    let safe = !s.is_empty()
-        && s.len() <= 128
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if safe {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "{s:?} is not a valid uid: use letters, digits, '-', '_' and '.' (a UUID is usual)"
-        ))
-    }
+    domain_model::resolve::check_uid(s).map(|()| s.to_string())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

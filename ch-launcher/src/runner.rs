@@ -134,6 +134,8 @@ pub enum RunError {
     #[error("another ch-launcher ({}) runs this VM (lock {})",
         pid.map_or("pid unknown".to_string(), |p| format!("pid {p}")), lock.display())]
     AlreadyRunning { pid: Option<u32>, lock: PathBuf },
+    #[error("cannot prepare a disk: {0}")]
+    Disk(String),
     #[error("cannot create the VM: {0}")]
     Create(String),
     #[error("cannot attach the serial console: {0}")]
@@ -190,6 +192,7 @@ impl Runner {
         // Held until the run returns: a second launcher for this VM must not
         // touch its sockets and logs.
         let _lock = prepare_vm_dir(&paths, self.opts.console_mode)?;
+        crate::util::create_missing_disks(&self.domain).map_err(RunError::Disk)?;
         tracing::info!(vm = %self.domain.name, namespace = %self.domain.namespace,
             uid = %self.domain.uid, hypervisor = %self.domain.hypervisor,
             dir = %paths.dir.display(), "creating the VM");

@@ -45,9 +45,65 @@ pub fn remove_socket(path: &Path) {
     }
 }
 
+/// Creates every disk image the spec asked to be created when missing
+/// (`hostDisk.type: DiskOrCreate`) as a sparse file of its capacity; an
+/// existing file is left as it is. Errors name the volume's field.
+pub fn create_missing_disks(domain: &domain_model::Domain) -> Result<(), String> {
+    for disk in &domain.disks {
+        let Some(capacity) = disk.source.create_with_capacity else {
+            continue;
+        };
+        let path = &disk.source.path;
+        let field = &disk.source.spec_path;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(file) => file.set_len(capacity).map_err(|e| {
+                format!(
+                    "{field}: cannot size {} to {capacity} bytes: {e}",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{field}: cannot create {}: {e}", path.display())),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_disk_or_create_images_are_created_sparse_and_existing_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.img");
+        let kept = dir.path().join("kept.img");
+        std::fs::write(&kept, b"data").unwrap();
+        let mut domain = domain_model::fixtures::domain();
+        for (i, path) in [&new, &kept].into_iter().enumerate() {
+            let mut disk = domain_model::fixtures::disk(i, &format!("d{i}"), path);
+            disk.source.create_with_capacity = Some(1 << 20);
+            domain.disks.push(disk);
+        }
+        create_missing_disks(&domain).unwrap();
+        assert_eq!(std::fs::metadata(&new).unwrap().len(), 1 << 20);
+        assert_eq!(std::fs::read(&kept).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_disk_that_cannot_be_created_names_its_volume() {
+        let mut domain = domain_model::fixtures::domain();
+        let mut disk =
+            domain_model::fixtures::disk(0, "d0", std::path::Path::new("/nonexistent/dir/x.img"));
+        disk.source.create_with_capacity = Some(1);
+        domain.disks.push(disk);
+        let err = create_missing_disks(&domain).unwrap_err();
+        assert!(err.starts_with(&domain.disks[0].source.spec_path), "{err}");
+    }
 
     #[test]
     fn a_stale_socket_is_removed_and_other_files_are_left_alone() {

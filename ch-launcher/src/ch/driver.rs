@@ -116,7 +116,10 @@ pub async fn create(
     if let Some(serial) = &host.serial_socket {
         // CH binds the serial socket itself and fails when the path exists
         // (left by a VMM that was killed).
-        remove_stale(serial)?;
+        crate::util::remove_stale_socket(serial).map_err(|source| ProcessError::Prepare {
+            path: serial.to_path_buf(),
+            source,
+        })?;
     }
     let mut spawned = process::spawn(&binary, &socket, &log_path(paths))?;
     tracing::info!(binary = %binary.display(), pid = spawned.child.id(),
@@ -128,7 +131,8 @@ pub async fn create(
         Ok(console) => console,
         Err(e) => {
             abort(&mut spawned).await;
-            remove_api_socket(&socket);
+            // The launcher bound the API socket; CH only removes one it bound itself.
+            crate::util::remove_socket(&socket);
             return Err(e);
         }
     };
@@ -155,7 +159,7 @@ pub async fn create(
     };
     tokio::spawn(async move {
         monitor.run().await;
-        remove_api_socket(&socket);
+        crate::util::remove_socket(&socket);
     });
     Ok(Created {
         backend: ChVm {
@@ -224,21 +228,6 @@ pub(crate) fn console_source(serial: Option<&SerialConfig>) -> ConsoleSource {
     }
 }
 
-/// Removes a socket file left at `path`.
-fn remove_stale(path: &Path) -> Result<(), ProcessError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {
-            tracing::debug!(path = %path.display(), "removed a stale serial socket");
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ProcessError::Prepare {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
 /// Build features (`vmm.ping`) the Domain depends on.
 pub fn required_features(domain: &Domain) -> Vec<(&'static str, &'static str)> {
     match domain.launch_security {
@@ -247,16 +236,6 @@ pub fn required_features(domain: &Domain) -> Vec<(&'static str, &'static str)> {
             vec![("sev_snp", "AMD SEV-SNP"), ("igvm", "AMD SEV-SNP")]
         }
         _ => vec![],
-    }
-}
-
-/// The launcher bound the API socket (CH only removes one it bound itself),
-/// so it removes it once the VMM is gone.
-fn remove_api_socket(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), "cannot remove the API socket: {e}");
-        }
     }
 }
 

@@ -108,7 +108,10 @@ pub fn check_socket_path(path: &Path) -> Result<(), ProcessError> {
 /// that lives as long as the launcher (see the module docs).
 pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, ProcessError> {
     check_socket_path(api_socket)?;
-    remove_stale_socket(api_socket)?;
+    crate::util::remove_stale_socket(api_socket).map_err(|source| ProcessError::Prepare {
+        path: api_socket.to_path_buf(),
+        source,
+    })?;
     let prepare = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ProcessError::Prepare { path, source }
@@ -190,21 +193,6 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
 
 fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
-}
-
-/// A socket left by an earlier VMM makes CH's bind fail; anything that is not
-/// a socket is left alone and reported by CH.
-fn remove_stale_socket(path: &Path) -> Result<(), ProcessError> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| ProcessError::Prepare {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Sends the first API request to a VMM that may still be starting and

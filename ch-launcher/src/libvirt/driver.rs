@@ -52,8 +52,7 @@ use crate::lifecycle::Event;
 use crate::paths::VmPaths;
 use domain_model::{Boot, Domain};
 use firmware::LibvirtFirmware;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -158,7 +157,7 @@ pub async fn create(
         BackendError::Host(format!("cannot make {} absolute: {e}", paths.dir.display()))
     })?;
     let xml = render(domain, &ctx).map_err(|e| BackendError::Host(e.to_string()))?;
-    prepare_host_files(domain, paths)?;
+    prepare_host_files(paths)?;
     let name = domain_name(domain);
     let uri = opts.uri.as_str();
     let nvram_to_remove = match (&ctx.firmware, &domain.boot) {
@@ -474,48 +473,13 @@ fn create_failed(name: &str, uri: &str, e: RpcError) -> BackendError {
     backend_error("create the domain", e)
 }
 
-/// Disks the spec wants created when missing, and no stale console socket
-/// (QEMU must bind a fresh one).
-fn prepare_host_files(domain: &Domain, paths: &VmPaths) -> Result<(), BackendError> {
-    for disk in &domain.disks {
-        let Some(capacity) = disk.source.create_with_capacity else {
-            continue;
-        };
-        let path = &disk.source.path;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-        {
-            Ok(file) => file.set_len(capacity).map_err(|e| {
-                BackendError::Host(format!(
-                    "{}: cannot size {} to {capacity} bytes: {e}",
-                    disk.source.spec_path,
-                    path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(BackendError::Host(format!(
-                    "{}: cannot create {}: {e}",
-                    disk.source.spec_path,
-                    path.display()
-                )))
-            }
-        }
-    }
+/// No stale console socket: QEMU must bind a fresh one. (Disks the spec
+/// wants created were created by the runner.)
+fn prepare_host_files(paths: &VmPaths) -> Result<(), BackendError> {
     for socket in [paths.serial_socket(), vnc_socket_path(paths)] {
-        remove_socket(&socket).map_err(|e| {
+        crate::util::remove_stale_socket(&socket).map_err(|e| {
             BackendError::Host(format!("cannot remove the stale {}: {e}", socket.display()))
         })?;
-    }
-    Ok(())
-}
-
-/// Removes `path` when it is a unix socket; anything else stays.
-fn remove_socket(path: &Path) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        std::fs::remove_file(path)?;
     }
     Ok(())
 }
@@ -635,10 +599,7 @@ impl Drop for Inner {
                     "cannot remove the VM's NVRAM copy"),
             }
         }
-        if let Err(e) = remove_socket(&self.vnc_socket) {
-            tracing::warn!(path = %self.vnc_socket.display(), error = %e,
-                "cannot remove the VNC socket");
-        }
+        crate::util::remove_socket(&self.vnc_socket);
     }
 }
 

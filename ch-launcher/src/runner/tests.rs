@@ -891,3 +891,22 @@ async fn early_console_and_control_socket_are_bound_while_the_hypervisor_starts(
     assert!(!paths.serial_socket().exists());
     assert!(!paths.control_socket().exists());
 }
+
+#[tokio::test]
+async fn disk_or_create_images_exist_before_any_backend_creates_the_vm() {
+    let s = setup();
+    let image = s.opts.paths.dir.with_file_name("created.img");
+    let mut domain = domain(Duration::from_secs(30), false);
+    let mut disk = fixtures::disk(0, "data", &image);
+    disk.source.create_with_capacity = Some(1 << 20);
+    domain.disks.push(disk);
+    let seen = image.clone();
+    let err = Runner::new(domain, s.opts.clone())
+        .run(move |_d: Domain, _p: VmPaths| async move {
+            let size = std::fs::metadata(&seen).map(|m| m.len()).ok();
+            Err::<Created<FakeBackend>, _>(format!("create saw the image with size {size:?}"))
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Some(1048576)"), "{err}");
+}

@@ -108,6 +108,25 @@ pub fn uid_namespace() -> Uuid {
     )
 }
 
+/// A uid names the VM's directory under the private dir, so it may hold
+/// only letters, digits, `-`, `_` and `.` (and is not `.` or `..`).
+pub fn check_uid(uid: &str) -> Result<(), String> {
+    let safe = !uid.is_empty()
+        && uid.len() <= 128
+        && uid != "."
+        && uid != ".."
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if safe {
+        Ok(())
+    } else {
+        Err(format!(
+            "{uid:?} is not a valid uid: use letters, digits, '-', '_' and '.' (a UUID is usual)"
+        ))
+    }
+}
+
 /// The uid a VMI without `metadata.uid` gets.
 pub fn derived_uid(namespace: &str, name: &str) -> String {
     Uuid::new_v5(&uid_namespace(), format!("{namespace}/{name}").as_bytes()).to_string()
@@ -340,21 +359,8 @@ impl Resolver<'_> {
         let uid = match meta.uid.as_deref() {
             None | Some("") => derived_uid(&namespace, &name),
             Some(uid) => {
-                // The uid names a directory under the private dir.
-                let safe = uid.len() <= 128
-                    && uid != "."
-                    && uid != ".."
-                    && uid
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-                if !safe {
-                    self.err(
-                        "metadata.uid",
-                        format!(
-                            "{uid:?} is not a valid uid: use letters, digits, '-', '_' and '.' \
-                             (a UUID is usual)"
-                        ),
-                    );
+                if let Err(message) = check_uid(uid) {
+                    self.err("metadata.uid", message);
                 }
                 uid.to_string()
             }
