@@ -1,5 +1,6 @@
 //! Small helpers several modules share: the one way to wait for an optional
-//! deadline in a `select!`, and the one way to clear a stale socket file.
+//! deadline in a `select!`, the one way to clear a stale socket file, and the
+//! one way to start a per-run file afresh.
 
 use std::io;
 use std::path::Path;
@@ -73,6 +74,24 @@ pub fn create_missing_disks(domain: &domain_model::Domain) -> Result<(), String>
     Ok(())
 }
 
+/// Creates `path` anew, removing what a previous run left there.
+///
+/// Not `File::create`: truncating a file that was itself truncated and
+/// rewritten is slow on ext4. Closing such a file starts its writeback
+/// (`auto_da_alloc`), and the next truncation waits for that I/O: 0.1 to
+/// 0.3 ms on this project's CI disk, on the launcher's critical path. A new
+/// inode costs about 10 us.
+pub fn create_fresh(path: &Path) -> io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +139,23 @@ mod tests {
         assert!(file.exists(), "a regular file is not a stale socket");
 
         remove_stale_socket(&dir.path().join("missing")).unwrap();
+    }
+
+    #[test]
+    fn create_fresh_starts_an_empty_file_whatever_was_there() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("cloud-hypervisor.log");
+        create_fresh(&log).unwrap().write_all(b"first run").unwrap();
+        let mut second = create_fresh(&log).unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"");
+        second.write_all(b"second").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"second");
+        // Not a file it may replace: the error says so, nothing is removed.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(create_fresh(&sub).is_err());
+        assert!(sub.is_dir());
     }
 
     #[tokio::test]

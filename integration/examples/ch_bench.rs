@@ -19,6 +19,11 @@
 //! `integration::bench`): `ru_maxrss` of the reaped launcher would be the
 //! larger of its own peak and Cloud Hypervisor's, which it reaps.
 //!
+//! Every run starts after a random pause of up to `CH_BENCH_DITHER_MS`
+//! (default 20 ms; 0 turns it off): back-to-back runs are phase-locked to the
+//! kernel's timer tick, which quantizes both contenders' wall times into
+//! whole ticks (see `integration::bench::Dither` and BENCHMARKS.md).
+//!
 //! Run:
 //!   cargo build --release -p ch-launcher -p images -p integration --bins --examples
 //!   CLOUD_HYPERVISOR_BIN=/path/to/cloud-hypervisor \
@@ -38,6 +43,7 @@ use std::process::{Command, Stdio};
 
 const TARGET_RATIO: f64 = 1.2;
 const TARGET_RSS_KIB: u64 = 10 * 1024;
+const DEFAULT_DITHER_MS: u64 = 20;
 
 fn main() {
     if let Err(e) = run() {
@@ -64,6 +70,13 @@ fn run() -> Result<(), String> {
         ));
     }
     let launcher = bench::release_launcher()?;
+    let dither_ms = match std::env::var("CH_BENCH_DITHER_MS") {
+        Ok(v) => v
+            .parse::<u64>()
+            .map_err(|e| format!("CH_BENCH_DITHER_MS={v:?}: {e}"))?,
+        Err(_) => DEFAULT_DITHER_MS,
+    };
+    let dither = bench::Dither::new(std::time::Duration::from_millis(dither_ms));
 
     let work = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let spec = TestGuestSpec::new(Hypervisor::CloudHypervisor, Variant::Halting)
@@ -88,7 +101,8 @@ fn run() -> Result<(), String> {
     println!(
         "ch_bench: {iterations} iterations (+{warmup} warm-up), halting test guest\n  \
          launcher: {} --private-dir <tmp>/private run --no-attach <spec>\n  \
-         direct:   {} {}",
+         direct:   {} {}\n  \
+         each run starts after a random pause of 0 to {dither_ms} ms (CH_BENCH_DITHER_MS)",
         launcher.display(),
         ch.display(),
         direct.args_for_display()
@@ -98,8 +112,14 @@ fn run() -> Result<(), String> {
     let (directs, launched) = bench::alternate(
         warmup,
         iterations,
-        || direct.run(&ch),
-        || launcher_run.run(),
+        || {
+            dither.pause();
+            direct.run(&ch)
+        },
+        || {
+            dither.pause();
+            launcher_run.run()
+        },
         print_iteration,
     )?;
 
@@ -113,6 +133,14 @@ fn run() -> Result<(), String> {
         return Err("no samples".into());
     };
     let ratio = l.as_secs_f64() / d.as_secs_f64();
+    let spread = |runs: &[Measured]| {
+        let w = walls(runs);
+        let q = |p| bench::quantile(&w, p).map_or(f64::NAN, bench::ms);
+        let mean = bench::mean(&w).map_or(f64::NAN, bench::ms);
+        (q(0.25), q(0.75), mean)
+    };
+    let (d25, d75, dmean) = spread(&directs);
+    let (l25, l75, lmean) = spread(&launched);
     let own = kib(&launched, &|m| m.own_peak_rss_kib());
     let own_median = bench::median_u64(&own).unwrap_or(0);
     let own_max = own.iter().copied().max().unwrap_or(0);
@@ -129,11 +157,16 @@ fn run() -> Result<(), String> {
 
     println!(
         "median of {iterations}: cloud-hypervisor direct {:.1} ms, ch-launcher run {:.1} ms \
-         (+{:.1} ms), ratio {ratio:.2} (target <= {TARGET_RATIO}: {})",
+         (+{:.1} ms), ratio {ratio:.3} (target <= {TARGET_RATIO}: {})",
         bench::ms(d),
         bench::ms(l),
         bench::ms(l) - bench::ms(d),
         verdict(ratio <= TARGET_RATIO)
+    );
+    println!(
+        "  p25/p75: direct {d25:.1}/{d75:.1} ms, launcher {l25:.1}/{l75:.1} ms; \
+         means: direct {dmean:.1} ms, launcher {lmean:.1} ms, ratio {:.3}",
+        lmean / dmean
     );
     println!(
         "launcher own peak RSS: median {own_median} KiB ({:.1} MiB), max {own_max} KiB \
@@ -224,6 +257,7 @@ struct Direct {
     args: Vec<OsString>,
     api_socket: PathBuf,
     serial_log: PathBuf,
+    events: PathBuf,
     output: PathBuf,
 }
 
@@ -237,7 +271,8 @@ impl Direct {
         let serial_log = dir.join("serial.log");
         let mut args: Vec<OsString> = vec!["--api-socket".into(), path_arg("path=", &api_socket)];
         args.push("--event-monitor".into());
-        args.push(path_arg("path=", &dir.join("events.json")));
+        let events = dir.join("events.json");
+        args.push(path_arg("path=", &events));
         for (key, value) in obj {
             let text = |v: &Value| -> Result<String, String> {
                 match v {
@@ -311,6 +346,7 @@ impl Direct {
             args,
             api_socket,
             serial_log,
+            events,
             output: dir.join("cloud-hypervisor.log"),
         })
     }
@@ -324,8 +360,10 @@ impl Direct {
     }
 
     fn run(&self, ch: &Path) -> Result<Measured, String> {
-        // Each run starts from nothing, as each launcher run does.
-        for stale in [&self.api_socket, &self.serial_log] {
+        // Each run starts from nothing, as each launcher run does (CH
+        // truncating the last run's files would cost it time; see
+        // `bench::output_file`).
+        for stale in [&self.api_socket, &self.serial_log, &self.events] {
             let _ = std::fs::remove_file(stale);
         }
         let (out, err) = bench::output_file(&self.output).map_err(|e| e.to_string())?;

@@ -12,6 +12,14 @@
 //! and it has no further work to do, reads `/proc/<pid>/status` and
 //! `smaps_rollup`, and lets it go. The time it is held there is left out of
 //! the wall time.
+//!
+//! Runs that follow each other back to back are phase-locked to the kernel's
+//! timer tick when the measured work ends on a tick-driven wait (tearing
+//! down a KVM VM waits for RCU grace periods, which the tick drives): each run
+//! then starts a fixed time after a tick, and wall times come in whole ticks
+//! (4 ms steps at `CONFIG_HZ=250`). A fixed overhead then shows up as zero or
+//! as a whole tick, depending on where it lands. [`Dither`] starts each run
+//! at a random phase instead, as starts in real use are.
 
 use std::fs::File;
 use std::io;
@@ -269,8 +277,18 @@ fn reap(pid: libc::pid_t) -> io::Result<Reaped> {
 
 /// A file to take a measured command's output, so that a failing run can
 /// show it without the benchmark's own output getting mixed up with it.
+///
+/// A new file each time, not the last one truncated: on ext4, a file that
+/// was truncated and then written is flushed when it is closed
+/// (`auto_da_alloc`), so the measured process would start that write-back
+/// in its own exit, inside the measured time (1 to 2 ms more for the
+/// launcher in 40 paired runs).
 pub fn output_file(path: &std::path::Path) -> io::Result<(File, File)> {
-    let out = File::create(path)?;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let out = File::options().write(true).create_new(true).open(path)?;
     let err = out.try_clone()?;
     Ok((out, err))
 }
@@ -345,6 +363,57 @@ pub fn median_u64(values: &[u64]) -> Option<u64> {
         _ if n % 2 == 1 => Some(sorted[n / 2]),
         _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2),
     }
+}
+
+/// A random pause before each measured run, uniform in `[0, max)`, so that
+/// runs start at random phases of the kernel's timer tick (see the module
+/// docs). With a `max` that is a whole number of ticks, every phase is
+/// equally likely; 20 ms is one for every common `CONFIG_HZ` (100, 250,
+/// 300 within 1 %, 1000).
+pub struct Dither {
+    max: Duration,
+    // Both contenders' closures pause through a shared reference.
+    rng: std::cell::RefCell<fastrand::Rng>,
+}
+
+impl Dither {
+    pub fn new(max: Duration) -> Dither {
+        Dither {
+            max,
+            rng: std::cell::RefCell::new(fastrand::Rng::new()),
+        }
+    }
+
+    /// The next pause; zero when dithering is off.
+    pub fn next_pause(&self) -> Duration {
+        let max = u64::try_from(self.max.as_nanos()).unwrap_or(u64::MAX);
+        if max == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.rng.borrow_mut().u64(0..max))
+    }
+
+    pub fn pause(&self) {
+        let pause = self.next_pause();
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+/// The `q`-quantile (0 to 1) of `values` by nearest rank; `None` when empty.
+pub fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    let last = sorted.len().checked_sub(1)?;
+    let rank = (q.clamp(0.0, 1.0) * last as f64).round() as usize;
+    sorted.get(rank).copied()
+}
+
+/// The arithmetic mean of `values`; `None` when empty.
+pub fn mean(values: &[Duration]) -> Option<Duration> {
+    let n = u32::try_from(values.len()).ok().filter(|&n| n > 0)?;
+    Some(values.iter().sum::<Duration>() / n)
 }
 
 /// Milliseconds, for printing.
@@ -439,6 +508,39 @@ mod tests {
         assert_eq!(order.into_inner(), "abbaabbaab".chars().collect::<Vec<_>>());
         assert_eq!(a, [3, 4, 5]);
         assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn dither_pauses_stay_below_their_bound_and_spread_over_it() {
+        let dither = Dither::new(Duration::from_millis(20));
+        let pauses: Vec<Duration> = (0..2000).map(|_| dither.next_pause()).collect();
+        assert!(pauses.iter().all(|p| *p < Duration::from_millis(20)));
+        // Each 4 ms slice (one tick at HZ=250) gets its share: about 400 of
+        // 2000; the chance of fewer than 250 by luck is negligible.
+        for slice in 0..5u64 {
+            let lo = Duration::from_millis(4 * slice);
+            let hi = lo + Duration::from_millis(4);
+            let n = pauses.iter().filter(|p| **p >= lo && **p < hi).count();
+            assert!(n > 250, "{n} pauses in [{lo:?}, {hi:?})");
+        }
+        assert_eq!(Dither::new(Duration::ZERO).next_pause(), Duration::ZERO);
+    }
+
+    #[test]
+    fn quantiles_and_means_of_samples() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        let v = ms(&[40, 10, 30, 20, 50]);
+        assert_eq!(quantile(&v, 0.0), Some(Duration::from_millis(10)));
+        assert_eq!(quantile(&v, 0.25), Some(Duration::from_millis(20)));
+        assert_eq!(quantile(&v, 0.75), Some(Duration::from_millis(40)));
+        assert_eq!(quantile(&v, 1.0), Some(Duration::from_millis(50)));
+        assert_eq!(mean(&v), Some(Duration::from_millis(30)));
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(mean(&[]), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The sequence that turns a [`Domain`] into a created (not yet booted) VM
 //! under a fresh `cloud-hypervisor` process.
 //!
-//! translate -> spawn (on a listening API socket) -> `vmm.ping`, raced
-//! against the VMM's exit -> check build features -> `vm.create` -> the
+//! translate -> spawn (on a listening API socket) -> `vmm.ping` and a check
+//! of the build's features, only when the Domain needs one -> `vm.create`
+//! (the first request is raced against the VMM's exit) -> the
 //! serial console (the socket the launcher named, or the PTY `vm.info`
 //! names) -> start watching events.
 //! Any failure after the spawn takes the VMM down again.
@@ -184,23 +185,31 @@ async fn prepare(
     config: cloud_hypervisor_client::models::VmConfig,
     opts: &ChOptions,
 ) -> Result<ConsoleSource, CreateError> {
-    let ping = process::first_answer(spawned, opts.ready_timeout, api.ping()).await??;
-    let features = ping.features.clone().unwrap_or_default();
-    for (feature, needed_for) in required_features(domain) {
-        if !features.iter().any(|f| f == feature) {
-            return Err(CreateError::MissingFeature {
-                feature,
-                needed_for,
-                binary: binary.to_path_buf(),
-                version: ping.build_version.clone().unwrap_or(ping.version.clone()),
-                features,
-            });
-        }
-    }
+    let needed = required_features(domain);
     // CH makes the serial device at create time: it binds the socket the
     // launcher named, or allocates a PTY and names it only in `vm.info`.
     let requested = console_source(config.serial.as_ref());
-    api.create(config).await?;
+    if needed.is_empty() {
+        // Nothing to check first: `vm.create` is the first request. It waits
+        // in the API socket's backlog while CH starts, like a ping would,
+        // and a round trip less is a VM booted sooner.
+        process::first_answer(spawned, opts.ready_timeout, api.create(config)).await??;
+    } else {
+        let ping = process::first_answer(spawned, opts.ready_timeout, api.ping()).await??;
+        let features = ping.features.clone().unwrap_or_default();
+        for (feature, needed_for) in needed {
+            if !features.iter().any(|f| f == feature) {
+                return Err(CreateError::MissingFeature {
+                    feature,
+                    needed_for,
+                    binary: binary.to_path_buf(),
+                    version: ping.build_version.clone().unwrap_or(ping.version.clone()),
+                    features,
+                });
+            }
+        }
+        api.create(config).await?;
+    }
     if !domain.devices.serial_console {
         return Ok(ConsoleSource::None);
     }
@@ -245,4 +254,150 @@ async fn abort(spawned: &mut Spawned) {
         tracing::debug!("cloud-hypervisor already gone: {e}");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), spawned.child.wait()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain_model::fixtures;
+    use std::process::Stdio;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    /// A VMM's API that answers every request and records its request line.
+    fn fake_api(socket: &Path, ping_features: &'static str) -> Arc<Mutex<Vec<String>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = UnixListener::bind(socket).expect("bind");
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut read = BufReader::new(read);
+                    loop {
+                        let mut line = String::new();
+                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0;
+                        loop {
+                            let mut header = String::new();
+                            if read.read_line(&mut header).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if read.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let request = line.trim_end().to_string();
+                        record.lock().unwrap().push(request.clone());
+                        let answer = if request.contains("vmm.ping") {
+                            let json = format!(
+                                r#"{{"build_version":"v0-test","version":"0.0.0","pid":1,"features":{ping_features}}}"#
+                            );
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                                json.len()
+                            )
+                        } else {
+                            "HTTP/1.1 204 No Content\r\n\r\n".to_string()
+                        };
+                        if write.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        seen
+    }
+
+    /// A stand-in for the spawned VMM process that only has to stay alive.
+    fn idle_process(dir: &Path) -> Spawned {
+        let child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sleep");
+        let (read, _write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        Spawned {
+            child,
+            events: tokio::net::unix::pipe::Receiver::from_owned_fd(read).expect("pipe"),
+            log: dir.join("ch.log"),
+        }
+    }
+
+    async fn requests_for(
+        domain: &Domain,
+        ping_features: &'static str,
+    ) -> (Vec<String>, Result<ConsoleSource, CreateError>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("api.sock");
+        let seen = fake_api(&socket, ping_features);
+        let mut spawned = idle_process(dir.path());
+        let host = HostInputs {
+            firmware: Some(dir.path().join("tdvf.fd")),
+            igvm: Some(dir.path().join("snp.igvm")),
+            serial_socket: Some(dir.path().join("serial.sock")),
+        };
+        let config = vm_config(domain, &host).expect("translates");
+        let result = prepare(
+            domain,
+            Path::new("/usr/bin/cloud-hypervisor"),
+            &Api::new(&socket),
+            &mut spawned,
+            config,
+            &ChOptions::default(),
+        )
+        .await;
+        let _ = spawned.child.start_kill();
+        let seen = seen.lock().unwrap().clone();
+        (seen, result)
+    }
+
+    #[tokio::test]
+    async fn a_vm_needing_no_build_feature_is_created_without_a_ping() {
+        let domain = fixtures::domain();
+        let (seen, result) = requests_for(&domain, r#"["kvm"]"#).await;
+        assert!(result.is_ok(), "{:?}", result.err().map(|e| e.to_string()));
+        assert_eq!(seen, ["PUT /api/v1/vm.create HTTP/1.1"]);
+    }
+
+    #[tokio::test]
+    async fn a_tdx_vm_is_checked_against_the_builds_features_before_create() {
+        let domain = fixtures::domain()
+            .with_launch_security(LaunchSecurity::Tdx)
+            .with_boot(fixtures::efi_boot(false));
+        let (seen, result) = requests_for(&domain, r#"["kvm"]"#).await;
+        assert_eq!(seen, ["GET /api/v1/vmm.ping HTTP/1.1"]);
+        match result {
+            Err(CreateError::MissingFeature { feature: "tdx", .. }) => {}
+            other => panic!(
+                "expected the missing tdx feature, got {:?}",
+                other.map_err(|e| e.to_string())
+            ),
+        }
+
+        let (seen, result) = requests_for(&domain, r#"["kvm","tdx"]"#).await;
+        assert!(result.is_ok(), "{:?}", result.err().map(|e| e.to_string()));
+        assert_eq!(
+            seen,
+            [
+                "GET /api/v1/vmm.ping HTTP/1.1",
+                "PUT /api/v1/vm.create HTTP/1.1"
+            ]
+        );
+    }
 }

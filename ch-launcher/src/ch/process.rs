@@ -16,7 +16,6 @@
 
 use super::events::describe_exit;
 use crate::backend::BackendError;
-use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -116,7 +115,7 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
         let path = path.to_path_buf();
         move |source| ProcessError::Prepare { path, source }
     };
-    let stdout = File::create(log).map_err(prepare(log))?;
+    let stdout = crate::util::create_fresh(log).map_err(prepare(log))?;
     let stderr = stdout.try_clone().map_err(prepare(log))?;
 
     let (read, write) = pipe_cloexec().map_err(ProcessError::Pipe)?;
