@@ -84,6 +84,10 @@ pub struct GlobalArgs {
     /// probing this host (host, run, validate, render).
     #[arg(long, global = true, value_name = "FILE")]
     pub domcapabilities: Option<PathBuf>,
+    /// Use a CPU probe recorded with `ch-launcher host cpu --json` instead of
+    /// probing this host's KVM (host, run, validate, render).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cpu_probe: Option<PathBuf>,
     /// Intel TDX: the Quote Generation Service socket for guest attestation
     /// (libvirt backend).
     #[arg(long, global = true, value_name = "PATH")]
@@ -186,6 +190,11 @@ pub enum HostCommand {
     Labels,
     /// Print everything detected about the host as JSON.
     Capabilities,
+    /// What this host's KVM offers a guest CPU: its vendor, and feature MSRs
+    /// KVM reports but a vCPU refuses (QEMU aborts on those unless the
+    /// feature is disabled, which the launcher does for libvirt guests).
+    /// `--json` prints the whole probe, which `--cpu-probe FILE` replays.
+    Cpu(JsonArg),
 }
 
 #[derive(Debug, Args)]
@@ -391,7 +400,10 @@ fn host(g: &GlobalArgs, command: &HostCommand) -> u8 {
     let recorded = g.domcapabilities.as_deref();
     let output = match command {
         HostCommand::Labels => crate::host::labels_command(recorded),
-        HostCommand::Capabilities => crate::host::capabilities_command(recorded),
+        HostCommand::Capabilities => {
+            crate::host::capabilities_command(recorded, g.cpu_probe.as_deref())
+        }
+        HostCommand::Cpu(args) => crate::host::cpu_command(g.cpu_probe.as_deref(), args.json),
     };
     match output {
         Ok(text) => print_stdout(&text, exit::SUCCESS),
@@ -647,7 +659,31 @@ fn libvirt_options(
     let choice = firmware_choice(s, domain, mode)?;
     let mut opts = libvirt::LibvirtOptions::for_domain(domain, paths, &g.libvirt_uri, &choice)?;
     opts.confidential = confidential_host(g, domain, mode)?;
+    opts.cpu_quirks = libvirt_cpu_quirks(g, domain);
     Ok(opts)
+}
+
+/// The CPU quirks of the host libvirt's QEMU runs on: from `--cpu-probe`, else
+/// a probe of this host's KVM when the URI is local. Without them the guest
+/// CPU is rendered as the spec says, with a warning.
+fn libvirt_cpu_quirks(g: &GlobalArgs, domain: &Domain) -> Vec<crate::host::cpu::MsrQuirk> {
+    if domain.architecture != domain_model::Architecture::Amd64 {
+        return Vec::new();
+    }
+    if g.cpu_probe.is_none() && !crate::host::cpu::libvirt_uri_is_local(&g.libvirt_uri) {
+        tracing::warn!(
+            uri = g.libvirt_uri,
+            "libvirt runs on another host: its KVM's CPU quirks are not probed"
+        );
+        return Vec::new();
+    }
+    match crate::host::cpu::for_launch(g.cpu_probe.as_deref()) {
+        Ok(probe) => probe.quirks(),
+        Err(e) => {
+            tracing::warn!("{e}; the guest CPU is not adjusted for this host's KVM");
+            Vec::new()
+        }
+    }
 }
 
 /// Why a dry-run translation produced nothing.
@@ -704,6 +740,7 @@ fn translate(g: &GlobalArgs, s: &Settings, domain: &Domain, mode: Mode) -> Resul
                 paths,
                 firmware,
                 confidential,
+                cpu_quirks: libvirt_cpu_quirks(g, domain),
             };
             match libvirt::render(domain, &ctx) {
                 Ok(xml) => Ok(xml),

@@ -103,6 +103,19 @@ pub struct Cpu {
     pub threads: Option<u32>,
     pub max_sockets: Option<u32>,
     pub model: Option<String>,
+    /// `spec.domain.cpu.features`: CPU features to add to or take from the
+    /// model, each with a libvirt-style policy.
+    pub features: Option<Vec<CpuFeature>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuFeature {
+    /// The feature as QEMU and libvirt name it (`avx2`, `vmx`, ...).
+    pub name: Option<String>,
+    /// `force`, `require` (KubeVirt's default), `optional`, `disable` or
+    /// `forbid`.
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -87,6 +87,71 @@ pub struct Cpu {
     /// Upper bound of sockets for CPU hotplug; equals `sockets` when absent.
     pub max_sockets: u32,
     pub model: CpuModel,
+    /// `spec.domain.cpu.features`, in spec order, names unique.
+    pub features: Vec<CpuFeature>,
+}
+
+/// One CPU feature the spec adds to or takes from the CPU model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpuFeature {
+    /// The feature as QEMU and libvirt name it (`avx2`, `vmx`, ...).
+    pub name: String,
+    pub policy: CpuFeaturePolicy,
+    /// `spec.domain.cpu.features[N]`.
+    pub spec_path: String,
+}
+
+/// KubeVirt's (and libvirt's) CPU feature policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuFeaturePolicy {
+    /// The guest gets the feature whether or not the host CPU has it.
+    Force,
+    /// The guest gets the feature; the VM does not start unless the host
+    /// has it. KubeVirt's default.
+    Require,
+    /// The guest gets the feature if the host has it.
+    Optional,
+    /// The guest does not get the feature.
+    Disable,
+    /// The VM does not start if the host has the feature.
+    Forbid,
+}
+
+impl CpuFeaturePolicy {
+    /// Every policy, as written in a spec.
+    pub const ALL: [CpuFeaturePolicy; 5] = [
+        CpuFeaturePolicy::Force,
+        CpuFeaturePolicy::Require,
+        CpuFeaturePolicy::Optional,
+        CpuFeaturePolicy::Disable,
+        CpuFeaturePolicy::Forbid,
+    ];
+
+    /// The name used in specs and in libvirt's XML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuFeaturePolicy::Force => "force",
+            CpuFeaturePolicy::Require => "require",
+            CpuFeaturePolicy::Optional => "optional",
+            CpuFeaturePolicy::Disable => "disable",
+            CpuFeaturePolicy::Forbid => "forbid",
+        }
+    }
+
+    /// Whether the guest is meant to see the feature.
+    pub fn enables(self) -> bool {
+        matches!(
+            self,
+            CpuFeaturePolicy::Force | CpuFeaturePolicy::Require | CpuFeaturePolicy::Optional
+        )
+    }
+}
+
+impl std::fmt::Display for CpuFeaturePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Cpu {

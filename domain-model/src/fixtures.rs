@@ -35,6 +35,7 @@ pub fn domain() -> Domain {
             threads: 1,
             max_sockets: 1,
             model: CpuModel::HostModel,
+            features: Vec::new(),
         },
         memory: Memory {
             guest: GUEST_MEMORY,

@@ -437,7 +437,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "spec.domain.ioThreadsPolicy",
     "spec.domain.machine",
     "spec.domain.cpu.dedicatedCpuPlacement",
-    "spec.domain.cpu.features",
     "spec.domain.cpu.isolateEmulatorThread",
     "spec.domain.cpu.numa",
     "spec.domain.cpu.realtime",

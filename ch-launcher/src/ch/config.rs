@@ -594,6 +594,7 @@ mod tests {
             threads: 2,
             max_sockets: 3,
             model: CpuModel::HostPassthrough,
+            features: Vec::new(),
         };
         let cpus = translate(&d).cpus.expect("cpus");
         assert_eq!((cpus.boot_vcpus, cpus.max_vcpus), (16, 24));

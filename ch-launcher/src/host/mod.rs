@@ -8,6 +8,7 @@
 //! (the libvirt renderer needs `cbitpos` and `reducedPhysBits`) and the CLI
 //! never care where the facts came from.
 
+pub mod cpu;
 pub mod domcaps;
 pub mod labels;
 pub mod probe;
@@ -119,6 +120,8 @@ pub enum HostError {
     Parse { origin: String, message: String },
     #[error("cannot print the host capabilities as JSON: {0}")]
     Encode(String),
+    #[error("{0}")]
+    Probe(String),
 }
 
 /// Host capabilities from a recorded `virsh domcapabilities` file when one is
@@ -136,11 +139,66 @@ pub fn labels_command(domcapabilities: Option<&Path>) -> Result<String, HostErro
     Ok(labels::to_lines(&labels::node_labels(&caps)))
 }
 
-/// `ch-launcher host capabilities`: everything detected, as pretty JSON.
-pub fn capabilities_command(domcapabilities: Option<&Path>) -> Result<String, HostError> {
+/// `ch-launcher host capabilities`: everything detected, as pretty JSON,
+/// with the CPU probe's findings under `cpu`.
+pub fn capabilities_command(
+    domcapabilities: Option<&Path>,
+    cpu_probe: Option<&Path>,
+) -> Result<String, HostError> {
     let caps = capabilities(domcapabilities)?;
+    let mut value = serde_json::to_value(&caps).map_err(|e| HostError::Encode(e.to_string()))?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("cpu".into(), cpu_summary(cpu_probe));
+    }
     let mut json =
-        serde_json::to_string_pretty(&caps).map_err(|e| HostError::Encode(e.to_string()))?;
+        serde_json::to_string_pretty(&value).map_err(|e| HostError::Encode(e.to_string()))?;
     json.push('\n');
     Ok(json)
+}
+
+/// The CPU probe's findings as JSON: source, vendor and quirks, or the error.
+fn cpu_summary(cpu_probe: Option<&Path>) -> serde_json::Value {
+    match cpu::for_launch(cpu_probe) {
+        Ok(probe) => serde_json::json!({
+            "source": probe.source,
+            "vendor": probe.vendor,
+            "quirks": probe.quirks().iter().map(|q| serde_json::json!({
+                "msr": format!("{:#x}", q.msr),
+                "msr_name": q.msr_name,
+                "kvm_value": format!("{:#x}", q.kvm_value),
+                "feature": q.feature,
+                "explanation": q.explain(),
+            })).collect::<Vec<_>>(),
+        }),
+        Err(e) => serde_json::json!({ "error": e }),
+    }
+}
+
+/// `ch-launcher host cpu`: the quirks in words, or (`json`) the whole probe
+/// as a recording for `--cpu-probe`.
+pub fn cpu_command(cpu_probe: Option<&Path>, json: bool) -> Result<String, HostError> {
+    let probe = cpu::for_launch(cpu_probe).map_err(HostError::Probe)?;
+    if json {
+        let mut text =
+            serde_json::to_string_pretty(&probe).map_err(|e| HostError::Encode(e.to_string()))?;
+        text.push('\n');
+        return Ok(text);
+    }
+    let mut out = format!(
+        "source: {}\nvendor: {}\n",
+        probe.source,
+        probe.vendor.as_deref().unwrap_or("unknown")
+    );
+    let quirks = probe.quirks();
+    if quirks.is_empty() {
+        out.push_str("quirks: none (every feature MSR KVM reports is accepted by a vCPU)\n");
+    }
+    for q in quirks {
+        let fix = match q.feature {
+            Some(f) => format!("libvirt guests get {f:?} disabled"),
+            None => "no CPU feature governs it".to_string(),
+        };
+        out.push_str(&format!("quirk: {}; {fix}\n", q.explain()));
+    }
+    Ok(out)
 }

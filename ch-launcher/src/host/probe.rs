@@ -150,7 +150,7 @@ impl NativeProbe {
 
     fn kvm_vm_types(&self, notes: &mut Vec<String>) -> Option<u32> {
         let device = self.kvm_device.as_deref()?;
-        let kvm = match open_kvm(device) {
+        let kvm = match open_kvm_for_vm_types(device) {
             Ok(kvm) => kvm,
             Err(message) => {
                 notes.push(message);
@@ -166,16 +166,21 @@ impl NativeProbe {
     }
 }
 
-fn open_kvm(device: &Path) -> Result<kvm_ioctls::Kvm, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(device.as_os_str().as_bytes())
-        .map_err(|_| format!("KVM device path {} contains a NUL byte", device.display()))?;
-    kvm_ioctls::Kvm::new_with_path(&path).map_err(|e| {
+fn open_kvm_for_vm_types(device: &Path) -> Result<kvm_ioctls::Kvm, String> {
+    open_kvm(device).map_err(|e| {
         format!(
             "cannot open {} to ask KVM for its VM types: {e}",
             device.display()
         )
     })
+}
+
+/// Opens the KVM device at `device`.
+pub(super) fn open_kvm(device: &Path) -> Result<kvm_ioctls::Kvm, kvm_ioctls::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(device.as_os_str().as_bytes())
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+    kvm_ioctls::Kvm::new_with_path(&path)
 }
 
 /// libvirt's counting, so the native probe and `virsh domcapabilities`

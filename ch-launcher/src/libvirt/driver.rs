@@ -48,6 +48,7 @@ use super::rpc::protocol::{
 };
 use super::rpc::{flags, BlockingClient, Client, DomainEvent, DomainRef, Notice, RpcError};
 use crate::backend::{Backend, BackendError, ConsoleSource, Created};
+use crate::host::cpu::MsrQuirk;
 use crate::lifecycle::Event;
 use crate::paths::VmPaths;
 use domain_model::{Boot, Domain};
@@ -84,6 +85,8 @@ pub struct LibvirtOptions {
     /// The host's confidential-computing parameters (SEV C-bit, TDX quote
     /// service), for a VM with launch security.
     pub confidential: ConfidentialHost,
+    /// The host's KVM CPU quirks ([`crate::host::cpu::CpuProbe::quirks`]).
+    pub cpu_quirks: Vec<MsrQuirk>,
 }
 
 impl Default for LibvirtOptions {
@@ -92,6 +95,7 @@ impl Default for LibvirtOptions {
             uri: DEFAULT_URI.to_owned(),
             firmware: None,
             confidential: ConfidentialHost::default(),
+            cpu_quirks: Vec::new(),
         }
     }
 }
@@ -151,12 +155,20 @@ pub async fn create(
         paths: paths.clone(),
         firmware: opts.firmware.clone(),
         confidential: opts.confidential.clone(),
+        cpu_quirks: opts.cpu_quirks.clone(),
     }
     .absolute()
     .map_err(|e| {
         BackendError::Host(format!("cannot make {} absolute: {e}", paths.dir.display()))
     })?;
     let xml = render(domain, &ctx).map_err(|e| BackendError::Host(e.to_string()))?;
+    // Rendering succeeded, so the plan does too; it is asked again only for
+    // what to tell the user.
+    if let Ok(plan) = super::cpu::plan(domain, &ctx.cpu_quirks) {
+        for w in &plan.workarounds {
+            tracing::warn!(feature = w.feature, "{w}");
+        }
+    }
     prepare_host_files(paths)?;
     let name = domain_name(domain);
     let uri = opts.uri.as_str();
@@ -470,7 +482,31 @@ fn create_failed(name: &str, uri: &str, e: RpcError) -> BackendError {
         tracing::debug!(error = %e, "libvirt refused the duplicate domain");
         return already_exists(name, uri);
     }
-    backend_error("create the domain", e)
+    let mut error = backend_error("create the domain", e);
+    if let BackendError::Refused { chain, .. } = &mut error {
+        if let Some(hint) = chain.iter().find_map(|m| cpu_refusal_hint(m)) {
+            chain.push(hint);
+        }
+    }
+    error
+}
+
+/// What to set in the spec when QEMU died because KVM refused a CPU feature
+/// MSR (libvirt's message carries QEMU's last stderr lines).
+fn cpu_refusal_hint(message: &str) -> Option<String> {
+    let (msr, name, feature) = crate::host::cpu::refused_msr_in(message)?;
+    Some(match feature {
+        Some(feature) => format!(
+            "hint: this host's KVM refused MSR {msr:#x} ({name}), which QEMU writes for the \
+             CPU feature {feature:?}; set spec.domain.cpu.features: [{{name: {feature}, \
+             policy: disable}}] (the launcher does this itself when its CPU probe sees the \
+             refusal: check `ch-launcher host cpu`)"
+        ),
+        None => format!(
+            "hint: this host's KVM refused MSR {msr:#x} ({name}); no CPU feature governs it, \
+             so try another cpu.model"
+        ),
+    })
 }
 
 /// No stale console socket: QEMU must bind a fresh one. (Disks the spec

@@ -431,6 +431,7 @@ mod tests {
             paths,
             firmware,
             confidential: host,
+            cpu_quirks: Vec::new(),
         }
     }
 

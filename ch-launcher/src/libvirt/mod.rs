@@ -3,6 +3,7 @@
 //! libvirt's domain lifecycle events mapped onto the launcher's neutral
 //! [`Event`](crate::lifecycle::Event)s ([`events`]).
 
+pub mod cpu;
 pub mod driver;
 pub mod events;
 pub mod launch_security;
@@ -42,6 +43,7 @@ impl LibvirtOptions {
             uri: uri.to_owned(),
             firmware,
             confidential: ConfidentialHost::default(),
+            cpu_quirks: Vec::new(),
         })
     }
 }

@@ -10,8 +10,10 @@
 //! Anything in the `Domain` that cannot be expressed here is an error naming
 //! the spec field, never dropped.
 
+use super::cpu;
 use super::launch_security::{self, ConfidentialHost};
 use super::xml::*;
+use crate::host::cpu::MsrQuirk;
 use crate::paths::VmPaths;
 use domain_model::{
     Architecture, Boot, ClockOffset, CpuModel, DiskBus, DiskDevice, Domain, ImageFormat,
@@ -32,6 +34,9 @@ pub struct RenderContext {
     /// The host's confidential-computing parameters, for a Domain with
     /// launch security.
     pub confidential: ConfidentialHost,
+    /// Feature MSRs this host's KVM reports but refuses
+    /// ([`crate::host::cpu::CpuProbe::quirks`]); their features are disabled.
+    pub cpu_quirks: Vec<MsrQuirk>,
 }
 
 /// Why a Domain could not be rendered.
@@ -197,6 +202,21 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
         ),
     };
 
+    let feature = match cpu::plan(domain, &ctx.cpu_quirks) {
+        Ok(plan) => plan
+            .features
+            .into_iter()
+            .map(|f| CpuFeatureXml {
+                policy: f.policy.as_str(),
+                name: f.name,
+            })
+            .collect(),
+        Err(e) => {
+            errors.0.extend(e.0);
+            Vec::new()
+        }
+    };
+
     let mut sysinfo_entries = vec![SysinfoEntry {
         name: "uuid",
         value: domain.firmware.uuid.clone(),
@@ -257,6 +277,7 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
                 cores: cpu.cores,
                 threads: cpu.threads,
             },
+            feature,
             numa,
         },
         clock,

@@ -35,6 +35,7 @@ fn ctx() -> RenderContext {
         paths: VmPaths::new(Path::new("/var/run/kubevirt-private"), "0f4c-uid"),
         firmware: None,
         confidential: Default::default(),
+        cpu_quirks: Vec::new(),
     }
 }
 
@@ -177,6 +178,7 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
         threads: 2,
         max_sockets: 4,
         model: CpuModel::Named("Skylake-Server".into()),
+        features: Vec::new(),
     };
     out.push(("topology-named-model", d, ctx()));
 
@@ -773,6 +775,7 @@ fn relative_private_dir_renders_absolute_paths_that_validate() {
         paths,
         firmware: Some(firmware),
         confidential: Default::default(),
+        cpu_quirks: Vec::new(),
     };
     let xml = render(&d, &c).unwrap();
     let dom = Node::parse(&xml);

@@ -258,8 +258,19 @@ pub struct CpuXml {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<CpuModelXml>,
     pub topology: Topology,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feature: Vec<CpuFeatureXml>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub numa: Option<Numa>,
+}
+
+/// `<feature policy='require' name='avx2'/>` inside `<cpu>`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuFeatureXml {
+    #[serde(rename = "@policy")]
+    pub policy: &'static str,
+    #[serde(rename = "@name")]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

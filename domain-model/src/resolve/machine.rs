@@ -57,13 +57,82 @@ impl Resolver<'_> {
             Some("host-passthrough") => CpuModel::HostPassthrough,
             Some(named) => CpuModel::Named(named.to_string()),
         };
+        let features = self.cpu_features(c.features.as_deref().unwrap_or_default());
         Cpu {
             sockets,
             cores,
             threads,
             max_sockets,
             model,
+            features,
         }
+    }
+
+    /// `spec.domain.cpu.features`: each needs a name; the policy defaults to
+    /// `require`, as in KubeVirt. A name given twice is refused, since the
+    /// two policies would contradict or repeat each other (libvirt refuses
+    /// such a document too).
+    fn cpu_features(&mut self, features: &[api::CpuFeature]) -> Vec<CpuFeature> {
+        let mut out: Vec<CpuFeature> = Vec::new();
+        for (i, f) in features.iter().enumerate() {
+            let path = format!("spec.domain.cpu.features[{i}]");
+            let name = match f.name.as_deref().map(str::trim) {
+                None | Some("") => {
+                    self.err(
+                        format!("{path}.name"),
+                        "required: the CPU feature's name as QEMU and libvirt spell it \
+                         (for example \"avx2\" or \"vmx\")",
+                    );
+                    continue;
+                }
+                Some(name) => name,
+            };
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                self.err(
+                    format!("{path}.name"),
+                    format!(
+                        "{name:?} is not a CPU feature name (letters, digits, '-', '_' and '.' only)"
+                    ),
+                );
+                continue;
+            }
+            let policy = match f.policy.as_deref() {
+                None | Some("") => CpuFeaturePolicy::Require,
+                Some(p) => match CpuFeaturePolicy::ALL.into_iter().find(|k| k.as_str() == p) {
+                    Some(k) => k,
+                    None => {
+                        self.err(
+                            format!("{path}.policy"),
+                            format!(
+                                "{p:?} is not a CPU feature policy: expected one of force, \
+                                 require, optional, disable, forbid"
+                            ),
+                        );
+                        continue;
+                    }
+                },
+            };
+            if let Some(first) = out.iter().find(|o| o.name == name) {
+                self.err(
+                    format!("{path}.name"),
+                    format!(
+                        "CPU feature {name:?} is already listed at {} (policy {}); list each \
+                         feature once",
+                        first.spec_path, first.policy
+                    ),
+                );
+                continue;
+            }
+            out.push(CpuFeature {
+                name: name.to_string(),
+                policy,
+                spec_path: path,
+            });
+        }
+        out
     }
 
     /// vCPUs from `resources.limits.cpu`, else `requests.cpu`, as KubeVirt

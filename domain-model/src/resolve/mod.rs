@@ -72,9 +72,10 @@ use crate::launch_security;
 use crate::parse::{is_at_or_under, Parsed};
 use crate::quantity::{parse_bytes, parse_cpus, Quantity};
 use crate::{
-    Architecture, Boot, Clock, ClockOffset, Cpu, CpuModel, Devices, Disk, DiskBus, DiskDevice,
-    DiskSource, Domain, Features, Firmware, Hypervisor, ImageFormat, Input, InputBus, InputKind,
-    LoadOptions, Memory, SpecFeature, TickPolicy, Timer, TimerName, TimerTrack,
+    Architecture, Boot, Clock, ClockOffset, Cpu, CpuFeature, CpuFeaturePolicy, CpuModel, Devices,
+    Disk, DiskBus, DiskDevice, DiskSource, Domain, Features, Firmware, Hypervisor, ImageFormat,
+    Input, InputBus, InputKind, LoadOptions, Memory, SpecFeature, TickPolicy, Timer, TimerName,
+    TimerTrack,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
