@@ -640,9 +640,23 @@ fn ch_options(
     mode: Mode,
 ) -> Result<ch::ChOptions, String> {
     let choice = firmware_choice(s, domain, mode)?;
+    let mut host = ch::HostInputs::from_choice(&choice);
+    // CH gives the guest the host's CPU: the spec's feature policies are
+    // checked against what this host's KVM offers.
+    if !domain.cpu.features.is_empty() {
+        match crate::host::cpu::for_launch(g.cpu_probe.as_deref()) {
+            Ok(probe) => host.cpu = Some(probe),
+            Err(e) if mode == Mode::Run => {
+                return Err(format!(
+                    "{e}: spec.domain.cpu.features cannot be checked against this host"
+                ))
+            }
+            Err(e) => tracing::warn!("{e}; spec.domain.cpu.features are not checked"),
+        }
+    }
     Ok(ch::ChOptions {
         binary: g.cloud_hypervisor_bin.clone(),
-        host: ch::HostInputs::from_choice(&choice),
+        host,
         ..ch::ChOptions::default()
     })
 }

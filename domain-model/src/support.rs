@@ -32,6 +32,7 @@ pub enum Feature {
     EmulatedNic,
     HostCpuModel,
     NamedCpuModel,
+    CpuFeature,
     CpuHotplug,
     MemoryHotplug,
     Hugepages,
@@ -75,6 +76,7 @@ impl Feature {
             EmulatedNic => ("an emulated network interface", false),
             HostCpuModel => ("the host CPU model", false),
             NamedCpuModel => ("a named CPU model", false),
+            CpuFeature => ("a CPU feature policy", false),
             CpuHotplug => ("CPU hotplug", false),
             MemoryHotplug => ("memory hotplug", false),
             Hugepages => ("hugepages", true),
@@ -130,6 +132,9 @@ impl Feature {
                 Sev | SevEs => Err("Cloud Hypervisor supports SEV-SNP but not SEV or SEV-ES"),
                 TdxCpuHotplug => Err("Cloud Hypervisor TDX guests boot all their vCPUs"),
                 TdxMemoryHotplug => Err("Cloud Hypervisor TDX guests cannot hotplug memory"),
+                // Which policies hold depends on the feature and on what the
+                // host's KVM offers: checked when the VM is translated.
+                CpuFeature => Ok(()),
                 VirtioDisk | Rng | SerialConsole | VirtioNic | HostCpuModel | CpuHotplug
                 | MemoryHotplug | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx => Ok(()),
             },
@@ -198,6 +203,16 @@ fn uses(domain: &Domain) -> Vec<Use> {
         }
         CpuModel::Named(name) => named_model = Some(name.clone()),
     }
+    let cpu_features: Vec<Use> = d
+        .cpu
+        .features
+        .iter()
+        .map(|f| Use {
+            feature: Feature::CpuFeature,
+            label: Some(format!("CPU feature {:?} with policy {}", f.name, f.policy)),
+            spec_path: f.spec_path.clone(),
+        })
+        .collect();
     let tdx = matches!(d.launch_security, Some(LaunchSecurity::Tdx));
     if d.cpu.max_sockets > d.cpu.sockets {
         add(Feature::CpuHotplug, "spec.domain.cpu.maxSockets".into());
@@ -333,6 +348,7 @@ fn uses(domain: &Domain) -> Vec<Use> {
             spec_path: "spec.domain.cpu.model".into(),
         });
     }
+    out.extend(cpu_features);
     for nic in emulated {
         out.push(Use {
             feature: Feature::EmulatedNic,

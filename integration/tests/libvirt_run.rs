@@ -94,6 +94,18 @@ impl LaunchedVm {
         extra_spec: &str,
         edit: impl FnOnce(String, &Path) -> String,
     ) -> LaunchedVm {
+        Self::start_with_args(name, grace_seconds, extra_spec, edit, |_| Vec::new())
+    }
+
+    /// `args` gives extra launcher options for `run`; it gets the scratch
+    /// directory.
+    fn start_with_args(
+        name: &str,
+        grace_seconds: u32,
+        extra_spec: &str,
+        edit: impl FnOnce(String, &Path) -> String,
+        args: impl FnOnce(&Path) -> Vec<String>,
+    ) -> LaunchedVm {
         let dir = tempfile::tempdir().expect("tempdir");
         let name = format!("{name}-{}", std::process::id());
         let text = TestGuestSpec::new(Hypervisor::Libvirt, Variant::Interactive)
@@ -114,8 +126,10 @@ impl LaunchedVm {
             dir,
         };
         let stderr = std::fs::File::create(&vm.log).expect("log file");
+        let extra_args = args(vm.dir.path());
         let child = Command::new(launcher_path())
             .args(vm.global_args())
+            .args(extra_args)
             .arg("--log-format=json")
             .arg("run")
             .arg("--no-attach")
@@ -159,6 +173,7 @@ impl LaunchedVm {
                 "no VM directory appeared\n{}",
                 self.logs()
             );
+            self.assert_launcher_alive("the VM directory");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -185,10 +200,34 @@ impl LaunchedVm {
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
     }
 
+    /// Whether the launcher process has ended (a zombie not yet reaped, or
+    /// gone), so waits fail at once with its log instead of after `WAIT`.
+    fn launcher_ended(&self) -> bool {
+        let pid = self.child.as_ref().expect("launcher started").id();
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            Err(_) => true,
+        }
+    }
+
+    /// Panics with the launcher's log if it has ended while the test waited
+    /// for `what`.
+    fn assert_launcher_alive(&self, what: &str) {
+        assert!(
+            !self.launcher_ended(),
+            "ch-launcher exited while waiting for {what}:\n{}",
+            self.logs()
+        );
+    }
+
     fn wait_status(&self, state: &str, reason: &str) {
         let deadline = Instant::now() + WAIT;
         let mut last = String::new();
         while Instant::now() < deadline {
+            self.assert_launcher_alive(&format!("{state}/{reason}"));
             match self.control("status") {
                 Ok(v) if v["state"] == state && v["reason"] == reason => return,
                 Ok(v) => last = v.to_string(),
@@ -215,7 +254,10 @@ impl LaunchedVm {
                 Err(e) if Instant::now() > deadline => {
                     panic!("cannot connect {}: {e}\n{}", socket.display(), self.logs())
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => {
+                    self.assert_launcher_alive("the console socket");
+                    std::thread::sleep(Duration::from_millis(50))
+                }
             }
         }
     }
@@ -476,6 +518,117 @@ fn libvirt_killed_qemu_maps_to_crashed_and_exit_3() {
     let status = vm.wait_exit();
     assert_eq!(status.code(), Some(3), "{}", vm.logs());
     assert_eq!(vm.final_state(), ("Crashed".into(), "Unknown".into()));
+    vm.assert_domain_gone();
+}
+
+/// Adds `lines` (already indented for `spec.domain.cpu`) to the spec's CPU.
+fn with_cpu(lines: &'static str) -> impl FnOnce(String, &Path) -> String {
+    move |text, _| {
+        assert!(
+            text.contains("      threads: 1\n"),
+            "spec layout changed:\n{text}"
+        );
+        text.replacen(
+            "      threads: 1\n",
+            &format!("      threads: 1\n{lines}"),
+            1,
+        )
+    }
+}
+
+/// Boots the test guest with `cpu_lines` and powers it off from its console.
+fn boots_with_cpu(test: &str, cpu_lines: &'static str) {
+    let Some(_guard) = libvirt_or_skip(test) else {
+        return;
+    };
+    let mut vm = LaunchedVm::start_with(test, 5, "", with_cpu(cpu_lines));
+    vm.wait_status("Running", "Booted");
+    wait_for_file_text(&vm.serial_log(), BANNER);
+    let mut console = vm.connect_console();
+    vm.power_off_from(&mut console);
+    vm.assert_domain_gone();
+}
+
+#[test]
+fn libvirt_host_passthrough_cpu_boots_on_this_host() {
+    boots_with_cpu("lv-passthrough", "      model: host-passthrough\n");
+}
+
+#[test]
+fn libvirt_cpu_features_with_each_policy_boot_on_this_host() {
+    // Features every x86_64 host has (lm, sse2) or that QEMU can always
+    // give or take (x2apic, hypervisor); `vmx` and `svm` are disabled.
+    boots_with_cpu(
+        "lv-cpu-features",
+        "      features:\n\
+         \x20       - name: lm\n\
+         \x20       - name: sse2\n          policy: require\n\
+         \x20       - name: x2apic\n          policy: force\n\
+         \x20       - name: hypervisor\n          policy: optional\n\
+         \x20       - name: vmx\n          policy: disable\n\
+         \x20       - name: svm\n          policy: disable\n",
+    );
+}
+
+/// The CPU probe and QEMU agree: on a host where the probe finds a refused
+/// feature MSR, the same guest without the launcher's workaround (a recorded
+/// probe of a host without the quirk, given by `--cpu-probe`) makes QEMU
+/// abort, and the launcher's error carries QEMU's own words and what to set
+/// in the spec. Hosts without the quirk print SKIP.
+#[test]
+fn libvirt_without_the_workaround_qemu_dies_and_the_error_says_what_to_set() {
+    let test = "libvirt_without_the_workaround_qemu_dies_and_the_error_says_what_to_set";
+    let Some(_guard) = libvirt_or_skip(test) else {
+        return;
+    };
+    let probe = Command::new(launcher_path())
+        .args(["host", "cpu", "--json"])
+        .output()
+        .expect("ch-launcher host cpu runs");
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let probe: Value = serde_json::from_slice(&probe.stdout).expect("probe JSON");
+    let refused_arch_caps = probe["feature_msrs"]
+        .as_array()
+        .expect("feature_msrs")
+        .iter()
+        .any(|m| m["index"] == 0x10a && m["vcpu_accepts_kvm_value"] == false);
+    if !refused_arch_caps {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: {test}: this host's KVM takes IA32_ARCH_CAPABILITIES; QEMU needs no workaround"
+        );
+        return;
+    }
+    let accepted = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ch-launcher/tests/data/cpu-probe/amd-epyc-nested-msrs-accepted.json");
+    let started = Instant::now();
+    let mut vm = LaunchedVm::start_with_args(
+        "lv-no-workaround",
+        5,
+        "",
+        |text, _| text,
+        |_| vec!["--cpu-probe".into(), accepted.display().to_string()],
+    );
+    let status = vm.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", vm.logs());
+    let logs = vm.logs();
+    assert!(
+        logs.contains("failed to set MSR 0x10a"),
+        "QEMU's stderr is kept:\n{logs}"
+    );
+    assert!(
+        logs.contains("name: arch-capabilities, policy: disable"),
+        "the error says what to set:\n{logs}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
     vm.assert_domain_gone();
 }
 

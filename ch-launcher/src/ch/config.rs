@@ -6,9 +6,10 @@
 //! Cloud Hypervisor accepts (HTTP 204) and then silently ignores fields it does
 //! not know or cannot honour.
 
+use crate::host::cpu::CpuProbe;
 use cloud_hypervisor_client::models::{
-    ConsoleConfig, ConsoleMode, CpuTopology, CpusConfig, DiskConfig, ImageType, MemoryConfig,
-    PayloadConfig, PlatformConfig, RngConfig, SerialConfig, VmConfig,
+    ConsoleConfig, ConsoleMode, CpuFeatures, CpuTopology, CpusConfig, DiskConfig, ImageType,
+    MemoryConfig, PayloadConfig, PlatformConfig, RngConfig, SerialConfig, VmConfig,
 };
 use domain_model::{
     Architecture, Boot, ClockOffset, CpuModel, DiskBus, DiskDevice, Domain, FieldError,
@@ -27,6 +28,10 @@ pub struct HostInputs {
     /// Where CH serves the serial port in its `Socket` mode (the launcher's
     /// default, see [`SerialMode`]); `None` asks for a PTY instead.
     pub serial_socket: Option<PathBuf>,
+    /// What this host's KVM offers a guest CPU, to check the spec's CPU
+    /// feature policies against (CH passes the host CPU through). `None` in a
+    /// dry run without a probe: the policies are then not checked.
+    pub cpu: Option<CpuProbe>,
 }
 
 /// How Cloud Hypervisor hands the guest's serial port to the launcher.
@@ -83,6 +88,10 @@ pub enum ConfigError {
         value: String,
         limit: String,
     },
+    /// A CPU feature policy Cloud Hypervisor cannot keep on this host, or
+    /// cannot keep at all.
+    #[error("{path}: {message}")]
+    CpuFeature { path: String, message: String },
     /// A host path that cannot be written into the JSON API.
     #[error("{path}: path {file:?} is not valid UTF-8")]
     NonUtf8Path { path: String, file: PathBuf },
@@ -96,6 +105,7 @@ impl ConfigError {
             | ConfigError::FirmwareMissing { path }
             | ConfigError::IgvmMissing { path }
             | ConfigError::OutOfRange { path, .. }
+            | ConfigError::CpuFeature { path, .. }
             | ConfigError::NonUtf8Path { path, .. } => path,
         }
     }
@@ -131,7 +141,7 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
     check_platform(domain, &mut errors);
     check_devices(domain, &mut errors);
 
-    let cpus = cpus(domain, &mut errors);
+    let cpus = cpus(domain, host, &mut errors);
     let memory = memory(domain, &mut errors);
     let mut payload = payload(domain, host, &mut errors);
     let disks = disks(domain, &mut errors);
@@ -248,7 +258,7 @@ fn check_devices(domain: &Domain, errors: &mut Vec<ConfigError>) {
     }
 }
 
-fn cpus(domain: &Domain, errors: &mut Vec<ConfigError>) -> CpusConfig {
+fn cpus(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) -> CpusConfig {
     let cpu = &domain.cpu;
     if domain.architecture == Architecture::Amd64 && cpu.threads > 2 {
         errors.push(ConfigError::OutOfRange {
@@ -277,10 +287,125 @@ fn cpus(domain: &Domain, errors: &mut Vec<ConfigError>) -> CpusConfig {
         dies_per_package: Some(1),
         packages: Some(int("spec.domain.cpu.maxSockets", cpu.max_sockets)),
     };
+    let knobs = cpu_feature_knobs(domain, host.cpu.as_ref(), errors);
     CpusConfig {
         topology: Some(topology),
+        nested: knobs.nested,
+        features: knobs.amx.map(|amx| CpuFeatures { amx: Some(amx) }),
         ..CpusConfig::new(boot_vcpus, max_vcpus)
     }
+}
+
+/// Cloud Hypervisor's CPU feature knobs: it gives the guest the CPUID KVM
+/// supports, minus AMX unless `amx` is on and minus VMX/SVM when `nested` is
+/// off; no other feature can be added or hidden.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CpuKnobs {
+    amx: Option<bool>,
+    nested: Option<bool>,
+}
+
+/// The AMX features CH's `amx` knob turns on and off together.
+const AMX_FEATURES: &[&str] = &["amx-tile", "amx-int8", "amx-bf16", "amx-fp16"];
+/// The features CH's `nested` knob governs.
+const NESTED_FEATURES: &[&str] = &["vmx", "svm"];
+
+fn cpu_feature_error(path: String, message: String) -> ConfigError {
+    ConfigError::CpuFeature { path, message }
+}
+
+/// Sets a knob that several features share, refusing contradictions.
+fn set_knob(
+    knob: &mut Option<bool>,
+    on: bool,
+    f: &domain_model::CpuFeature,
+    what: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    let word = |on: bool| if on { "on" } else { "off" };
+    match *knob {
+        Some(was) if was != on => errors.push(cpu_feature_error(
+            format!("{}.policy", f.spec_path),
+            format!(
+                "turning {:?} {} while another of {what} is turned {} (Cloud Hypervisor \
+                 switches them together)",
+                f.name,
+                word(on),
+                word(was),
+            ),
+        )),
+        _ => *knob = Some(on),
+    }
+}
+
+/// `spec.domain.cpu.features` in CH's terms. Each policy keeps its meaning:
+/// `require`/`force` need the host to offer the feature (CH cannot invent
+/// one), `disable` needs a knob or a host without it, `forbid` a host
+/// without it, `optional` always holds.
+fn cpu_feature_knobs(
+    domain: &Domain,
+    host: Option<&CpuProbe>,
+    errors: &mut Vec<ConfigError>,
+) -> CpuKnobs {
+    use domain_model::CpuFeaturePolicy::*;
+    let mut knobs = CpuKnobs::default();
+    for f in &domain.cpu.features {
+        let name = f.name.as_str();
+        if !crate::host::cpu::is_known_cpuid_feature(name) {
+            errors.push(cpu_feature_error(
+                format!("{}.name", f.spec_path),
+                format!(
+                    "CPU feature {name:?} is not a CPUID feature the launcher can check, and \
+                     Cloud Hypervisor takes no feature list: it gives the guest the host's CPUID"
+                ),
+            ));
+            continue;
+        }
+        let offered = host.and_then(|h| h.kvm_offers(name));
+        let knob = if AMX_FEATURES.contains(&name) {
+            Some((&mut knobs.amx, "the AMX features"))
+        } else if NESTED_FEATURES.contains(&name) {
+            Some((&mut knobs.nested, "vmx/svm"))
+        } else {
+            None
+        };
+        let source = host.map(|h| h.source.as_str()).unwrap_or_default();
+        match (f.policy, knob) {
+            (Require | Force, knob) => {
+                if offered == Some(false) {
+                    errors.push(cpu_feature_error(
+                        format!("{}.policy", f.spec_path),
+                        format!(
+                            "CPU feature {name:?} with policy {} on this host: its KVM ({source}) \
+                             does not offer it, and Cloud Hypervisor can only pass the host's \
+                             features through",
+                            f.policy
+                        ),
+                    ));
+                } else if let Some((knob, what)) = knob {
+                    set_knob(knob, true, f, what, errors);
+                }
+            }
+            (Optional, Some((knob, what))) => {
+                if offered != Some(false) {
+                    set_knob(knob, true, f, what, errors);
+                }
+            }
+            (Optional, None) => {}
+            (Disable, Some((knob, what))) => set_knob(knob, false, f, what, errors),
+            (Disable | Forbid, _) if offered == Some(true) => errors.push(cpu_feature_error(
+                format!("{}.policy", f.spec_path),
+                format!(
+                    "CPU feature {name:?} with policy {} on this host: its KVM ({source}) offers \
+                     it and Cloud Hypervisor cannot hide it (only the AMX features and vmx/svm \
+                     can be turned off)",
+                    f.policy
+                ),
+            )),
+            (Disable | Forbid, _) => {}
+        }
+    }
+    knobs
 }
 
 fn bytes(path: &str, value: u64, errors: &mut Vec<ConfigError>) -> i64 {
@@ -549,6 +674,7 @@ mod tests {
             firmware: Some("/usr/share/cloud-hypervisor/CLOUDHV.fd".into()),
             igvm: None,
             serial_socket: None,
+            cpu: None,
         }
     }
 
@@ -800,6 +926,7 @@ mod tests {
                 firmware: None,
                 igvm: Some("/fw/snp.igvm".into()),
                 serial_socket: None,
+                cpu: None,
             }
         );
         assert_eq!(
@@ -811,6 +938,7 @@ mod tests {
                 firmware: Some("/fw/CLOUDHV.fd".into()),
                 igvm: None,
                 serial_socket: None,
+                cpu: None,
             }
         );
         let none = firmware::Choice::NotNeeded {
@@ -835,6 +963,7 @@ mod tests {
                 firmware: Some("/fw/tdvf.fd".into()),
                 igvm: Some("/fw/snp.igvm".into()),
                 serial_socket: None,
+                cpu: None,
             };
             assert_eq!(
                 errors_of(&d, &host),
@@ -858,6 +987,7 @@ mod tests {
             firmware: None,
             igvm: Some("/fw/snp.igvm".into()),
             serial_socket: None,
+            cpu: None,
         };
         let c = vm_config(&d, &host).expect("translates");
         assert_eq!(c.payload.igvm.as_deref(), Some("/fw/snp.igvm"));
@@ -1083,5 +1213,128 @@ mod tests {
         assert!(text.contains("\n  \"payload\": {\n"), "{text}");
         let back: VmConfig = serde_json::from_str(&text).expect("parses back");
         assert_eq!(back, translate(&domain()));
+    }
+
+    /// The AMD EPYC host recorded in `tests/data/cpu-probe/`: no vmx, svm
+    /// offered, no AMX, arch-capabilities offered.
+    fn amd_host() -> HostInputs {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/cpu-probe/amd-epyc-nested-arch-capabilities-refused.json");
+        HostInputs {
+            cpu: Some(CpuProbe::load(&path).unwrap()),
+            ..HostInputs::default()
+        }
+    }
+
+    fn with_features(features: &[(&str, domain_model::CpuFeaturePolicy)]) -> Domain {
+        let mut d = domain();
+        d.cpu.features = features
+            .iter()
+            .enumerate()
+            .map(|(i, (name, policy))| domain_model::CpuFeature {
+                name: (*name).to_string(),
+                policy: *policy,
+                spec_path: format!("spec.domain.cpu.features[{i}]"),
+            })
+            .collect();
+        d
+    }
+
+    #[test]
+    fn cpu_feature_policies_map_to_ch_knobs_or_hold_on_the_host() {
+        use domain_model::CpuFeaturePolicy::*;
+        let host = amd_host();
+        let cases: Vec<(
+            Vec<(&str, domain_model::CpuFeaturePolicy)>,
+            Option<bool>,
+            Option<bool>,
+        )> = vec![
+            (vec![], None, None),
+            (vec![("svm", Disable)], None, Some(false)),
+            (vec![("vmx", Optional)], None, None),
+            // The host has no AMX: disabling holds, optional does nothing.
+            (vec![("amx-tile", Disable)], Some(false), None),
+            (vec![("amx-tile", Optional)], None, None),
+            // Present on the host, so these hold as CH passes them through.
+            (
+                vec![("sse2", Require), ("lm", Force), ("avx512f", Forbid)],
+                None,
+                None,
+            ),
+        ];
+        for (features, amx, nested) in cases {
+            let d = with_features(&features);
+            let cpus = vm_config(&d, &host)
+                .unwrap_or_else(|e| panic!("{features:?}: {e}"))
+                .cpus
+                .unwrap();
+            assert_eq!(cpus.features.and_then(|f| f.amx), amx, "{features:?}");
+            assert_eq!(cpus.nested, nested, "{features:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_feature_policies_ch_cannot_keep_are_refused_at_their_path() {
+        use domain_model::CpuFeaturePolicy::*;
+        let host = amd_host();
+        let cases: Vec<(Vec<(&str, domain_model::CpuFeaturePolicy)>, &str, &str)> = vec![
+            (
+                vec![("vmx", Require)],
+                "spec.domain.cpu.features[0].policy",
+                "does not offer it",
+            ),
+            (
+                vec![("svm", Force)],
+                "spec.domain.cpu.features[0].policy",
+                "does not offer it",
+            ),
+            (
+                vec![("amx-tile", Force)],
+                "spec.domain.cpu.features[0].policy",
+                "does not offer it",
+            ),
+            (
+                vec![("sse2", Disable)],
+                "spec.domain.cpu.features[0].policy",
+                "cannot hide it",
+            ),
+            (
+                vec![("sse2", Forbid)],
+                "spec.domain.cpu.features[0].policy",
+                "offers it",
+            ),
+            (
+                vec![("rdctl-no", Require)],
+                "spec.domain.cpu.features[0].name",
+                "not a CPUID feature",
+            ),
+        ];
+        for (features, path, needle) in cases {
+            let d = with_features(&features);
+            let errors = vm_config(&d, &host).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{features:?}: {errors}");
+            assert_eq!(errors.0[0].path(), path, "{features:?}");
+            assert!(
+                errors.0[0].to_string().contains(needle),
+                "{features:?}: {}",
+                errors.0[0]
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_probe_only_host_independent_rules_apply() {
+        use domain_model::CpuFeaturePolicy::*;
+        let d = with_features(&[("vmx", Require), ("amx-int8", Disable)]);
+        let cpus = translate(&d).cpus.unwrap();
+        assert_eq!(cpus.nested, Some(true));
+        assert_eq!(cpus.features.and_then(|f| f.amx), Some(false));
+        let d = with_features(&[("tsx-ctrl", Require)]);
+        assert!(vm_config(&d, &HostInputs::default()).is_err());
+        let d = with_features(&[("amx-tile", Require), ("amx-int8", Disable)]);
+        let errors = vm_config(&d, &HostInputs::default()).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].path(), "spec.domain.cpu.features[1].policy");
+        assert!(errors.0[0].to_string().contains("switches them together"));
     }
 }

@@ -351,6 +351,7 @@ mod tests {
             firmware: Some(dir.path().join("tdvf.fd")),
             igvm: Some(dir.path().join("snp.igvm")),
             serial_socket: Some(dir.path().join("serial.sock")),
+            cpu: None,
         };
         let config = vm_config(domain, &host).expect("translates");
         let result = prepare(

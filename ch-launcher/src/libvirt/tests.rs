@@ -39,6 +39,31 @@ fn ctx() -> RenderContext {
     }
 }
 
+/// A host whose KVM refuses IA32_ARCH_CAPABILITIES, as the recorded AMD
+/// EPYC probe in `tests/data/cpu-probe/` shows.
+fn quirky_host() -> RenderContext {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/cpu-probe/amd-epyc-nested-arch-capabilities-refused.json");
+    RenderContext {
+        cpu_quirks: crate::host::cpu::CpuProbe::load(&path).unwrap().quirks(),
+        ..ctx()
+    }
+}
+
+fn with_cpu_features(features: &[(&str, CpuFeaturePolicy)]) -> Domain {
+    let mut d = tiny_guest();
+    d.cpu.features = features
+        .iter()
+        .enumerate()
+        .map(|(i, (name, policy))| CpuFeature {
+            name: (*name).to_string(),
+            policy: *policy,
+            spec_path: format!("spec.domain.cpu.features[{i}]"),
+        })
+        .collect();
+    d
+}
+
 fn with_firmware(firmware: LibvirtFirmware) -> RenderContext {
     RenderContext {
         firmware: Some(firmware),
@@ -93,6 +118,14 @@ fn ovmf_secure() -> LibvirtFirmware {
 }
 
 /// Every spec shape the libvirt backend renders, each with its context.
+/// The corpus document called `name`.
+fn corpus_case(name: &str) -> (&'static str, Domain, RenderContext) {
+    corpus()
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .unwrap_or_else(|| panic!("no corpus case {name:?}"))
+}
+
 fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
     let mut out = vec![("tiny-guest", tiny_guest(), ctx())];
 
@@ -181,6 +214,22 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
         features: Vec::new(),
     };
     out.push(("topology-named-model", d, ctx()));
+
+    for (name, model) in [
+        ("cpu-features-host-model", CpuModel::HostModel),
+        ("cpu-features-host-passthrough", CpuModel::HostPassthrough),
+        ("cpu-features-named-model", CpuModel::Named("EPYC".into())),
+    ] {
+        let mut d = with_cpu_features(&[
+            ("avx2", CpuFeaturePolicy::Require),
+            ("vmx", CpuFeaturePolicy::Disable),
+            ("pcid", CpuFeaturePolicy::Optional),
+            ("x2apic", CpuFeaturePolicy::Force),
+            ("svm", CpuFeaturePolicy::Forbid),
+        ]);
+        d.cpu.model = model;
+        out.push((name, d, quirky_host()));
+    }
 
     let mut d = tiny_guest();
     d.cpu.model = CpuModel::HostModel;
@@ -367,6 +416,69 @@ fn rendered(domain: &Domain, ctx: &RenderContext) -> Node {
     Node::parse(&xml)
 }
 
+fn cpu_features_of(dom: &Node) -> Vec<(String, String)> {
+    dom.all("cpu/feature")
+        .iter()
+        .map(|f| (f.attr("name").to_string(), f.attr("policy").to_string()))
+        .collect()
+}
+
+#[test]
+fn cpu_features_render_in_spec_order_with_their_policies() {
+    let d = with_cpu_features(&[
+        ("avx2", CpuFeaturePolicy::Require),
+        ("vmx", CpuFeaturePolicy::Disable),
+        ("pcid", CpuFeaturePolicy::Optional),
+        ("x2apic", CpuFeaturePolicy::Force),
+        ("svm", CpuFeaturePolicy::Forbid),
+    ]);
+    let dom = rendered(&d, &ctx());
+    let want: Vec<(String, String)> = [
+        ("avx2", "require"),
+        ("vmx", "disable"),
+        ("pcid", "optional"),
+        ("x2apic", "force"),
+        ("svm", "forbid"),
+    ]
+    .iter()
+    .map(|(n, p)| (n.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(cpu_features_of(&dom), want);
+}
+
+#[test]
+fn a_host_that_refuses_arch_capabilities_gets_it_disabled_in_every_cpu_mode() {
+    for model in [
+        CpuModel::HostModel,
+        CpuModel::HostPassthrough,
+        CpuModel::Named("EPYC".into()),
+    ] {
+        let mut d = tiny_guest();
+        d.cpu.model = model.clone();
+        let dom = rendered(&d, &quirky_host());
+        assert_eq!(
+            cpu_features_of(&dom),
+            vec![("arch-capabilities".to_string(), "disable".to_string())],
+            "{model:?}"
+        );
+        // The same guest on a host without the quirk keeps its CPU as is.
+        assert!(cpu_features_of(&rendered(&d, &ctx())).is_empty());
+    }
+}
+
+#[test]
+fn requiring_arch_capabilities_on_a_host_that_refuses_it_is_refused() {
+    let d = with_cpu_features(&[("arch-capabilities", CpuFeaturePolicy::Require)]);
+    let errors = build(&d, &quirky_host()).unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert_eq!(errors.0[0].path, "spec.domain.cpu.features[0]");
+    assert!(
+        errors.0[0].message.contains("IA32_ARCH_CAPABILITIES"),
+        "{errors}"
+    );
+    assert!(build(&d, &ctx()).is_ok());
+}
+
 #[test]
 fn tiny_guest_renders_like_kubevirt_virt_launcher() {
     let dom = rendered(&tiny_guest(), &ctx());
@@ -426,7 +538,7 @@ fn tiny_guest_renders_like_kubevirt_virt_launcher() {
 
 #[test]
 fn disks_get_bus_specific_targets_and_keep_readonly_serial_boot_order() {
-    let (_, d, c) = corpus().remove(1);
+    let (_, d, c) = corpus_case("disks-every-bus");
     let dom = rendered(&d, &c);
     let disks = dom.all("devices/disk");
     assert_eq!(disks.len(), 5);
@@ -466,7 +578,7 @@ fn disks_get_bus_specific_targets_and_keep_readonly_serial_boot_order() {
 
 #[test]
 fn cdrom_is_readonly_and_bios_boot_names_no_loader() {
-    let (_, d, c) = corpus().remove(2);
+    let (_, d, c) = corpus_case("cdrom-bios");
     let dom = rendered(&d, &c);
     let cdrom = dom.all("devices/disk")[0];
     assert_eq!(cdrom.attr("device"), "cdrom");
@@ -478,7 +590,7 @@ fn cdrom_is_readonly_and_bios_boot_names_no_loader() {
 
 #[test]
 fn efi_boot_uses_the_chosen_firmware_and_a_per_vm_nvram() {
-    let (_, d, c) = corpus().remove(3);
+    let (_, d, c) = corpus_case("efi");
     let dom = rendered(&d, &c);
     let loader = dom.one("os/loader");
     assert_eq!(loader.text, "/usr/share/OVMF/OVMF_CODE_4M.fd");
@@ -496,7 +608,7 @@ fn efi_boot_uses_the_chosen_firmware_and_a_per_vm_nvram() {
 
 #[test]
 fn efi_secure_boot_enables_smm_and_a_secure_loader() {
-    let (_, d, c) = corpus().remove(4);
+    let (_, d, c) = corpus_case("efi-secure-boot");
     let dom = rendered(&d, &c);
     assert_eq!(dom.one("os/loader").attr("secure"), "yes");
     assert_eq!(dom.one("features/smm").attr("state"), "on");
@@ -522,7 +634,7 @@ fn secure_boot_firmware_without_smm_in_the_spec_is_refused() {
 
 #[test]
 fn hugepages_back_guest_memory() {
-    let (_, d, c) = corpus().remove(5);
+    let (_, d, c) = corpus_case("hugepages");
     let dom = rendered(&d, &c);
     let page = dom.one("memoryBacking/hugepages/page");
     assert_eq!(page.attr("size"), "2048");
@@ -532,7 +644,7 @@ fn hugepages_back_guest_memory() {
 
 #[test]
 fn memory_hotplug_adds_max_memory_a_numa_cell_and_virtio_mem() {
-    let (_, d, c) = corpus().remove(6);
+    let (_, d, c) = corpus_case("memory-hotplug");
     let dom = rendered(&d, &c);
     assert_eq!(dom.one("maxMemory").text, (4u64 << 30).to_string());
     assert_eq!(dom.one("maxMemory").attr("slots"), "16");
@@ -548,7 +660,7 @@ fn memory_hotplug_adds_max_memory_a_numa_cell_and_virtio_mem() {
 
 #[test]
 fn topology_uses_max_sockets_and_current_vcpus() {
-    let (_, d, c) = corpus().remove(7);
+    let (_, d, c) = corpus_case("topology-named-model");
     let dom = rendered(&d, &c);
     assert_eq!(dom.one("vcpu").text, "16");
     assert_eq!(dom.one("vcpu").attr("current"), "8");
@@ -568,7 +680,7 @@ fn topology_uses_max_sockets_and_current_vcpus() {
 
 #[test]
 fn user_text_is_escaped_and_survives_the_round_trip() {
-    let (_, d, c) = corpus().remove(8);
+    let (_, d, c) = corpus_case("host-model-rng-clock-smbios-initrd");
     let xml = render(&d, &c).unwrap();
     assert!(!xml.contains("<b>"), "markup from the spec must be escaped");
     let dom = Node::parse(&xml);
@@ -620,7 +732,7 @@ fn utc_offset_seconds_become_a_clock_adjustment() {
 
 #[test]
 fn vnc_listens_on_a_socket_in_the_vm_directory_with_inputs() {
-    let (_, d, c) = corpus().remove(9);
+    let (_, d, c) = corpus_case("vnc-inputs");
     let dom = rendered(&d, &c);
     let listen = dom.one("devices/graphics/listen");
     assert_eq!(listen.attr("type"), "socket");
@@ -640,7 +752,7 @@ fn vnc_listens_on_a_socket_in_the_vm_directory_with_inputs() {
 
 #[test]
 fn without_serial_console_or_acpi_nothing_is_rendered_for_them() {
-    let (_, d, c) = corpus().remove(10);
+    let (_, d, c) = corpus_case("no-console-no-acpi");
     let dom = rendered(&d, &c);
     assert!(dom.all("devices/serial").is_empty());
     assert!(dom.all("devices/console").is_empty());
@@ -761,7 +873,7 @@ pub(crate) fn skip(why: &str) {
 /// document still validates.
 #[test]
 fn relative_private_dir_renders_absolute_paths_that_validate() {
-    let (_, mut d, _) = corpus().remove(9);
+    let (_, mut d, _) = corpus_case("vnc-inputs");
     d.boot = fixtures::efi_boot(false);
     let paths = VmPaths::new(Path::new("rel/private"), "0f4c-uid");
     let mut firmware = ovmf();
