@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::ConsoleSource;
-use crate::util::{remove_socket, remove_stale_socket, sleep_until};
+use crate::util::{remove_socket, sleep_until};
 
 /// The default mode of `virt-serial0` and its log: only the launcher's user.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -235,7 +235,7 @@ impl ConsoleRelay {
         // The mode given to open() only applies to a new file.
         log.set_permissions(Permissions::from_mode(config.mode))
             .map_err(|e| annotate(e, "setting mode of console log", &config.log))?;
-        let listener = bind_socket(&config.socket, config.mode)?;
+        let listener = crate::util::bind_tokio_socket(&config.socket, config.mode)?;
         let (closed_tx, guest_closed) = watch::channel(guest.is_none());
         let (control, control_rx) = mpsc::unbounded_channel();
         let relay = Relay {
@@ -302,20 +302,6 @@ impl Drop for ConsoleRelay {
         }
         remove_socket(&self.socket);
     }
-}
-
-/// Binds a unix socket at `path` with permission bits `mode`, replacing a
-/// stale socket file left by an earlier launcher.
-pub(crate) fn bind_socket(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    remove_stale_socket(path).map_err(|e| annotate(e, "removing stale socket", path))?;
-    // Between bind() and chmod() the socket has the umask's mode. Only the
-    // users `--console-socket-mode` admits can pass the VM directory (see
-    // `runner::vm_dir_mode`), so nobody else can connect in that window.
-    // (Not a umask change: it is process-wide and would race other threads.)
-    let listener = UnixListener::bind(path).map_err(|e| annotate(e, "binding socket", path))?;
-    std::fs::set_permissions(path, Permissions::from_mode(mode))
-        .map_err(|e| annotate(e, "setting socket mode", path))?;
-    Ok(listener)
 }
 
 fn annotate(err: io::Error, what: &str, path: &Path) -> io::Error {

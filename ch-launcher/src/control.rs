@@ -21,7 +21,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::console::bind_socket;
 use crate::lifecycle::Status;
 use crate::util::remove_socket;
 
@@ -90,7 +89,7 @@ impl Listener {
     /// Binds `path` (mode [`SOCKET_MODE`]). Must be called inside a tokio
     /// runtime.
     pub fn bind(path: &Path) -> io::Result<Listener> {
-        let listener = bind_socket(path, SOCKET_MODE)?;
+        let listener = crate::util::bind_tokio_socket(path, SOCKET_MODE)?;
         Ok(Listener {
             file: SocketFile(path.to_path_buf()),
             listener,

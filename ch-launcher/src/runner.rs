@@ -461,9 +461,12 @@ fn prepare_vm_dir(paths: &VmPaths, console_mode: u32) -> Result<VmLock, RunError
         .mode(mode)
         .create(&paths.dir)
         .map_err(err)?;
+    // Only the lock's owner may change the directory: a second launcher for
+    // the same VM is refused before it touches the first one's mode.
+    let lock = VmLock::take(paths)?;
     // An existing directory keeps its mode, and a new one got the umask.
     std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    VmLock::take(paths)
+    Ok(lock)
 }
 
 /// An exclusive `flock` on `<dir>/launcher.lock`, held for the run; the file

@@ -19,6 +19,33 @@ pub async fn sleep_until(deadline: Option<Instant>) {
 /// there succeeds. A missing file is fine; anything at `path` that is not a
 /// socket is left alone (and the bind then reports it), because it is not
 /// ours to delete.
+/// Binds a unix socket at `path` with permission bits `mode`, replacing a
+/// stale socket file left by an earlier launcher. Every socket the launcher
+/// listens on is made here, so none keeps the mode the umask gave it.
+pub fn bind_socket(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let annotate = |err: io::Error, what: &str| {
+        io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
+    };
+    remove_stale_socket(path).map_err(|e| annotate(e, "removing stale socket"))?;
+    // Between bind() and chmod() the socket has the umask's mode. Only the
+    // users `--console-socket-mode` admits can pass the VM directory (see
+    // `runner::vm_dir_mode`), so nobody else can connect in that window.
+    // (Not a umask change: it is process-wide and would race other threads.)
+    let listener =
+        std::os::unix::net::UnixListener::bind(path).map_err(|e| annotate(e, "binding socket"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| annotate(e, "setting socket mode"))?;
+    Ok(listener)
+}
+
+/// [`bind_socket`] as a tokio listener (call within the runtime).
+pub fn bind_tokio_socket(path: &Path, mode: u32) -> io::Result<tokio::net::UnixListener> {
+    let listener = bind_socket(path, mode)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
 pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {

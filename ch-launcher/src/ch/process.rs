@@ -20,7 +20,6 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -102,15 +101,14 @@ pub fn check_socket_path(path: &Path) -> Result<(), ProcessError> {
     Ok(())
 }
 
+/// The API socket's permission bits.
+pub const API_SOCKET_MODE: u32 = 0o600;
+
 /// Starts `binary` with its API on a socket listening at `api_socket`, its
 /// events on a pipe and its output in `log`. Must be called from a thread
 /// that lives as long as the launcher (see the module docs).
 pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, ProcessError> {
     check_socket_path(api_socket)?;
-    crate::util::remove_stale_socket(api_socket).map_err(|source| ProcessError::Prepare {
-        path: api_socket.to_path_buf(),
-        source,
-    })?;
     let prepare = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ProcessError::Prepare { path, source }
@@ -124,9 +122,13 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
     // Listening before the VMM exists is what lets the first request go out
     // without polling. std creates it close-on-exec; only the VMM's copy is
     // made inheritable (below).
-    let listener = UnixListener::bind(api_socket).map_err(|source| ProcessError::Listen {
-        path: api_socket.to_path_buf(),
-        source,
+    // Whoever can connect drives the whole VMM: owner only, whatever the
+    // umask (CH's own umask(0077) never applies to a socket it is handed).
+    let listener = crate::util::bind_socket(api_socket, API_SOCKET_MODE).map_err(|source| {
+        ProcessError::Listen {
+            path: api_socket.to_path_buf(),
+            source,
+        }
     })?;
     let listen_fd = listener.as_raw_fd();
 
@@ -361,6 +363,16 @@ mod tests {
         let socket = dir.path().join("api.sock");
         let mut spawned = spawn(&script, &socket, &dir.path().join("ch.log")).expect("spawns");
         let pid = spawned.child.id().expect("running");
+
+        // Owner only, whatever the umask gave (0755 under the usual 022).
+        let mode = std::fs::metadata(&socket)
+            .expect("socket exists")
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            API_SOCKET_MODE,
+            "the API socket drives the whole VMM"
+        );
 
         // Nobody accepts, yet the connection is made: it waits in the backlog.
         let client = std::os::unix::net::UnixStream::connect(&socket).expect("connects at once");

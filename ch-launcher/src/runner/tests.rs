@@ -820,6 +820,23 @@ async fn a_console_mode_for_the_group_makes_the_vm_dir_searchable_for_it() {
     assert_eq!(mode, 0o710, "group may search (not list) the VM directory");
 }
 
+#[test]
+fn a_second_launcher_for_the_same_vm_leaves_the_directory_mode_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = VmPaths::new(dir.path(), "uid-1");
+    let _first = prepare_vm_dir(&paths, 0o600).expect("the first launcher takes the VM");
+    let mode = || std::fs::metadata(&paths.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(), 0o700);
+    // Asks for a group-readable console: it would widen the directory.
+    assert!(prepare_vm_dir(&paths, 0o666).is_err(), "the VM is taken");
+    assert_eq!(
+        mode(),
+        0o700,
+        "the refused launcher changed the running VM's directory"
+    );
+}
+
 #[tokio::test]
 async fn a_private_dir_too_deep_for_socket_paths_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
