@@ -89,6 +89,7 @@ async fn tdx_is_refused_by_a_cloud_hypervisor_without_tdx() {
             firmware: Some(dir.join("tdvf.fd")),
             igvm: None,
             serial_socket: None,
+            cpu: None,
         },
         "tdx",
     )
@@ -110,6 +111,7 @@ async fn sev_snp_is_refused_by_a_cloud_hypervisor_without_sev_snp() {
             firmware: None,
             igvm: Some(dir.join("guest.igvm")),
             serial_socket: None,
+            cpu: None,
         },
         "sev_snp",
     )

@@ -1,5 +1,5 @@
 //! Replays the API sessions recorded from a real Cloud Hypervisor
-//! (`../shared/reference/cloud-hypervisor/api-transcript.json`) against the stand-in, and against a real
+//! (`ch-launcher/tests/data/reference/cloud-hypervisor/api-transcript.json`) against the stand-in, and against a real
 //! CH when `CLOUD_HYPERVISOR_BIN` names one: every status code and response
 //! body must equal the recording (host paths, pids, PTY names, the build
 //! string and the snapshot backtrace aside), and each session's event-monitor
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 const RECORDINGS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/reference/cloud-hypervisor"
+    "/../ch-launcher/tests/data/reference/cloud-hypervisor"
 );
 const REAL_CH_ENV: &str = "CLOUD_HYPERVISOR_BIN";
 const WAIT: Duration = Duration::from_secs(10);

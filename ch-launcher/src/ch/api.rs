@@ -139,7 +139,7 @@ mod tests {
     fn transcript() -> Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/reference/cloud-hypervisor/api-transcript.json"
+            "/tests/data/reference/cloud-hypervisor/api-transcript.json"
         );
         let text = std::fs::read_to_string(path).expect("reference transcript");
         serde_json::from_str(&text).expect("transcript is JSON")

@@ -1226,6 +1226,9 @@ mod tests {
         }
     }
 
+    /// Spec features as (name, policy).
+    type Features = Vec<(&'static str, domain_model::CpuFeaturePolicy)>;
+
     fn with_features(features: &[(&str, domain_model::CpuFeaturePolicy)]) -> Domain {
         let mut d = domain();
         d.cpu.features = features
@@ -1244,11 +1247,7 @@ mod tests {
     fn cpu_feature_policies_map_to_ch_knobs_or_hold_on_the_host() {
         use domain_model::CpuFeaturePolicy::*;
         let host = amd_host();
-        let cases: Vec<(
-            Vec<(&str, domain_model::CpuFeaturePolicy)>,
-            Option<bool>,
-            Option<bool>,
-        )> = vec![
+        let cases: Vec<(Features, Option<bool>, Option<bool>)> = vec![
             (vec![], None, None),
             (vec![("svm", Disable)], None, Some(false)),
             (vec![("vmx", Optional)], None, None),
@@ -1277,7 +1276,7 @@ mod tests {
     fn cpu_feature_policies_ch_cannot_keep_are_refused_at_their_path() {
         use domain_model::CpuFeaturePolicy::*;
         let host = amd_host();
-        let cases: Vec<(Vec<(&str, domain_model::CpuFeaturePolicy)>, &str, &str)> = vec![
+        let cases: Vec<(Features, &str, &str)> = vec![
             (
                 vec![("vmx", Require)],
                 "spec.domain.cpu.features[0].policy",

@@ -290,7 +290,7 @@ mod tests {
 
     fn recording(name: &str) -> Vec<u8> {
         let path = format!(
-            "{}/../../shared/reference/cloud-hypervisor/{name}",
+            "{}/tests/data/reference/cloud-hypervisor/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

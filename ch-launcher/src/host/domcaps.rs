@@ -195,7 +195,7 @@ pub(crate) mod tests {
     /// set, loaded; also used by the tests of what is derived from it.
     pub(crate) fn sample(name: &str) -> HostCapabilities {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/domcapabilities")
+            .join("tests/data/reference/domcapabilities")
             .join(name);
         load(&path).unwrap_or_else(|e| panic!("{e}"))
     }

@@ -22,10 +22,10 @@ pub fn ch_binary(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// A recorded `virsh domcapabilities` file from the shared reference set.
+/// A recorded `virsh domcapabilities` file from the recordings in `tests/data/reference/`.
 pub fn sample(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/domcapabilities")
+        .join("tests/data/reference/domcapabilities")
         .join(name)
 }
 

@@ -108,5 +108,5 @@ pub fn assert_only(e: &SpecErrors, path: &str, needle: &str) {
 }
 
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/kubevirt-examples")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kubevirt-examples")
 }

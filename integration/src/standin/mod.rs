@@ -1,6 +1,6 @@
 //! A stand-in for the `cloud-hypervisor` binary, for CI machines where real
 //! Cloud Hypervisor cannot run. It reproduces what was recorded from the real
-//! one (`../shared/reference/cloud-hypervisor/`
+//! one (`ch-launcher/tests/data/reference/cloud-hypervisor/`
 //! beside the repository): the REST API on a unix socket with the
 //! same status codes and error chains, the `--event-monitor` stream, the VM
 //! state machine, console back ends (real PTYs, the serial socket), disk
