@@ -23,6 +23,7 @@ use domain_model::{Domain, Hypervisor, LoadOptions, SpecErrors};
 
 use crate::attach;
 use crate::ch;
+use crate::console_log;
 use crate::control::{self, Command};
 use crate::libvirt;
 use crate::logging::{self, LogFormat};
@@ -213,6 +214,13 @@ pub struct RunArgs {
     /// 0710), so they can reach the socket; they still cannot list it.
     #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
     pub console_socket_mode: u32,
+    /// Bytes in virt-serial0-log before it is rotated to virt-serial0-log.0
+    /// (Cloud Hypervisor; libvirt's virtlogd rotates its own at 2 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = console_log::LogLimits::default().max_size)]
+    pub console_log_max_size: u64,
+    /// Rotated console logs kept (virt-serial0-log.0 is the newest).
+    #[arg(long, value_name = "N", default_value_t = console_log::LogLimits::default().backups)]
+    pub console_log_backups: u32,
     /// Do not attach the console even when stdin is a terminal.
     #[arg(long)]
     pub no_attach: bool,
@@ -569,6 +577,10 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
     };
     let mut opts = RunOptions::new(paths.clone());
     opts.console_mode = args.console_socket_mode;
+    opts.console_log_limits = console_log::LogLimits {
+        max_size: args.console_log_max_size,
+        backups: args.console_log_backups,
+    };
     // Cloud Hypervisor serves the serial port on a socket or PTY that the
     // launcher relays; libvirt binds `virt-serial0` itself.
     opts.early_console = matches!(backend, Launch::Ch(_)) && domain.devices.serial_console;

@@ -24,9 +24,9 @@
 //! with SIGSYS and the VM with it (an upstream CH bug; seen with 1-2 MB
 //! pasted at full speed).
 
-use std::fs::{File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::ConsoleSource;
+use crate::console_log::{ConsoleLog, LogLimits};
 use crate::util::{remove_socket, sleep_until};
 
 /// The default mode of `virt-serial0` and its log: only the launcher's user.
@@ -96,6 +97,8 @@ pub struct ConsoleConfig {
     pub log: PathBuf,
     /// Permission bits of the socket and of the log file.
     pub mode: u32,
+    /// When the log is rotated and how many old files are kept.
+    pub log_limits: LogLimits,
 }
 
 /// Opens the serial PTY (the slave side Cloud Hypervisor names in `vm.info`)
@@ -225,16 +228,8 @@ impl ConsoleRelay {
     }
 
     fn spawn(guest: Option<GuestSerial>, config: &ConsoleConfig) -> io::Result<ConsoleRelay> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(config.mode)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&config.log)
+        let log = ConsoleLog::open(&config.log, config.mode, config.log_limits)
             .map_err(|e| annotate(e, "opening console log", &config.log))?;
-        // The mode given to open() only applies to a new file.
-        log.set_permissions(Permissions::from_mode(config.mode))
-            .map_err(|e| annotate(e, "setting mode of console log", &config.log))?;
         let listener = crate::util::bind_tokio_socket(&config.socket, config.mode)?;
         let (closed_tx, guest_closed) = watch::channel(guest.is_none());
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -244,7 +239,6 @@ impl ConsoleRelay {
             switch_deadline: None,
             guest_closed: closed_tx,
             log,
-            log_path: config.log.clone(),
             log_ok: true,
             client: None,
             pending_input: Vec::new(),
@@ -366,8 +360,7 @@ struct Relay {
     /// When to stop waiting for `guest` to end and move to `next` anyway.
     switch_deadline: Option<Instant>,
     guest_closed: watch::Sender<bool>,
-    log: File,
-    log_path: PathBuf,
+    log: ConsoleLog,
     log_ok: bool,
     client: Option<Client>,
     /// Client input the guest has not taken yet.
@@ -492,8 +485,8 @@ impl Relay {
             Ok(n) if n > 0 => {
                 let bytes = &buf[..n];
                 if self.log_ok {
-                    if let Err(e) = self.log.write_all(bytes) {
-                        tracing::error!(path = %self.log_path.display(), error = %e,
+                    if let Err(e) = self.log.write(bytes) {
+                        tracing::error!(path = %self.log.path().display(), error = %e,
                             "cannot write the console log; further guest output is not logged");
                         self.log_ok = false;
                     }
@@ -646,6 +639,7 @@ mod tests {
     use super::*;
     use nix::pty::openpty;
     use std::os::fd::OwnedFd;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
     use tokio::time::timeout;
 
@@ -691,7 +685,19 @@ mod tests {
             socket: dir.join("virt-serial0"),
             log: dir.join("virt-serial0-log"),
             mode: DEFAULT_SOCKET_MODE,
+            log_limits: LogLimits::default(),
         }
+    }
+
+    /// Bytes in the console log and its rotated files.
+    fn logged_bytes(log: &Path) -> u64 {
+        let name = log.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::read_dir(log.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
     }
 
     async fn read_until(stream: &mut UnixStream, want: &[u8]) -> Vec<u8> {
@@ -1126,7 +1132,8 @@ mod tests {
         }
         let logged = burst.len() + 603 + rounds * chunk.len();
         let deadline = Instant::now() + WAIT;
-        while std::fs::metadata(&cfg.log).unwrap().len() < logged as u64 {
+        // More than one log file holds: the log rotated on the way.
+        while logged_bytes(&cfg.log) < logged as u64 {
             assert!(Instant::now() < deadline, "the log never got all output");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod ch;
 pub mod cli;
 pub mod console;
+pub mod console_log;
 pub mod control;
 pub mod host;
 pub mod libvirt;

@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub paths: VmPaths,
     /// Permission bits of `virt-serial0` and `virt-serial0-log`.
     pub console_mode: u32,
+    /// Rotation of `virt-serial0-log` when the launcher writes it.
+    pub console_log_limits: crate::console_log::LogLimits,
     /// How long `pause`/`resume` wait for the VM to reach the new state.
     pub control_wait: Duration,
     /// How long the hypervisor may keep running after the VM reached a final
@@ -76,6 +78,7 @@ impl RunOptions {
         RunOptions {
             paths,
             console_mode: console::DEFAULT_SOCKET_MODE,
+            console_log_limits: crate::console_log::LogLimits::default(),
             control_wait: Duration::from_secs(10),
             exit_wait: Duration::from_secs(5),
             destroy_wait: Duration::from_secs(10),
@@ -369,6 +372,7 @@ impl Runner {
             socket: self.opts.paths.serial_socket(),
             log: self.opts.paths.serial_log(),
             mode: self.opts.console_mode,
+            log_limits: self.opts.console_log_limits,
         }
     }
 }
