@@ -54,7 +54,11 @@ impl Vmm {
             dir,
             status: None,
         };
-        vmm.wait_until("the API socket exists", || vmm.api_socket().exists());
+        // CH binds the socket before it listens on it: between the two a
+        // connection is refused, so wait for one to be accepted.
+        vmm.wait_until("the API socket accepts connections", || {
+            std::os::unix::net::UnixStream::connect(vmm.api_socket()).is_ok()
+        });
         vmm
     }
 
