@@ -866,9 +866,15 @@ fn explain(g: &GlobalArgs, s: &Settings, spec: &Path) -> u8 {
             Ok(_) => {}
             Err(Refusal::Spec(errors)) => {
                 chosen_refuses |= hypervisor == domain.hypervisor;
-                out.push_str(&format!("{hypervisor} translation also refuses:\n"));
-                for e in &errors.0 {
-                    out.push_str(&format!("  - {e}\n"));
+                // The table's refusals are listed above; what is left are
+                // values out of range and what this host lacks.
+                let table = domain_model::check_support(&d).err().unwrap_or_default();
+                let rest: Vec<_> = errors.0.iter().filter(|e| !table.0.contains(e)).collect();
+                if !rest.is_empty() {
+                    out.push_str(&format!("{hypervisor} on this host also refuses:\n"));
+                    for e in rest {
+                        out.push_str(&format!("  - {e}\n"));
+                    }
                 }
             }
             Err(Refusal::Launcher(e)) => out.push_str(&format!("{hypervisor}: {e}\n")),

@@ -28,6 +28,8 @@ pub struct Context<'a> {
     /// `None` when the boot source had errors of its own.
     pub boot: Option<&'a Boot>,
     pub smm: bool,
+    /// `maxSockets` above `sockets`: vCPUs can be plugged in later.
+    pub cpu_hotplug: bool,
     pub start_paused: bool,
     pub feature_gates: &'a [String],
 }
@@ -141,6 +143,28 @@ pub fn resolve(
         errors.push(
             "spec.domain.features.smm",
             "TDX does not work with SMM: remove features.smm or set enabled: false",
+        );
+    }
+    let encrypted_state = match kind {
+        Kind::Tdx | Kind::Snp => true,
+        Kind::Sev => spec
+            .sev
+            .as_ref()
+            .and_then(|s| s.policy.as_ref())
+            .and_then(|p| p.encrypted_state)
+            .unwrap_or(false),
+    };
+    if encrypted_state && kind != Kind::Tdx && ctx.smm {
+        errors.push(
+            "spec.domain.features.smm",
+            format!("{label} guests cannot use SMM: their vCPU state is encrypted"),
+        );
+    }
+    if kind == Kind::Tdx && ctx.cpu_hotplug {
+        errors.push(
+            "spec.domain.cpu.maxSockets",
+            "Intel TDX guests cannot hotplug vCPUs: every vCPU is measured before the guest \
+             starts",
         );
     }
 

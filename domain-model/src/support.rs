@@ -13,6 +13,9 @@ use serde::Serialize;
 /// Every hypervisor, in the order `explain` lists them.
 pub const HYPERVISORS: &[Hypervisor] = &[Hypervisor::CloudHypervisor, Hypervisor::Libvirt];
 
+/// Why no network interface can be attached yet, on either backend.
+const NO_NETWORKING: &str = "network interfaces are not implemented yet";
+
 /// A capability a spec can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -23,6 +26,9 @@ pub enum Feature {
     SataDiskBus,
     ScsiDiskBus,
     UsbDiskBus,
+    CdromOnVirtioBus,
+    ReadonlySataDisk,
+    LunOffScsiBus,
     DiskBootOrder,
     Rng,
     SerialConsole,
@@ -51,8 +57,8 @@ pub enum Feature {
     SevEs,
     SevSnp,
     Tdx,
-    TdxCpuHotplug,
     TdxMemoryHotplug,
+    SevMemoryHotplug,
     SecureExecution,
 }
 
@@ -67,6 +73,9 @@ impl Feature {
             SataDiskBus => ("the sata disk bus", false),
             ScsiDiskBus => ("the scsi disk bus", false),
             UsbDiskBus => ("the usb disk bus", false),
+            CdromOnVirtioBus => ("a cdrom on the virtio bus", false),
+            ReadonlySataDisk => ("a read-only sata disk", false),
+            LunOffScsiBus => ("a lun on a bus other than scsi", false),
             DiskBootOrder => ("disk boot order", false),
             Rng => ("the virtio RNG device", false),
             SerialConsole => ("the serial console", false),
@@ -95,8 +104,8 @@ impl Feature {
             SevEs => ("AMD SEV-ES", false),
             SevSnp => ("AMD SEV-SNP", false),
             Tdx => ("Intel TDX", false),
-            TdxCpuHotplug => ("CPU hotplug with TDX", false),
             TdxMemoryHotplug => ("memory hotplug with TDX", false),
+            SevMemoryHotplug => ("memory hotplug with SEV", false),
             SecureExecution => ("IBM Z Secure Execution", false),
         }
     }
@@ -105,17 +114,29 @@ impl Feature {
     pub fn support(self, hypervisor: Hypervisor) -> Result<(), &'static str> {
         use Feature::*;
         match hypervisor {
-            Hypervisor::Libvirt => Ok(()),
+            Hypervisor::Libvirt => match self {
+                CdromOnVirtioBus => {
+                    Err("QEMU cannot attach a cdrom to the virtio bus; use sata or scsi")
+                }
+                ReadonlySataDisk => {
+                    Err("QEMU cannot make a sata disk read-only; use virtio or scsi, or a cdrom")
+                }
+                LunOffScsiBus => Err("a LUN needs the scsi bus"),
+                VirtioNic | EmulatedNic => Err(NO_NETWORKING),
+                TdxMemoryHotplug | SevMemoryHotplug => Err(
+                    "memory hotplug (virtio-mem) does not work with encrypted guest memory: \
+                     QEMU cannot discard it",
+                ),
+                _ => Ok(()),
+            },
             Hypervisor::CloudHypervisor => match self {
                 CdromDisk | LunDisk | SataDiskBus | ScsiDiskBus | UsbDiskBus => {
                     Err("Cloud Hypervisor has only virtio-blk disks")
                 }
-                DiskBootOrder => {
-                    Err("Cloud Hypervisor has no boot order; the firmware picks the disk")
-                }
                 Graphics => Err("Cloud Hypervisor has no graphics devices"),
                 InputDevice => Err("Cloud Hypervisor has no input devices"),
                 EmulatedNic => Err("Cloud Hypervisor has only virtio-net interfaces"),
+                VirtioNic => Err(NO_NETWORKING),
                 NamedCpuModel => Err("Cloud Hypervisor always gives the guest the host CPU"),
                 BiosBoot => Err(
                     "Cloud Hypervisor boots a kernel (kernelBoot) or EFI firmware \
@@ -130,13 +151,19 @@ impl Feature {
                 }
                 S390x | SecureExecution => Err("Cloud Hypervisor does not run on s390x"),
                 Sev | SevEs => Err("Cloud Hypervisor supports SEV-SNP but not SEV or SEV-ES"),
-                TdxCpuHotplug => Err("Cloud Hypervisor TDX guests boot all their vCPUs"),
                 TdxMemoryHotplug => Err("Cloud Hypervisor TDX guests cannot hotplug memory"),
+                // CH has no boot order of its own, but its firmware tries the
+                // disks in PCI order, which the translation sorts by bootOrder.
+                DiskBootOrder => Ok(()),
+                // Refused through their parts (cdrom, lun, sata) already.
+                CdromOnVirtioBus | ReadonlySataDisk | LunOffScsiBus => Ok(()),
                 // Which policies hold depends on the feature and on what the
                 // host's KVM offers: checked when the VM is translated.
                 CpuFeature => Ok(()),
-                VirtioDisk | Rng | SerialConsole | VirtioNic | HostCpuModel | CpuHotplug
-                | MemoryHotplug | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx => Ok(()),
+                VirtioDisk | Rng | SerialConsole | HostCpuModel | CpuHotplug | MemoryHotplug
+                | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx | SevMemoryHotplug => {
+                    Ok(())
+                }
             },
         }
     }
@@ -170,7 +197,15 @@ impl FeatureSupport {
     fn error_message(&self, hypervisor: Hypervisor) -> String {
         let (_, plural) = self.feature.noun();
         let verb = if plural { "are" } else { "is" };
-        format!("{} {verb} not supported by {hypervisor}", self.label)
+        let reason = self
+            .hypervisors
+            .iter()
+            .find(|h| h.hypervisor == hypervisor)
+            .and_then(|h| h.reason.as_deref());
+        match reason {
+            Some(why) => format!("{} {verb} not supported by {hypervisor}: {why}", self.label),
+            None => format!("{} {verb} not supported by {hypervisor}", self.label),
+        }
     }
 }
 
@@ -216,15 +251,24 @@ fn uses(domain: &Domain) -> Vec<Use> {
     let tdx = matches!(d.launch_security, Some(LaunchSecurity::Tdx));
     if d.cpu.max_sockets > d.cpu.sockets {
         add(Feature::CpuHotplug, "spec.domain.cpu.maxSockets".into());
-        if tdx {
-            add(Feature::TdxCpuHotplug, "spec.domain.cpu.maxSockets".into());
-        }
     }
     if d.memory.max_guest.is_some() {
         add(Feature::MemoryHotplug, "spec.domain.memory.maxGuest".into());
-        if tdx {
+        let grows = d.memory.max_guest.is_some_and(|max| max > d.memory.guest);
+        if grows && tdx {
             add(
                 Feature::TdxMemoryHotplug,
+                "spec.domain.memory.maxGuest".into(),
+            );
+        }
+        if grows
+            && matches!(
+                d.launch_security,
+                Some(LaunchSecurity::Sev { .. } | LaunchSecurity::SevSnp { .. })
+            )
+        {
+            add(
+                Feature::SevMemoryHotplug,
                 "spec.domain.memory.maxGuest".into(),
             );
         }
@@ -287,7 +331,21 @@ fn uses(domain: &Domain) -> Vec<Use> {
             DiskDevice::Lun => (Some(Feature::LunDisk), "lun"),
         };
         match feature {
-            Some(f) => add(f, format!("{}.{key}", disk.spec_path)),
+            Some(f) => {
+                add(f, format!("{}.{key}", disk.spec_path));
+                if disk.device == DiskDevice::Cdrom && disk.bus == DiskBus::Virtio {
+                    add(
+                        Feature::CdromOnVirtioBus,
+                        format!("{}.cdrom.bus", disk.spec_path),
+                    );
+                }
+                if disk.device == DiskDevice::Lun && disk.bus != DiskBus::Scsi {
+                    add(
+                        Feature::LunOffScsiBus,
+                        format!("{}.lun.bus", disk.spec_path),
+                    );
+                }
+            }
             // A cdrom or lun is refused as a whole; its bus adds nothing.
             None => match disk.bus {
                 DiskBus::Virtio => add(Feature::VirtioDisk, format!("{}.disk", disk.spec_path)),
@@ -295,6 +353,12 @@ fn uses(domain: &Domain) -> Vec<Use> {
                 DiskBus::Scsi => add(Feature::ScsiDiskBus, format!("{}.disk.bus", disk.spec_path)),
                 DiskBus::Usb => add(Feature::UsbDiskBus, format!("{}.disk.bus", disk.spec_path)),
             },
+        }
+        if disk.device == DiskDevice::Disk && disk.readonly && disk.bus == DiskBus::Sata {
+            add(
+                Feature::ReadonlySataDisk,
+                format!("{}.disk.readonly", disk.spec_path),
+            );
         }
         if disk.boot_order.is_some() {
             add(

@@ -140,11 +140,22 @@ fn webhook_rules_report_their_exact_path() {
             common::merge(&mut v, &json!({"spec": {"domain": {"features": {"smm": {}}}}}));
             v
         }, "", "spec.domain.firmware.bootloader.efi.secureBoot", "SEV does not work with EFI secure boot"),
+        (efi(json!({"secureBoot": true}), json!({"snp": {}})), "", "spec.domain.firmware.bootloader.efi.secureBoot", "SEV-SNP does not work with EFI secure boot"),
         ({
-            let mut v = efi(json!({"secureBoot": true}), json!({"snp": {}}));
+            let mut v = efi_with(json!({"snp": {}}));
             common::merge(&mut v, &json!({"spec": {"domain": {"features": {"smm": {}}}}}));
             v
-        }, "", "spec.domain.firmware.bootloader.efi.secureBoot", "SEV-SNP does not work with EFI secure boot"),
+        }, "", "spec.domain.features.smm", "SEV-SNP guests cannot use SMM: their vCPU state is encrypted"),
+        ({
+            let mut v = efi_with(json!({"sev": {"policy": {"encryptedState": true}}}));
+            common::merge(&mut v, &json!({"spec": {"domain": {"features": {"smm": {}}}}}));
+            v
+        }, "", "spec.domain.features.smm", "SEV guests cannot use SMM"),
+        ({
+            let mut v = efi_with(json!({"tdx": {}}));
+            common::merge(&mut v, &json!({"spec": {"domain": {"cpu": {"sockets": 1, "maxSockets": 2}}}}));
+            v
+        }, "WorkloadEncryptionTDX", "spec.domain.cpu.maxSockets", "Intel TDX guests cannot hotplug vCPUs"),
         (efi(json!({"secureBoot": false, "persistent": true}), json!({"snp": {}})), "", "spec.domain.firmware.bootloader.efi.persistent", "SEV-SNP does not work with persistent EFI"),
         (efi(json!({"secureBoot": false, "persistent": true}), json!({"tdx": {}})), "WorkloadEncryptionTDX", "spec.domain.firmware.bootloader.efi.persistent", "TDX does not work with persistent EFI"),
         ({

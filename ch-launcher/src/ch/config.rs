@@ -12,8 +12,7 @@ use cloud_hypervisor_client::models::{
     MemoryConfig, PayloadConfig, PlatformConfig, RngConfig, SerialConfig, VmConfig,
 };
 use domain_model::{
-    Architecture, Boot, ClockOffset, CpuModel, DiskBus, DiskDevice, Domain, FieldError,
-    ImageFormat, LaunchSecurity, SpecErrors,
+    Architecture, Boot, Domain, FieldError, ImageFormat, LaunchSecurity, SpecErrors,
 };
 use std::path::{Path, PathBuf};
 
@@ -72,9 +71,9 @@ pub const RNG_SOURCE: &str = "/dev/urandom";
 /// One thing in the Domain Cloud Hypervisor cannot do, or cannot be told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// A feature Cloud Hypervisor does not offer at all.
-    #[error("{path}: {feature} is not supported by cloud-hypervisor")]
-    Unsupported { path: String, feature: String },
+    /// What the support table says Cloud Hypervisor cannot do.
+    #[error("{}: {}", .0.path, .0.message)]
+    Refused(FieldError),
     /// EFI boot (or TDX) without a firmware file from the host.
     #[error("{path}: EFI boot needs a Cloud Hypervisor firmware path")]
     FirmwareMissing { path: String },
@@ -101,7 +100,7 @@ impl ConfigError {
     /// The spec field the problem is about.
     pub fn path(&self) -> &str {
         match self {
-            ConfigError::Unsupported { path, .. }
+            ConfigError::Refused(FieldError { path, .. })
             | ConfigError::FirmwareMissing { path }
             | ConfigError::IgvmMissing { path }
             | ConfigError::OutOfRange { path, .. }
@@ -137,9 +136,12 @@ impl From<ConfigErrors> for SpecErrors {
 
 /// Translates `domain` into the body of Cloud Hypervisor's `vm.create`.
 pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigErrors> {
-    let mut errors = Vec::new();
-    check_platform(domain, &mut errors);
-    check_devices(domain, &mut errors);
+    // What Cloud Hypervisor can do is decided in one place, the support
+    // table; a Domain that asks for more never reaches the builders below.
+    let mut errors: Vec<ConfigError> = match domain_model::check_support(domain) {
+        Ok(()) => Vec::new(),
+        Err(refused) => refused.0.into_iter().map(ConfigError::Refused).collect(),
+    };
 
     let cpus = cpus(domain, host, &mut errors);
     let memory = memory(domain, &mut errors);
@@ -181,81 +183,6 @@ pub fn render_json(domain: &Domain, host: &HostInputs) -> Result<String, ConfigE
     let config = vm_config(domain, host)?;
     // Serializing plain data structs with string keys cannot fail.
     Ok(serde_json::to_string_pretty(&config).unwrap_or_default())
-}
-
-fn unsupported(path: impl Into<String>, feature: impl Into<String>) -> ConfigError {
-    ConfigError::Unsupported {
-        path: path.into(),
-        feature: feature.into(),
-    }
-}
-
-fn check_platform(domain: &Domain, errors: &mut Vec<ConfigError>) {
-    if domain.architecture == Architecture::S390x {
-        errors.push(unsupported("spec.architecture", "the s390x architecture"));
-    }
-    if let CpuModel::Named(model) = &domain.cpu.model {
-        // CH always exposes the host CPU (host-passthrough); it has no CPU models.
-        errors.push(unsupported(
-            "spec.domain.cpu.model",
-            format!("the named CPU model {model:?}"),
-        ));
-    }
-    if !domain.features.acpi && domain.architecture == Architecture::Amd64 {
-        errors.push(unsupported(
-            "spec.domain.features.acpi",
-            "disabling ACPI on x86_64",
-        ));
-    }
-    if domain.features.smm {
-        errors.push(unsupported("spec.domain.features.smm", "SMM"));
-    }
-    if let Some(clock) = &domain.clock {
-        // CH's RTC always reads the host clock as UTC.
-        match &clock.offset {
-            ClockOffset::Utc {
-                adjustment_seconds: 0,
-            } => {}
-            ClockOffset::Utc { adjustment_seconds } => errors.push(unsupported(
-                format!("{}.utc.offsetSeconds", clock.spec_path),
-                format!("a UTC clock offset ({adjustment_seconds:+} seconds)"),
-            )),
-            ClockOffset::Timezone { name } => errors.push(unsupported(
-                format!("{}.timezone", clock.spec_path),
-                format!("clock timezone {name:?}"),
-            )),
-        }
-        if !clock.timers.is_empty() {
-            let names: Vec<&str> = clock.timers.iter().map(|t| t.name.as_str()).collect();
-            errors.push(unsupported(
-                format!("{}.timer", clock.spec_path),
-                format!("configuring clock timers ({})", names.join(", ")),
-            ));
-        }
-    }
-}
-
-fn check_devices(domain: &Domain, errors: &mut Vec<ConfigError>) {
-    let devices = &domain.devices;
-    let refused = devices
-        .graphics
-        .iter()
-        .map(|g| (&g.spec_path, format!("graphics device {:?}", g.kind)))
-        .chain(devices.inputs.iter().map(|i| {
-            (
-                &i.spec_path,
-                format!("input device \"{}:{}\"", i.kind.as_str(), i.bus.as_str()),
-            )
-        }))
-        .chain(
-            devices
-                .interfaces
-                .iter()
-                .map(|n| (&n.spec_path, format!("network interface {:?}", n.kind))),
-        );
-    for (spec_path, what) in refused {
-        errors.push(unsupported(spec_path.clone(), what));
-    }
 }
 
 fn cpus(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) -> CpusConfig {
@@ -496,22 +423,8 @@ fn payload(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) ->
                 .map(|p| path_str(&format!("{base}.initrdPath"), p, errors));
             payload.cmdline = cmdline.clone();
         }
-        Boot::Efi {
-            secure_boot,
-            persistent,
-        } => {
-            if *secure_boot {
-                errors.push(unsupported(
-                    format!("{EFI_PATH}.secureBoot"),
-                    "EFI secure boot",
-                ));
-            }
-            if *persistent {
-                errors.push(unsupported(
-                    format!("{EFI_PATH}.persistent"),
-                    "persistent EFI variables",
-                ));
-            }
+        // Secure boot and persistent variables are refused by the table.
+        Boot::Efi { .. } => {
             if !snp {
                 match &host.firmware {
                     Some(fw) => payload.firmware = Some(path_str(EFI_PATH, fw, errors)),
@@ -521,10 +434,8 @@ fn payload(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) ->
                 }
             }
         }
-        Boot::Bios => errors.push(unsupported(
-            "spec.domain.firmware.bootloader",
-            "legacy BIOS boot (use firmware.bootloader.efi or firmware.kernelBoot)",
-        )),
+        // Refused by the support table, checked first.
+        Boot::Bios => {}
     }
     payload
 }
@@ -537,62 +448,14 @@ fn launch_security(
     errors: &mut Vec<ConfigError>,
 ) {
     const BASE: &str = "spec.domain.launchSecurity";
+    // SEV, SEV-ES and Secure Execution are refused by the support table;
+    // kernel boot and vCPU hotplug with TDX or SNP by domain-model's rules.
     match &domain.launch_security {
-        None => {}
-        Some(LaunchSecurity::Sev {
-            encrypted_state, ..
-        }) => errors.push(unsupported(
-            format!("{BASE}.sev"),
-            if *encrypted_state {
-                "AMD SEV-ES"
-            } else {
-                "AMD SEV"
-            },
-        )),
-        // Secure Execution is an empty `launchSecurity: {}`; no sub-field to name.
-        Some(LaunchSecurity::SecureExecution) => {
-            errors.push(unsupported(BASE, "IBM Secure Execution"))
-        }
-        Some(LaunchSecurity::Tdx) => {
-            platform.tdx = Some(true);
-            if domain.cpu.max_vcpus() != domain.cpu.vcpus() {
-                errors.push(unsupported(
-                    "spec.domain.cpu.maxSockets",
-                    "CPU hotplug with Intel TDX",
-                ));
-            }
-            // A TD's private memory is accepted by the guest at boot; CH
-            // cannot plug more into it later.
-            if domain
-                .memory
-                .max_guest
-                .is_some_and(|max| max > domain.memory.guest)
-            {
-                errors.push(unsupported(
-                    "spec.domain.memory.maxGuest",
-                    "memory hotplug with Intel TDX",
-                ));
-            }
-            // TDX guests boot a TDX-aware firmware (TDVF), taken from the
-            // EFI boot path; CH refuses a kernel next to firmware.
-            if let Boot::Kernel { .. } = domain.boot {
-                errors.push(unsupported(
-                    "spec.domain.firmware.kernelBoot",
-                    "direct kernel boot with Intel TDX",
-                ));
-            }
-        }
+        None | Some(LaunchSecurity::Sev { .. } | LaunchSecurity::SecureExecution) => {}
+        Some(LaunchSecurity::Tdx) => platform.tdx = Some(true),
         Some(LaunchSecurity::SevSnp { host_data }) => {
             let path = format!("{BASE}.snp");
             platform.sev_snp = Some(true);
-            // CH accepts a kernel next to an IGVM image but boots only the
-            // IGVM image, which carries the guest's own kernel.
-            if let Boot::Kernel { .. } = domain.boot {
-                errors.push(unsupported(
-                    "spec.domain.firmware.kernelBoot",
-                    "direct kernel boot with AMD SEV-SNP",
-                ));
-            }
             match &host.igvm {
                 Some(igvm) => payload.igvm = Some(path_str(&path, igvm, errors)),
                 None => errors.push(ConfigError::IgvmMissing { path: path.clone() }),
@@ -611,23 +474,7 @@ fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
 
     let mut configs = Vec::with_capacity(ordered.len());
     for disk in ordered {
-        let kind = match disk.device {
-            DiskDevice::Disk => "disk",
-            DiskDevice::Cdrom => "cdrom",
-            DiskDevice::Lun => "lun",
-        };
-        if disk.device != DiskDevice::Disk {
-            errors.push(unsupported(
-                format!("{}.{kind}", disk.spec_path),
-                format!("{kind} devices (only virtio disks are)"),
-            ));
-        }
-        if disk.bus != DiskBus::Virtio {
-            errors.push(unsupported(
-                format!("{}.{kind}.bus", disk.spec_path),
-                format!("the {} bus (only virtio is)", disk.bus.as_str()),
-            ));
-        }
+        // cdrom, lun and other buses are refused by the support table.
         // CH reserves ids starting with "__" for its own devices.
         if disk.name.starts_with("__") {
             errors.push(ConfigError::OutOfRange {
@@ -657,7 +504,8 @@ mod tests {
     use super::*;
     use domain_model::fixtures::{self, domain};
     use domain_model::{
-        Clock, Cpu, Disk, Input, InputBus, InputKind, Memory, SpecFeature, Timer, TimerName,
+        Clock, ClockOffset, Cpu, CpuModel, Disk, DiskBus, DiskDevice, Input, InputBus, InputKind,
+        Memory, SpecFeature, Timer, TimerName,
     };
 
     const MIB: u64 = 1024 * 1024;
@@ -862,14 +710,14 @@ mod tests {
         assert_eq!(
             errors_of(&d, &HostInputs::default()),
             vec![
+                ConfigError::Refused(FieldError::new(
+                    "spec.domain.memory.maxGuest",
+                    "memory hotplug with TDX is not supported by cloud-hypervisor: Cloud \
+                     Hypervisor TDX guests cannot hotplug memory"
+                )),
                 ConfigError::FirmwareMissing {
                     path: EFI_PATH.into()
                 },
-                unsupported("spec.domain.cpu.maxSockets", "CPU hotplug with Intel TDX"),
-                unsupported(
-                    "spec.domain.memory.maxGuest",
-                    "memory hotplug with Intel TDX"
-                ),
             ]
         );
     }
@@ -948,31 +796,6 @@ mod tests {
     }
 
     #[test]
-    fn confidential_guests_cannot_boot_a_kernel_directly() {
-        for ls in [
-            LaunchSecurity::Tdx,
-            LaunchSecurity::SevSnp { host_data: None },
-        ] {
-            let mut d = domain();
-            let feature = match ls {
-                LaunchSecurity::Tdx => "direct kernel boot with Intel TDX",
-                _ => "direct kernel boot with AMD SEV-SNP",
-            };
-            d.launch_security = Some(ls);
-            let host = HostInputs {
-                firmware: Some("/fw/tdvf.fd".into()),
-                igvm: Some("/fw/snp.igvm".into()),
-                serial_socket: None,
-                cpu: None,
-            };
-            assert_eq!(
-                errors_of(&d, &host),
-                vec![unsupported("spec.domain.firmware.kernelBoot", feature)]
-            );
-        }
-    }
-
-    #[test]
     fn sev_snp_boots_from_igvm_with_host_data() {
         let mut d = domain();
         d.boot = Boot::Efi {
@@ -1029,7 +852,7 @@ mod tests {
                         attestation: false,
                     })
                 },
-                "spec.domain.launchSecurity.sev",
+                "spec.domain.launchSecurity.sev.policy.encryptedState",
                 "AMD SEV-ES",
             ),
             (
@@ -1176,10 +999,14 @@ mod tests {
             let mut d = domain();
             mutate(&mut d);
             let errors = errors_of(&d, &efi_firmware());
-            assert_eq!(errors, vec![unsupported(*path, *feature)], "case {path}");
-            assert_eq!(
-                errors[0].to_string(),
-                format!("{path}: {feature} is not supported by cloud-hypervisor")
+            assert_eq!(errors.len(), 1, "case {path} ({feature}): {errors:?}");
+            assert_eq!(errors[0].path(), *path, "case {feature}");
+            assert!(
+                errors[0]
+                    .to_string()
+                    .contains("not supported by cloud-hypervisor"),
+                "case {path}: {}",
+                errors[0]
             );
         }
     }
@@ -1196,14 +1023,14 @@ mod tests {
         assert_eq!(
             paths,
             [
+                "spec.domain.firmware.bootloader",
                 "spec.domain.features.smm",
                 "spec.domain.cpu.threads",
-                "spec.domain.firmware.bootloader"
             ]
         );
         assert_eq!(
-            spec.0[0].message,
-            "SMM is not supported by cloud-hypervisor"
+            spec.0[1].message,
+            "SMM is not supported by cloud-hypervisor: Cloud Hypervisor does not emulate SMM"
         );
     }
 

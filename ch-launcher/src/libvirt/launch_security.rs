@@ -19,7 +19,7 @@
 
 use super::xml::{DeviceDriver, DomainXml, LaunchSecurityXml, QuoteGenerationService, State};
 use crate::host::{HostCapabilities, SevParameters};
-use domain_model::{Architecture, Boot, Domain, LaunchSecurity, SpecErrors};
+use domain_model::{Architecture, Domain, LaunchSecurity};
 use std::path::PathBuf;
 
 /// Host facts a confidential launch needs.
@@ -31,8 +31,6 @@ pub struct ConfidentialHost {
     /// go to; rendered only when configured.
     pub tdx_quote_generation_socket: Option<PathBuf>,
 }
-
-const BASE: &str = "spec.domain.launchSecurity";
 
 /// AMD SEV API, guest policy: debugging the guest is forbidden.
 const SEV_POLICY_NO_DEBUG: u32 = 1 << 0;
@@ -65,17 +63,6 @@ fn kubevirt_policy(bits: u64) -> String {
     format!("0x{bits:x}")
 }
 
-/// The spec field a launch-security kind is set at.
-fn kind_path(ls: &LaunchSecurity) -> String {
-    match ls {
-        LaunchSecurity::Sev { .. } => format!("{BASE}.sev"),
-        // SEV-SNP may be `snp: {}` or `sev.secureNestedPaging`; Secure
-        // Execution is the empty `launchSecurity: {}`.
-        LaunchSecurity::SevSnp { .. } | LaunchSecurity::SecureExecution => BASE.to_string(),
-        LaunchSecurity::Tdx => format!("{BASE}.tdx"),
-    }
-}
-
 /// What the host lacks to render `ls`: the SEV parameters every SEV,
 /// SEV-ES and SEV-SNP guest repeats. A host fact, not a spec error: the
 /// caller decides whether to refuse (run, render) or warn (validate);
@@ -94,75 +81,9 @@ pub fn host_problem(ls: &LaunchSecurity, sev: Option<&SevParameters>) -> Option<
     })
 }
 
-/// Everything about `domain`'s launch security this backend cannot render.
-/// Host facts are not checked here (see [`host_problem`]).
-pub fn check(domain: &Domain, errors: &mut SpecErrors) {
-    let Some(ls) = &domain.launch_security else {
-        return;
-    };
-    let path = kind_path(ls);
-    let name = crate::host::launch_security_name(ls);
-    match ls {
-        LaunchSecurity::SecureExecution => {
-            if domain.architecture != Architecture::S390x {
-                errors.push(
-                    &path,
-                    "IBM Z Secure Execution needs spec.architecture: s390x",
-                );
-            }
-        }
-        _ => {
-            if domain.architecture != Architecture::Amd64 {
-                errors.push(&path, format!("{name} needs spec.architecture: amd64"));
-            }
-            // The firmware measures (SEV) or is (TDX, SNP) the guest's root
-            // of trust; without it there is nothing to launch.
-            if !matches!(domain.boot, Boot::Efi { .. }) {
-                errors.push(
-                    &path,
-                    format!("{name} needs EFI firmware: set spec.domain.firmware.bootloader.efi"),
-                );
-            }
-        }
-    }
-    let encrypted_state = match ls {
-        LaunchSecurity::Sev {
-            encrypted_state, ..
-        } => *encrypted_state,
-        LaunchSecurity::SevSnp { .. } | LaunchSecurity::Tdx => true,
-        LaunchSecurity::SecureExecution => false,
-    };
-    if encrypted_state && domain.features.smm {
-        errors.push(
-            "spec.domain.features.smm",
-            format!("{name} guests cannot use SMM: their vCPU state is encrypted"),
-        );
-    }
-    if matches!(ls, LaunchSecurity::Tdx) && domain.cpu.max_vcpus() > domain.cpu.vcpus() {
-        errors.push(
-            "spec.domain.cpu.maxSockets",
-            "Intel TDX guests cannot hotplug vCPUs: every vCPU is measured before the guest \
-             starts",
-        );
-    }
-    if !matches!(ls, LaunchSecurity::SecureExecution)
-        && domain
-            .memory
-            .max_guest
-            .is_some_and(|max| max > domain.memory.guest)
-    {
-        errors.push(
-            "spec.domain.memory.maxGuest",
-            format!(
-                "memory hotplug (virtio-mem) does not work with {name}: QEMU cannot discard \
-                 encrypted guest memory"
-            ),
-        );
-    }
-}
-
 /// Adds the launch-security element and the device flags to a document
-/// built for `domain`. Call after [`check`] found nothing.
+/// built for `domain`, whose combinations the support table and
+/// domain-model's rules already allowed.
 pub fn apply(domain: &Domain, host: &ConfidentialHost, doc: &mut DomainXml) {
     let Some(ls) = &domain.launch_security else {
         return;
@@ -662,50 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn confidential_guests_need_efi_and_their_architecture() {
-        let mut d = guest(LaunchSecurity::Tdx);
-        d.boot = Boot::Bios;
-        let errors = error_paths(&d, ConfidentialHost::default());
-        assert_eq!(errors[0].0, "spec.domain.launchSecurity.tdx");
-        assert!(errors[0].1.contains("needs EFI"), "{}", errors[0].1);
-
-        let mut d = guest(LaunchSecurity::SecureExecution);
-        d.boot = Boot::Bios;
-        let errors = error_paths(&d, ConfidentialHost::default());
-        assert_eq!(errors[0].0, "spec.domain.launchSecurity");
-        assert!(errors[0].1.contains("s390x"), "{}", errors[0].1);
-    }
-
-    #[test]
-    fn smm_with_encrypted_vcpu_state_is_refused() {
-        for ls in [sev(true), snp(), LaunchSecurity::Tdx] {
-            let mut d = guest(ls);
-            d.features.smm = true;
-            let errors = error_paths(&d, host_cbit_51());
-            assert!(
-                errors.iter().any(|(p, _)| p == "spec.domain.features.smm"),
-                "{errors:?}"
-            );
-        }
-        let mut d = guest(sev(false));
-        d.features.smm = true;
-        assert!(error_paths(&d, host_cbit_51())
-            .iter()
-            .all(|(p, _)| p != "spec.domain.features.smm"));
-    }
-
-    #[test]
-    fn tdx_cpu_hotplug_and_confidential_memory_hotplug_are_refused() {
-        let mut d = guest(LaunchSecurity::Tdx);
-        d.cpu.max_sockets = 2;
-        let errors = error_paths(&d, ConfidentialHost::default());
-        assert!(
-            errors
-                .iter()
-                .any(|(p, _)| p == "spec.domain.cpu.maxSockets"),
-            "{errors:?}"
-        );
-
+    fn confidential_memory_hotplug_is_refused() {
         for ls in [sev(false), snp(), LaunchSecurity::Tdx] {
             let mut d = guest(ls);
             d.memory.max_guest = Some(2 << 30);

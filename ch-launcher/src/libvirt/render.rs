@@ -126,15 +126,9 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
             ),
         );
     }
-    launch_security::check(domain, &mut errors);
-    for nic in &domain.devices.interfaces {
-        errors.push(
-            &nic.spec_path,
-            format!(
-                "network interface {:?} is not supported by the libvirt backend yet",
-                nic.kind
-            ),
-        );
+    // What libvirt can do is decided in one place, the support table.
+    if let Err(refused) = domain_model::check_support(domain) {
+        errors.0.extend(refused.0);
     }
 
     check_paths_are_utf8(domain, ctx, &mut errors);
@@ -394,24 +388,6 @@ fn devices(
     let mut names = TargetNames::default();
     let mut disks = Vec::new();
     for disk in &domain.disks {
-        if disk.device == DiskDevice::Cdrom && disk.bus == DiskBus::Virtio {
-            errors.push(
-                format!("{}.cdrom.bus", disk.spec_path),
-                "QEMU cannot attach a cdrom to the virtio bus; use sata or scsi",
-            );
-        }
-        if disk.readonly && disk.device == DiskDevice::Disk && disk.bus == DiskBus::Sata {
-            errors.push(
-                format!("{}.disk.readonly", disk.spec_path),
-                "QEMU cannot make a sata disk read-only; use virtio or scsi, or a cdrom",
-            );
-        }
-        if disk.device == DiskDevice::Lun && disk.bus != DiskBus::Scsi {
-            errors.push(
-                format!("{}.lun.bus", disk.spec_path),
-                "a LUN needs the scsi bus",
-            );
-        }
         let (kind, source) = match disk.device {
             DiskDevice::Lun => (
                 "block",

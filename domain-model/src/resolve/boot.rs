@@ -34,7 +34,7 @@ impl Resolver<'_> {
         fw: Option<&api::Firmware>,
         smm: bool,
         arch: Architecture,
-        tdx: bool,
+        smm_exempt: bool,
     ) -> Option<Boot> {
         let base = "spec.domain.firmware";
         let bootloader = fw.and_then(|f| f.bootloader.as_ref());
@@ -77,7 +77,8 @@ impl Resolver<'_> {
                 let secure_boot = efi.secure_boot.unwrap_or(!arm64);
                 // KubeVirt's admitter exempts TDX: its firmware is stateless
                 // with the secure-boot keys in ROM, so no SMM guards writes.
-                if secure_boot && !smm && !tdx {
+                // (SEV and SEV-SNP refuse secure boot in their own rules.)
+                if secure_boot && !smm && !smm_exempt {
                     self.err(
                         format!("{base}.bootloader.efi.secureBoot"),
                         "EFI secure boot (on by default when efi is given) needs SMM: set \

@@ -211,11 +211,18 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
     r.other_resources(domain.resources.as_ref());
     let features = r.features(domain.features.as_ref(), architecture);
     let firmware = r.firmware(domain.firmware.as_ref(), &uid);
-    let tdx = domain
+    // TDX needs no SMM for secure boot; SEV and SEV-SNP refuse secure boot
+    // with a message of their own, so the SMM hint would only mislead.
+    let smm_exempt = domain
         .launch_security
         .as_ref()
-        .is_some_and(|ls| ls.tdx.is_some());
-    let boot = r.boot(domain.firmware.as_ref(), features.smm, architecture, tdx);
+        .is_some_and(|ls| ls.tdx.is_some() || ls.sev.is_some() || ls.snp.is_some());
+    let boot = r.boot(
+        domain.firmware.as_ref(),
+        features.smm,
+        architecture,
+        smm_exempt,
+    );
     let sources = r.volumes(&spec.volumes);
     let disks = r.disks(
         &domain.devices.disks,
@@ -234,6 +241,7 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
             architecture,
             boot: boot.as_ref(),
             smm: features.smm,
+            cpu_hotplug: cpu.max_sockets > cpu.sockets,
             start_paused,
             feature_gates: &opts.feature_gates,
         };
