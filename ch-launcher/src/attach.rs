@@ -7,7 +7,7 @@
 //! reaches the launcher and stops the VM. The terminal's previous mode is
 //! restored on every way out of [`attach`], including cancellation.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,14 +54,17 @@ pub async fn attach(socket: &Path) -> io::Result<Ended> {
     );
 
     let mut buf = vec![0u8; 4096];
+    let mut stdout = tokio::io::stdout();
     let ended = loop {
         tokio::select! {
             read = stream.read(&mut buf) => match read {
                 Ok(0) => break Ended::ConsoleClosed,
+                // tokio's stdout writes on its blocking pool: a slow
+                // terminal stalls this loop, never the runtime's other tasks
+                // (runner, control socket, console relay, CH event reader).
                 Ok(n) => {
-                    let mut out = io::stdout().lock();
-                    out.write_all(&buf[..n])?;
-                    out.flush()?;
+                    stdout.write_all(&buf[..n]).await?;
+                    stdout.flush().await?;
                 }
                 Err(e) => return Err(e),
             },

@@ -304,9 +304,10 @@ async fn killing_the_vmm_reports_hypervisor_died_within_a_second() {
 
     let pid = vm.created.backend.pid().expect("pid") as i32;
     // Own process group: a terminal's Ctrl-C goes to the launcher only.
-    assert_eq!(unsafe { libc::getpgid(pid) }, pid);
+    let pid = nix::unistd::Pid::from_raw(pid);
+    assert_eq!(nix::unistd::getpgid(Some(pid)), Ok(pid));
     let killed = Instant::now();
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the VMM");
     assert_eq!(
         vm.next_event().await,
         Some(Event::HypervisorDied {

@@ -214,14 +214,15 @@ fn vm_type_names(mask: u32) -> Vec<String> {
 fn cpuid_8000_001f() -> Option<SevCpuid> {
     use std::arch::x86_64::__cpuid;
     const LEAF: u32 = 0x8000_001F;
-    // CPUID is safe on every x86_64 CPU; older toolchains still mark the
-    // intrinsic unsafe.
     #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads; older
+    // toolchains still mark the intrinsic unsafe.
     let max_extended = unsafe { __cpuid(0x8000_0000) }.eax;
     if max_extended < LEAF {
         return None;
     }
     #[allow(unused_unsafe)]
+    // SAFETY: as above; the leaf is within the maximum just read.
     let r = unsafe { __cpuid(LEAF) };
     // EAX bit 1: SEV.
     if r.eax & (1 << 1) == 0 {
