@@ -22,7 +22,6 @@
 //! every way out the runner makes sure the hypervisor is gone before it
 //! returns.
 
-use std::fmt::Display;
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read};
@@ -137,10 +136,13 @@ pub enum RunError {
     #[error("another ch-launcher ({}) runs this VM (lock {})",
         pid.map_or("pid unknown".to_string(), |p| format!("pid {p}")), lock.display())]
     AlreadyRunning { pid: Option<u32>, lock: PathBuf },
+    // Display carries the cause, as every error of the launcher does; the
+    // typed value stays reachable for callers that match on it.
     #[error("cannot prepare a disk: {0}")]
-    Disk(String),
+    Disk(crate::util::DiskError),
+    /// The backend's own error, kept whole (downcast to the backend's type).
     #[error("cannot create the VM: {0}")]
-    Create(String),
+    Create(Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot attach the serial console: {0}")]
     Console(io::Error),
     #[error("cannot serve the control socket: {0}")]
@@ -189,7 +191,7 @@ impl Runner {
         B: Backend + 'static,
         F: FnOnce(Domain, VmPaths) -> Fut,
         Fut: Future<Output = Result<Created<B>, E>>,
-        E: Display,
+        E: std::error::Error + Send + Sync + 'static,
     {
         let paths = self.opts.paths.clone();
         // Held until the run returns: a second launcher for this VM must not
@@ -212,7 +214,7 @@ impl Runner {
             EarlySockets::bind(&paths, early_console.then_some(&console_config))
         };
         let (created, sockets) = tokio::join!(creating, binding);
-        let created = created.map_err(|e| RunError::Create(e.to_string()))?;
+        let created = created.map_err(|e| RunError::Create(Box::new(e)))?;
         let (ops_tx, ops) = mpsc::unbounded_channel();
         let mut session = Session {
             backend: Arc::new(created.backend),

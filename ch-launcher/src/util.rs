@@ -73,29 +73,47 @@ pub fn remove_socket(path: &Path) {
     }
 }
 
+/// A disk image the launcher could not create.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: cannot {action}: {cause}")]
+pub struct DiskError {
+    /// The volume's spec field.
+    pub field: String,
+    pub path: std::path::PathBuf,
+    /// What failed: `create <path>`, or `size <path> to N bytes`.
+    pub action: String,
+    pub cause: io::Error,
+}
+
 /// Creates every disk image the spec asked to be created when missing
 /// (`hostDisk.type: DiskOrCreate`) as a sparse file of its capacity; an
 /// existing file is left as it is. Errors name the volume's field.
-pub fn create_missing_disks(domain: &domain_model::Domain) -> Result<(), String> {
+pub fn create_missing_disks(domain: &domain_model::Domain) -> Result<(), DiskError> {
     for disk in &domain.disks {
         let Some(capacity) = disk.source.create_with_capacity else {
             continue;
         };
         let path = &disk.source.path;
-        let field = &disk.source.spec_path;
+        let fail = |action: String| {
+            let field = disk.source.spec_path.clone();
+            let path = path.clone();
+            move |cause| DiskError {
+                field,
+                path,
+                action,
+                cause,
+            }
+        };
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
         {
-            Ok(file) => file.set_len(capacity).map_err(|e| {
-                format!(
-                    "{field}: cannot size {} to {capacity} bytes: {e}",
-                    path.display()
-                )
-            })?,
+            Ok(file) => file
+                .set_len(capacity)
+                .map_err(fail(format!("size {} to {capacity} bytes", path.display())))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("{field}: cannot create {}: {e}", path.display())),
+            Err(e) => return Err(fail(format!("create {}", path.display()))(e)),
         }
     }
     Ok(())
@@ -148,7 +166,11 @@ mod tests {
         disk.source.create_with_capacity = Some(1);
         domain.disks.push(disk);
         let err = create_missing_disks(&domain).unwrap_err();
-        assert!(err.starts_with(&domain.disks[0].source.spec_path), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&domain.disks[0].source.spec_path),
+            "{err}"
+        );
     }
 
     #[test]

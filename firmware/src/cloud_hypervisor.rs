@@ -242,13 +242,27 @@ pub fn select_cloud_hypervisor(
 }
 
 /// Like [`select_cloud_hypervisor`], for a dry run: when no IGVM file is
-/// found, the expected one stands in ([`crate::expected::igvm`]). What the
+/// found, the expected one stands in ([`crate::expected::IGVM_EXPECTED_NAME`]). What the
 /// request itself cannot have is still an error.
 pub fn select_cloud_hypervisor_or_expected(
     req: &Requirements,
     paths: &ChFirmwarePaths,
 ) -> Result<ChSelection, NoMatch> {
     select_inner(req, paths, true)
+}
+
+/// The IGVM file a dry run names when the IGVM directory has none.
+fn expected_igvm(paths: &ChFirmwarePaths, not_found: NoMatch) -> ChSelection {
+    let path = paths.igvm_dir.join(crate::expected::IGVM_EXPECTED_NAME);
+    ChSelection {
+        kind: ChFirmwareKind::Igvm,
+        reasons: vec![format!(
+            "no IGVM file on this host; {} is where the pod image ships it",
+            path.display()
+        )],
+        path,
+        expected_not_found: Some(not_found),
+    }
 }
 
 fn select_inner(
@@ -332,7 +346,7 @@ fn select_inner(
                             return Err(no_match(&paths.igvm_dir, lacks));
                         }
                         let absent = no_match(&paths.igvm_dir, vec![why]);
-                        let stand_in = crate::expected::igvm(paths, absent.clone());
+                        let stand_in = expected_igvm(paths, absent.clone());
                         not_found = Some(absent);
                         (stand_in.path, stand_in.reasons.join("; "))
                     }

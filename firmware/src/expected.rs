@@ -21,13 +21,13 @@
 //!
 //! Cloud Hypervisor: the EFI image and TDVF already have fixed paths
 //! ([`crate::ChFirmwarePaths`]); only the IGVM file is searched for, and
-//! [`IGVM_EXPECTED_NAME`] in the IGVM directory stands in for it.
+//! [`IGVM_EXPECTED_NAME`] in the IGVM directory stands in for it (chosen in
+//! [`crate::cloud_hypervisor`], which reads this module, never the reverse).
 
-use crate::cloud_hypervisor::ChSelection;
 use crate::error::NoMatch;
 use crate::search::{Catalog, CatalogEntry};
 use crate::select::{select, Requirements, Selection};
-use crate::{ChFirmwareKind, ChFirmwarePaths, Descriptor};
+use crate::Descriptor;
 use std::path::{Path, PathBuf};
 
 /// Where KubeVirt's virt-launcher image installs OVMF/AAVMF.
@@ -147,20 +147,6 @@ pub fn qemu(req: &Requirements, not_found: NoMatch) -> Option<Selection> {
     )];
     selection.expected_not_found = Some(not_found);
     Some(selection)
-}
-
-/// The IGVM file a dry run names when the IGVM directory has none.
-pub fn igvm(paths: &ChFirmwarePaths, not_found: NoMatch) -> ChSelection {
-    let path = paths.igvm_dir.join(IGVM_EXPECTED_NAME);
-    ChSelection {
-        kind: ChFirmwareKind::Igvm,
-        reasons: vec![format!(
-            "no IGVM file on this host; {} is where the pod image ships it",
-            path.display()
-        )],
-        path,
-        expected_not_found: Some(not_found),
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! splitting on braces or lines), because it arrives in arbitrary chunks.
 //! A SIGKILLed VMM writes nothing, so the exit of the process is watched too.
 
+use super::process::describe_exit;
 use crate::lifecycle::Event;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -171,16 +172,6 @@ impl EventMapper {
                 Err(e) => format!("cannot wait for cloud-hypervisor: {e}"),
             },
         })
-    }
-}
-
-/// `cloud-hypervisor was killed by signal 9`, `cloud-hypervisor exited with status 1`.
-pub fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("cloud-hypervisor exited with status {code}"),
-        (None, Some(signal)) => format!("cloud-hypervisor was killed by signal {signal}"),
-        (None, None) => format!("cloud-hypervisor ended: {status}"),
     }
 }
 

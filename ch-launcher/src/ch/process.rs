@@ -14,7 +14,6 @@
 //! reaches only the launcher, which then stops the VM in order. Its output
 //! goes to a log file, not the launcher's terminal.
 
-use super::events::describe_exit;
 use crate::backend::BackendError;
 use std::future::Future;
 use std::io;
@@ -99,6 +98,16 @@ pub fn check_socket_path(path: &Path) -> Result<(), ProcessError> {
         ));
     }
     Ok(())
+}
+
+/// `cloud-hypervisor was killed by signal 9`, `cloud-hypervisor exited with status 1`.
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("cloud-hypervisor exited with status {code}"),
+        (None, Some(signal)) => format!("cloud-hypervisor was killed by signal {signal}"),
+        (None, None) => format!("cloud-hypervisor ended: {status}"),
+    }
 }
 
 /// The API socket's permission bits.

@@ -201,7 +201,7 @@ impl Setup {
     /// The `create` step handing the runner this setup's fake backend.
     fn create(
         &mut self,
-    ) -> impl FnOnce(Domain, VmPaths) -> std::future::Ready<Result<Created<FakeBackend>, String>>
+    ) -> impl FnOnce(Domain, VmPaths) -> std::future::Ready<Result<Created<FakeBackend>, BackendError>>
     {
         let fake = self.fake.take().expect("one run per setup");
         let events = self.events_rx.take().expect("event receiver");
@@ -291,7 +291,9 @@ async fn ask(control: &Path, command: Command) -> serde_json::Value {
 /// run's error.
 async fn failed_create(runner: Runner, cause: &'static str) -> RunError {
     runner
-        .run(move |_d: Domain, _p: VmPaths| async move { Err::<Created<FakeBackend>, _>(cause) })
+        .run(move |_d: Domain, _p: VmPaths| async move {
+            Err::<Created<FakeBackend>, _>(BackendError::Host(cause.into()))
+        })
         .await
         .unwrap_err()
 }
@@ -735,7 +737,7 @@ async fn two_launchers_started_together_create_the_vm_once() {
                 *created.lock().unwrap() += 1;
                 // Creating takes a while; a second launcher must not slip in.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                Err::<Created<FakeBackend>, _>("created; stopping here")
+                Err::<Created<FakeBackend>, _>(BackendError::Host("created; stopping here".into()))
             },
         )
     };
@@ -921,7 +923,9 @@ async fn disk_or_create_images_exist_before_any_backend_creates_the_vm() {
     let err = Runner::new(domain, s.opts.clone())
         .run(move |_d: Domain, _p: VmPaths| async move {
             let size = std::fs::metadata(&seen).map(|m| m.len()).ok();
-            Err::<Created<FakeBackend>, _>(format!("create saw the image with size {size:?}"))
+            Err::<Created<FakeBackend>, _>(BackendError::Host(format!(
+                "create saw the image with size {size:?}"
+            )))
         })
         .await
         .unwrap_err();
