@@ -8,7 +8,7 @@
 //! restored on every way out of [`attach`], including cancellation.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
@@ -154,7 +154,7 @@ impl StdinReader {
                 }
                 // Straight from the descriptor: `Stdin`'s buffer would keep
                 // bytes typed after the escape key from the shell.
-                match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
+                match nix::unistd::read(stdin.as_fd(), &mut buf) {
                     Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
                     Ok(0) | Err(_) => return,
                     Ok(n) => {

@@ -657,10 +657,9 @@ mod tests {
         let pty = openpty(None, None).expect("openpty");
         let slave_path = nix::unistd::ttyname(&pty.slave).expect("ttyname");
         let master = File::from(pty.master);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&master);
-        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).expect("getfl");
+        let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).expect("getfl");
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).expect("setfl");
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(flags)).expect("setfl");
         FakeSerial {
             master: Arc::new(register(master).expect("register")),
             slave_path,

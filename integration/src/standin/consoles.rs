@@ -90,12 +90,12 @@ fn create_pty() -> Result<Pty, ConsoleError> {
     tcsetattr(pair.slave.as_fd(), SetArg::TCSANOW, &termios).map_err(raw_mode_error)?;
     for fd in [&pair.master, &pair.slave] {
         // Children of the stand-in must not keep the PTY alive.
-        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        let _ = fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
-    let flags = fcntl(pair.master.as_raw_fd(), FcntlArg::F_GETFL)
+    let flags = fcntl(pair.master.as_fd(), FcntlArg::F_GETFL)
         .map_err(|e| device_error(std::io::Error::from(e)))?;
     fcntl(
-        pair.master.as_raw_fd(),
+        pair.master.as_fd(),
         FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
     )
     .map_err(|e| device_error(std::io::Error::from(e)))?;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,8 +74,8 @@ impl EventMonitor {
 }
 
 fn set_nonblocking(file: &File) -> std::io::Result<()> {
-    let flags = fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = fcntl(file.as_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+    fcntl(file.as_fd(), FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
     Ok(())
 }

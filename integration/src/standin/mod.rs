@@ -129,8 +129,11 @@ fn startup_error(context: &str, cause: impl ToString) -> cli::StartupError {
 
 /// Takes ownership of an inherited descriptor after checking it is open.
 fn inherited_fd(fd: RawFd, context: &str) -> Result<File, cli::StartupError> {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
-        .map_err(|e| startup_error(context, std::io::Error::from(e)))?;
+    // SAFETY: F_GETFD only reads the descriptor's flags; on a number that is
+    // not an open descriptor it fails with EBADF and touches nothing.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(startup_error(context, std::io::Error::last_os_error()));
+    }
     // SAFETY: the descriptor is open (checked above) and was handed to us on
     // the command line to own, as CH owns it.
     Ok(unsafe { File::from_raw_fd(fd) })

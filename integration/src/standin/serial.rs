@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -253,7 +253,7 @@ impl SerialManager {
             }
             Transport::Tty => {
                 let port = SerialPort::new(Box::new(io::stdout()), true);
-                if nix::unistd::isatty(libc::STDIN_FILENO).unwrap_or(false) {
+                if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
                     let port2 = Arc::clone(&port);
                     threads.push(spawn("serial-tty", move || {
                         serve_stdin(&port2, &kill_read)
@@ -378,7 +378,7 @@ fn serve_pty(port: &SerialPort, master: &OwnedFd, kill: &OwnedFd) {
         }
         let events = master_events.unwrap_or(PollFlags::empty());
         if events.contains(PollFlags::POLLIN) {
-            match nix::unistd::read(master.as_raw_fd(), &mut input) {
+            match nix::unistd::read(master.as_fd(), &mut input) {
                 Ok(n) if n > 0 => port.queue_input(&input[..n]),
                 _ => {}
             }
@@ -497,7 +497,7 @@ fn serve_stdin(port: &SerialPort, kill: &OwnedFd) {
         }
         let events = fds[0].revents().unwrap_or(PollFlags::empty());
         if events.contains(PollFlags::POLLIN) {
-            match nix::unistd::read(libc::STDIN_FILENO, &mut input) {
+            match nix::unistd::read(std::io::stdin().as_fd(), &mut input) {
                 Ok(n) if n > 0 => port.queue_input(&input[..n]),
                 _ => return,
             }
