@@ -45,6 +45,12 @@ pub trait Backend: Send + Sync {
     /// bound again), so the runner asks again after [`Event::Rebooted`] and
     /// reattaches its relay.
     fn console(&self) -> impl Future<Output = Result<ConsoleSource, BackendError>> + Send;
+    /// Releases what the backend holds, on the runtime, once the runner is
+    /// done with the VM (every exit path calls it). A backend's `Drop` stays
+    /// the fallback for a runner that never got here, and may then block.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Where the guest's serial console comes from.

@@ -57,7 +57,7 @@ pub struct Cli {
     pub command: Commands,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Directory for the per-VM sockets and logs (`<DIR>/<vmi uid>/...`).
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PRIVATE_DIR)]
@@ -556,22 +556,34 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
         Err(code) => return code,
     };
     let paths = VmPaths::new(&g.private_dir, &domain.uid);
-    // Every host check before anything is created or started.
-    let backend = match domain.hypervisor {
-        Hypervisor::CloudHypervisor => ch_options(g, s, &domain, Mode::Run).map(|o| {
-            Launch::Ch(ch::ChOptions {
-                serial: args.ch_serial,
-                ..o
-            })
-        }),
-        Hypervisor::Libvirt => {
-            libvirt_options(g, s, &domain, &paths, Mode::Run).map(Launch::Libvirt)
-        }
+    // Every host check before anything is created or started. They block
+    // (firmware files, the KVM probe, libvirtd's domain capabilities over a
+    // blocking client), so they run on tokio's blocking pool, not on the
+    // runtime thread that serves signals and sockets.
+    let checks = {
+        let (g, s, domain, paths, serial) = (
+            g.clone(),
+            s.clone(),
+            domain.clone(),
+            paths.clone(),
+            args.ch_serial,
+        );
+        tokio::task::spawn_blocking(move || match domain.hypervisor {
+            Hypervisor::CloudHypervisor => ch_options(&g, &s, &domain, Mode::Run)
+                .map(|o| Launch::Ch(ch::ChOptions { serial, ..o })),
+            Hypervisor::Libvirt => {
+                libvirt_options(&g, &s, &domain, &paths, Mode::Run).map(Launch::Libvirt)
+            }
+        })
     };
-    let backend = match backend {
-        Ok(b) => b,
-        Err(e) => {
+    let backend = match checks.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             tracing::error!("{e}");
+            return exit::FAILURE;
+        }
+        Err(e) => {
+            tracing::error!("the host checks did not finish: {e}");
             return exit::FAILURE;
         }
     };

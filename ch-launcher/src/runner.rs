@@ -254,6 +254,7 @@ impl Runner {
             relay.finish(CONSOLE_DRAIN_WAIT).await;
         }
         session.control = None;
+        session.backend.close().await;
 
         let outcome = Outcome {
             status: session.lifecycle.status().clone(),

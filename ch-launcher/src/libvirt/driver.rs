@@ -142,6 +142,8 @@ struct Inner {
     vnc_socket: PathBuf,
     /// Maps the connection's notices onto the backend's events.
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// [`Backend::close`] saw the domain gone: `Drop` need not ask libvirtd.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Renders `domain` and creates it under `opts.uri`, paused and
@@ -231,6 +233,7 @@ pub async fn create(
         nvram_to_remove,
         vnc_socket: vnc_socket_path(&ctx.paths),
         forwarder: None,
+        closed: std::sync::atomic::AtomicBool::new(false),
     };
     let ids = register(&client, &inner.conn.dom)
         .await
@@ -598,6 +601,33 @@ impl Backend for LibvirtBackend {
     async fn console(&self) -> Result<ConsoleSource, BackendError> {
         Ok(ConsoleSource::ServedByHypervisor)
     }
+
+    /// Destroys the domain if it still runs, over the launcher's own
+    /// connection and without blocking the runtime, so that `Drop` has
+    /// nothing left to ask libvirtd.
+    async fn close(&self) {
+        let conn = &self.inner.conn;
+        let Ok(client) = conn.client("close") else {
+            return; // Reconnecting: Drop tries a fresh connection.
+        };
+        let check = tokio::time::timeout(CLEANUP_TIMEOUT, async {
+            if client.is_active(&conn.dom).await? {
+                tracing::warn!(domain = %conn.name,
+                    "destroying the domain the launcher leaves behind");
+                client.destroy(&conn.dom).await?;
+            }
+            Ok::<(), RpcError>(())
+        })
+        .await;
+        match check {
+            Ok(Ok(())) => self
+                .inner
+                .closed
+                .store(true, std::sync::atomic::Ordering::SeqCst),
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing the domain; Drop retries"),
+            Err(_) => tracing::debug!("libvirtd did not answer in time; Drop retries"),
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -608,9 +638,12 @@ impl Drop for Inner {
         let conn = &self.conn;
         // Destroyed explicitly while the auto-destroy connection is still
         // open, so the launcher exits only once QEMU is gone; closing that
-        // connection afterwards would destroy it too.
-        match BlockingClient::connect(&conn.uri, CLEANUP_TIMEOUT) {
-            Ok(mut client) => {
+        // connection afterwards would destroy it too. Normally `close` did
+        // this already, on the runtime; this blocking path is the fallback.
+        let closed = self.closed.load(std::sync::atomic::Ordering::SeqCst);
+        match (!closed).then(|| BlockingClient::connect(&conn.uri, CLEANUP_TIMEOUT)) {
+            None => {}
+            Some(Ok(mut client)) => {
                 if client.is_active(&conn.dom).unwrap_or(false) {
                     tracing::warn!(domain = %conn.name,
                         "destroying the domain the launcher leaves behind");
@@ -622,7 +655,7 @@ impl Drop for Inner {
                     tracing::debug!(error = %e, "closing the cleanup connection to libvirtd");
                 }
             }
-            Err(e) => tracing::error!(domain = %conn.name, uri = %conn.uri, error = %e,
+            Some(Err(e)) => tracing::error!(domain = %conn.name, uri = %conn.uri, error = %e,
                 "cannot reach libvirtd to destroy the domain; its auto-destroy applies \
                  when the launcher's connection closes"),
         }

@@ -23,6 +23,7 @@ enum Call {
     Reboot,
     PowerButton,
     Destroy,
+    Close,
 }
 
 /// What a stop makes of a guest that does not power off in time.
@@ -109,6 +110,9 @@ impl Backend for FakeBackend {
     async fn console(&self) -> Result<ConsoleSource, BackendError> {
         Ok(self.console.lock().unwrap().clone())
     }
+    async fn close(&self) {
+        self.record(Call::Close);
+    }
 }
 
 /// What the test keeps to drive the fake from outside (the guest, the
@@ -121,8 +125,19 @@ struct Handle {
 }
 
 impl Handle {
+    /// The VM operations, in order (without the final close).
     fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .copied()
+            .filter(|c| *c != Call::Close)
+            .collect()
+    }
+    /// How often the runner closed the backend.
+    fn closes(&self) -> usize {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|c| **c == Call::Close).count()
     }
     fn emit(&self, event: Event) {
         if let Some(tx) = self.events.lock().unwrap().as_ref() {
@@ -820,6 +835,34 @@ async fn a_console_mode_for_the_group_makes_the_vm_dir_searchable_for_it() {
     assert!(matches!(err, RunError::Create(_)), "{err}");
     let mode = std::fs::metadata(&paths.dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o710, "group may search (not list) the VM directory");
+}
+
+#[tokio::test]
+async fn the_backend_is_closed_once_on_a_normal_end_and_after_a_failed_boot() {
+    let mut s = setup();
+    let vm = s.boot(Duration::from_secs(30)).await;
+    vm.handle.emit(Event::GuestPoweredOff);
+    vm.handle.hypervisor_exits();
+    let handle = vm.handle.clone();
+    let outcome = tokio::time::timeout(T, vm.run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(outcome.succeeded());
+    assert_eq!(handle.closes(), 1);
+
+    let mut s = setup();
+    s.fake.as_mut().unwrap().fail_boot = true;
+    let runner = s.runner(Duration::from_secs(30), false);
+    let create = s.create();
+    let handle = s.handle.clone();
+    let err = tokio::time::timeout(T, runner.run(create))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, RunError::Boot(_)), "{err}");
+    assert_eq!(handle.closes(), 1);
 }
 
 #[test]
