@@ -227,7 +227,7 @@ pub struct RunArgs {
     /// How Cloud Hypervisor hands the serial port to the launcher: `socket`
     /// keeps every byte up to the guest's power-off; with `pty` the last
     /// output before a power-off can be lost.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = ch::SerialMode::Socket)]
+    #[arg(long, value_name = "MODE", default_value = "socket", value_parser = parse_serial_mode)]
     pub ch_serial: ch::SerialMode,
 }
 
@@ -267,6 +267,18 @@ fn parse_hypervisor(s: &str) -> Result<Hypervisor, String> {
 /// `--private-dir`.
 fn parse_uid(s: &str) -> Result<String, String> {
     domain_model::resolve::check_uid(s).map(|()| s.to_string())
+}
+
+/// `--ch-serial`: the command line's names for [`ch::SerialMode`], kept here
+/// so the pure translation knows nothing of clap.
+fn parse_serial_mode(s: &str) -> Result<ch::SerialMode, String> {
+    match s {
+        "socket" => Ok(ch::SerialMode::Socket),
+        "pty" => Ok(ch::SerialMode::Pty),
+        other => Err(format!(
+            "{other:?} is not a serial mode: expected socket or pty"
+        )),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

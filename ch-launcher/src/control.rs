@@ -237,10 +237,10 @@ fn response_line(response: &Response<'_>) -> String {
 /// Why a control request did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the launcher at {}: {source} (is `ch-launcher run` running with the same --private-dir?)", path.display())]
-    Connect { path: PathBuf, source: io::Error },
-    #[error("control socket {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("cannot reach the launcher at {}: {cause} (is `ch-launcher run` running with the same --private-dir?)", path.display())]
+    Connect { path: PathBuf, cause: io::Error },
+    #[error("control socket {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     #[error("no answer from the launcher within {0:?}")]
     Timeout(Duration),
     #[error("the launcher sent an invalid response: {0}")]
@@ -272,11 +272,11 @@ pub async fn request(
             .await
             .map_err(|source| ClientError::Connect {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })?;
         let io_err = |source| ClientError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         };
         let (reader, mut writer) = stream.into_split();
         let mut line = serde_json::to_string(&Request { command })

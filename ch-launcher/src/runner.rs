@@ -129,8 +129,8 @@ impl Outcome {
 /// Why the runner could not run the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot prepare the VM directory {}: {source}", path.display())]
-    VmDir { path: PathBuf, source: io::Error },
+    #[error("cannot prepare the VM directory {}: {cause}", path.display())]
+    VmDir { path: PathBuf, cause: io::Error },
     #[error(transparent)]
     SocketPath(#[from] SocketPathTooLong),
     #[error("another ch-launcher ({}) runs this VM (lock {})",
@@ -458,7 +458,7 @@ fn prepare_vm_dir(paths: &VmPaths, console_mode: u32) -> Result<VmLock, RunError
     paths.check_socket_paths()?;
     let err = |source| RunError::VmDir {
         path: paths.dir.clone(),
-        source,
+        cause: source,
     };
     let mode = vm_dir_mode(console_mode);
     // Missing parents (the private directory) get the same mode: the
@@ -489,7 +489,7 @@ impl VmLock {
         let path = paths.lock_file();
         let err = |source| RunError::VmDir {
             path: path.clone(),
-            source,
+            cause: source,
         };
         // Not truncated on open: the owner's pid must stay readable.
         let file = std::fs::OpenOptions::new()

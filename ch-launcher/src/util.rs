@@ -141,6 +141,54 @@ pub fn create_fresh(path: &Path) -> io::Result<std::fs::File> {
 mod tests {
     use super::*;
 
+    /// Every level of `e`'s `source()` chain, as a chain printer shows it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            out.push_str(&format!(": {cause}"));
+            next = cause.source();
+        }
+        out
+    }
+
+    /// The launcher's errors carry their cause in their text; none also
+    /// hands it out as `source()`, so walking a chain says it once.
+    #[test]
+    fn no_error_prints_its_cause_twice_in_a_chain() {
+        let io = || io::Error::other("DISK ON FIRE");
+        let path = std::path::PathBuf::from("/x");
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(crate::ch::process::ProcessError::Prepare {
+                path: path.clone(),
+                cause: io(),
+            }),
+            Box::new(crate::control::ClientError::Connect {
+                path: path.clone(),
+                cause: io(),
+            }),
+            Box::new(crate::libvirt::rpc::RpcError::from(io())),
+            Box::new(crate::runner::RunError::VmDir {
+                path: path.clone(),
+                cause: io(),
+            }),
+            Box::new(crate::host::HostError::Read {
+                path: path.clone(),
+                cause: io(),
+            }),
+            Box::new(DiskError {
+                field: "spec.volumes[0]".into(),
+                path,
+                action: "create /x".into(),
+                cause: io(),
+            }),
+        ];
+        for e in errors {
+            let text = chain(e.as_ref());
+            assert_eq!(text.matches("DISK ON FIRE").count(), 1, "{text}");
+        }
+    }
+
     #[test]
     fn missing_disk_or_create_images_are_created_sparse_and_existing_ones_kept() {
         let dir = tempfile::tempdir().unwrap();

@@ -31,11 +31,10 @@ pub enum WriteSpecError {
     InvalidName(String),
     #[error("the test guest path {} is not UTF-8, so a YAML spec cannot name it", .0.display())]
     NonUtf8GuestPath(PathBuf),
-    #[error("cannot write the test guest spec {}: {source}", path.display())]
+    #[error("cannot write the test guest spec {}: {cause}", path.display())]
     Write {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -118,7 +117,7 @@ spec:
             .and_then(|()| std::fs::write(&path, text))
             .map_err(|source| WriteSpecError::Write {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
         Ok(path)
     }

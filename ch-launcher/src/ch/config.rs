@@ -34,7 +34,7 @@ pub struct HostInputs {
 }
 
 /// How Cloud Hypervisor hands the guest's serial port to the launcher.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SerialMode {
     /// A unix socket CH listens on and the launcher connects to. CH holds
     /// output until the launcher connects, and what it wrote before it

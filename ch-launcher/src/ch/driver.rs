@@ -112,14 +112,14 @@ pub async fn create(
     let socket = paths.ch_api_socket();
     std::fs::create_dir_all(&paths.dir).map_err(|source| ProcessError::Prepare {
         path: paths.dir.clone(),
-        source,
+        cause: source,
     })?;
     if let Some(serial) = &host.serial_socket {
         // CH binds the serial socket itself and fails when the path exists
         // (left by a VMM that was killed).
         crate::util::remove_stale_socket(serial).map_err(|source| ProcessError::Prepare {
             path: serial.to_path_buf(),
-            source,
+            cause: source,
         })?;
     }
     let mut spawned = process::spawn(&binary, &socket, &log_path(paths))?;

@@ -38,14 +38,14 @@ pub(crate) const LOG_TAIL_LINES: usize = 20;
 pub enum ProcessError {
     #[error("API socket path {0:?} cannot be passed to cloud-hypervisor: {1}")]
     SocketPath(PathBuf, &'static str),
-    #[error("cannot prepare {path:?}: {source}")]
-    Prepare { path: PathBuf, source: io::Error },
+    #[error("cannot prepare {path:?}: {cause}")]
+    Prepare { path: PathBuf, cause: io::Error },
     #[error("cannot create the event-monitor pipe: {0}")]
     Pipe(io::Error),
-    #[error("cannot listen on the API socket {path:?}: {source}")]
-    Listen { path: PathBuf, source: io::Error },
-    #[error("cannot start {binary:?}: {source}")]
-    Spawn { binary: PathBuf, source: io::Error },
+    #[error("cannot listen on the API socket {path:?}: {cause}")]
+    Listen { path: PathBuf, cause: io::Error },
+    #[error("cannot start {binary:?}: {cause}")]
+    Spawn { binary: PathBuf, cause: io::Error },
     #[error("{status} before its API answered; last lines of {log:?}:\n{tail}")]
     Died {
         status: String,
@@ -120,7 +120,10 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
     check_socket_path(api_socket)?;
     let prepare = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ProcessError::Prepare { path, source }
+        move |source| ProcessError::Prepare {
+            path,
+            cause: source,
+        }
     };
     let stdout = crate::util::create_fresh(log).map_err(prepare(log))?;
     let stderr = stdout.try_clone().map_err(prepare(log))?;
@@ -136,7 +139,7 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
     let listener = crate::util::bind_socket(api_socket, API_SOCKET_MODE).map_err(|source| {
         ProcessError::Listen {
             path: api_socket.to_path_buf(),
-            source,
+            cause: source,
         }
     })?;
     let listen_fd = listener.as_raw_fd();
@@ -185,7 +188,7 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
         let _ = std::fs::remove_file(api_socket);
         ProcessError::Spawn {
             binary: binary.to_path_buf(),
-            source,
+            cause: source,
         }
     })?;
     // The launcher's copy of the write end must go, or the pipe never ends;

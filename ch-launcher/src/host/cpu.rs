@@ -423,11 +423,11 @@ pub fn libvirt_uri_is_local(uri: &str) -> bool {
 
 /// Why the probe could not run.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot probe the host CPU through {device}: {step}: {source}")]
+#[error("cannot probe the host CPU through {device}: {step}: {cause}")]
 pub struct ProbeError {
     device: String,
     step: &'static str,
-    source: kvm_ioctls::Error,
+    cause: kvm_ioctls::Error,
 }
 
 /// Most CPUID entries `KVM_GET_SUPPORTED_CPUID` may return.
@@ -444,7 +444,7 @@ pub fn probe(device: &Path) -> Result<CpuProbe, ProbeError> {
         move |source| ProbeError {
             device: device.clone(),
             step,
-            source,
+            cause: source,
         }
     };
     let kvm = super::probe::open_kvm(device).map_err(fail("open"))?;
@@ -467,7 +467,7 @@ pub fn probe(device: &Path) -> Result<CpuProbe, ProbeError> {
         let mut msrs = Msrs::from_entries(&entries).map_err(|_| ProbeError {
             device: device.display().to_string(),
             step: "KVM_GET_MSRS",
-            source: kvm_ioctls::Error::new(libc::E2BIG),
+            cause: kvm_ioctls::Error::new(libc::E2BIG),
         })?;
         let read = kvm.get_msrs(&mut msrs).map_err(fail("KVM_GET_MSRS"))?;
         values = msrs.as_slice()[..read]
@@ -487,7 +487,7 @@ pub fn probe(device: &Path) -> Result<CpuProbe, ProbeError> {
         .map_err(|_| ProbeError {
             device: device.display().to_string(),
             step: "KVM_SET_MSRS",
-            source: kvm_ioctls::Error::new(libc::E2BIG),
+            cause: kvm_ioctls::Error::new(libc::E2BIG),
         })?;
         Ok(vcpu.set_msrs(&msrs).map_err(fail("KVM_SET_MSRS"))? == 1)
     };

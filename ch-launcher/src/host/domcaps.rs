@@ -17,7 +17,7 @@ use std::path::Path;
 pub fn load(path: &Path) -> Result<HostCapabilities, HostError> {
     let text = std::fs::read_to_string(path).map_err(|source| HostError::Read {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     parse(&text, &format!("domcapabilities {}", path.display()))
 }

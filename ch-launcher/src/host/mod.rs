@@ -111,10 +111,10 @@ pub fn launch_security_name(ls: &LaunchSecurity) -> &'static str {
 /// Why host capabilities could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("cannot read domain capabilities {path}: {source}")]
+    #[error("cannot read domain capabilities {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("cannot parse domain capabilities {origin}: {message}")]
     Parse { origin: String, message: String },

@@ -40,17 +40,17 @@ const SYSTEM_SOCKET_DIR: &str = "/var/run/libvirt";
 pub enum RpcError {
     #[error("{0}")]
     Uri(String),
-    #[error("cannot connect to {}: {source}", socket.display())]
+    #[error("cannot connect to {}: {cause}", socket.display())]
     Connect {
         socket: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Auth(String),
     #[error("I/O error on the libvirt socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("libvirtd sent a malformed message: {0}")]
-    Protocol(#[from] DecodeError),
+    Protocol(DecodeError),
     #[error("the connection to libvirtd is closed: {0}")]
     Closed(String),
     #[error("{0}")]
@@ -58,6 +58,20 @@ pub enum RpcError {
     /// libvirtd accepted the call but did not answer in time.
     #[error("libvirtd did not answer procedure {procedure} within {after:?}")]
     Timeout { procedure: i32, after: Duration },
+}
+
+// By hand rather than `#[from]`, which would also make the cause the error's
+// `source()`: Display already carries it, and a chain would print it twice.
+impl From<std::io::Error> for RpcError {
+    fn from(e: std::io::Error) -> Self {
+        RpcError::Io(e)
+    }
+}
+
+impl From<DecodeError> for RpcError {
+    fn from(e: DecodeError) -> Self {
+        RpcError::Protocol(e)
+    }
 }
 
 impl RpcError {
@@ -224,7 +238,7 @@ impl Client {
             .await
             .map_err(|source| RpcError::Connect {
                 socket: endpoint.socket.clone(),
-                source,
+                cause: source,
             })?;
         let (read, write) = stream.into_split();
         let writer = Arc::new(tokio::sync::Mutex::new(write));
@@ -623,7 +637,7 @@ impl BlockingClient {
             std::os::unix::net::UnixStream::connect(&endpoint.socket).map_err(|source| {
                 RpcError::Connect {
                     socket: endpoint.socket.clone(),
-                    source,
+                    cause: source,
                 }
             })?;
         stream.set_read_timeout(Some(timeout))?;
