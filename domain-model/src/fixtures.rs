@@ -7,8 +7,9 @@
 //! feature (enabled from their `[dev-dependencies]`).
 
 use crate::{
-    Architecture, Boot, Cpu, CpuModel, Devices, Disk, DiskBus, DiskDevice, DiskSource, Domain,
-    Features, Firmware, Hypervisor, ImageFormat, LaunchSecurity, Memory, MigrationCondition,
+    Architecture, Boot, Cpu, CpuFeature, CpuFeaturePolicy, CpuModel, Devices, Disk, DiskBus,
+    DiskDevice, DiskSource, Domain, Features, Firmware, Hypervisor, ImageFormat, LaunchSecurity,
+    Memory, MigrationCondition,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -144,6 +145,20 @@ impl Domain {
 
     pub fn with_cpu_model(mut self, model: CpuModel) -> Self {
         self.cpu.model = model;
+        self
+    }
+
+    /// `spec.domain.cpu.features` as (name, policy), each at its index.
+    pub fn with_cpu_features(mut self, features: &[(&str, CpuFeaturePolicy)]) -> Self {
+        self.cpu.features = features
+            .iter()
+            .enumerate()
+            .map(|(i, (name, policy))| CpuFeature {
+                name: (*name).to_string(),
+                policy: *policy,
+                spec_path: format!("spec.domain.cpu.features[{i}]"),
+            })
+            .collect();
         self
     }
 

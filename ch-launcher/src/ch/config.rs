@@ -1057,17 +1057,7 @@ mod tests {
     type Features = Vec<(&'static str, domain_model::CpuFeaturePolicy)>;
 
     fn with_features(features: &[(&str, domain_model::CpuFeaturePolicy)]) -> Domain {
-        let mut d = domain();
-        d.cpu.features = features
-            .iter()
-            .enumerate()
-            .map(|(i, (name, policy))| domain_model::CpuFeature {
-                name: (*name).to_string(),
-                policy: *policy,
-                spec_path: format!("spec.domain.cpu.features[{i}]"),
-            })
-            .collect();
-        d
+        domain().with_cpu_features(features)
     }
 
     #[test]

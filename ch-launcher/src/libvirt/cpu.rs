@@ -111,7 +111,7 @@ pub fn plan(domain: &Domain, quirks: &[MsrQuirk]) -> Result<CpuPlan, SpecErrors>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain_model::{fixtures, CpuFeature};
+    use domain_model::fixtures;
 
     fn arch_capabilities_quirk() -> MsrQuirk {
         MsrQuirk {
@@ -123,17 +123,7 @@ mod tests {
     }
 
     fn with_features(features: &[(&str, CpuFeaturePolicy)]) -> Domain {
-        let mut d = fixtures::domain();
-        d.cpu.features = features
-            .iter()
-            .enumerate()
-            .map(|(i, (name, policy))| CpuFeature {
-                name: (*name).to_string(),
-                policy: *policy,
-                spec_path: format!("spec.domain.cpu.features[{i}]"),
-            })
-            .collect();
-        d
+        fixtures::domain().with_cpu_features(features)
     }
 
     #[test]

@@ -51,17 +51,7 @@ fn quirky_host() -> RenderContext {
 }
 
 fn with_cpu_features(features: &[(&str, CpuFeaturePolicy)]) -> Domain {
-    let mut d = tiny_guest();
-    d.cpu.features = features
-        .iter()
-        .enumerate()
-        .map(|(i, (name, policy))| CpuFeature {
-            name: (*name).to_string(),
-            policy: *policy,
-            spec_path: format!("spec.domain.cpu.features[{i}]"),
-        })
-        .collect();
-    d
+    tiny_guest().with_cpu_features(features)
 }
 
 fn with_firmware(firmware: LibvirtFirmware) -> RenderContext {
