@@ -677,19 +677,8 @@ fn ch_options(
 ) -> Result<ch::ChOptions, String> {
     let choice = firmware_choice(s, domain, mode)?;
     let mut host = ch::HostInputs::from_choice(&choice);
-    // CH gives the guest the host's CPU: the spec's feature policies are
-    // checked against what this host's KVM offers.
-    if !domain.cpu.features.is_empty() {
-        match crate::host::cpu::for_launch(g.cpu_probe.as_deref()) {
-            Ok(probe) => host.cpu = Some(probe),
-            Err(e) if mode == Mode::Run => {
-                return Err(format!(
-                    "{e}: spec.domain.cpu.features cannot be checked against this host"
-                ))
-            }
-            Err(e) => tracing::warn!("{e}; spec.domain.cpu.features are not checked"),
-        }
-    }
+    host.cpu =
+        crate::host::cpu::for_cloud_hypervisor(domain, g.cpu_probe.as_deref(), mode == Mode::Run)?;
     Ok(ch::ChOptions {
         binary: g.cloud_hypervisor_bin.clone(),
         host,
@@ -709,31 +698,9 @@ fn libvirt_options(
     let choice = firmware_choice(s, domain, mode)?;
     let mut opts = libvirt::LibvirtOptions::for_domain(domain, paths, &g.libvirt_uri, &choice)?;
     opts.confidential = confidential_host(g, domain, mode)?;
-    opts.cpu_quirks = libvirt_cpu_quirks(g, domain);
+    opts.cpu_quirks =
+        crate::host::cpu::libvirt_quirks(domain, &g.libvirt_uri, g.cpu_probe.as_deref());
     Ok(opts)
-}
-
-/// The CPU quirks of the host libvirt's QEMU runs on: from `--cpu-probe`, else
-/// a probe of this host's KVM when the URI is local. Without them the guest
-/// CPU is rendered as the spec says, with a warning.
-fn libvirt_cpu_quirks(g: &GlobalArgs, domain: &Domain) -> Vec<crate::host::cpu::MsrQuirk> {
-    if domain.architecture != domain_model::Architecture::Amd64 {
-        return Vec::new();
-    }
-    if g.cpu_probe.is_none() && !crate::host::cpu::libvirt_uri_is_local(&g.libvirt_uri) {
-        tracing::warn!(
-            uri = g.libvirt_uri,
-            "libvirt runs on another host: its KVM's CPU quirks are not probed"
-        );
-        return Vec::new();
-    }
-    match crate::host::cpu::for_launch(g.cpu_probe.as_deref()) {
-        Ok(probe) => probe.quirks(),
-        Err(e) => {
-            tracing::warn!("{e}; the guest CPU is not adjusted for this host's KVM");
-            Vec::new()
-        }
-    }
 }
 
 /// Why a dry-run translation produced nothing.
@@ -790,7 +757,11 @@ fn translate(g: &GlobalArgs, s: &Settings, domain: &Domain, mode: Mode) -> Resul
                 paths,
                 firmware,
                 confidential,
-                cpu_quirks: libvirt_cpu_quirks(g, domain),
+                cpu_quirks: crate::host::cpu::libvirt_quirks(
+                    domain,
+                    &g.libvirt_uri,
+                    g.cpu_probe.as_deref(),
+                ),
             };
             match libvirt::render(domain, &ctx) {
                 Ok(xml) => Ok(xml),

@@ -412,6 +412,57 @@ pub fn for_launch(recorded: Option<&Path>) -> Result<CpuProbe, String> {
     }
 }
 
+/// The CPU quirks of the host libvirt's QEMU runs on: from the recording
+/// when one is given, else a probe of this host's KVM when `uri` is local.
+/// Without them the guest CPU is rendered as the spec says, with a warning.
+pub fn libvirt_quirks(
+    domain: &domain_model::Domain,
+    uri: &str,
+    recorded: Option<&Path>,
+) -> Vec<MsrQuirk> {
+    if domain.architecture != domain_model::Architecture::Amd64 {
+        return Vec::new();
+    }
+    if recorded.is_none() && !libvirt_uri_is_local(uri) {
+        tracing::warn!(
+            uri,
+            "libvirt runs on another host: its KVM's CPU quirks are not probed"
+        );
+        return Vec::new();
+    }
+    match for_launch(recorded) {
+        Ok(probe) => probe.quirks(),
+        Err(e) => {
+            tracing::warn!("{e}; the guest CPU is not adjusted for this host's KVM");
+            Vec::new()
+        }
+    }
+}
+
+/// The facts a Cloud Hypervisor Domain's CPU feature policies are checked
+/// against (CH gives the guest the host's CPU): `None` when the spec lists
+/// no features. Without a probe, `required` (a run) is an error; a dry run
+/// only warns and leaves the policies unchecked.
+pub fn for_cloud_hypervisor(
+    domain: &domain_model::Domain,
+    recorded: Option<&Path>,
+    required: bool,
+) -> Result<Option<CpuProbe>, String> {
+    if domain.cpu.features.is_empty() {
+        return Ok(None);
+    }
+    match for_launch(recorded) {
+        Ok(probe) => Ok(Some(probe)),
+        Err(e) if required => Err(format!(
+            "{e}: spec.domain.cpu.features cannot be checked against this host"
+        )),
+        Err(e) => {
+            tracing::warn!("{e}; spec.domain.cpu.features are not checked");
+            Ok(None)
+        }
+    }
+}
+
 /// Whether a libvirt URI names this host's daemon (no host part), so that
 /// probing this host's KVM tells what its QEMU will meet.
 pub fn libvirt_uri_is_local(uri: &str) -> bool {
