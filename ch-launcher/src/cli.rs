@@ -31,7 +31,8 @@ use crate::paths::{VmPaths, DEFAULT_PRIVATE_DIR};
 use crate::runner::{self, RunOptions, Runner};
 
 mod config;
-use config::{ConfigError, ConfigFile, Settings};
+pub(crate) use config::Settings;
+use config::{ConfigError, ConfigFile};
 
 pub mod exit {
     pub const SUCCESS: u8 = 0;
@@ -65,9 +66,10 @@ pub struct GlobalArgs {
     /// Hypervisor to use instead of `spec.hypervisor` (run, validate, render).
     #[arg(long, global = true, value_name = "NAME", value_parser = parse_hypervisor)]
     pub hypervisor: Option<Hypervisor>,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format on stderr [default: text; `kubevirt` for `pod`:
+    /// virt-launcher's JSON records].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Log level or `tracing` filter directives (e.g. `debug`, `info,ch_launcher=debug`).
     #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
     pub log_level: String,
@@ -146,8 +148,17 @@ pub enum Commands {
     Reboot(Target),
     /// Stop a running VM the way SIGTERM does (returns once the stop began).
     Stop(Target),
+    /// Destroy a running VM now, without waiting for the guest.
+    Kill(Target),
     /// Print a running VM's state as JSON.
     Status(Target),
+    /// Be the entrypoint of a KubeVirt VM pod: serve virt-handler's cmd
+    /// socket (`<share-dir>/sockets/launcher-sock`), run the VMI that
+    /// arrives in SyncVirtualMachine, and report the domain on
+    /// `<share-dir>/domain-notify-pipe.sock`. SIGTERM marks the VM for a
+    /// graceful shutdown that virt-handler drives; the launcher kills it
+    /// itself after --grace-period-seconds.
+    Pod(crate::pod::PodArgs),
     /// What this host can run: confidential-computing support and node labels.
     #[command(subcommand)]
     Host(HostCommand),
@@ -295,16 +306,32 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 /// The whole program: parse, set up logging, run the subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.global.log_format, &cli.global.log_level) {
+    let (format, level) = match &cli.command {
+        Commands::Pod(args) => {
+            logging::set_uid(&args.uid);
+            (
+                cli.global.log_format.unwrap_or(LogFormat::Kubevirt),
+                args.log_filter()
+                    .unwrap_or(&cli.global.log_level)
+                    .to_string(),
+            )
+        }
+        _ => (
+            cli.global.log_format.unwrap_or(LogFormat::Text),
+            cli.global.log_level.clone(),
+        ),
+    };
+    let json = format != LogFormat::Text;
+    if let Err(e) = logging::init(format, &level) {
         // No logger: in JSON mode, still one JSON record.
-        if cli.global.log_format == LogFormat::Json {
+        if json {
             eprintln!("{}", serde_json::json!({ "level": "ERROR", "message": e }));
         } else {
             eprintln!("ch-launcher: {e}");
         }
         return ExitCode::from(exit::FAILURE);
     }
-    let _ = JSON_DIAGNOSTICS.set(cli.global.log_format == LogFormat::Json);
+    let _ = JSON_DIAGNOSTICS.set(json);
     // One thread: the launcher mostly waits, and the VMM's parent-death
     // signal is tied to the thread that spawned it (this one).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -356,7 +383,9 @@ async fn dispatch(cli: Cli) -> u8 {
         Commands::Resume(t) => control_command(g, s, t, Command::Resume).await,
         Commands::Reboot(t) => control_command(g, s, t, Command::Reboot).await,
         Commands::Stop(t) => control_command(g, s, t, Command::Stop).await,
+        Commands::Kill(t) => control_command(g, s, t, Command::Kill).await,
         Commands::Status(t) => control_command(g, s, t, Command::Status).await,
+        Commands::Pod(args) => crate::pod::run(g, s, args).await,
         Commands::Host(command) => host(g, command),
         Commands::Firmware(command) => firmware_command(g, s, command),
     }
@@ -516,7 +545,7 @@ fn confidential_host(
     })
 }
 
-fn load_options(g: &GlobalArgs, s: &Settings) -> LoadOptions {
+pub(crate) fn load_options(g: &GlobalArgs, s: &Settings) -> LoadOptions {
     LoadOptions {
         hypervisor: g.hypervisor,
         container_disk_dir: g.container_disk_dir.clone(),
@@ -568,34 +597,10 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
         Err(code) => return code,
     };
     let paths = VmPaths::new(&g.private_dir, &domain.uid);
-    // Every host check before anything is created or started. They block
-    // (firmware files, the KVM probe, libvirtd's domain capabilities over a
-    // blocking client), so they run on tokio's blocking pool, not on the
-    // runtime thread that serves signals and sockets.
-    let checks = {
-        let (g, s, domain, paths, serial) = (
-            g.clone(),
-            s.clone(),
-            domain.clone(),
-            paths.clone(),
-            args.ch_serial,
-        );
-        tokio::task::spawn_blocking(move || match domain.hypervisor {
-            Hypervisor::CloudHypervisor => ch_options(&g, &s, &domain, Mode::Run)
-                .map(|o| Launch::Ch(ch::ChOptions { serial, ..o })),
-            Hypervisor::Libvirt => {
-                libvirt_options(&g, &s, &domain, &paths, Mode::Run).map(Launch::Libvirt)
-            }
-        })
-    };
-    let backend = match checks.await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            tracing::error!("{e}");
-            return exit::FAILURE;
-        }
+    let backend = match host_checks(g, s, &domain, &paths, args.ch_serial).await {
+        Ok(b) => b,
         Err(e) => {
-            tracing::error!("the host checks did not finish: {e}");
+            tracing::error!("{e}");
             return exit::FAILURE;
         }
     };
@@ -605,9 +610,7 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
         max_size: args.console_log_max_size,
         backups: args.console_log_backups,
     };
-    // Cloud Hypervisor serves the serial port on a socket or PTY that the
-    // launcher relays; libvirt binds `virt-serial0` itself.
-    opts.early_console = matches!(backend, Launch::Ch(_)) && domain.devices.serial_console;
+    opts.early_console = backend.early_console(&domain);
     let runner = Runner::new(domain.clone(), opts);
     let signals = signals.forward(runner.stopper());
     let attached = (!args.no_attach && attach::stdin_is_terminal()).then(|| {
@@ -633,18 +636,7 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
         })
     });
 
-    let result = match backend {
-        Launch::Ch(ch_opts) => {
-            runner
-                .run(|d, p| async move { ch::create(&d, &p, &ch_opts).await })
-                .await
-        }
-        Launch::Libvirt(lv_opts) => {
-            runner
-                .run(|d, p| async move { libvirt::create(&d, &p, &lv_opts).await })
-                .await
-        }
-    };
+    let result = backend.run(runner).await;
 
     if let Some(task) = attached {
         // Dropping the attach task restores the terminal.
@@ -662,10 +654,89 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
     }
 }
 
+/// Every host check for `domain` before anything is created or started.
+/// They block (firmware files, the KVM probe, libvirtd's domain
+/// capabilities over a blocking client), so they run on tokio's blocking
+/// pool, not on the runtime thread that serves signals and sockets.
+pub(crate) async fn host_checks(
+    g: &GlobalArgs,
+    s: &Settings,
+    domain: &Domain,
+    paths: &VmPaths,
+    serial: ch::SerialMode,
+) -> Result<Launch, String> {
+    let (g, s, domain, paths) = (g.clone(), s.clone(), domain.clone(), paths.clone());
+    let checks = tokio::task::spawn_blocking(move || match domain.hypervisor {
+        Hypervisor::CloudHypervisor => ch_options(&g, &s, &domain, Mode::Run)
+            .map(|o| Launch::Ch(ch::ChOptions { serial, ..o })),
+        Hypervisor::Libvirt => {
+            libvirt_options(&g, &s, &domain, &paths, Mode::Run).map(Launch::Libvirt)
+        }
+    });
+    checks
+        .await
+        .map_err(|e| format!("the host checks did not finish: {e}"))?
+}
+
 /// A backend's options, every host check passed.
-enum Launch {
+pub(crate) enum Launch {
     Ch(ch::ChOptions),
     Libvirt(libvirt::LibvirtOptions),
+}
+
+impl Launch {
+    /// Cloud Hypervisor serves the serial port on a socket or PTY that the
+    /// launcher relays; libvirt binds `virt-serial0` itself.
+    pub(crate) fn early_console(&self, domain: &Domain) -> bool {
+        matches!(self, Launch::Ch(_)) && domain.devices.serial_console
+    }
+
+    /// Creates the VM on this backend and runs it to its final state.
+    pub(crate) async fn run(self, runner: Runner) -> Result<runner::Outcome, runner::RunError> {
+        match self {
+            Launch::Ch(ch_opts) => {
+                runner
+                    .run(|d, p| async move { ch::create(&d, &p, &ch_opts).await })
+                    .await
+            }
+            Launch::Libvirt(lv_opts) => {
+                runner
+                    .run(|d, p| async move { libvirt::create(&d, &p, &lv_opts).await })
+                    .await
+            }
+        }
+    }
+
+    /// The hypervisor's name and version, as virt-handler's GetQemuVersion
+    /// reports it.
+    pub(crate) async fn hypervisor_version(&self) -> Result<String, String> {
+        match self {
+            Launch::Ch(o) => {
+                let binary = ch::process::binary(o.binary.as_deref());
+                let out = tokio::process::Command::new(&binary)
+                    .arg("--version")
+                    .output()
+                    .await
+                    .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            }
+            Launch::Libvirt(o) => {
+                let (client, _notices) = libvirt::rpc::Client::connect(&o.uri)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let v = client
+                    .hypervisor_version()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "QEMU {}.{}.{}",
+                    v / 1_000_000,
+                    v / 1000 % 1000,
+                    v % 1000
+                ))
+            }
+        }
+    }
 }
 
 /// Cloud Hypervisor options for `domain`: the binary and the firmware.
@@ -1121,7 +1192,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.global.hypervisor, Some(Hypervisor::Libvirt));
         assert_eq!(cli.global.private_dir, PathBuf::from("/tmp/p"));
-        assert_eq!(cli.global.log_format, LogFormat::Json);
+        assert_eq!(cli.global.log_format, Some(LogFormat::Json));
         assert!(
             Cli::try_parse_from(["ch-launcher", "render", "x", "--hypervisor", "qemu"]).is_err()
         );

@@ -40,6 +40,8 @@ pub enum Command {
     /// The same graceful stop as SIGTERM: ACPI power button, then destroy
     /// after the termination grace period.
     Stop,
+    /// Destroy the VM now, without the guest's cooperation.
+    Kill,
     Status,
 }
 
@@ -50,6 +52,7 @@ impl Command {
             Command::Resume => "resume",
             Command::Reboot => "reboot",
             Command::Stop => "stop",
+            Command::Kill => "kill",
             Command::Status => "status",
         }
     }
@@ -335,7 +338,7 @@ mod tests {
                     lc.apply(&Event::Resumed);
                 }
                 Command::Reboot => return Err("reboot failed: VM is not running".into()),
-                Command::Stop | Command::Status => {}
+                Command::Stop | Command::Kill | Command::Status => {}
             }
             Ok(lc.status().clone())
         }

@@ -16,5 +16,6 @@ pub mod libvirt;
 pub mod lifecycle;
 pub mod logging;
 pub mod paths;
+pub mod pod;
 pub mod runner;
 pub mod util;

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use domain_model::Domain;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -91,8 +91,10 @@ impl RunOptions {
 pub enum StopRequest {
     /// A signal, by name (`SIGTERM`, `SIGINT`).
     Signal(&'static str),
-    /// The control socket's `stop`.
+    /// The control socket's `stop` (or virt-handler's Shutdown).
     Control,
+    /// The control socket's `kill` (or virt-handler's Kill): destroy now.
+    Kill,
 }
 
 /// Asks a running [`Runner`] to stop its VM; cheap to clone.
@@ -103,6 +105,28 @@ impl Stopper {
     pub fn request(&self, request: StopRequest) {
         // The runner is gone when the send fails, and then nothing runs.
         let _ = self.0.send(request);
+    }
+}
+
+/// A command for the running VM, answered with its status once it took
+/// effect.
+type CommandRequest = (Command, oneshot::Sender<Result<Status, String>>);
+
+/// Sends control commands to a [`Runner`]'s VM from inside the launcher
+/// (the pod's gRPC server), exactly as the control socket does; cheap to
+/// clone. Commands sent before the VM exists wait until it does.
+#[derive(Debug, Clone)]
+pub struct Commander(mpsc::UnboundedSender<CommandRequest>);
+
+impl Commander {
+    pub async fn send(&self, command: Command) -> Result<Status, String> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send((command, reply))
+            .map_err(|_| "the VM is not running".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the VM is not running".to_string())?
     }
 }
 
@@ -158,6 +182,8 @@ pub struct Runner {
     stop_tx: mpsc::UnboundedSender<StopRequest>,
     stop_rx: mpsc::UnboundedReceiver<StopRequest>,
     status_tx: watch::Sender<Status>,
+    commands_tx: mpsc::UnboundedSender<CommandRequest>,
+    commands_rx: Option<mpsc::UnboundedReceiver<CommandRequest>>,
 }
 
 impl Runner {
@@ -165,17 +191,24 @@ impl Runner {
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
         let lifecycle = Lifecycle::for_vm(domain.live_migratable.clone());
         let (status_tx, _) = watch::channel(lifecycle.status().clone());
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         Runner {
             domain,
             opts,
             stop_tx,
             stop_rx,
             status_tx,
+            commands_tx,
+            commands_rx: Some(commands_rx),
         }
     }
 
     pub fn stopper(&self) -> Stopper {
         Stopper(self.stop_tx.clone())
+    }
+
+    pub fn commander(&self) -> Commander {
+        Commander(self.commands_tx.clone())
     }
 
     /// The VM's status as it changes. It leaves `NoState` once the console
@@ -228,6 +261,7 @@ impl Runner {
             destroy_sent: false,
             console: None,
             control: None,
+            commands: None,
         };
 
         let result = self.drive(&mut session, created.console, sockets).await;
@@ -254,6 +288,9 @@ impl Runner {
             relay.finish(CONSOLE_DRAIN_WAIT).await;
         }
         session.control = None;
+        if let Some(task) = session.commands.take() {
+            task.abort();
+        }
         session.backend.close().await;
 
         let outcome = Outcome {
@@ -315,7 +352,17 @@ impl Runner {
             booted: AtomicBool::new(!self.domain.start_paused),
             wait: self.opts.control_wait,
         });
-        session.control = Some(control.serve(handler));
+        session.control = Some(control.serve(handler.clone()));
+        if let Some(mut commands) = self.commands_rx.take() {
+            session.commands = Some(tokio::spawn(async move {
+                while let Some((command, reply)) = commands.recv().await {
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(handler.handle(command).await);
+                    });
+                }
+            }));
+        }
         session.apply(&Event::Created);
 
         if let Ok(request) = self.stop_rx.try_recv() {
@@ -552,6 +599,8 @@ struct Session<B> {
     destroy_sent: bool,
     console: Option<ConsoleRelay>,
     control: Option<control::Server>,
+    /// Serves the [`Commander`]'s requests while the VM exists.
+    commands: Option<JoinHandle<()>>,
 }
 
 /// A backend operation the runner started as a task has answered.
@@ -597,13 +646,21 @@ impl<B: Backend + 'static> Session<B> {
             tracing::info!(?request, "stop requested; the VM is already stopped");
             return;
         }
+        if request == StopRequest::Kill {
+            self.stop_requested = true;
+            self.destroy("asked to kill the VM");
+            return;
+        }
         if self.stop_requested {
             match request {
                 StopRequest::Signal(name) => {
                     tracing::warn!(signal = name, "second stop signal: destroying the VM now");
                     self.destroy("a second stop signal");
                 }
-                StopRequest::Control => tracing::info!("stop requested; already stopping"),
+                // A kill never gets here: it destroyed above.
+                StopRequest::Control | StopRequest::Kill => {
+                    tracing::info!("stop requested; already stopping")
+                }
             }
             return;
         }
@@ -709,6 +766,10 @@ impl<B: Backend + 'static> Handler for VmControl<B> {
             }
             Command::Stop => {
                 self.stopper.request(StopRequest::Control);
+                Ok(self.status.borrow().clone())
+            }
+            Command::Kill => {
+                self.stopper.request(StopRequest::Kill);
                 Ok(self.status.borrow().clone())
             }
         }

@@ -137,8 +137,61 @@ pub fn create_fresh(path: &Path) -> io::Result<std::fs::File> {
         .open(path)
 }
 
+/// `time` as RFC 3339 in UTC, with `fraction_digits` (0, 3, 6 or 9) of the
+/// second: what Kubernetes timestamps (0) and KubeVirt's logs (6) use.
+/// Written here because it is the only date arithmetic the launcher needs.
+pub fn rfc3339(time: std::time::SystemTime, fraction_digits: u32) -> String {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    let mut out = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+    if fraction_digits > 0 {
+        let digits = fraction_digits.min(9);
+        let fraction = since.subsec_nanos() / 10u32.pow(9 - digits);
+        out.push_str(&format!(".{fraction:0width$}", width = digits as usize));
+    }
+    out.push('Z');
+    out
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(super::rfc3339(UNIX_EPOCH, 0), "1970-01-01T00:00:00Z");
+        // 2000-02-29 (a leap day of a century leap year) 12:34:56.789012.
+        let t = UNIX_EPOCH + Duration::new(951_827_696, 789_012_345);
+        assert_eq!(super::rfc3339(t, 0), "2000-02-29T12:34:56Z");
+        assert_eq!(super::rfc3339(t, 6), "2000-02-29T12:34:56.789012Z");
+        // 2026-12-03T00:00:00Z.
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_256_000);
+        assert_eq!(super::rfc3339(t, 3), "2026-12-03T00:00:00.000Z");
+    }
+
     use super::*;
 
     /// Every level of `e`'s `source()` chain, as a chain printer shows it.

@@ -93,6 +93,16 @@ pub struct DomainSpec {
     pub features: Option<Features>,
     pub clock: Option<Clock>,
     pub launch_security: Option<LaunchSecurity>,
+    /// `spec.domain.machine`: the emulated machine (KubeVirt's webhook
+    /// fills in `q35` on amd64).
+    pub machine: Option<Machine>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    #[serde(rename = "type")]
+    pub machine_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -77,6 +77,24 @@ pub struct Domain {
     pub start_paused: bool,
     /// Computed: can this VM be live-migrated, and if not, why.
     pub live_migratable: MigrationCondition,
+    /// `spec.domain.machine.type`, when given (`q35`, `pc-q35-8.2`...).
+    pub machine_type: Option<String>,
+}
+
+impl Domain {
+    /// Whether the machine type is the architecture's one modern machine
+    /// family (`q35` on amd64, `virt` on arm64, `s390-ccw-virtio` on s390x),
+    /// or none was given: what Cloud Hypervisor's single machine stands for.
+    pub fn machine_is_default_family(&self) -> bool {
+        let Some(t) = self.machine_type.as_deref() else {
+            return true;
+        };
+        match self.architecture {
+            Architecture::Amd64 => t == "q35" || t.starts_with("pc-q35-"),
+            Architecture::Arm64 => t == "virt" || t.starts_with("virt-"),
+            Architecture::S390x => t.starts_with("s390-ccw-virtio"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -69,6 +69,7 @@ pub fn domain() -> Domain {
             reason: None,
             message: None,
         },
+        machine_type: None,
     }
 }
 

@@ -435,7 +435,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "spec.domain.chassis",
     "spec.domain.ioThreads",
     "spec.domain.ioThreadsPolicy",
-    "spec.domain.machine",
     "spec.domain.cpu.dedicatedCpuPlacement",
     "spec.domain.cpu.isolateEmulatorThread",
     "spec.domain.cpu.numa",

@@ -60,6 +60,9 @@ pub enum Feature {
     TdxMemoryHotplug,
     SevMemoryHotplug,
     SecureExecution,
+    /// A machine type outside the architecture's modern family (`pc`,
+    /// `pc-i440fx-*` on amd64).
+    OtherMachineType,
 }
 
 impl Feature {
@@ -107,6 +110,7 @@ impl Feature {
             TdxMemoryHotplug => ("memory hotplug with TDX", false),
             SevMemoryHotplug => ("memory hotplug with SEV", false),
             SecureExecution => ("IBM Z Secure Execution", false),
+            OtherMachineType => ("this machine type", false),
         }
     }
 
@@ -150,6 +154,10 @@ impl Feature {
                     Err("Cloud Hypervisor's guest clock and timers are fixed")
                 }
                 S390x | SecureExecution => Err("Cloud Hypervisor does not run on s390x"),
+                OtherMachineType => Err(
+                    "Cloud Hypervisor has one machine, a modern PCIe one that KubeVirt's \
+                     q35 (amd64) or virt (arm64) stands for; it emulates no other",
+                ),
                 Sev | SevEs => Err("Cloud Hypervisor supports SEV-SNP but not SEV or SEV-ES"),
                 TdxMemoryHotplug => Err("Cloud Hypervisor TDX guests cannot hotplug memory"),
                 // CH has no boot order of its own, but its firmware tries the
@@ -225,6 +233,9 @@ fn uses(domain: &Domain) -> Vec<Use> {
         })
     };
     let d = domain;
+    if !d.machine_is_default_family() {
+        add(Feature::OtherMachineType, "spec.domain.machine.type".into());
+    }
     match d.architecture {
         Architecture::Amd64 => {}
         Architecture::Arm64 => add(Feature::Arm64, "spec.architecture".into()),

@@ -271,3 +271,28 @@ fn explain_lists_every_used_feature_with_each_hypervisors_answer() {
     let json = serde_json::to_value(&table).unwrap();
     assert_eq!(json[5]["feature"], "named-cpu-model");
 }
+
+#[test]
+fn kubevirts_default_q35_machine_runs_on_both_backends_and_i440fx_only_on_libvirt() {
+    let f = Fixture::new();
+    let machine = |t: &str| with(json!({"spec": {"domain": {"machine": {"type": t}}}}));
+    for t in ["q35", "pc-q35-rhel9.4.0", "pc-q35-7.2"] {
+        let d = ok(f.resolve(machine(t)));
+        assert_eq!(d.machine_type.as_deref(), Some(t));
+        assert_eq!(check_support(&d), Ok(()), "{t} on Cloud Hypervisor");
+    }
+    let mut d = ok(f.resolve(machine("pc-i440fx-7.2")));
+    let refused = check_support(&d).expect_err("i440fx is not Cloud Hypervisor's machine");
+    assert_eq!(refused.0[0].path, "spec.domain.machine.type");
+    assert!(
+        refused.0[0]
+            .message
+            .contains("Cloud Hypervisor has one machine"),
+        "{}",
+        refused.0[0].message
+    );
+    d.hypervisor = Hypervisor::Libvirt;
+    assert_eq!(check_support(&d), Ok(()));
+    let bad = common::err(f.resolve(machine("q35; rm")));
+    assert_eq!(common::paths(&bad), vec!["spec.domain.machine.type"]);
+}

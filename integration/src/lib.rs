@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod standin;
 pub mod unix_http;
+pub mod virt_handler;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -132,7 +132,11 @@ pub fn build(domain: &Domain, ctx: &RenderContext) -> Result<DomainXml, SpecErro
     }
 
     check_paths_are_utf8(domain, ctx, &mut errors);
-    let (arch, machine) = arch_and_machine(domain.architecture);
+    let (arch, default_machine) = arch_and_machine(domain.architecture);
+    let machine = domain
+        .machine_type
+        .clone()
+        .unwrap_or_else(|| default_machine.to_string());
     let os = os(domain, ctx, arch, machine, &mut errors);
     let efi_needs_smm = matches!(domain.boot, Boot::Efi { .. })
         && matches!(
@@ -298,7 +302,7 @@ fn os(
     domain: &Domain,
     ctx: &RenderContext,
     arch: &'static str,
-    machine: &'static str,
+    machine: String,
     errors: &mut SpecErrors,
 ) -> Os {
     let mut os = Os {
@@ -589,6 +593,14 @@ fn user_alias(name: &str) -> Option<Alias> {
     ok.then(|| Alias {
         name: format!("ua-{name}"),
     })
+}
+
+/// The guest device name of each disk, in order (`vda`, `sdb`...), as the
+/// domain XML names them and KubeVirt reports them in the Domain's
+/// `Devices.Disks[].Target.Device`.
+pub fn disk_targets(disks: &[domain_model::Disk]) -> Vec<String> {
+    let mut names = TargetNames::default();
+    disks.iter().map(|d| names.next(d.bus)).collect()
 }
 
 /// Guest device names per bus family: virtio disks are `vd*`, SATA, SCSI and

@@ -175,6 +175,10 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
 
     out.push(("efi", efi_guest(false), with_firmware(ovmf())));
 
+    let mut d = tiny_guest();
+    d.machine_type = Some("pc-q35-7.2".into());
+    out.push(("machine-type", d, ctx()));
+
     out.push((
         "efi-secure-boot",
         efi_guest(true).with_smm(),
@@ -970,4 +974,13 @@ fn every_corpus_document_is_accepted_by_libvirtd() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_specs_machine_type_replaces_the_default_q35() {
+    let (_, d, c) = corpus_case("machine-type");
+    let xml = render(&d, &c).unwrap();
+    assert!(xml.contains("machine=\"pc-q35-7.2\""), "{xml}");
+    let xml = render(&tiny_guest(), &ctx()).unwrap();
+    assert!(xml.contains("machine=\"q35\""), "{xml}");
 }

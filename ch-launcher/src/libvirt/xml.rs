@@ -198,7 +198,7 @@ pub struct OsType {
     #[serde(rename = "@arch")]
     pub arch: &'static str,
     #[serde(rename = "@machine")]
-    pub machine: &'static str,
+    pub machine: String,
     #[serde(rename = "$text")]
     pub value: &'static str,
 }

@@ -248,6 +248,7 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
         launch_security::resolve(ls, &ctx, &mut r.errors)
     });
     let live_migratable = crate::migration::condition(&spec.volumes, launch_security.as_ref());
+    let machine_type = r.machine_type(domain.machine.as_ref());
 
     let Resolver { mut errors, .. } = r;
     // Whatever resolution said at or below a value with a type error follows
@@ -289,6 +290,7 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
         termination_grace_period,
         start_paused,
         live_migratable,
+        machine_type,
     };
     let partial = if complete {
         Partial::Complete(d)
@@ -463,5 +465,22 @@ impl Resolver<'_> {
                 false
             }
         }
+    }
+
+    /// `spec.domain.machine.type`: a QEMU machine name (letters, digits,
+    /// `.`, `-`, `_`); empty means the default.
+    fn machine_type(&mut self, machine: Option<&api::Machine>) -> Option<String> {
+        let t = machine?.machine_type.as_deref().filter(|t| !t.is_empty())?;
+        let valid = t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !valid {
+            self.err(
+                "spec.domain.machine.type",
+                format!("{t:?} is not a machine type (letters, digits, '.', '-', '_')"),
+            );
+            return None;
+        }
+        Some(t.to_string())
     }
 }

@@ -360,6 +360,14 @@ impl Client {
         )?)
     }
 
+    /// The hypervisor's version (QEMU's, for the QEMU driver), encoded as
+    /// [`Client::lib_version`].
+    pub async fn hypervisor_version(&self) -> Result<u64, RpcError> {
+        Ok(ret::version(
+            &self.call(proc::CONNECT_GET_VERSION, Vec::new()).await?,
+        )?)
+    }
+
     pub async fn define_xml(&self, xml: &str) -> Result<DomainRef, RpcError> {
         Ok(ret::dom(
             &self
