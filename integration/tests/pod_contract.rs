@@ -373,6 +373,14 @@ async fn full_lifecycle(hypervisor: &str) {
         "the console socket is removed at exit"
     );
     assert_kubevirt_log_records(&pod.logs(), &pod.uid);
+    if hypervisor == "libvirt" {
+        let name = format!("{NAMESPACE}_{}", pod.name);
+        let state = Command::new("virsh")
+            .args(["-c", "qemu:///system", "domstate", &name])
+            .output()
+            .expect("virsh");
+        assert!(!state.status.success(), "libvirt still has {name}");
+    }
 }
 
 #[tokio::test]
@@ -531,4 +539,56 @@ async fn pod_refuses_bad_and_foreign_vmis_with_a_message_and_stays_ready() {
     pod.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(pod.exit_code(WAIT).await, Some(0), "{}", pod.logs());
     assert!(!handler::cmd_socket(&pod.share()).exists());
+}
+
+/// The launcher's child processes (`/proc/<pid>/task/*/children`).
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_sigkilled_pod_launcher_leaves_no_hypervisor_behind() {
+    let mut pod = PodLauncher::start("pod-kill", "cloud-hypervisor", 30);
+    let mut sink = NotifySink::serve(&pod.share());
+    let (mut cmd, _) = handler::connect_cmd(&pod.share(), WAIT, || pod.alive()).await;
+    let synced = cmd
+        .sync_virtual_machine(handler::vmi_request(&pod.vmi(30)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(synced.success, "{}\n{}", synced.message, pod.logs());
+    sink.domain_where("Running", WAIT, |_, d| state_of(d).0 == "Running")
+        .await;
+    let vmm = children_of(pod.pid());
+    assert!(
+        !vmm.is_empty(),
+        "the hypervisor runs as the launcher's child"
+    );
+    // Only the launcher, not its process group.
+    pod.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = pod.exit_code(WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for child in vmm {
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_ok()
+            && std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "hypervisor {child} outlived its launcher"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

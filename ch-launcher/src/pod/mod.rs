@@ -705,3 +705,68 @@ async fn finish(
     drop(server);
     code
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Identity {
+        Identity {
+            name: "tiny".into(),
+            namespace: "default".into(),
+            uid: "0b1c2d3e-0000-4000-8000-000000000001".into(),
+        }
+    }
+
+    fn vmi(kind: Value) -> Value {
+        json!({
+            "kind": kind.clone(), "apiVersion": kind,
+            "metadata": { "name": "tiny", "namespace": "default",
+                "uid": "0b1c2d3e-0000-4000-8000-000000000001", "resourceVersion": "1" },
+            "spec": { "hypervisor": "cloud-hypervisor", "domain": {
+                "memory": { "guest": "64Mi" },
+                "firmware": { "kernelBoot": { "container": { "kernelPath": "/proc/self/exe" } } } } },
+            "status": { "phase": "Scheduled" },
+        })
+    }
+
+    #[test]
+    fn an_informer_copy_with_empty_or_missing_type_meta_is_accepted() {
+        for kind in [json!(""), Value::Null] {
+            let d = parse_vmi(
+                vmi(kind).to_string().as_bytes(),
+                &id(),
+                &LoadOptions::default(),
+            )
+            .expect("accepted");
+            assert_eq!(d.name, "tiny");
+            assert_eq!(d.uid, id().uid);
+        }
+    }
+
+    #[test]
+    fn a_vmi_of_another_kind_or_name_is_refused() {
+        let mut other = vmi(json!(""));
+        other["kind"] = "VirtualMachine".into();
+        let e = parse_vmi(other.to_string().as_bytes(), &id(), &LoadOptions::default());
+        assert!(matches!(e, Err(VmiError::Invalid(_))), "{e:?}");
+        let mut other = vmi(json!(""));
+        other["metadata"]["name"] = "big".into();
+        let e = parse_vmi(other.to_string().as_bytes(), &id(), &LoadOptions::default())
+            .expect_err("not ours");
+        assert!(e.to_string().contains("default/big"), "{e}");
+        let e = parse_vmi(b"[1]", &id(), &LoadOptions::default()).expect_err("not an object");
+        assert!(e
+            .to_string()
+            .starts_with("No valid vmi object present in command server request"));
+    }
+
+    #[test]
+    fn durations_take_virt_launchers_units() {
+        assert_eq!(parse_duration("240s"), Ok(Duration::from_secs(240)));
+        assert_eq!(parse_duration("4m"), Ok(Duration::from_secs(240)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("4d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

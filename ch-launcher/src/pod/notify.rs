@@ -230,3 +230,205 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::proto::notify::notify_server::{Notify, NotifyServer};
+    use crate::pod::proto::notify::Response;
+    use crate::pod::proto::notify_info::notify_info_server::{NotifyInfo, NotifyInfoServer};
+    use crate::pod::proto::notify_info::NotifyInfoResponse;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A notify server that answers each call with `answer`.
+    struct Handler {
+        versions: Vec<u32>,
+        answer: fn() -> Result<Response, tonic::Status>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl Notify for Arc<Handler> {
+        async fn handle_domain_event(
+            &self,
+            _: tonic::Request<DomainEventRequest>,
+        ) -> Result<tonic::Response<Response>, tonic::Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            (self.answer)().map(tonic::Response::new)
+        }
+        async fn handle_k8s_event(
+            &self,
+            _: tonic::Request<K8sEventRequest>,
+        ) -> Result<tonic::Response<Response>, tonic::Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            (self.answer)().map(tonic::Response::new)
+        }
+    }
+
+    #[tonic::async_trait]
+    impl NotifyInfo for Arc<Handler> {
+        async fn info(
+            &self,
+            _: tonic::Request<NotifyInfoRequest>,
+        ) -> Result<tonic::Response<NotifyInfoResponse>, tonic::Status> {
+            Ok(tonic::Response::new(NotifyInfoResponse {
+                supported_notify_versions: self.versions.clone(),
+            }))
+        }
+    }
+
+    fn serve(path: &std::path::Path, handler: Arc<Handler>) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let router = tonic::transport::Server::builder()
+            .add_service(NotifyInfoServer::new(handler.clone()))
+            .add_service(NotifyServer::new(handler));
+        tokio::spawn(async move {
+            let _ = router
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await;
+        })
+    }
+
+    fn handler(
+        versions: Vec<u32>,
+        answer: fn() -> Result<Response, tonic::Status>,
+    ) -> (Arc<Handler>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let h = Arc::new(Handler {
+            versions,
+            answer,
+            calls: calls.clone(),
+        });
+        (h, calls)
+    }
+
+    const FAST: Pacing = Pacing {
+        per_send: Duration::from_millis(500),
+        retry_every: Duration::from_millis(50),
+        give_up_after: Duration::from_secs(2),
+    };
+
+    fn success() -> Result<Response, tonic::Status> {
+        Ok(Response {
+            success: true,
+            message: String::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn an_event_waits_for_a_notify_socket_that_appears_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let mut notifier = Notifier::new(path.clone(), FAST);
+        let (h, calls) = handler(vec![1], success);
+        let late = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                serve(&path, h)
+            })
+        };
+        notifier
+            .domain_event("ADDED", b"{}".to_vec())
+            .await
+            .expect("delivered once the socket exists");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        late.await.unwrap().abort();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_handler_is_given_up_on_after_the_retry_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut notifier = Notifier::new(dir.path().join("nobody.sock"), FAST);
+        let started = tokio::time::Instant::now();
+        let e = notifier
+            .domain_event("MODIFIED", b"{}".to_vec())
+            .await
+            .expect_err("nobody listens");
+        assert!(matches!(e, NotifyError::Unreachable { .. }), "{e}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+            "retried for the whole window: {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unavailable_is_retried_but_other_errors_and_refusals_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let (h, calls) = handler(vec![1], || Err(tonic::Status::unavailable("busy")));
+        let server = serve(&path, h);
+        let mut notifier = Notifier::new(path.clone(), FAST);
+        assert!(notifier
+            .domain_event("MODIFIED", b"{}".to_vec())
+            .await
+            .is_err());
+        assert!(
+            calls.load(Ordering::SeqCst) > 3,
+            "Unavailable is retried every retry_every"
+        );
+        server.abort();
+        let _ = std::fs::remove_file(&path);
+
+        let (h, calls) = handler(vec![1], || Err(tonic::Status::invalid_argument("bad")));
+        let server = serve(&path, h);
+        let mut notifier = Notifier::new(path.clone(), FAST);
+        let e = notifier
+            .domain_event("MODIFIED", b"{}".to_vec())
+            .await
+            .expect_err("refused");
+        assert!(matches!(e, NotifyError::Refused(_)), "{e}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried");
+        server.abort();
+        let _ = std::fs::remove_file(&path);
+
+        // success=false with a message is a failure; with no message it is not.
+        let (h, _) = handler(vec![1], || {
+            Ok(Response {
+                success: false,
+                message: "VMI not found".into(),
+            })
+        });
+        let server = serve(&path, h);
+        let mut notifier = Notifier::new(path.clone(), FAST);
+        let e = notifier
+            .k8s_event(b"{}".to_vec())
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("VMI not found"), "{e}");
+        server.abort();
+        let _ = std::fs::remove_file(&path);
+
+        let (h, _) = handler(vec![1], || {
+            Ok(Response {
+                success: false,
+                message: String::new(),
+            })
+        });
+        let server = serve(&path, h);
+        let mut notifier = Notifier::new(path.clone(), FAST);
+        notifier
+            .k8s_event(b"{}".to_vec())
+            .await
+            .expect("false without a message counts as success, as in virt-handler");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_handler_without_version_1_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let (h, calls) = handler(vec![2, 3], success);
+        let server = serve(&path, h);
+        let mut notifier = Notifier::new(path, FAST);
+        let e = notifier
+            .domain_event("ADDED", b"{}".to_vec())
+            .await
+            .expect_err("no common version");
+        assert!(matches!(e, NotifyError::Version { .. }), "{e}");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        server.abort();
+    }
+}
