@@ -322,19 +322,13 @@ mod tests {
         let path = dir.path().join("notify.sock");
         let mut notifier = Notifier::new(path.clone(), FAST);
         let (h, calls) = handler(vec![1], success);
-        let late = {
-            let path = path.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                serve(&path, h)
-            })
-        };
-        notifier
-            .domain_event("ADDED", b"{}".to_vec())
-            .await
-            .expect("delivered once the socket exists");
+        let (sent, server) = tokio::join!(notifier.domain_event("ADDED", b"{}".to_vec()), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            serve(&path, h)
+        });
+        sent.expect("delivered once the socket exists");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        late.await.unwrap().abort();
+        server.abort();
     }
 
     #[tokio::test]
