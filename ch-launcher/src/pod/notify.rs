@@ -278,16 +278,31 @@ mod tests {
         }
     }
 
-    fn serve(path: &std::path::Path, handler: Arc<Handler>) -> tokio::task::JoinHandle<()> {
+    /// A served notify socket; stops serving when dropped or aborted.
+    struct Served(tokio::task::JoinHandle<()>);
+
+    impl Served {
+        fn abort(&self) {
+            self.0.abort();
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    fn serve(path: &std::path::Path, handler: Arc<Handler>) -> Served {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let router = tonic::transport::Server::builder()
             .add_service(NotifyInfoServer::new(handler.clone()))
             .add_service(NotifyServer::new(handler));
-        tokio::spawn(async move {
+        Served(tokio::spawn(async move {
             let _ = router
                 .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
                 .await;
-        })
+        }))
     }
 
     fn handler(
