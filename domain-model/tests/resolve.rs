@@ -813,9 +813,9 @@ fn unknown_fields_are_errors_with_their_full_path() {
             unimplemented,
         ),
         (
-            json!({"spec": {"domain": {"machine": {"type": "q35"}}}}),
-            "spec.domain.machine",
-            unimplemented,
+            json!({"spec": {"domain": {"machine": {"type": "q35", "chipset": "x"}}}}),
+            "spec.domain.machine.chipset",
+            typo,
         ),
         (
             json!({"spec": {"domain": {"devices": {"disks": [{"name": "rootdisk", "cdrom": {"tray": "open"}}]}},
