@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::ConsoleSource;
-use crate::console_log::{ConsoleLog, LogLimits};
+use crate::console_log::{ConsoleLog, LogLimits, LogWriter};
 use crate::util::{remove_socket, sleep_until};
 
 /// The default mode of `virt-serial0` and its log: only the launcher's user.
@@ -229,6 +229,7 @@ impl ConsoleRelay {
 
     fn spawn(guest: Option<GuestSerial>, config: &ConsoleConfig) -> io::Result<ConsoleRelay> {
         let log = ConsoleLog::open(&config.log, config.mode, config.log_limits)
+            .and_then(LogWriter::start)
             .map_err(|e| annotate(e, "opening console log", &config.log))?;
         let listener = crate::util::bind_tokio_socket(&config.socket, config.mode)?;
         let (closed_tx, guest_closed) = watch::channel(guest.is_none());
@@ -360,7 +361,7 @@ struct Relay {
     /// When to stop waiting for `guest` to end and move to `next` anyway.
     switch_deadline: Option<Instant>,
     guest_closed: watch::Sender<bool>,
-    log: ConsoleLog,
+    log: LogWriter,
     log_ok: bool,
     client: Option<Client>,
     /// Client input the guest has not taken yet.
@@ -371,8 +372,14 @@ struct Relay {
 }
 
 impl Relay {
-    async fn run(
-        mut self,
+    async fn run(mut self, listener: UnixListener, control: mpsc::UnboundedReceiver<RelayControl>) {
+        self.relay(listener, control).await;
+        // The guest's last bytes are in the log before the relay ends.
+        self.log.close().await;
+    }
+
+    async fn relay(
+        &mut self,
         listener: UnixListener,
         mut control: mpsc::UnboundedReceiver<RelayControl>,
     ) {

@@ -232,7 +232,13 @@ fn pty_serial_mode_relays_echo_and_follows_a_reboot() {
     // after it, and the kernel drops what the launcher had not read yet.
     // The banner comes through the new PTY, on the same connection.
     console.expect(BANNER.as_bytes());
-    let log = std::fs::read_to_string(launcher.serial_log()).expect("console log");
+    // The log is written by a thread of its own: it may trail the client.
+    let deadline = Instant::now() + SLOW;
+    let mut log = String::new();
+    while log.matches(BANNER).count() < 2 && Instant::now() < deadline {
+        log = std::fs::read_to_string(launcher.serial_log()).expect("console log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(log.matches(BANNER).count(), 2, "{log:?}");
     console.send(b"x");
     console.expect(b"x");

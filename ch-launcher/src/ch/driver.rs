@@ -262,62 +262,52 @@ mod tests {
     use domain_model::fixtures;
     use std::process::Stdio;
     use std::sync::Mutex;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
 
-    /// A VMM's API that answers every request and records its request line.
+    /// A VMM's API (hyper's HTTP/1.1 server) that answers every request and
+    /// records its request line.
     fn fake_api(socket: &Path, ping_features: &'static str) -> Arc<Mutex<Vec<String>>> {
+        use http_body_util::{BodyExt, Full};
+        use hyper::body::Bytes;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let listener = UnixListener::bind(socket).expect("bind");
         let record = seen.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let record = record.clone();
-                tokio::spawn(async move {
-                    let (read, mut write) = stream.into_split();
-                    let mut read = BufReader::new(read);
-                    loop {
-                        let mut line = String::new();
-                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let mut length = 0;
-                        loop {
-                            let mut header = String::new();
-                            if read.read_line(&mut header).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if header == "\r\n" {
-                                break;
-                            }
-                            if let Some((name, value)) = header.split_once(':') {
-                                if name.eq_ignore_ascii_case("content-length") {
-                                    length = value.trim().parse().unwrap_or(0);
-                                }
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        if read.read_exact(&mut body).await.is_err() {
-                            return;
-                        }
-                        let request = line.trim_end().to_string();
-                        record.lock().unwrap().push(request.clone());
-                        let answer = if request.contains("vmm.ping") {
-                            let json = format!(
-                                r#"{{"build_version":"v0-test","version":"0.0.0","pid":1,"features":{ping_features}}}"#
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let line = format!(
+                                "{} {} {:?}",
+                                request.method(),
+                                request.uri(),
+                                request.version()
                             );
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-                                json.len()
-                            )
-                        } else {
-                            "HTTP/1.1 204 No Content\r\n\r\n".to_string()
-                        };
-                        if write.write_all(answer.as_bytes()).await.is_err() {
-                            return;
+                            // Read the whole body, as the real API does.
+                            let _ = request.into_body().collect().await;
+                            record.lock().unwrap().push(line.clone());
+                            let response = if line.contains("vmm.ping") {
+                                let json = format!(
+                                    r#"{{"build_version":"v0-test","version":"0.0.0","pid":1,"features":{ping_features}}}"#
+                                );
+                                hyper::Response::builder()
+                                    .header("Content-Type", "application/json")
+                                    .body(Full::new(Bytes::from(json)))
+                            } else {
+                                hyper::Response::builder()
+                                    .status(204)
+                                    .body(Full::new(Bytes::new()))
+                            };
+                            response
                         }
-                    }
-                });
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
             }
         });
         seen
