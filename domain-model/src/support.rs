@@ -142,10 +142,6 @@ impl Feature {
                 EmulatedNic => Err("Cloud Hypervisor has only virtio-net interfaces"),
                 VirtioNic => Err(NO_NETWORKING),
                 NamedCpuModel => Err("Cloud Hypervisor always gives the guest the host CPU"),
-                BiosBoot => Err(
-                    "Cloud Hypervisor boots a kernel (kernelBoot) or EFI firmware \
-                     (bootloader.efi) only",
-                ),
                 EfiSecureBoot => Err("Cloud Hypervisor's EFI firmware has no secure boot"),
                 EfiPersistentVars => Err("Cloud Hypervisor has no persistent EFI variable store"),
                 Smm => Err("Cloud Hypervisor does not emulate SMM"),
@@ -169,7 +165,9 @@ impl Feature {
                 // host's KVM offers: checked when the VM is translated.
                 CpuFeature => Ok(()),
                 VirtioDisk | Rng | SerialConsole | HostCpuModel | CpuHotplug | MemoryHotplug
-                | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx | SevMemoryHotplug => {
+                | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx | SevMemoryHotplug
+                // rust-hypervisor-firmware boots the disk (see the firmware crate).
+                | BiosBoot => {
                     Ok(())
                 }
             },

@@ -115,19 +115,14 @@ fn ephemeral_example_resolves_to_a_raw_virtio_disk_from_the_convention() {
 }
 
 #[test]
-fn host_disk_example_fails_support_on_cloud_hypervisor_only_for_bios_boot() {
+fn host_disk_example_boots_from_firmware_on_cloud_hypervisor_too() {
     let opts = LoadOptions {
         hypervisor: Some(Hypervisor::CloudHypervisor),
         ..LoadOptions::default()
     };
-    let e = load_path(&examples_dir().join("vmi-host-disk.yaml"), &opts).unwrap_err();
-    assert_eq!(paths(&e), vec!["spec.domain.firmware.bootloader"], "{e}");
-    assert!(
-        e.0[0]
-            .message
-            .starts_with("BIOS boot is not supported by cloud-hypervisor: "),
-        "{e}"
-    );
+    // KubeVirt's default BIOS boot: rust-hypervisor-firmware on CH.
+    let d = load_path(&examples_dir().join("vmi-host-disk.yaml"), &opts).expect("accepted");
+    assert_eq!(d.boot, Boot::Bios);
     let d = load_path(
         &examples_dir().join("vmi-host-disk.yaml"),
         &LoadOptions::default(),

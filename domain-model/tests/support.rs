@@ -88,11 +88,6 @@ fn cloud_hypervisor_refuses_each_unsupported_feature_by_path() {
             "timer configuration is not supported by cloud-hypervisor",
         ),
         (
-            json!({"spec": {"domain": {"firmware": {"kernelBoot": null}}}}),
-            "spec.domain.firmware.bootloader",
-            "BIOS boot is not supported by cloud-hypervisor",
-        ),
-        (
             json!({"spec": {"domain": {"features": {"smm": {}}}}}),
             "spec.domain.features.smm",
             "SMM is not supported by cloud-hypervisor",

@@ -6,9 +6,15 @@
 //! (`payload.igvm`). The launcher's pod image ships the files at fixed paths
 //! ([`ChFirmwarePaths::default`]); other hosts and tests configure them.
 //!
-//! Rules: UEFI boot gets the edk2 `CLOUDHV.fd` (or rust-hypervisor-firmware
-//! when configured); Intel TDX gets TDVF; AMD SEV-SNP gets an IGVM file; plain
-//! direct kernel boot gets no firmware. Cloud Hypervisor takes no kernel next
+//! Rules: UEFI boot gets the edk2 `CLOUDHV.fd` where the host has it, else
+//! rust-hypervisor-firmware (it offers the EFI services an
+//! `\EFI\BOOT\BOOTX64.EFI` needs), or the one configured; BIOS boot
+//! (KubeVirt's default, which Cloud Hypervisor has no firmware for) gets
+//! rust-hypervisor-firmware, which boots the first bootable virtio disk as a
+//! BIOS would, provided the disk has a GPT with an EFI system partition (a
+//! Boot Loader Specification entry or `BOOTX64.EFI`): an MBR-only image with
+//! a legacy boot sector does not boot there. Intel TDX gets TDVF; AMD SEV-SNP
+//! gets an IGVM file; plain direct kernel boot gets no firmware. Cloud Hypervisor takes no kernel next
 //! to firmware or an IGVM file, so a confidential guest cannot boot a kernel
 //! directly there. Everything the firmware cannot
 //! do (Secure Boot, persistent variables, BIOS, SEV/SEV-ES) is a [`NoMatch`]
@@ -368,24 +374,54 @@ fn select_inner(
             ));
         }
         None => {
-            let (kind, path) = match paths.efi {
-                EfiFirmware::CloudHv => (ChFirmwareKind::CloudHvEfi, paths.cloudhv_efi.clone()),
-                EfiFirmware::RustHypervisorFirmware => (
-                    ChFirmwareKind::RustHypervisorFirmware,
-                    paths.rust_hypervisor_firmware.clone(),
-                ),
-            };
+            let rhf = (
+                ChFirmwareKind::RustHypervisorFirmware,
+                paths.rust_hypervisor_firmware.clone(),
+            );
+            let cloudhv = (ChFirmwareKind::CloudHvEfi, paths.cloudhv_efi.clone());
             let mut lacks = Vec::new();
             if req.direct_kernel {
                 lacks.push("a directly booted kernel needs no firmware".to_owned());
             }
-            match req.interface {
-                Interface::Bios => lacks.push(
-                    "Cloud Hypervisor has no legacy BIOS: boot with EFI or a kernel".to_owned(),
+            let ((kind, path), reasons) = match req.interface {
+                Interface::Bios => (
+                    rhf,
+                    vec![
+                        "BIOS boot: Cloud Hypervisor has no legacy BIOS; rust-hypervisor-firmware \
+                         boots the first bootable virtio disk instead (GPT with an EFI system \
+                         partition: a Boot Loader Specification entry or \\EFI\\BOOT\\BOOTX64.EFI; \
+                         an MBR-only disk does not boot)"
+                            .to_owned(),
+                    ],
                 ),
-                Interface::Uefi => {}
-            }
-            let reasons = vec![format!("UEFI boot: the configured {kind}")];
+                Interface::Uefi => match paths.efi {
+                    EfiFirmware::RustHypervisorFirmware => (
+                        rhf,
+                        vec!["UEFI boot: rust-hypervisor-firmware, as configured".to_owned()],
+                    ),
+                    EfiFirmware::CloudHv if paths.cloudhv_efi.is_file() => (
+                        cloudhv,
+                        vec!["UEFI boot: edk2's Cloud Hypervisor firmware".to_owned()],
+                    ),
+                    EfiFirmware::CloudHv if paths.rust_hypervisor_firmware.is_file() => (
+                        rhf,
+                        vec![format!(
+                            "UEFI boot: {} is not on this host; rust-hypervisor-firmware offers \
+                             the EFI services \\EFI\\BOOT\\BOOTX64.EFI needs (no Secure Boot, no \
+                             variable store)",
+                            paths.cloudhv_efi.display()
+                        )],
+                    ),
+                    EfiFirmware::CloudHv => (
+                        cloudhv,
+                        vec![format!(
+                            "UEFI boot: edk2's Cloud Hypervisor firmware (neither it nor \
+                             rust-hypervisor-firmware at {} is on this host)",
+                            paths.rust_hypervisor_firmware.display()
+                        )],
+                    ),
+                },
+            };
             (kind, path, reasons, lacks)
         }
     };

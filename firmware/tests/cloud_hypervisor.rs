@@ -64,6 +64,38 @@ fn efi_boot_gets_cloudhv_or_configured_rust_hypervisor_firmware() {
 }
 
 #[test]
+fn efi_boot_falls_back_to_rust_hypervisor_firmware_when_cloudhv_is_absent() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let paths = ChFirmwarePaths::under_dir(t.path());
+    // Neither: CLOUDHV.fd is named (and missing) for the error.
+    let s = select_cloud_hypervisor(&req(&ch(efi(false))), &paths).expect("efi");
+    assert_eq!(s.kind, ChFirmwareKind::CloudHvEfi);
+    assert!(s.require_present().is_err());
+    touch(t.path(), "hypervisor-fw");
+    let s = select_cloud_hypervisor(&req(&ch(efi(false))), &paths).expect("efi");
+    assert_eq!(s.kind, ChFirmwareKind::RustHypervisorFirmware);
+    assert!(
+        s.reasons[0].contains("CLOUDHV.fd is not on this host"),
+        "{:?}",
+        s.reasons
+    );
+    s.require_present().expect("present");
+}
+
+#[test]
+fn bios_boot_gets_rust_hypervisor_firmware_with_the_reason() {
+    let t = tempfile::tempdir().expect("tempdir");
+    touch(t.path(), "hypervisor-fw");
+    touch(t.path(), "CLOUDHV.fd");
+    let paths = ChFirmwarePaths::under_dir(t.path());
+    let s = select_cloud_hypervisor(&req(&ch(Boot::Bios)), &paths).expect("bios");
+    assert_eq!(s.kind, ChFirmwareKind::RustHypervisorFirmware);
+    assert_eq!(s.path, t.path().join("hypervisor-fw"));
+    assert!(s.reasons[0].starts_with("BIOS boot: Cloud Hypervisor has no legacy BIOS"));
+    assert!(s.reasons[0].contains("an MBR-only disk does not boot"));
+}
+
+#[test]
 fn tdx_gets_tdvf_but_not_with_direct_kernel_boot() {
     let t = tempfile::tempdir().expect("tempdir");
     let paths = ChFirmwarePaths::under_dir(t.path());
@@ -146,7 +178,6 @@ fn refuses_what_cloud_hypervisor_firmware_cannot_do() {
             }),
             "UEFI variables cannot persist (efi.persistent)",
         ),
-        (ch(Boot::Bios), "Cloud Hypervisor has no legacy BIOS"),
         (
             ch(efi(false)).with_launch_security(sev(false)),
             "supports AMD SEV-SNP and Intel TDX, not AMD SEV",

@@ -75,7 +75,7 @@ pub enum ConfigError {
     #[error("{}: {}", .0.path, .0.message)]
     Refused(FieldError),
     /// EFI boot (or TDX) without a firmware file from the host.
-    #[error("{path}: EFI boot needs a Cloud Hypervisor firmware path")]
+    #[error("{path}: booting from firmware needs a Cloud Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)")]
     FirmwareMissing { path: String },
     /// SEV-SNP without an IGVM image from the host.
     #[error("{path}: SEV-SNP on cloud-hypervisor needs an IGVM image path")]
@@ -404,6 +404,7 @@ fn serial(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) -> 
 }
 
 const EFI_PATH: &str = "spec.domain.firmware.bootloader.efi";
+const BIOS_PATH: &str = "spec.domain.firmware.bootloader";
 
 fn payload(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) -> PayloadConfig {
     let mut payload = PayloadConfig::new();
@@ -424,18 +425,19 @@ fn payload(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) ->
             payload.cmdline = cmdline.clone();
         }
         // Secure boot and persistent variables are refused by the table.
-        Boot::Efi { .. } => {
+        // BIOS boot gets rust-hypervisor-firmware from the firmware crate.
+        Boot::Efi { .. } | Boot::Bios => {
+            let path = match domain.boot {
+                Boot::Bios => BIOS_PATH,
+                _ => EFI_PATH,
+            };
             if !snp {
                 match &host.firmware {
-                    Some(fw) => payload.firmware = Some(path_str(EFI_PATH, fw, errors)),
-                    None => errors.push(ConfigError::FirmwareMissing {
-                        path: EFI_PATH.into(),
-                    }),
+                    Some(fw) => payload.firmware = Some(path_str(path, fw, errors)),
+                    None => errors.push(ConfigError::FirmwareMissing { path: path.into() }),
                 }
             }
         }
-        // Refused by the support table, checked first.
-        Boot::Bios => {}
     }
     payload
 }
@@ -652,7 +654,31 @@ mod tests {
         );
         assert_eq!(
             errors[0].to_string(),
-            "spec.domain.firmware.bootloader.efi: EFI boot needs a Cloud Hypervisor firmware path"
+            "spec.domain.firmware.bootloader.efi: booting from firmware needs a Cloud \
+Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
+        );
+    }
+
+    #[test]
+    fn bios_boot_boots_the_firmware_the_host_gives_with_no_kernel() {
+        let mut d = domain();
+        d.boot = Boot::Bios;
+        let host = HostInputs {
+            firmware: Some("/usr/share/cloud-hypervisor/hypervisor-fw".into()),
+            ..HostInputs::default()
+        };
+        let c = vm_config(&d, &host).expect("translates");
+        assert_eq!(
+            c.payload.firmware.as_deref(),
+            Some("/usr/share/cloud-hypervisor/hypervisor-fw")
+        );
+        assert_eq!(c.payload.kernel, None);
+        let errors = errors_of(&d, &HostInputs::default());
+        assert_eq!(
+            errors,
+            vec![ConfigError::FirmwareMissing {
+                path: BIOS_PATH.into()
+            }]
         );
     }
 
@@ -877,11 +903,6 @@ mod tests {
                 "the named CPU model \"Skylake-Server\"",
             ),
             (
-                |d| d.boot = Boot::Bios,
-                "spec.domain.firmware.bootloader",
-                "legacy BIOS boot (use firmware.bootloader.efi or firmware.kernelBoot)",
-            ),
-            (
                 |d| {
                     d.devices.graphics = Some(SpecFeature {
                         spec_path: "spec.domain.devices.autoattachGraphicsDevice".into(),
@@ -1023,13 +1044,14 @@ mod tests {
         assert_eq!(
             paths,
             [
-                "spec.domain.firmware.bootloader",
                 "spec.domain.features.smm",
                 "spec.domain.cpu.threads",
+                // No firmware from the host for the BIOS boot.
+                "spec.domain.firmware.bootloader",
             ]
         );
         assert_eq!(
-            spec.0[1].message,
+            spec.0[0].message,
             "SMM is not supported by cloud-hypervisor: Cloud Hypervisor does not emulate SMM"
         );
     }
