@@ -1,7 +1,8 @@
 //! Assembles and links the tiny PVH test guest (guest/tiny-guest.S) with the
-//! system's GNU `as` and `ld`, twice: the interactive guest and the variant that
-//! powers off right after its banner. Both land in OUT_DIR; `src/lib.rs` names
-//! them.
+//! system's GNU `as` and `ld`, three times: the interactive guest, the variant
+//! that powers off right after its banner, and the interactive guest as a
+//! Linux bzImage (for firmware that boots a kernel from a disk). All land in
+//! OUT_DIR; `src/lib.rs` names them.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -9,26 +10,36 @@ use std::process::{Command, ExitCode};
 
 const SOURCE: &str = "guest/tiny-guest.S";
 const LINKER_SCRIPT: &str = "guest/tiny-guest.ld";
+const BZIMAGE_LINKER_SCRIPT: &str = "guest/tiny-guest-bzimage.ld";
 
 struct Variant {
     output: &'static str,
     defsyms: &'static [&'static str],
+    linker_script: &'static str,
 }
 
-const VARIANTS: [Variant; 2] = [
+const VARIANTS: [Variant; 3] = [
     Variant {
         output: "tiny-guest.elf",
         defsyms: &[],
+        linker_script: LINKER_SCRIPT,
     },
     Variant {
         output: "tiny-guest-halting.elf",
         defsyms: &["HALT_AFTER_BANNER=1"],
+        linker_script: LINKER_SCRIPT,
+    },
+    Variant {
+        output: "tiny-guest.bzimage",
+        defsyms: &["BZIMAGE=1"],
+        linker_script: BZIMAGE_LINKER_SCRIPT,
     },
 ];
 
 fn main() -> ExitCode {
     println!("cargo:rerun-if-changed={SOURCE}");
     println!("cargo:rerun-if-changed={LINKER_SCRIPT}");
+    println!("cargo:rerun-if-changed={BZIMAGE_LINKER_SCRIPT}");
     match build() {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -46,9 +57,8 @@ fn build() -> Result<(), String> {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?);
     let source = manifest_dir.join(SOURCE);
-    let linker_script = manifest_dir.join(LINKER_SCRIPT);
-
     for variant in &VARIANTS {
+        let linker_script = manifest_dir.join(variant.linker_script);
         let object = out_dir.join(variant.output).with_extension("o");
         let elf = out_dir.join(variant.output);
 

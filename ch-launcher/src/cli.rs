@@ -491,6 +491,12 @@ fn firmware_choice(s: &Settings, domain: &Domain, mode: Mode) -> Result<firmware
     for warning in choice.warnings() {
         tracing::warn!("firmware: {warning}");
     }
+    if let firmware::Choice::CloudHypervisor(s) = &choice {
+        if mode == Mode::Run {
+            tracing::info!(firmware = %s.kind, path = %s.path.display(),
+                why = %s.reasons.join("; "), "firmware chosen");
+        }
+    }
     Ok(choice)
 }
 

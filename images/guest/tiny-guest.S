@@ -17,6 +17,14 @@
  * The halting variant is chosen with `as --defsym HALT_AFTER_BANNER=1` (what
  * build.rs does; through gcc: `-Wa,--defsym,HALT_AFTER_BANNER=1`). Only C-style
  * comments are used so the file assembles the same with or without cpp.
+ *
+ * With BZIMAGE defined the same guest is a Linux bzImage instead (linked by
+ * tiny-guest-bzimage.ld into a flat file): a boot sector and setup header
+ * (boot protocol 2.12, relocatable, 64-bit entry) followed by the code,
+ * entered in 64-bit mode at its 0x200 offset the way firmware enters
+ * startup_64 (rust-hypervisor-firmware's Boot Loader Specification path
+ * loads it at 2 MiB). The code is the same; only the entry differs: it keeps
+ * the caller's stack and addresses its banner relative to %rip.
  */
 
         .set COM1_DATA,             0x3f8
@@ -44,6 +52,47 @@
         .set XEN_ELFNOTE_PHYS32_ENTRY, 18
         .set STACK_SIZE,            4096
 
+.ifdef BZIMAGE
+/*
+ * The boot sector and one setup sector; only the setup header matters
+ * (Documentation/arch/x86/boot.rst), nothing here runs.
+ */
+        .section .bzsetup, "a"
+        .org 0x1f1
+        .byte 1                         /* setup_sects: 1 + the boot sector */
+        .word 0                         /* root_flags */
+        .long 0                         /* syssize (unused by 64-bit loaders) */
+        .word 0, 0, 0                   /* ram_size, vid_mode, root_dev */
+        .word 0xaa55                    /* boot_flag */
+        .byte 0xeb, 0x66                /* jump over the header to 0x268 */
+        .ascii "HdrS"                   /* header magic */
+        .word 0x020c                    /* boot protocol version */
+        .long 0                         /* realmode_swtch */
+        .word 0, 0                      /* start_sys_seg, kernel_version */
+        .byte 0                         /* type_of_loader (the loader's) */
+        .byte 0x01                      /* loadflags: LOADED_HIGH */
+        .word 0                         /* setup_move_size */
+        .long 0x100000                  /* code32_start (the loader sets its own) */
+        .long 0, 0                      /* ramdisk_image, ramdisk_size */
+        .long 0                         /* bootsect_kludge */
+        .word 0                         /* heap_end_ptr */
+        .byte 0, 0                      /* ext_loader_ver, ext_loader_type */
+        .long 0                         /* cmd_line_ptr */
+        .long 0x37ffffff                /* initrd_addr_max */
+        .long 0x200000                  /* kernel_alignment */
+        .byte 1                         /* relocatable_kernel */
+        .byte 21                        /* min_alignment: 2 MiB */
+        .word 0x0001                    /* xloadflags: XLF_KERNEL_64 */
+        .long 2047                      /* cmdline_size */
+        .long 0                         /* hardware_subarch */
+        .quad 0                         /* hardware_subarch_data */
+        .long 0, 0                      /* payload_offset, payload_length */
+        .quad 0                         /* setup_data */
+        .quad 0x200000                  /* pref_address */
+        .long 0x100000                  /* init_size */
+        .long 0                         /* handover_offset */
+        .org 0x400
+.else
 /* The PVH entry note: name "Xen", type 18, the 32-bit physical entry. */
         .section .note.Xen, "a", @note
         .balign 4
@@ -54,19 +103,30 @@
 2:      .balign 4
 3:      .long pvh_start
 4:      .balign 4
+.endif
 
         .text
+.ifdef BZIMAGE
+        .code64
+.else
         .code32
+.endif
         .globl pvh_start
         .type pvh_start, @function
-/* PVH starts us in flat 32-bit protected mode, paging off, with no stack. */
+/*
+ * PVH starts us in flat 32-bit protected mode, paging off, with no stack;
+ * as a bzImage, in 64-bit mode on the loader's stack and page tables.
+ */
 pvh_start:
         cli
         cld
+.ifdef BZIMAGE
+        leaq banner(%rip), %rsi
+.else
         movl $stack_top, %esp
-
-        call uart_init
         movl $banner, %esi
+.endif
+        call uart_init
         call puts
 
 .ifdef HALT_AFTER_BANNER

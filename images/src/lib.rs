@@ -11,8 +11,10 @@
 //! after the banner, for benchmarks. Input sent before the banner may be lost:
 //! firmware that runs first (QEMU's SeaBIOS) reads the serial port too.
 
+mod boot_disk;
 mod spec;
 
+pub use boot_disk::{write_boot_disk, BOOT_DISK_SIZE};
 pub use spec::{write_spec, TestGuestSpec, WriteSpecError};
 
 use std::fmt;
@@ -30,6 +32,13 @@ pub const LOAD_ADDRESS: u64 = 0x10_0000;
 
 const INTERACTIVE_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest.elf");
 const HALTING_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest-halting.elf");
+const BZIMAGE_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest.bzimage");
+
+/// The interactive guest as a Linux bzImage (boot protocol 2.12, 64-bit
+/// entry), for firmware that boots a kernel from a disk.
+pub fn bzimage() -> &'static Path {
+    Path::new(BZIMAGE_PATH)
+}
 
 /// Which build of the test guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

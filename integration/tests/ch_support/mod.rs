@@ -60,6 +60,8 @@ pub struct VmOptions {
     pub terminal: bool,
     /// More `run` options.
     pub run_args: Vec<String>,
+    /// A whole spec instead of the test guest's.
+    pub spec: Option<String>,
 }
 
 impl Default for VmOptions {
@@ -70,6 +72,7 @@ impl Default for VmOptions {
             start_paused: false,
             terminal: false,
             run_args: Vec::new(),
+            spec: None,
         }
     }
 }
@@ -153,10 +156,13 @@ impl Launcher {
             .prefix("chl")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let mut text = TestGuestSpec::new(Hypervisor::CloudHypervisor, opts.variant)
-            .termination_grace_period_seconds(opts.grace_seconds)
-            .render()
-            .expect("render test guest spec");
+        let mut text = match &opts.spec {
+            Some(text) => text.clone(),
+            None => TestGuestSpec::new(Hypervisor::CloudHypervisor, opts.variant)
+                .termination_grace_period_seconds(opts.grace_seconds)
+                .render()
+                .expect("render test guest spec"),
+        };
         if opts.start_paused {
             // `render` ends inside `spec:` at two spaces of indentation.
             text.push_str("  startStrategy: Paused\n");
