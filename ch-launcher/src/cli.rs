@@ -79,6 +79,16 @@ pub struct GlobalArgs {
     /// Where `containerDisk` volumes are found as local image files.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_CONTAINER_DISK_DIR)]
     pub container_disk_dir: PathBuf,
+    /// Where the launcher makes `emptyDisk` and cloud-init images
+    /// (`<DIR>/<vmi uid>/<volume>.img`), removed when the VM is gone.
+    #[arg(long, global = true, value_name = "DIR",
+        default_value = domain_model::load::DEFAULT_EPHEMERAL_DISK_DIR)]
+    pub ephemeral_disk_dir: PathBuf,
+    /// Where a cloud-init volume's `secretRef` Secret is mounted
+    /// (`<DIR>/<volume>/userdata`, `networkdata`).
+    #[arg(long, global = true, value_name = "DIR",
+        default_value = domain_model::load::DEFAULT_SECRET_SOURCE_DIR)]
+    pub secret_dir: PathBuf,
     /// The libvirt connection URI (libvirt backend).
     #[arg(long, global = true, value_name = "URI", env = "LIBVIRT_DEFAULT_URI",
         default_value = libvirt::DEFAULT_URI)]
@@ -555,6 +565,8 @@ pub(crate) fn load_options(g: &GlobalArgs, s: &Settings) -> LoadOptions {
     LoadOptions {
         hypervisor: g.hypervisor,
         container_disk_dir: g.container_disk_dir.clone(),
+        ephemeral_disk_dir: g.ephemeral_disk_dir.clone(),
+        secret_source_dir: g.secret_dir.clone(),
         feature_gates: s.gates.enabled(),
         ..LoadOptions::default()
     }

@@ -230,6 +230,8 @@ impl Runner {
         // Held until the run returns: a second launcher for this VM must not
         // touch its sockets and logs.
         let _lock = prepare_vm_dir(&paths, self.opts.console_mode)?;
+        // Removed on every way out of this function.
+        let _generated = crate::util::GeneratedDisks::of(&self.domain);
         crate::util::create_missing_disks(&self.domain).map_err(RunError::Disk)?;
         tracing::info!(vm = %self.domain.name, namespace = %self.domain.namespace,
             uid = %self.domain.uid, hypervisor = %self.domain.hypervisor,

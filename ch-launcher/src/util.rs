@@ -3,7 +3,7 @@
 //! one way to start a per-run file afresh.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 
 /// Sleeps until `deadline`; never resolves without one, so a `select!` arm
@@ -90,6 +90,15 @@ pub struct DiskError {
 /// existing file is left as it is. Errors name the volume's field.
 pub fn create_missing_disks(domain: &domain_model::Domain) -> Result<(), DiskError> {
     for disk in &domain.disks {
+        if let Some(generated) = &disk.source.generated {
+            make_generated(&disk.source.path, generated).map_err(|cause| DiskError {
+                field: disk.source.spec_path.clone(),
+                path: disk.source.path.clone(),
+                action: format!("make {}", disk.source.path.display()),
+                cause,
+            })?;
+            continue;
+        }
         let Some(capacity) = disk.source.create_with_capacity else {
             continue;
         };
@@ -117,6 +126,131 @@ pub fn create_missing_disks(domain: &domain_model::Domain) -> Result<(), DiskErr
         }
     }
     Ok(())
+}
+
+/// The launcher-made images of a VM (`emptyDisk`, cloud-init), removed with
+/// their directory when this is dropped: on every way out of a run.
+pub struct GeneratedDisks(Vec<PathBuf>);
+
+impl GeneratedDisks {
+    pub fn of(domain: &domain_model::Domain) -> GeneratedDisks {
+        GeneratedDisks(
+            domain
+                .disks
+                .iter()
+                .filter(|d| d.source.generated.is_some())
+                .map(|d| d.source.path.clone())
+                .collect(),
+        )
+    }
+}
+
+impl Drop for GeneratedDisks {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "cannot remove a disk image the launcher made");
+                }
+            }
+            // The per-VM directory goes once it is empty.
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// Makes a launcher-made image afresh (a previous run's is replaced).
+fn make_generated(path: &Path, generated: &domain_model::Generated) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    // 0600: cloud-init data often holds passwords and keys.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?
+    };
+    match generated {
+        domain_model::Generated::Empty { capacity } => file.set_len(*capacity),
+        domain_model::Generated::CloudInit { label, files } => write_iso(&mut file, label, files),
+    }
+}
+
+/// An ISO 9660 image with Rock Ridge and Joliet names (what KubeVirt's
+/// `xorrisofs -joliet -rock` makes), volume id `label`.
+fn write_iso(
+    out: &mut std::fs::File,
+    label: &str,
+    files: &[domain_model::GeneratedFile],
+) -> io::Result<()> {
+    use hadris_iso::read::PathSeparator;
+    use hadris_iso::write::options::{CreationFeatures, IsoFormatOptions};
+    use hadris_iso::write::{File as IsoFile, InputFiles, IsoImageWriter};
+    use std::sync::Arc;
+
+    /// Adds `contents` at `path` (`/`-separated) under `tree`.
+    fn insert(tree: &mut Vec<IsoFile>, path: &str, contents: &[u8]) {
+        match path.split_once('/') {
+            None => tree.push(IsoFile::File {
+                name: Arc::new(path.to_string()),
+                contents: contents.to_vec(),
+            }),
+            Some((dir, rest)) => {
+                let at = tree.iter().position(
+                    |f| matches!(f, IsoFile::Directory { name, .. } if name.as_str() == dir),
+                );
+                let at = at.unwrap_or_else(|| {
+                    tree.push(IsoFile::Directory {
+                        name: Arc::new(dir.to_string()),
+                        children: Vec::new(),
+                    });
+                    tree.len() - 1
+                });
+                if let IsoFile::Directory { children, .. } = &mut tree[at] {
+                    insert(children, rest, contents);
+                }
+            }
+        }
+    }
+    let mut tree = Vec::new();
+    for f in files {
+        insert(&mut tree, &f.path, f.contents.as_bytes());
+    }
+    let options = IsoFormatOptions {
+        volume_name: label.to_string(),
+        sector_size: 2048,
+        path_separator: PathSeparator::ForwardSlash,
+        features: CreationFeatures::extensions(),
+        system_id: None,
+        volume_set_id: None,
+        publisher_id: None,
+        preparer_id: None,
+        application_id: Some("CH-LAUNCHER".to_string()),
+        // cloud-init matches the volume id as given (`cidata`, `config-2`).
+        strict_charset: false,
+    };
+    let input = InputFiles {
+        path_separator: PathSeparator::ForwardSlash,
+        files: tree,
+    };
+    IsoImageWriter::create(out, input, options)
+        .map(|_| ())
+        .map_err(|e| io::Error::other(format!("cannot write the ISO 9660 image: {e:?}")))
 }
 
 /// Creates `path` anew, removing what a previous run left there.

@@ -347,6 +347,29 @@ pub struct Volume {
     pub name: String,
     pub host_disk: Option<HostDisk>,
     pub container_disk: Option<ContainerDisk>,
+    pub empty_disk: Option<EmptyDisk>,
+    pub cloud_init_no_cloud: Option<CloudInitSource>,
+    pub cloud_init_config_drive: Option<CloudInitSource>,
+}
+
+/// `emptyDisk`: a blank disk for the life of the VM.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDisk {
+    pub capacity: Option<Quantity>,
+}
+
+/// `cloudInitNoCloud` and `cloudInitConfigDrive`: the same fields, two of
+/// cloud-init's data sources.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudInitSource {
+    pub user_data: Option<String>,
+    pub user_data_base64: Option<String>,
+    pub network_data: Option<String>,
+    pub network_data_base64: Option<String>,
+    pub secret_ref: Option<serde_json::Value>,
+    pub network_data_secret_ref: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -374,13 +397,10 @@ pub struct ContainerDisk {
 /// Volume kinds of `kubevirt.io/v1` this launcher does not implement yet, so
 /// that their error says "not supported yet" rather than "unknown field".
 pub const UNSUPPORTED_VOLUME_KINDS: &[&str] = &[
-    "cloudInitNoCloud",
-    "cloudInitConfigDrive",
     "configMap",
     "dataVolume",
     "downwardAPI",
     "downwardMetrics",
-    "emptyDisk",
     "ephemeral",
     "memoryDump",
     "persistentVolumeClaim",

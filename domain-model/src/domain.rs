@@ -284,6 +284,33 @@ pub struct DiskSource {
     /// Create a sparse raw image of this many bytes if the file is missing
     /// (`hostDisk.type: DiskOrCreate`).
     pub create_with_capacity: Option<u64>,
+    /// An image the launcher makes at every start in the ephemeral disk
+    /// directory and removes when the VM is gone.
+    pub generated: Option<Generated>,
+}
+
+/// What a launcher-made disk image holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Generated {
+    /// `emptyDisk`: a sparse raw image of `capacity` bytes, blank at every
+    /// start.
+    Empty { capacity: u64 },
+    /// `cloudInitNoCloud` (volume id `cidata`) and `cloudInitConfigDrive`
+    /// (`config-2`): an ISO 9660 image with Rock Ridge and Joliet names, as
+    /// KubeVirt makes with xorrisofs, holding `files`.
+    CloudInit {
+        label: String,
+        files: Vec<GeneratedFile>,
+    },
+}
+
+/// One file of a launcher-made cloud-init image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GeneratedFile {
+    /// `/`-separated, relative to the image's root.
+    pub path: String,
+    pub contents: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 
 /// Where the containerDisk convention looks for images by default.
 pub const DEFAULT_CONTAINER_DISK_DIR: &str = "/var/run/kubevirt/container-disks";
+/// Where virt-controller mounts a cloud-init volume's Secret
+/// (`<dir>/<volume>/userdata`).
+pub const DEFAULT_SECRET_SOURCE_DIR: &str = "/var/run/kubevirt-private/secret";
+/// KubeVirt's ephemeral disk directory in a virt-launcher pod.
+pub const DEFAULT_EPHEMERAL_DISK_DIR: &str = "/var/run/kubevirt-ephemeral-disks";
 
 /// How to read a spec.
 #[derive(Debug, Clone)]
@@ -20,6 +25,12 @@ pub struct LoadOptions {
     pub base_dir: PathBuf,
     /// Where `containerDisk` volumes are found as local image files.
     pub container_disk_dir: PathBuf,
+    /// Where the launcher makes `emptyDisk` and cloud-init images
+    /// (`<dir>/<uid>/<volume>.img`), as KubeVirt's ephemeral disk directory.
+    pub ephemeral_disk_dir: PathBuf,
+    /// Where a cloud-init volume's `secretRef` is read from
+    /// (`<dir>/<volume>/userdata`, as virt-controller mounts it).
+    pub secret_source_dir: PathBuf,
     /// Enabled feature gates (`--feature-gates`, config file), already merged
     /// with KubeVirt's defaults by maturity: build it with
     /// [`crate::gates::FeatureGates`]. The default is KubeVirt's defaults.
@@ -32,6 +43,8 @@ impl Default for LoadOptions {
             hypervisor: None,
             base_dir: PathBuf::from("."),
             container_disk_dir: PathBuf::from(DEFAULT_CONTAINER_DISK_DIR),
+            ephemeral_disk_dir: PathBuf::from(DEFAULT_EPHEMERAL_DISK_DIR),
+            secret_source_dir: PathBuf::from(DEFAULT_SECRET_SOURCE_DIR),
             feature_gates: crate::gates::default_enabled(),
         }
     }

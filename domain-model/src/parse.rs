@@ -389,7 +389,7 @@ fn unknown_field_error(path: &str) -> FieldError {
     if let Some(kind) = unsupported_volume_kind(path) {
         return FieldError::new(
             path,
-            format!("volume kind {kind} is not supported yet (supported: hostDisk, containerDisk)"),
+            format!("volume kind {kind} is not supported yet (supported: hostDisk, containerDisk, emptyDisk, cloudInitNoCloud, cloudInitConfigDrive)"),
         );
     }
     if KNOWN_UNIMPLEMENTED.contains(&normalized(path).as_str()) {

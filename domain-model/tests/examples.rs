@@ -14,11 +14,7 @@ fn expected_with_images() -> BTreeMap<&'static str, Vec<&'static str>> {
         ("vmi-ephemeral.yaml", vec![]),
         (
             "vmi-fedora.yaml",
-            vec![
-                "spec.volumes[1].cloudInitNoCloud",
-                "spec.domain.devices.interfaces[0]",
-                "spec.networks[0]",
-            ],
+            vec!["spec.domain.devices.interfaces[0]", "spec.networks[0]"],
         ),
         ("vmi-host-disk.yaml", vec![]),
         (
@@ -27,19 +23,9 @@ fn expected_with_images() -> BTreeMap<&'static str, Vec<&'static str>> {
         ),
         (
             "vmi-masquerade.yaml",
-            vec![
-                "spec.volumes[1].cloudInitNoCloud",
-                "spec.domain.devices.interfaces[0]",
-                "spec.networks[0]",
-            ],
+            vec!["spec.domain.devices.interfaces[0]", "spec.networks[0]"],
         ),
-        (
-            "vmi-nocloud.yaml",
-            vec![
-                "spec.volumes[1].cloudInitNoCloud",
-                "spec.volumes[2].emptyDisk",
-            ],
-        ),
+        ("vmi-nocloud.yaml", vec![]),
     ])
 }
 

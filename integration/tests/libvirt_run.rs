@@ -919,3 +919,57 @@ fn libvirt_clean_libvirtd_restart_reports_crashed_and_leaves_no_qemu() {
     );
     vm.assert_domain_gone();
 }
+
+#[test]
+fn libvirt_empty_disk_and_cloud_init_cdrom_attach_and_are_removed_with_the_vm() {
+    let Some(_guard) = libvirt_or_skip(
+        "libvirt_empty_disk_and_cloud_init_cdrom_attach_and_are_removed_with_the_vm",
+    ) else {
+        return;
+    };
+    let mut vm = LaunchedVm::start_with_args(
+        "lv-gen",
+        1,
+        "",
+        |text, _| {
+            let devices = "    devices:\n      disks:\n      - name: scratch\n        disk:\n          bus: virtio\n      - name: cidata\n        cdrom:\n          bus: sata\n";
+            let volumes = "  volumes:\n  - name: scratch\n    emptyDisk:\n      capacity: 16Mi\n  - name: cidata\n    cloudInitNoCloud:\n      userData: \"#cloud-config\\n\"\n";
+            format!(
+                "{}{volumes}",
+                text.replacen("    devices: {}\n", devices, 1)
+            )
+        },
+        |dir| {
+            vec![
+                "--ephemeral-disk-dir".into(),
+                dir.join("eph").display().to_string(),
+            ]
+        },
+    );
+    vm.wait_status("Running", "Booted");
+    wait_for_file_text(&vm.serial_log(), BANNER);
+    let eph = vm.dir.path().join("eph");
+    let images: Vec<PathBuf> = std::fs::read_dir(&eph)
+        .expect("the ephemeral disk dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(images.len(), 1, "one directory per VM: {images:?}");
+    let blk = virsh(&["domblklist", &vm.domain]).expect("virsh domblklist");
+    let blk = String::from_utf8_lossy(&blk.stdout);
+    for volume in ["scratch", "cidata"] {
+        let path = images[0].join(format!("{volume}.img"));
+        assert!(
+            blk.contains(path.to_str().expect("utf-8")),
+            "{volume} not attached:\n{blk}"
+        );
+    }
+    let mut console = vm.connect_console();
+    vm.power_off_from(&mut console);
+    vm.assert_domain_gone();
+    assert!(
+        eventually(Duration::from_secs(10), || !images[0].exists()),
+        "launcher-made images left behind in {}",
+        images[0].display()
+    );
+}

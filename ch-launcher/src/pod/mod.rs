@@ -65,13 +65,6 @@ pub struct PodArgs {
     /// live.
     #[arg(long, value_name = "DIR", default_value = "/var/run/kubevirt")]
     pub kubevirt_share_dir: PathBuf,
-    /// KubeVirt's ephemeral disk directory (copy-on-write overlays).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "/var/run/kubevirt-ephemeral-disks"
-    )]
-    pub ephemeral_disk_dir: PathBuf,
     /// After SIGTERM, how long virt-handler has to stop the VM before the
     /// launcher kills it itself (virt-controller passes the VMI's grace
     /// period plus 15).
@@ -420,7 +413,7 @@ pub async fn run(g: &GlobalArgs, s: &crate::cli::Settings, args: &PodArgs) -> u8
     };
     tracing::info!(name = %id.name, namespace = %id.namespace, uid = %id.uid,
         share_dir = %args.kubevirt_share_dir.display(),
-        ephemeral_disk_dir = %args.ephemeral_disk_dir.display(), "pod launcher starting");
+        ephemeral_disk_dir = %g.ephemeral_disk_dir.display(), "pod launcher starting");
     let (events, notify_task) = Notifier::new(
         args.kubevirt_share_dir.join(NOTIFY_SOCKET),
         Pacing::KUBEVIRT,

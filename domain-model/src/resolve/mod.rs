@@ -223,7 +223,16 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
         architecture,
         smm_exempt,
     );
-    let sources = r.volumes(&spec.volumes);
+    let sources = r.volumes(
+        &spec.volumes,
+        &storage::CloudInitIdentity {
+            name: &name,
+            namespace: &namespace,
+            uid: &uid,
+            uuid: &firmware.uuid,
+            hostname: &name,
+        },
+    );
     let disks = r.disks(
         &domain.devices.disks,
         &spec.volumes,

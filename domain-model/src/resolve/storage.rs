@@ -1,9 +1,47 @@
 //! Volumes, their host image files, and the disks that use them.
 
 use super::*;
+use crate::GeneratedFile;
+
+/// What a cloud-init image says about the VM.
+pub(super) struct CloudInitIdentity<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    /// The firmware (SMBIOS) UUID.
+    pub uuid: &'a str,
+    pub hostname: &'a str,
+}
+
+#[derive(Clone, Copy)]
+enum CloudInitKind {
+    NoCloud,
+    ConfigDrive,
+}
+
+impl CloudInitKind {
+    fn field(self) -> &'static str {
+        match self {
+            CloudInitKind::NoCloud => "cloudInitNoCloud",
+            CloudInitKind::ConfigDrive => "cloudInitConfigDrive",
+        }
+    }
+
+    /// The volume id cloud-init looks for.
+    fn label(self) -> &'static str {
+        match self {
+            CloudInitKind::NoCloud => "cidata",
+            CloudInitKind::ConfigDrive => "config-2",
+        }
+    }
+}
 
 impl Resolver<'_> {
-    pub(super) fn volumes(&mut self, volumes: &[api::Volume]) -> Vec<Option<DiskSource>> {
+    pub(super) fn volumes(
+        &mut self,
+        volumes: &[api::Volume],
+        vm: &CloudInitIdentity<'_>,
+    ) -> Vec<Option<DiskSource>> {
         let mut names = BTreeSet::new();
         let mut out = Vec::with_capacity(volumes.len());
         for (i, v) in volumes.iter().enumerate() {
@@ -29,26 +67,253 @@ impl Resolver<'_> {
             }
             let prefix = format!("{path}.");
             let has_other_key = self.unknown_paths.iter().any(|p| p.starts_with(&prefix));
-            let source = match (&v.host_disk, &v.container_disk) {
-                (Some(_), Some(_)) => {
-                    self.err(
-                        &path,
-                        "set only one volume source (hostDisk or containerDisk)",
-                    );
-                    None
-                }
-                (Some(hd), None) if !has_other_key => self.host_disk(&path, hd),
-                (None, Some(_)) if !name_ok => None,
-                (None, Some(cd)) if !has_other_key => self.container_disk(&path, &v.name, cd),
-                (None, None) if !has_other_key => {
-                    self.err(&path, "no volume source: set hostDisk or containerDisk");
-                    None
-                }
-                _ => None,
+            let sources = usize::from(v.host_disk.is_some())
+                + usize::from(v.container_disk.is_some())
+                + usize::from(v.empty_disk.is_some())
+                + usize::from(v.cloud_init_no_cloud.is_some())
+                + usize::from(v.cloud_init_config_drive.is_some());
+            let source = if sources > 1 {
+                self.err(
+                    &path,
+                    "set only one volume source (hostDisk, containerDisk, emptyDisk, \
+                     cloudInitNoCloud or cloudInitConfigDrive)",
+                );
+                None
+            } else if has_other_key {
+                None
+            } else if let Some(hd) = &v.host_disk {
+                self.host_disk(&path, hd)
+            } else if !name_ok {
+                None
+            } else if let Some(cd) = &v.container_disk {
+                self.container_disk(&path, &v.name, cd)
+            } else if let Some(ed) = &v.empty_disk {
+                self.empty_disk(&path, &v.name, vm.uid, ed)
+            } else if let Some(ci) = &v.cloud_init_no_cloud {
+                self.cloud_init(&path, &v.name, vm, CloudInitKind::NoCloud, ci)
+            } else if let Some(ci) = &v.cloud_init_config_drive {
+                self.cloud_init(&path, &v.name, vm, CloudInitKind::ConfigDrive, ci)
+            } else {
+                self.err(
+                    &path,
+                    "no volume source: set hostDisk, containerDisk, emptyDisk, cloudInitNoCloud \
+                     or cloudInitConfigDrive",
+                );
+                None
             };
             out.push(source);
         }
         out
+    }
+
+    /// Where a launcher-made image of volume `volume` lives:
+    /// `<ephemeral disk dir>/<uid>/<volume>.img`.
+    fn generated_path(&self, volume: &str, uid: &str) -> std::path::PathBuf {
+        self.opts
+            .ephemeral_disk_dir
+            .join(uid)
+            .join(format!("{volume}.img"))
+    }
+
+    fn empty_disk(
+        &mut self,
+        path: &str,
+        volume: &str,
+        uid: &str,
+        ed: &api::EmptyDisk,
+    ) -> Option<DiskSource> {
+        let field = format!("{path}.emptyDisk.capacity");
+        let Some(q) = &ed.capacity else {
+            self.err(field, "required: the disk's size, e.g. 2Gi");
+            return None;
+        };
+        let capacity = self.quantity_bytes(&field, q)?;
+        if capacity == 0 {
+            self.err(field, "must be more than 0");
+            return None;
+        }
+        Some(DiskSource {
+            spec_path: path.to_string(),
+            path: self.generated_path(volume, uid),
+            format: ImageFormat::Raw,
+            create_with_capacity: None,
+            generated: Some(crate::Generated::Empty { capacity }),
+        })
+    }
+
+    /// `cloudInitNoCloud` or `cloudInitConfigDrive` as the files of the
+    /// image KubeVirt makes for it.
+    fn cloud_init(
+        &mut self,
+        path: &str,
+        volume: &str,
+        vm: &CloudInitIdentity<'_>,
+        kind: CloudInitKind,
+        ci: &api::CloudInitSource,
+    ) -> Option<DiskSource> {
+        let base = format!("{path}.{}", kind.field());
+        let mut user_data = self.one_of_text(
+            &base,
+            ("userData", ci.user_data.as_deref()),
+            ("userDataBase64", ci.user_data_base64.as_deref()),
+        );
+        let mut network_data = self.one_of_text(
+            &base,
+            ("networkData", ci.network_data.as_deref()),
+            ("networkDataBase64", ci.network_data_base64.as_deref()),
+        );
+        // As virt-controller mounts them: the Secret of a cloud-init volume
+        // at <secret dir>/<volume>/, keys userdata/userData and
+        // networkdata/networkData. The Secret wins over inline data, as
+        // KubeVirt's resolveNoCloudSecrets lets it.
+        if ci.secret_ref.is_some() {
+            if let Some(text) = self.secret_file(
+                &format!("{base}.secretRef"),
+                volume,
+                &["userdata", "userData"],
+            ) {
+                user_data = Ok(Some(text));
+            }
+        }
+        if ci.network_data_secret_ref.is_some() {
+            if let Some(text) = self.secret_file(
+                &format!("{base}.networkDataSecretRef"),
+                volume,
+                &["networkdata", "networkData"],
+            ) {
+                network_data = Ok(Some(text));
+            }
+        }
+        let (user_data, network_data) = match (user_data, network_data) {
+            (Err(()), _) | (_, Err(())) => return None,
+            (Ok(None), Ok(None)) => {
+                if ci.secret_ref.is_none() && ci.network_data_secret_ref.is_none() {
+                    self.err(
+                        &base,
+                        "required: userData, userDataBase64, networkData, networkDataBase64, \
+                         secretRef or networkDataSecretRef",
+                    );
+                }
+                return None;
+            }
+            (Ok(u), Ok(n)) => (u.unwrap_or_default(), n),
+        };
+        let file = |path: &str, contents: String| GeneratedFile {
+            path: path.to_string(),
+            contents,
+        };
+        let mut files;
+        match kind {
+            CloudInitKind::NoCloud => {
+                // KubeVirt's NoCloudMetadata: the instance id is the
+                // firmware UUID, the hostname the VMI's name.
+                let meta = serde_json::json!({
+                    "instance-id": vm.uuid,
+                    "local-hostname": vm.hostname,
+                });
+                files = vec![
+                    file("user-data", user_data),
+                    file("meta-data", format!("{meta:#}\n")),
+                ];
+                if let Some(n) = network_data {
+                    files.push(file("network-config", n));
+                }
+            }
+            CloudInitKind::ConfigDrive => {
+                // KubeVirt's ConfigDriveMetadata: the OpenStack layout.
+                let meta = serde_json::json!({
+                    "instance_id": format!("{}.{}", vm.name, vm.namespace),
+                    "uuid": vm.uuid,
+                    "hostname": vm.hostname,
+                });
+                files = vec![
+                    file("openstack/latest/user_data", user_data),
+                    file("openstack/latest/meta_data.json", format!("{meta:#}\n")),
+                ];
+                if let Some(n) = network_data {
+                    files.push(file("openstack/latest/network_data.json", n));
+                }
+            }
+        }
+        Some(DiskSource {
+            spec_path: path.to_string(),
+            path: self.generated_path(volume, vm.uid),
+            format: ImageFormat::Raw,
+            create_with_capacity: None,
+            generated: Some(crate::Generated::CloudInit {
+                label: kind.label().to_string(),
+                files,
+            }),
+        })
+    }
+
+    /// The first of `keys` in the mounted Secret of cloud-init volume
+    /// `volume`; `None` once reported.
+    fn secret_file(&mut self, field: &str, volume: &str, keys: &[&str]) -> Option<String> {
+        let dir = self.opts.secret_source_dir.join(volume);
+        for key in keys {
+            match std::fs::read(dir.join(key)) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => return Some(text),
+                    Err(_) => {
+                        self.err(
+                            field,
+                            format!("{} is not UTF-8 text", dir.join(key).display()),
+                        );
+                        return None;
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.err(
+                        field,
+                        format!("cannot read {}: {e}", dir.join(key).display()),
+                    );
+                    return None;
+                }
+            }
+        }
+        self.err(
+            field,
+            format!(
+                "the Secret is not mounted: none of {} in {} (virt-controller mounts a \
+                 cloud-init volume's Secret there; locally, put the files there or pass \
+                 --secret-dir)",
+                keys.join(", "),
+                dir.display()
+            ),
+        );
+        None
+    }
+
+    /// At most one of a plain and a base64 text field; `Err` once reported.
+    fn one_of_text(
+        &mut self,
+        base: &str,
+        plain: (&str, Option<&str>),
+        encoded: (&str, Option<&str>),
+    ) -> Result<Option<String>, ()> {
+        use base64::Engine;
+        match (plain.1, encoded.1) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    format!("{base}.{}", encoded.0),
+                    format!("set {} or {}, not both", plain.0, encoded.0),
+                );
+                Err(())
+            }
+            (Some(text), None) => Ok(Some(text.to_string())),
+            (None, Some(b64)) => {
+                let field = format!("{base}.{}", encoded.0);
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| self.err(&field, format!("not valid base64: {e}")))?;
+                String::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| self.err(&field, "decodes to bytes that are not UTF-8 text"))
+            }
+            (None, None) => Ok(None),
+        }
     }
 
     fn host_disk(&mut self, path: &str, hd: &api::HostDisk) -> Option<DiskSource> {
@@ -133,6 +398,7 @@ impl Resolver<'_> {
             // for a format would let the guest choose it.
             format: ImageFormat::Raw,
             create_with_capacity,
+            generated: None,
         })
     }
 
@@ -165,6 +431,7 @@ impl Resolver<'_> {
                 path: file.clone(),
                 format: *format,
                 create_with_capacity: None,
+                generated: None,
             }),
             [] => {
                 self.err(

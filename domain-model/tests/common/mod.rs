@@ -68,6 +68,8 @@ impl Fixture {
         LoadOptions {
             base_dir: self.path().to_path_buf(),
             container_disk_dir: self.path().join("container-disks"),
+            ephemeral_disk_dir: self.path().join("ephemeral"),
+            secret_source_dir: self.path().join("secrets"),
             ..LoadOptions::default()
         }
     }

@@ -1,0 +1,166 @@
+//! `emptyDisk`, `cloudInitNoCloud` and `cloudInitConfigDrive` resolve to
+//! images the launcher makes, with KubeVirt's contents and layout, and every
+//! malformed field is named.
+
+mod common;
+
+use common::{assert_only, err, ok, Fixture};
+use domain_model::{Domain, Generated, GeneratedFile};
+use serde_json::{json, Value};
+
+fn with_volume(volume: Value) -> Value {
+    json!({"metadata": {"uid": "u-1", "namespace": "ns"},
+        "spec": {"domain": {"firmware": {"uuid": "5d307ca9-b3ef-428c-8861-06e72d69f223"},
+            "devices": {"disks": [{"name": "v", "disk": {"bus": "virtio"}}]}},
+        "volumes": [volume]}})
+}
+
+fn generated(d: &Domain) -> &Generated {
+    d.disks[0]
+        .source
+        .generated
+        .as_ref()
+        .expect("a launcher-made image")
+}
+
+fn files(d: &Domain) -> Vec<(String, String)> {
+    match generated(d) {
+        Generated::CloudInit { files, .. } => files
+            .iter()
+            .map(|GeneratedFile { path, contents }| (path.clone(), contents.clone()))
+            .collect(),
+        other => panic!("not cloud-init: {other:?}"),
+    }
+}
+
+#[test]
+fn empty_disk_is_a_sparse_image_of_its_capacity_under_the_ephemeral_dir() {
+    let f = Fixture::new();
+    let d = ok(f.resolve(with_volume(
+        json!({"name": "v", "emptyDisk": {"capacity": "2Gi"}}),
+    )));
+    assert_eq!(generated(&d), &Generated::Empty { capacity: 2 << 30 });
+    assert_eq!(
+        d.disks[0].source.path,
+        f.path().join("ephemeral").join("u-1").join("v.img")
+    );
+}
+
+#[test]
+fn empty_disk_without_or_with_zero_capacity_is_refused() {
+    let f = Fixture::new();
+    let e = err(f.resolve(with_volume(json!({"name": "v", "emptyDisk": {}}))));
+    assert_only(&e, "spec.volumes[0].emptyDisk.capacity", "required");
+    let e = err(f.resolve(with_volume(
+        json!({"name": "v", "emptyDisk": {"capacity": "0"}}),
+    )));
+    assert_only(&e, "spec.volumes[0].emptyDisk.capacity", "more than 0");
+}
+
+#[test]
+fn no_cloud_holds_user_data_meta_data_and_network_config() {
+    let f = Fixture::new();
+    let d = ok(
+        f.resolve(with_volume(json!({"name": "v", "cloudInitNoCloud": {
+        "userData": "#cloud-config\npassword: x\n",
+        "networkDataBase64": "dmVyc2lvbjogMgo="}}))),
+    );
+    match generated(&d) {
+        Generated::CloudInit { label, .. } => assert_eq!(label, "cidata"),
+        other => panic!("{other:?}"),
+    }
+    let got = files(&d);
+    assert_eq!(
+        got[0],
+        ("user-data".into(), "#cloud-config\npassword: x\n".into())
+    );
+    assert_eq!(got[1].0, "meta-data");
+    let meta: Value = serde_json::from_str(&got[1].1).expect("meta-data is JSON");
+    assert_eq!(meta["instance-id"], "5d307ca9-b3ef-428c-8861-06e72d69f223");
+    assert_eq!(meta["local-hostname"], "testvm");
+    assert_eq!(got[2], ("network-config".into(), "version: 2\n".into()));
+    assert_eq!(got.len(), 3);
+}
+
+#[test]
+fn config_drive_uses_the_openstack_layout() {
+    let f = Fixture::new();
+    let d = ok(
+        f.resolve(with_volume(json!({"name": "v", "cloudInitConfigDrive": {
+        "userDataBase64": "I2Nsb3VkLWNvbmZpZwo="}}))),
+    );
+    match generated(&d) {
+        Generated::CloudInit { label, .. } => assert_eq!(label, "config-2"),
+        other => panic!("{other:?}"),
+    }
+    let got = files(&d);
+    assert_eq!(
+        got.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        [
+            "openstack/latest/user_data",
+            "openstack/latest/meta_data.json"
+        ]
+    );
+    assert_eq!(got[0].1, "#cloud-config\n");
+    let meta: Value = serde_json::from_str(&got[1].1).expect("meta_data.json");
+    assert_eq!(meta["instance_id"], "testvm.ns");
+    assert_eq!(meta["uuid"], "5d307ca9-b3ef-428c-8861-06e72d69f223");
+}
+
+#[test]
+fn cloud_init_field_errors_name_the_field() {
+    let f = Fixture::new();
+    let cases = [
+        (json!({}), "spec.volumes[0].cloudInitNoCloud", "required"),
+        (
+            json!({"userData": "a", "userDataBase64": "YQ=="}),
+            "spec.volumes[0].cloudInitNoCloud.userDataBase64",
+            "not both",
+        ),
+        (
+            json!({"userDataBase64": "!!not base64"}),
+            "spec.volumes[0].cloudInitNoCloud.userDataBase64",
+            "not valid base64",
+        ),
+        (
+            json!({"networkDataBase64": "//79"}),
+            "spec.volumes[0].cloudInitNoCloud.networkDataBase64",
+            "not UTF-8",
+        ),
+        (
+            json!({"secretRef": {"name": "s"}}),
+            "spec.volumes[0].cloudInitNoCloud.secretRef",
+            "the Secret is not mounted",
+        ),
+    ];
+    for (source, path, want) in cases {
+        let e = err(f.resolve(with_volume(
+            json!({"name": "v", "cloudInitNoCloud": source}),
+        )));
+        assert_only(&e, path, want);
+    }
+}
+
+#[test]
+fn secret_refs_are_read_where_virt_controller_mounts_them() {
+    let f = Fixture::new();
+    let dir = f.path().join("secrets").join("v");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("userdata"), "#cloud-config\nfrom: secret\n").expect("write");
+    std::fs::write(dir.join("networkData"), "version: 1\n").expect("write");
+    let d = ok(
+        f.resolve(with_volume(json!({"name": "v", "cloudInitNoCloud": {
+        "secretRef": {"name": "s"}, "networkDataSecretRef": {"name": "s"}}}))),
+    );
+    let got = files(&d);
+    assert_eq!(got[0].1, "#cloud-config\nfrom: secret\n");
+    assert_eq!(got[2], ("network-config".into(), "version: 1\n".into()));
+}
+
+#[test]
+fn two_sources_in_one_volume_are_refused() {
+    let f = Fixture::new();
+    let e = err(f.resolve(with_volume(json!({"name": "v",
+        "emptyDisk": {"capacity": "1Gi"}, "cloudInitNoCloud": {"userData": "x"}}))));
+    assert_only(&e, "spec.volumes[0]", "set only one volume source");
+}
