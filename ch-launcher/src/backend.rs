@@ -25,7 +25,17 @@ pub enum BackendError {
     /// The host cannot run this VM (missing feature, file, device...).
     #[error("{0}")]
     Host(String),
+    /// This backend does not do `operation` (yet), for `reason`.
+    #[error("{operation} is not supported by this backend: {reason}")]
+    Unsupported {
+        operation: &'static str,
+        reason: &'static str,
+    },
 }
+
+/// Why the libvirt backend refuses changes at run time for now.
+const NO_HOTPLUG: &str = "vCPU, memory and disk changes of a running VM are built for \
+    Cloud Hypervisor only so far";
 
 /// Control over a started VM. Lifecycle changes that result from these calls
 /// are reported through the backend's event channel, not by the return value.
@@ -45,6 +55,48 @@ pub trait Backend: Send + Sync {
     /// bound again), so the runner asks again after [`Event::Rebooted`] and
     /// reattaches its relay.
     fn console(&self) -> impl Future<Output = Result<ConsoleSource, BackendError>> + Send;
+    /// Memory hotplug granularity in bytes, and whether the backend can take
+    /// memory back from a running guest.
+    fn memory_hotplug(&self) -> (u64, bool) {
+        (1, false)
+    }
+    /// Sets the vCPU count and/or guest memory; limits were checked by
+    /// [`crate::hotplug::Resources::plan_resize`].
+    fn resize(
+        &self,
+        _plan: crate::hotplug::ResizePlan,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async {
+            Err(BackendError::Unsupported {
+                operation: "resize",
+                reason: NO_HOTPLUG,
+            })
+        }
+    }
+    /// Hot-adds `path` as a virtio disk with id `name`; returns where the
+    /// guest finds it (a PCI address) when the hypervisor says.
+    fn attach_disk(
+        &self,
+        _name: &str,
+        _path: &std::path::Path,
+        _readonly: bool,
+    ) -> impl Future<Output = Result<Option<String>, BackendError>> + Send {
+        async {
+            Err(BackendError::Unsupported {
+                operation: "attach-disk",
+                reason: NO_HOTPLUG,
+            })
+        }
+    }
+    /// Hot-removes the disk `name` attached by [`Backend::attach_disk`].
+    fn detach_disk(&self, _name: &str) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async {
+            Err(BackendError::Unsupported {
+                operation: "detach-disk",
+                reason: NO_HOTPLUG,
+            })
+        }
+    }
     /// Releases what the backend holds, on the runtime, once the runner is
     /// done with the VM (every exit path calls it). A backend's `Drop` stays
     /// the fallback for a runner that never got here, and may then block.

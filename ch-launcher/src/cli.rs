@@ -160,8 +160,16 @@ pub enum Commands {
     Stop(Target),
     /// Destroy a running VM now, without waiting for the guest.
     Kill(Target),
-    /// Print a running VM's state as JSON.
+    /// Print a running VM's state as JSON, with the vCPUs, memory and disks
+    /// in effect.
     Status(Target),
+    /// Change a running VM's vCPU sockets and/or memory in place (up to
+    /// spec.domain.cpu.maxSockets and spec.domain.memory.maxGuest).
+    Resize(ResizeArgs),
+    /// Hot-add a raw disk image to a running VM as a virtio disk.
+    AttachDisk(AttachDiskArgs),
+    /// Hot-remove a disk that attach-disk added.
+    DetachDisk(DetachDiskArgs),
     /// Be the entrypoint of a KubeVirt VM pod: serve virt-handler's cmd
     /// socket (`<share-dir>/sockets/launcher-sock`), run the VMI that
     /// arrives in SyncVirtualMachine, and report the domain on
@@ -280,6 +288,44 @@ pub struct Target {
     pub timeout: u64,
 }
 
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true)
+    .args(["sockets", "memory"]))]
+pub struct ResizeArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// vCPU sockets wanted (each of cores x threads vCPUs).
+    #[arg(long, value_name = "N")]
+    pub sockets: Option<u32>,
+    /// Guest memory wanted, as a Kubernetes quantity (`512Mi`, `2Gi`).
+    #[arg(long, value_name = "QTY", value_parser = domain_model::quantity::parse_bytes)]
+    pub memory: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachDiskArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The disk's name: its id in the hypervisor, and what detach-disk takes.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// The raw image (or block device) to attach; relative to this directory.
+    #[arg(long, value_name = "FILE")]
+    pub path: PathBuf,
+    /// Attach read-only.
+    #[arg(long)]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachDiskArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The name given to attach-disk.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+}
+
 fn parse_hypervisor(s: &str) -> Result<Hypervisor, String> {
     s.parse()
 }
@@ -395,6 +441,35 @@ async fn dispatch(cli: Cli) -> u8 {
         Commands::Stop(t) => control_command(g, s, t, Command::Stop).await,
         Commands::Kill(t) => control_command(g, s, t, Command::Kill).await,
         Commands::Status(t) => control_command(g, s, t, Command::Status).await,
+        Commands::Resize(a) => {
+            let command = Command::Resize {
+                sockets: a.sockets,
+                memory: a.memory,
+            };
+            control_command(g, s, &a.target, command).await
+        }
+        Commands::AttachDisk(a) => {
+            // The launcher may run elsewhere: send an absolute path.
+            let path = match std::path::absolute(&a.path) {
+                Ok(path) => path,
+                Err(e) => {
+                    report(format_args!("attach-disk: {}: {e}", a.path.display()));
+                    return exit::FAILURE;
+                }
+            };
+            let command = Command::AttachDisk {
+                name: a.name.clone(),
+                path,
+                readonly: a.readonly,
+            };
+            control_command(g, s, &a.target, command).await
+        }
+        Commands::DetachDisk(a) => {
+            let command = Command::DetachDisk {
+                name: a.name.clone(),
+            };
+            control_command(g, s, &a.target, command).await
+        }
         Commands::Pod(args) => crate::pod::run(g, s, args).await,
         Commands::Host(command) => host(g, command),
         Commands::Firmware(command) => firmware_command(g, s, command),
@@ -1010,10 +1085,11 @@ async fn control_command(g: &GlobalArgs, s: &Settings, target: &Target, command:
         }
     };
     let socket = VmPaths::new(&g.private_dir, &uid).control_socket();
+    let name = command.as_str();
     match control::request(&socket, command, Duration::from_secs(target.timeout)).await {
         Ok(status) => print_stdout(&format!("{status}\n"), exit::SUCCESS),
         Err(e) => {
-            report(format_args!("{}: {e}", command.as_str()));
+            report(format_args!("{name}: {e}"));
             exit::FAILURE
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! The protocol is one JSON object per line in each direction:
 //! request `{"command":"pause"}` (`pause`, `resume`, `reboot`, `stop`,
-//! `status`), response `{"ok":true,"status":{...}}` or
+//! `kill`, `status`; `resize`, `attach-disk`, `detach-disk` with their
+//! arguments beside `command`), response `{"ok":true,"status":{...}}` or
 //! `{"ok":false,"error":"..."}`. A connection may carry several requests.
 //!
 //! [`Command`] and [`Handler`] do not know about the transport, so the later
@@ -30,9 +31,11 @@ pub const SOCKET_MODE: u32 = 0o600;
 /// Longest request line accepted; anything longer is not a command.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
-/// What a client can ask of a running VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// What a client can ask of a running VM. On the wire the command's name is
+/// the `command` key and its arguments sit beside it:
+/// `{"command":"resize","sockets":2}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Command {
     Pause,
     Resume,
@@ -43,10 +46,28 @@ pub enum Command {
     /// Destroy the VM now, without the guest's cooperation.
     Kill,
     Status,
+    /// Change the vCPU sockets and/or the guest memory (bytes) in place.
+    Resize {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sockets: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory: Option<u64>,
+    },
+    /// Hot-add the image at `path` as a virtio disk named `name`.
+    AttachDisk {
+        name: String,
+        path: PathBuf,
+        #[serde(default)]
+        readonly: bool,
+    },
+    /// Hot-remove a disk attached with `attach-disk`.
+    DetachDisk {
+        name: String,
+    },
 }
 
 impl Command {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Command::Pause => "pause",
             Command::Resume => "resume",
@@ -54,16 +75,15 @@ impl Command {
             Command::Stop => "stop",
             Command::Kill => "kill",
             Command::Status => "status",
+            Command::Resize { .. } => "resize",
+            Command::AttachDisk { .. } => "attach-disk",
+            Command::DetachDisk { .. } => "detach-disk",
         }
     }
 }
 
 /// One request line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    pub command: Command,
-}
+pub type Request = Command;
 
 /// Carries out commands against one VM; the answer is the VM's status after
 /// the command took effect, or why it could not.
@@ -202,22 +222,41 @@ async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> io::Re
 
 /// The response line (with its newline) to one request line.
 async fn answer<H: Handler>(line: &str, handler: &H) -> String {
-    let request: Request = match serde_json::from_str(line.trim_end()) {
+    let request = match parse_request(line.trim_end()) {
         Ok(r) => r,
         Err(e) => return error_line(&format!("invalid request: {e}")),
     };
-    tracing::info!(command = request.command.as_str(), "control request");
-    match handler.handle(request.command).await {
+    let name = request.as_str();
+    tracing::info!(command = name, request = ?request, "control request");
+    match handler.handle(request).await {
         Ok(status) => response_line(&Response {
             ok: true,
             status: Some(&status),
             error: None,
         }),
         Err(error) => {
-            tracing::warn!(command = request.command.as_str(), %error, "control request failed");
+            tracing::warn!(command = name, %error, "control request failed");
             error_line(&error)
         }
     }
+}
+
+/// One request line. serde's `deny_unknown_fields` does not reach the unit
+/// variants of an internally tagged enum, so a key the command does not
+/// take is caught here: a misspelt argument must not be dropped silently.
+pub fn parse_request(line: &str) -> Result<Command, String> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let command: Command = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let known = serde_json::to_value(&command).map_err(|e| e.to_string())?;
+    if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
+        if let Some((key, _)) = given
+            .iter()
+            .find(|(k, v)| !v.is_null() && !known.contains_key(k.as_str()))
+        {
+            return Err(format!("unknown field `{key}` for {}", command.as_str()));
+        }
+    }
+    Ok(command)
 }
 
 fn error_line(error: &str) -> String {
@@ -282,8 +321,8 @@ pub async fn request(
             cause: source,
         };
         let (reader, mut writer) = stream.into_split();
-        let mut line = serde_json::to_string(&Request { command })
-            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let mut line =
+            serde_json::to_string(&command).map_err(|e| ClientError::BadResponse(e.to_string()))?;
         line.push('\n');
         writer.write_all(line.as_bytes()).await.map_err(io_err)?;
         let mut reply = String::new();
@@ -328,7 +367,7 @@ mod tests {
 
     impl Handler for Recorder {
         async fn handle(&self, command: Command) -> Result<Status, String> {
-            self.seen.lock().unwrap().push(command);
+            self.seen.lock().unwrap().push(command.clone());
             let mut lc = self.lifecycle.lock().unwrap();
             match command {
                 Command::Pause => {
@@ -338,7 +377,12 @@ mod tests {
                     lc.apply(&Event::Resumed);
                 }
                 Command::Reboot => return Err("reboot failed: VM is not running".into()),
-                Command::Stop | Command::Kill | Command::Status => {}
+                Command::Resize { .. } => return Err("resize: too big".into()),
+                Command::Stop
+                | Command::Kill
+                | Command::Status
+                | Command::AttachDisk { .. }
+                | Command::DetachDisk { .. } => {}
             }
             Ok(lc.status().clone())
         }
@@ -496,10 +540,37 @@ mod tests {
 
     #[test]
     fn request_wire_format_is_stable() {
-        let line = serde_json::to_string(&Request {
-            command: Command::Resume,
-        })
-        .unwrap();
+        let line = serde_json::to_string(&Command::Resume).unwrap();
         assert_eq!(line, r#"{"command":"resume"}"#);
+        let resize = Command::Resize {
+            sockets: Some(2),
+            memory: None,
+        };
+        let line = serde_json::to_string(&resize).unwrap();
+        assert_eq!(line, r#"{"command":"resize","sockets":2}"#);
+        let attach =
+            parse_request(r#"{"command":"attach-disk","name":"d","path":"/x.img"}"#).unwrap();
+        assert_eq!(
+            attach,
+            Command::AttachDisk {
+                name: "d".into(),
+                path: "/x.img".into(),
+                readonly: false
+            }
+        );
+        // A misspelt argument is an error, not a silently dropped change.
+        let typo = parse_request(r#"{"command":"resize","socket":2}"#).unwrap_err();
+        assert!(typo.contains("socket"), "{typo}");
+        let typo = parse_request(r#"{"command":"pause","x":1}"#).unwrap_err();
+        assert!(typo.contains("unknown field `x` for pause"), "{typo}");
+        // Absent and null optional arguments are the same.
+        let resize = parse_request(r#"{"command":"resize","sockets":null,"memory":1}"#).unwrap();
+        assert_eq!(
+            resize,
+            Command::Resize {
+                sockets: None,
+                memory: Some(1)
+            }
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod console;
 pub mod console_log;
 pub mod control;
 pub mod host;
+pub mod hotplug;
 pub mod libvirt;
 pub mod lifecycle;
 pub mod logging;

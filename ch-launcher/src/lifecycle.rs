@@ -114,6 +114,10 @@ pub struct Status {
     /// (e.g. `SEVNotLiveMigratable`); fixed for the VM's lifetime.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_migratable: Option<MigrationCondition>,
+    /// The vCPUs, memory and disks in effect, in control-socket answers
+    /// (the state machine itself does not track them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::hotplug::Resources>,
 }
 
 impl Status {
@@ -137,6 +141,7 @@ impl Default for Lifecycle {
                 message: None,
                 since: now(),
                 live_migratable: None,
+                resources: None,
             },
         }
     }
@@ -187,6 +192,7 @@ impl Lifecycle {
             message,
             since: now(),
             live_migratable: self.current.live_migratable.take(),
+            resources: None,
         };
         Some(&self.current)
     }

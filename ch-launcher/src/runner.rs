@@ -353,6 +353,7 @@ impl Runner {
             stopper: self.stopper(),
             booted: AtomicBool::new(!self.domain.start_paused),
             wait: self.opts.control_wait,
+            resources: tokio::sync::Mutex::new(crate::hotplug::Resources::at_boot(&self.domain)),
         });
         session.control = Some(control.serve(handler.clone()));
         if let Some(mut commands) = self.commands_rx.take() {
@@ -737,12 +738,95 @@ struct VmControl<B> {
     /// False until the vCPUs first ran; a start-paused VM boots on `resume`.
     booted: AtomicBool,
     wait: Duration,
+    /// What is in effect; held across a change so that changes apply one at
+    /// a time, each checked against the result of the one before.
+    resources: tokio::sync::Mutex<crate::hotplug::Resources>,
 }
 
 impl<B: Backend + 'static> Handler for VmControl<B> {
     async fn handle(&self, command: Command) -> Result<Status, String> {
+        let mut status = self.lifecycle(command).await?;
+        status.resources = Some(self.resources.lock().await.clone());
+        Ok(status)
+    }
+}
+
+impl<B: Backend + 'static> VmControl<B> {
+    /// A change to a running (or paused) VM; anything else is refused
+    /// before the hypervisor is asked.
+    async fn change(&self, command: Command) -> Result<Status, String> {
+        let status = self.status.borrow().clone();
+        if !matches!(status.state, State::Running | State::Paused) {
+            return Err(format!(
+                "{}: the VM is {:?}/{:?}; it can be changed only while it runs or is paused",
+                command.as_str(),
+                status.state,
+                status.reason
+            ));
+        }
+        let mut resources = self.resources.lock().await;
+        match command {
+            Command::Resize { sockets, memory } => {
+                let (block, can_shrink) = self.backend.memory_hotplug();
+                let plan = resources
+                    .plan_resize(sockets, memory, block, can_shrink)
+                    .map_err(|e| format!("resize: {e}"))?;
+                if plan.vcpus.is_some() || plan.memory.is_some() {
+                    self.backend.resize(plan).await.map_err(|e| e.to_string())?;
+                    resources.resized(plan);
+                }
+                tracing::info!(
+                    sockets = resources.sockets,
+                    vcpus = resources.vcpus,
+                    memory = resources.memory,
+                    "VM resized"
+                );
+            }
+            Command::AttachDisk {
+                name,
+                path,
+                readonly,
+            } => {
+                resources
+                    .check_attach(&name, &path)
+                    .map_err(|e| format!("attach-disk: {e}"))?;
+                let guest_address = self
+                    .backend
+                    .attach_disk(&name, &path, readonly)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(disk = %name, path = %path.display(),
+                    guest_address = guest_address.as_deref().unwrap_or("-"), "disk attached");
+                resources.disks.push(crate::hotplug::DiskInUse {
+                    name,
+                    path,
+                    readonly,
+                    hotplugged: true,
+                    guest_address,
+                });
+            }
+            Command::DetachDisk { name } => {
+                resources
+                    .check_detach(&name)
+                    .map_err(|e| format!("detach-disk: {e}"))?;
+                self.backend
+                    .detach_disk(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                resources.disks.retain(|d| d.name != name);
+                tracing::info!(disk = %name, "disk detached");
+            }
+            other => return Err(format!("{} is not a change", other.as_str())),
+        }
+        Ok(self.status.borrow().clone())
+    }
+
+    async fn lifecycle(&self, command: Command) -> Result<Status, String> {
         let running = |s: &Status| s.state == State::Running;
         match command {
+            change @ (Command::Resize { .. }
+            | Command::AttachDisk { .. }
+            | Command::DetachDisk { .. }) => self.change(change).await,
             Command::Status => Ok(self.status.borrow().clone()),
             Command::Pause => {
                 self.backend.pause().await.map_err(|e| e.to_string())?;

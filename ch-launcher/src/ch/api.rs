@@ -61,6 +61,32 @@ impl Api {
     pub async fn boot(&self) -> Result<(), BackendError> {
         self.call("vm.boot", self.client.boot_vm()).await
     }
+    pub async fn resize(&self, vcpus: Option<u32>, ram: Option<u64>) -> Result<(), BackendError> {
+        let request = cloud_hypervisor_client::models::VmResize {
+            desired_vcpus: vcpus.map(|v| v as i32),
+            desired_ram: ram.map(|r| r as i64),
+            desired_balloon: None,
+        };
+        self.call("vm.resize", self.client.vm_resize_put(request))
+            .await
+    }
+    pub async fn add_disk(
+        &self,
+        disk: cloud_hypervisor_client::models::DiskConfig,
+    ) -> Result<cloud_hypervisor_client::models::PciDeviceInfo, BackendError> {
+        self.call("vm.add-disk", self.client.vm_add_disk_put(disk))
+            .await
+    }
+    pub async fn remove_device(&self, id: &str) -> Result<(), BackendError> {
+        let request = cloud_hypervisor_client::models::VmRemoveDevice {
+            id: Some(id.to_string()),
+        };
+        self.call(
+            "vm.remove-device",
+            self.client.vm_remove_device_put(request),
+        )
+        .await
+    }
     pub async fn pause(&self) -> Result<(), BackendError> {
         self.call("vm.pause", self.client.pause_vm()).await
     }

@@ -346,6 +346,9 @@ fn bytes(path: &str, value: u64, errors: &mut Vec<ConfigError>) -> i64 {
     })
 }
 
+/// ACPI memory hotplug adds memory in sections of this size.
+pub const ACPI_MEMORY_BLOCK: u64 = 128 << 20;
+
 fn memory(domain: &Domain, errors: &mut Vec<ConfigError>) -> MemoryConfig {
     let mem = &domain.memory;
     let mut config = MemoryConfig::new(bytes("spec.domain.memory.guest", mem.guest, errors));
@@ -355,6 +358,9 @@ fn memory(domain: &Domain, errors: &mut Vec<ConfigError>) -> MemoryConfig {
             max - mem.guest,
             errors,
         ));
+        // Said, not defaulted: the resize rules depend on it (whole
+        // sections, no unplug).
+        config.hotplug_method = Some("Acpi".to_string());
     }
     if let Some(size) = mem.hugepage_size {
         let path = "spec.domain.memory.hugepages.pageSize";

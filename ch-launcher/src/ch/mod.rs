@@ -75,6 +75,35 @@ impl Backend for ChVm {
     async fn power_button(&self) -> Result<(), BackendError> {
         self.api.power_button().await
     }
+    /// ACPI memory hotplug (the launcher's `hotplug_method`) adds memory in
+    /// 128 MiB sections and cannot unplug it.
+    fn memory_hotplug(&self) -> (u64, bool) {
+        (config::ACPI_MEMORY_BLOCK, false)
+    }
+    async fn resize(&self, plan: crate::hotplug::ResizePlan) -> Result<(), BackendError> {
+        self.api.resize(plan.vcpus, plan.memory).await
+    }
+    async fn attach_disk(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        readonly: bool,
+    ) -> Result<Option<String>, BackendError> {
+        let disk = cloud_hypervisor_client::models::DiskConfig {
+            path: Some(path.display().to_string()),
+            readonly: Some(readonly),
+            id: Some(name.to_string()),
+            // Said, not guessed: CH's probing is deprecated and turns off
+            // writes to sector 0 of a raw image.
+            image_type: Some(cloud_hypervisor_client::models::ImageType::Raw),
+            ..Default::default()
+        };
+        let info = self.api.add_disk(disk).await?;
+        Ok(Some(info.bdf))
+    }
+    async fn detach_disk(&self, name: &str) -> Result<(), BackendError> {
+        self.api.remove_device(name).await
+    }
     /// CH re-creates its serial device on every reboot (guest- or
     /// API-initiated): a new PTY, or its socket closed and bound again at the
     /// same path. `vm.info` names the current one.

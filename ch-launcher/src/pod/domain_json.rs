@@ -201,6 +201,7 @@ mod tests {
             message: None,
             since: 0,
             live_migratable: None,
+            resources: None,
         }
     }
 

@@ -974,3 +974,63 @@ async fn disk_or_create_images_exist_before_any_backend_creates_the_vm() {
         .unwrap_err();
     assert!(err.to_string().contains("Some(1048576)"), "{err}");
 }
+
+#[tokio::test]
+async fn a_change_past_the_limits_is_refused_without_asking_the_backend() {
+    let mut s = setup();
+    let mut vm = s.boot(Duration::from_secs(30)).await;
+    let control = s.opts.paths.control_socket();
+
+    // The fixture VM has no maxSockets above sockets and no maxGuest.
+    let err = control::request(
+        &control,
+        Command::Resize {
+            sockets: Some(8),
+            memory: None,
+        },
+        T,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("maxSockets"), "{err}");
+    let err = control::request(
+        &control,
+        Command::DetachDisk {
+            name: "nope".into(),
+        },
+        T,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no disk named"), "{err}");
+    // Within the limits the backend is asked; this one has no hotplug and
+    // says so.
+    let image = tempfile::NamedTempFile::new().unwrap();
+    let err = control::request(
+        &control,
+        Command::AttachDisk {
+            name: "data".into(),
+            path: image.path().to_path_buf(),
+            readonly: false,
+        },
+        T,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("attach-disk is not supported by this backend"),
+        "{err}"
+    );
+    let st = ask(&control, Command::Status).await;
+    assert_eq!(
+        st["resources"]["disks"].as_array().map(Vec::len),
+        Some(0),
+        "{st}"
+    );
+
+    vm.force_stop("SIGINT").await;
+    assert_eq!(vm.handle.calls()[..1], [Call::Boot]);
+}

@@ -308,6 +308,19 @@ impl Launcher {
             .expect("run ch-launcher control command")
     }
 
+    /// `ch-launcher <command> <args...> --uid <uid>`.
+    pub fn ctl_args(&self, command: &str, args: &[&str]) -> Output {
+        Command::new(launcher_path())
+            .arg("--private-dir")
+            .arg(self.private_dir())
+            .arg(command)
+            .args(args)
+            .args(["--uid", &self.uid()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ch-launcher control command")
+    }
+
     /// A control command that must succeed; returns the status it printed.
     pub fn ctl(&self, command: &str) -> serde_json::Value {
         let out = self.ctl_output(command);
