@@ -163,6 +163,11 @@ pub enum Commands {
     /// Print a running VM's state as JSON, with the vCPUs, memory and disks
     /// in effect.
     Status(Target),
+    /// Make a spec's pod network (taps, in-pod bridges, NAT rules, DHCP
+    /// servers) in this network namespace without starting a VM, print
+    /// what was made as JSON, and hold it until SIGTERM or SIGINT: to
+    /// attach another VMM, or a test client, to the taps.
+    NetUp(SpecArg),
     /// Change a running VM's vCPU sockets and/or memory in place (up to
     /// spec.domain.cpu.maxSockets and spec.domain.memory.maxGuest).
     Resize(ResizeArgs),
@@ -435,6 +440,7 @@ async fn dispatch(cli: Cli) -> u8 {
         },
         Commands::Validate(args) => validate(g, s, args),
         Commands::Render(args) => render(g, s, &args.spec),
+        Commands::NetUp(args) => net_up(g, s, &args.spec).await,
         Commands::Pause(t) => control_command(g, s, t, Command::Pause).await,
         Commands::Resume(t) => control_command(g, s, t, Command::Resume).await,
         Commands::Reboot(t) => control_command(g, s, t, Command::Reboot).await,
@@ -1063,6 +1069,44 @@ fn render(g: &GlobalArgs, s: &Settings, spec: &Path) -> u8 {
             exit::FAILURE
         }
     }
+}
+
+async fn net_up(g: &GlobalArgs, s: &Settings, spec: &Path) -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let domain = match load(g, s, spec) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        report("cannot handle SIGTERM and SIGINT");
+        return exit::FAILURE;
+    };
+    let network = match crate::net::prepare(&domain, Path::new("/etc/resolv.conf")).await {
+        Ok(n) => n,
+        Err(e) => {
+            report(format_args!("cannot prepare the pod network: {e}"));
+            return exit::FAILURE;
+        }
+    };
+    let taps: Vec<String> = (0..domain.devices.interfaces.len())
+        .map(crate::net::tap_name)
+        .collect();
+    let made = serde_json::json!({
+        "links": network.links(),
+        "taps": taps,
+        "table": crate::net::table_name(&domain.uid),
+        "interfaces": domain.devices.interfaces,
+    });
+    let code = print_stdout(&format!("{made}\n"), exit::SUCCESS);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    drop(network);
+    code
 }
 
 async fn control_command(g: &GlobalArgs, s: &Settings, target: &Target, command: Command) -> u8 {

@@ -16,6 +16,7 @@ pub mod hotplug;
 pub mod libvirt;
 pub mod lifecycle;
 pub mod logging;
+pub mod net;
 pub mod paths;
 pub mod pod;
 pub mod runner;

@@ -70,6 +70,9 @@ pub struct RunOptions {
     /// it created the VM. Must be false when the hypervisor binds
     /// `virt-serial0` itself ([`ConsoleSource::ServedByHypervisor`]).
     pub early_console: bool,
+    /// The pod's resolv.conf: its nameservers and search domains go to the
+    /// guest over DHCP.
+    pub resolv_conf: PathBuf,
 }
 
 impl RunOptions {
@@ -82,6 +85,7 @@ impl RunOptions {
             exit_wait: Duration::from_secs(5),
             destroy_wait: Duration::from_secs(10),
             early_console: false,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }
 }
@@ -164,6 +168,8 @@ pub enum RunError {
     // typed value stays reachable for callers that match on it.
     #[error("cannot prepare a disk: {0}")]
     Disk(crate::util::DiskError),
+    #[error("cannot prepare the pod network: {0}")]
+    Network(crate::net::NetError),
     /// The backend's own error, kept whole (downcast to the backend's type).
     #[error("cannot create the VM: {0}")]
     Create(Box<dyn std::error::Error + Send + Sync>),
@@ -233,6 +239,11 @@ impl Runner {
         // Removed on every way out of this function.
         let _generated = crate::util::GeneratedDisks::of(&self.domain);
         crate::util::create_missing_disks(&self.domain).map_err(RunError::Disk)?;
+        // Taps, bridges, NAT rules and DHCP servers: removed on every way
+        // out, after the VM (dropped before the disks, declared after them).
+        let _network = crate::net::prepare(&self.domain, &self.opts.resolv_conf)
+            .await
+            .map_err(RunError::Network)?;
         tracing::info!(vm = %self.domain.name, namespace = %self.domain.namespace,
             uid = %self.domain.uid, hypervisor = %self.domain.hypervisor,
             dir = %paths.dir.display(), "creating the VM");

@@ -67,7 +67,7 @@ pub struct VmiSpec {
     #[serde(default)]
     pub volumes: Vec<Volume>,
     #[serde(default)]
-    pub networks: Vec<Value>,
+    pub networks: Vec<Network>,
     pub termination_grace_period_seconds: Option<i64>,
     pub start_strategy: Option<String>,
     // Placement fields: Kubernetes already acted on them when it scheduled
@@ -216,7 +216,81 @@ pub struct Devices {
     #[serde(default)]
     pub inputs: Vec<Input>,
     #[serde(default)]
-    pub interfaces: Vec<Value>,
+    pub interfaces: Vec<Interface>,
+    pub autoattach_pod_interface: Option<bool>,
+}
+
+/// `spec.domain.devices.interfaces[i]`. The binding methods other than
+/// `masquerade` are kept as raw JSON: resolution refuses them by name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interface {
+    #[serde(default)]
+    pub name: String,
+    pub masquerade: Option<Value>,
+    pub bridge: Option<Value>,
+    pub sriov: Option<Value>,
+    pub macvtap: Option<Value>,
+    pub passt: Option<Value>,
+    pub slirp: Option<Value>,
+    pub binding: Option<Value>,
+    pub mac_address: Option<String>,
+    pub model: Option<String>,
+    pub pci_address: Option<String>,
+    pub boot_order: Option<u32>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    pub dhcp_options: Option<DhcpOptions>,
+    pub tag: Option<String>,
+    pub acpi_index: Option<u32>,
+    pub state: Option<String>,
+}
+
+/// `interfaces[i].ports[j]`: a port forwarded to a masquerade guest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Port {
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    pub port: Option<i64>,
+}
+
+/// `interfaces[i].dhcpOptions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DhcpOptions {
+    pub boot_file_name: Option<String>,
+    pub tftp_server_name: Option<String>,
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
+    #[serde(default)]
+    pub private_options: Vec<DhcpPrivateOption>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DhcpPrivateOption {
+    pub option: Option<i64>,
+    pub value: Option<String>,
+}
+
+/// `spec.networks[i]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    #[serde(default)]
+    pub name: String,
+    pub pod: Option<PodNetwork>,
+    pub multus: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodNetwork {
+    #[serde(rename = "vmNetworkCIDR")]
+    pub vm_network_cidr: Option<String>,
+    #[serde(rename = "vmIPv6NetworkCIDR")]
+    pub vm_ipv6_network_cidr: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

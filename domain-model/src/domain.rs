@@ -330,9 +330,73 @@ pub struct Devices {
     /// keeps its spec path so the refusal can name it.
     pub graphics: Option<SpecFeature>,
     pub inputs: Vec<Input>,
-    /// Declared network interfaces (networking is not implemented yet, so
-    /// resolution refuses them; kept so the refusal names each one).
-    pub interfaces: Vec<SpecFeature>,
+    /// Network interfaces, in spec order.
+    pub interfaces: Vec<Interface>,
+}
+
+/// `spec.domain.devices.interfaces[i]` with its `spec.networks[j]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    pub spec_path: String,
+    pub name: String,
+    /// `macAddress`, else one derived from the VMI uid and the interface
+    /// name (locally administered, stable across restarts).
+    pub mac: String,
+    /// `virtio` (KubeVirt's default), or a libvirt model such as `e1000`.
+    pub model: String,
+    pub binding: Binding,
+    /// `pciAddress` (`0000:81:01.0`), where the backend can place it.
+    pub pci_address: Option<String>,
+    pub boot_order: Option<u32>,
+    pub dhcp: DhcpExtras,
+}
+
+/// How an interface reaches the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Binding {
+    /// The guest gets `guest` in `cidr` from the launcher's DHCP server, with
+    /// `gateway` (the in-pod bridge) as its router; its traffic leaves with
+    /// the pod's address (NAT) and `ports` come in to it (all when empty).
+    Masquerade {
+        cidr: String,
+        prefix: u8,
+        gateway: std::net::Ipv4Addr,
+        guest: std::net::Ipv4Addr,
+        ports: Vec<PortForward>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PortForward {
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `dhcpOptions`: what the launcher's DHCP server adds to its answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DhcpExtras {
+    pub boot_file_name: Option<String>,
+    pub tftp_server_name: Option<String>,
+    pub ntp_servers: Vec<std::net::Ipv4Addr>,
+    /// Options 224-254 with their text values.
+    pub private_options: Vec<(u8, String)>,
 }
 
 /// A spec element that only matters by its presence and name.

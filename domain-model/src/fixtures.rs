@@ -195,6 +195,27 @@ impl Domain {
     }
 }
 
+/// A virtio masquerade interface `name` on the pod network, the `index`th
+/// in the spec, with KubeVirt's default addresses.
+pub fn interface(index: usize, name: &str) -> crate::Interface {
+    crate::Interface {
+        spec_path: format!("spec.domain.devices.interfaces[{index}]"),
+        name: name.to_string(),
+        mac: format!("02:00:00:00:00:{:02x}", index + 1),
+        model: "virtio".to_string(),
+        binding: crate::Binding::Masquerade {
+            cidr: "10.0.2.0/24".to_string(),
+            prefix: 24,
+            gateway: std::net::Ipv4Addr::new(10, 0, 2, 1),
+            guest: std::net::Ipv4Addr::new(10, 0, 2, 2),
+            ports: Vec::new(),
+        },
+        pci_address: None,
+        boot_order: None,
+        dhcp: crate::DhcpExtras::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

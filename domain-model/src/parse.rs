@@ -450,7 +450,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "spec.domain.resources.overcommitGuestOverhead",
     "spec.domain.devices.autoattachInputDevice",
     "spec.domain.devices.autoattachMemBalloon",
-    "spec.domain.devices.autoattachPodInterface",
     "spec.domain.devices.autoattachVSOCK",
     "spec.domain.devices.blockMultiQueue",
     "spec.domain.devices.clientPassthrough",

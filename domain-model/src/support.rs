@@ -13,9 +13,6 @@ use serde::Serialize;
 /// Every hypervisor, in the order `explain` lists them.
 pub const HYPERVISORS: &[Hypervisor] = &[Hypervisor::CloudHypervisor, Hypervisor::Libvirt];
 
-/// Why no network interface can be attached yet, on either backend.
-const NO_NETWORKING: &str = "network interfaces are not implemented yet";
-
 /// A capability a spec can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,6 +33,8 @@ pub enum Feature {
     InputDevice,
     VirtioNic,
     EmulatedNic,
+    NicPciAddress,
+    NicBootOrder,
     HostCpuModel,
     NamedCpuModel,
     CpuFeature,
@@ -86,6 +85,8 @@ impl Feature {
             InputDevice => ("input devices", true),
             VirtioNic => ("virtio network interfaces", true),
             EmulatedNic => ("an emulated network interface", false),
+            NicPciAddress => ("a network interface's PCI address", false),
+            NicBootOrder => ("network boot (an interface's bootOrder)", false),
             HostCpuModel => ("the host CPU model", false),
             NamedCpuModel => ("a named CPU model", false),
             CpuFeature => ("a CPU feature policy", false),
@@ -126,7 +127,6 @@ impl Feature {
                     Err("QEMU cannot make a sata disk read-only; use virtio or scsi, or a cdrom")
                 }
                 LunOffScsiBus => Err("a LUN needs the scsi bus"),
-                VirtioNic | EmulatedNic => Err(NO_NETWORKING),
                 TdxMemoryHotplug | SevMemoryHotplug => Err(
                     "memory hotplug (virtio-mem) does not work with encrypted guest memory: \
                      QEMU cannot discard it",
@@ -140,7 +140,8 @@ impl Feature {
                 Graphics => Err("Cloud Hypervisor has no graphics devices"),
                 InputDevice => Err("Cloud Hypervisor has no input devices"),
                 EmulatedNic => Err("Cloud Hypervisor has only virtio-net interfaces"),
-                VirtioNic => Err(NO_NETWORKING),
+                NicPciAddress => Err("Cloud Hypervisor places its PCI devices itself"),
+                NicBootOrder => Err("Cloud Hypervisor's firmware has no network boot (PXE)"),
                 NamedCpuModel => Err("Cloud Hypervisor always gives the guest the host CPU"),
                 EfiSecureBoot => Err("Cloud Hypervisor's EFI firmware has no secure boot"),
                 EfiPersistentVars => Err("Cloud Hypervisor has no persistent EFI variable store"),
@@ -165,7 +166,7 @@ impl Feature {
                 // host's KVM offers: checked when the VM is translated.
                 CpuFeature => Ok(()),
                 VirtioDisk | Rng | SerialConsole | HostCpuModel | CpuHotplug | MemoryHotplug
-                | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx | SevMemoryHotplug
+                | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx | SevMemoryHotplug | VirtioNic
                 // rust-hypervisor-firmware boots the disk (see the firmware crate).
                 | BiosBoot => {
                     Ok(())
@@ -393,10 +394,22 @@ fn uses(domain: &Domain) -> Vec<Use> {
     }
     let mut emulated = Vec::new();
     for nic in &d.devices.interfaces {
-        if nic.kind == "virtio" {
+        if nic.model == "virtio" {
             add(Feature::VirtioNic, nic.spec_path.clone());
         } else {
             emulated.push(nic.clone());
+        }
+        if nic.pci_address.is_some() {
+            add(
+                Feature::NicPciAddress,
+                format!("{}.pciAddress", nic.spec_path),
+            );
+        }
+        if nic.boot_order.is_some() {
+            add(
+                Feature::NicBootOrder,
+                format!("{}.bootOrder", nic.spec_path),
+            );
         }
     }
     let ls = "spec.domain.launchSecurity";
@@ -425,8 +438,8 @@ fn uses(domain: &Domain) -> Vec<Use> {
     for nic in emulated {
         out.push(Use {
             feature: Feature::EmulatedNic,
-            label: Some(format!("emulated network interface model {:?}", nic.kind)),
-            spec_path: nic.spec_path,
+            label: Some(format!("emulated network interface model {:?}", nic.model)),
+            spec_path: format!("{}.model", nic.spec_path),
         });
     }
     out

@@ -12,19 +12,13 @@ use std::collections::BTreeMap;
 fn expected_with_images() -> BTreeMap<&'static str, Vec<&'static str>> {
     BTreeMap::from([
         ("vmi-ephemeral.yaml", vec![]),
-        (
-            "vmi-fedora.yaml",
-            vec!["spec.domain.devices.interfaces[0]", "spec.networks[0]"],
-        ),
+        ("vmi-fedora.yaml", vec![]),
         ("vmi-host-disk.yaml", vec![]),
         (
             "vmi-kernel-boot.yaml",
             vec!["spec.domain.firmware.kernelBoot.container.image"],
         ),
-        (
-            "vmi-masquerade.yaml",
-            vec!["spec.domain.devices.interfaces[0]", "spec.networks[0]"],
-        ),
+        ("vmi-masquerade.yaml", vec![]),
         ("vmi-nocloud.yaml", vec![]),
     ])
 }

@@ -730,13 +730,13 @@ fn validation_rules_report_their_exact_path() {
         ),
         (
             json!({"spec": {"domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}}]}}}}),
-            "spec.domain.devices.interfaces[0]",
-            "not supported yet",
+            "spec.domain.devices.interfaces[0].name",
+            "no spec.networks entry named \"default\"",
         ),
         (
             json!({"spec": {"networks": [{"name": "default", "pod": {}}]}}),
             "spec.networks[0]",
-            "not supported yet",
+            "has no interface",
         ),
         (
             json!({"spec": {"domain": {"clock": {"utc": {}, "timezone": "UTC"}}}}),
@@ -794,7 +794,6 @@ fn every_problem_is_reported_at_once() {
             "spec.domain.devices.interfaces[0]",
             "spec.domain.memory.guest",
             "spec.hypervisor",
-            "spec.networks[0]",
             "spec.volumes[0].secret",
         ],
         "{e}"

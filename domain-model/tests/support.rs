@@ -5,7 +5,7 @@ mod common;
 
 use common::{ok, Fixture};
 use domain_model::support::{explain, Feature};
-use domain_model::{check_support, Hypervisor, SpecFeature};
+use domain_model::{check_support, Hypervisor};
 use serde_json::json;
 
 /// A spec that Cloud Hypervisor can run: kernel boot, virtio disk, rng.
@@ -176,35 +176,38 @@ fn secure_execution_on_cloud_hypervisor_names_both_the_architecture_and_launch_s
 }
 
 #[test]
-fn interfaces_are_refused_on_both_and_emulated_ones_named_on_cloud_hypervisor() {
-    // Resolution refuses interfaces for now, so the Domain is built directly:
-    // the support table must already be right when networking lands.
+fn virtio_interfaces_run_on_both_and_what_cloud_hypervisor_lacks_is_named() {
     let f = Fixture::new();
-    let mut d = ok(f.resolve(ch_base()));
-    d.devices.interfaces = vec![
-        SpecFeature {
-            spec_path: "spec.domain.devices.interfaces[0]".into(),
-            kind: "virtio".into(),
-        },
-        SpecFeature {
-            spec_path: "spec.domain.devices.interfaces[1]".into(),
-            kind: "e1000".into(),
-        },
-    ];
+    // Resolution leaves the backend's limits to check_support.
+    let mut d = ok(f.resolve(with(
+        json!({"spec": {"hypervisor": "libvirt", "domain": {"devices": {
+        "autoattachGraphicsDevice": false,
+        "interfaces": [
+            {"name": "default", "masquerade": {}},
+            {"name": "second", "masquerade": {}, "model": "e1000"},
+            {"name": "third", "masquerade": {}, "pciAddress": "0000:00:09.0", "bootOrder": 2}]}},
+        "networks": [{"name": "default", "pod": {}}, {"name": "second", "pod": {}},
+            {"name": "third", "pod": {}}]}}),
+    )));
+    d.hypervisor = Hypervisor::CloudHypervisor;
     let e = check_support(&d).unwrap_err();
     let got: Vec<String> = e.0.iter().map(|x| x.to_string()).collect();
     assert_eq!(
         got,
         vec![
-            "spec.domain.devices.interfaces[0]: virtio network interfaces are not supported by \
-             cloud-hypervisor: network interfaces are not implemented yet",
-            "spec.domain.devices.interfaces[1]: emulated network interface model \"e1000\" is \
-             not supported by cloud-hypervisor: Cloud Hypervisor has only virtio-net interfaces",
+            "spec.domain.devices.interfaces[2].pciAddress: a network interface's PCI address is \
+             not supported by cloud-hypervisor: Cloud Hypervisor places its PCI devices itself",
+            "spec.domain.devices.interfaces[2].bootOrder: network boot (an interface's \
+             bootOrder) is not supported by cloud-hypervisor: Cloud Hypervisor's firmware has \
+             no network boot (PXE)",
+            "spec.domain.devices.interfaces[1].model: emulated network interface model \
+             \"e1000\" is not supported by cloud-hypervisor: Cloud Hypervisor has only \
+             virtio-net interfaces",
         ]
     );
-    // Neither backend attaches interfaces yet.
+    // libvirt renders all three.
     d.hypervisor = Hypervisor::Libvirt;
-    assert_eq!(check_support(&d).unwrap_err().0.len(), 2);
+    assert!(check_support(&d).is_ok());
 }
 
 #[test]

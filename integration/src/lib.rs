@@ -8,6 +8,7 @@
 //! `env!("CARGO_BIN_EXE_ch-standin")`.
 
 pub mod bench;
+pub mod netns;
 pub mod standin;
 pub mod unix_http;
 pub mod virt_handler;

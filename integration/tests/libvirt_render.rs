@@ -106,6 +106,37 @@ spec:
         kernelArgs: console=ttyS0 root=/dev/vda
 ",
     ),
+    (
+        "masquerade-interfaces-models-pci-boot",
+        "\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: nics
+spec:
+  domain:
+    memory:
+      guest: 256Mi
+    devices:
+      interfaces:
+      - name: default
+        masquerade: {}
+        ports:
+        - port: 22
+      - name: second
+        masquerade: {}
+        model: e1000
+        macAddress: 02:00:00:00:00:07
+        pciAddress: 0000:00:09.0
+        bootOrder: 1
+  networks:
+  - name: default
+    pod: {}
+  - name: second
+    pod:
+      vmNetworkCIDR: 10.1.0.0/24
+",
+    ),
 ];
 
 fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {

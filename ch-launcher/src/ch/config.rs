@@ -154,6 +154,7 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
         ..PlatformConfig::new()
     };
     launch_security(domain, host, &mut payload, &mut platform, &mut errors);
+    let net = nets(domain);
 
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -162,6 +163,7 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
         cpus: Some(cpus),
         memory: Some(memory),
         disks: (!disks.is_empty()).then_some(disks),
+        net: (!net.is_empty()).then_some(net),
         // Cloud Hypervisor adds a virtio-rng from /dev/urandom even when the
         // field is absent (its serde default); there is no way to leave it out.
         rng: domain
@@ -472,6 +474,23 @@ fn launch_security(
             payload.host_data = host_data.clone();
         }
     }
+}
+
+/// Each interface on the tap the launcher made for it (`crate::net`); CH
+/// opens it by name and leaves its addressing to the launcher.
+fn nets(domain: &Domain) -> Vec<cloud_hypervisor_client::models::NetConfig> {
+    domain
+        .devices
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| cloud_hypervisor_client::models::NetConfig {
+            tap: Some(crate::net::tap_name(i)),
+            mac: Some(nic.mac.clone()),
+            id: Some(format!("net-{}", nic.name)),
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
@@ -931,13 +950,12 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
             ),
             (
                 |d| {
-                    d.devices.interfaces = vec![SpecFeature {
-                        spec_path: "spec.domain.devices.interfaces[0]".into(),
-                        kind: "masquerade".into(),
-                    }]
+                    let mut nic = fixtures::interface(0, "default");
+                    nic.model = "e1000".into();
+                    d.devices.interfaces = vec![nic];
                 },
-                "spec.domain.devices.interfaces[0]",
-                "network interface \"masquerade\"",
+                "spec.domain.devices.interfaces[0].model",
+                "emulated network interface model \"e1000\"",
             ),
             (
                 |d| {

@@ -524,6 +524,7 @@ fn devices(
     DevicesXml {
         disk: disks,
         controller: controllers,
+        interface: interfaces(domain),
         serial,
         console,
         input: inputs,
@@ -585,6 +586,44 @@ fn clock(domain: &Domain) -> Option<ClockXml> {
 
 /// libvirt's user aliases must match `ua-[a-zA-Z0-9_-]+`; a name that does
 /// not fit gets no alias rather than a rejected domain.
+/// Each interface on the tap the launcher made for it (`crate::net`).
+fn interfaces(domain: &Domain) -> Vec<InterfaceXml> {
+    domain
+        .devices
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| InterfaceXml {
+            kind: "ethernet",
+            mac: MacXml {
+                address: nic.mac.clone(),
+            },
+            target: InterfaceTarget {
+                dev: crate::net::tap_name(i),
+                managed: "no",
+            },
+            model: InterfaceModel {
+                kind: nic.model.clone(),
+            },
+            boot: nic.boot_order.map(|order| BootOrder { order }),
+            // domain-model checked the DDDD:BB:SS.F form.
+            address: nic.pci_address.as_deref().and_then(|a| {
+                let (domain, rest) = a.split_once(':')?;
+                let (bus, rest) = rest.split_once(':')?;
+                let (slot, function) = rest.split_once('.')?;
+                Some(PciAddressXml {
+                    kind: "pci",
+                    domain: format!("0x{domain}"),
+                    bus: format!("0x{bus}"),
+                    slot: format!("0x{slot}"),
+                    function: format!("0x{function}"),
+                })
+            }),
+            alias: user_alias(&nic.name),
+        })
+        .collect()
+}
+
 fn user_alias(name: &str) -> Option<Alias> {
     let ok = !name.is_empty()
         && name

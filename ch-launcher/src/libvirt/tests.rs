@@ -762,10 +762,6 @@ fn unsupported_parts_are_all_reported_with_their_paths() {
         disk(1, "ro", DiskDevice::Disk, DiskBus::Sata, "/img/ro.raw"),
     ];
     d.disks[1].readonly = true;
-    d.devices.interfaces = vec![SpecFeature {
-        spec_path: "spec.domain.devices.interfaces[0]".into(),
-        kind: "e1000".into(),
-    }];
     d.devices.graphics = Some(SpecFeature {
         spec_path: "spec.domain.devices.graphics".into(),
         kind: "spice".into(),
@@ -782,7 +778,6 @@ fn unsupported_parts_are_all_reported_with_their_paths() {
             "spec.domain.firmware.uuid",
             "spec.domain.devices.disks[0].cdrom.bus",
             "spec.domain.devices.disks[1].disk.readonly",
-            "spec.domain.devices.interfaces[0]",
             "spec.domain.devices.graphics",
         ]
     );

@@ -336,6 +336,7 @@ pub struct Timer {
 pub struct DevicesXml {
     pub disk: Vec<DiskXml>,
     pub controller: Vec<Controller>,
+    pub interface: Vec<InterfaceXml>,
     pub serial: Vec<SerialXml>,
     pub console: Vec<ConsoleXml>,
     pub input: Vec<InputXml>,
@@ -344,6 +345,57 @@ pub struct DevicesXml {
     pub rng: Vec<RngXml>,
     pub memballoon: Memballoon,
     pub memory: Vec<MemoryDevice>,
+}
+
+/// `<interface type='ethernet'>` on a tap the launcher made
+/// (`managed='no'`: libvirt opens it and leaves it alone), as KubeVirt does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InterfaceXml {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub mac: MacXml,
+    pub target: InterfaceTarget,
+    pub model: InterfaceModel,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootOrder>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<PciAddressXml>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<Alias>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MacXml {
+    #[serde(rename = "@address")]
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InterfaceTarget {
+    #[serde(rename = "@dev")]
+    pub dev: String,
+    #[serde(rename = "@managed")]
+    pub managed: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InterfaceModel {
+    #[serde(rename = "@type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PciAddressXml {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@domain")]
+    pub domain: String,
+    #[serde(rename = "@bus")]
+    pub bus: String,
+    #[serde(rename = "@slot")]
+    pub slot: String,
+    #[serde(rename = "@function")]
+    pub function: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

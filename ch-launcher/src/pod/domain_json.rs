@@ -146,9 +146,10 @@ fn machine(domain: &Domain) -> &'static str {
 }
 
 /// `Devices.Disks` (Alias → Target.Device is how virt-handler reports volume
-/// status), and `Devices.Interfaces` (none: the launcher does not attach
-/// NICs yet), `Devices.Channels` (none: no guest agent channel, so
-/// virt-handler never asks for guest agent data).
+/// status), `Devices.Interfaces` (Alias → the VMI's interface name, MAC,
+/// the tap as target: how virt-handler reports interface status), and
+/// `Devices.Channels` (none: no guest agent channel, so virt-handler never
+/// asks for guest agent data).
 fn devices(domain: &Domain) -> Value {
     let targets = crate::libvirt::render::disk_targets(&domain.disks);
     let disks: Vec<Value> = domain
@@ -186,7 +187,22 @@ fn devices(domain: &Domain) -> Value {
             entry
         })
         .collect();
-    json!({ "Disks": disks, "Interfaces": [], "Channels": [] })
+    let interfaces: Vec<Value> = domain
+        .devices
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, nic)| {
+            json!({
+                "Type": "ethernet",
+                "MAC": { "MAC": nic.mac },
+                "Target": { "Device": crate::net::tap_name(i), "Managed": "no" },
+                "Model": { "Type": nic.model },
+                "Alias": { "Name": nic.name, "UserDefined": true },
+            })
+        })
+        .collect();
+    json!({ "Disks": disks, "Interfaces": interfaces, "Channels": [] })
 }
 
 #[cfg(test)]
@@ -306,6 +322,17 @@ mod tests {
             assert_eq!(disk["Alias"]["UserDefined"], true);
             assert!(disk["Target"]["Device"].as_str().unwrap().starts_with("vd"));
         }
+    }
+
+    #[test]
+    fn interfaces_carry_their_name_mac_and_tap() {
+        let mut d = domain_model::fixtures::domain();
+        d.devices.interfaces = vec![domain_model::fixtures::interface(0, "default")];
+        let nics = &devices(&d)["Interfaces"];
+        assert_eq!(nics[0]["Alias"]["Name"], "default");
+        assert_eq!(nics[0]["MAC"]["MAC"], "02:00:00:00:00:01");
+        assert_eq!(nics[0]["Target"]["Device"], "tap0");
+        assert_eq!(nics[0]["Model"]["Type"], "virtio");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Devices other than disks, and the networking that is refused for now.
+//! Devices other than disks and network interfaces.
 
 use super::*;
 
@@ -56,39 +56,12 @@ impl Resolver<'_> {
                 bus,
             });
         }
-        self.refuse_networking(
-            &format!("{base}.interfaces"),
-            "network interface",
-            &devices.interfaces,
-        );
         Devices {
             rng: devices.rng.is_some(),
             serial_console: devices.autoattach_serial_console.unwrap_or(true),
             graphics,
             inputs,
             interfaces: Vec::new(),
-        }
-    }
-
-    pub(super) fn networks(&mut self, networks: &[serde_json::Value]) {
-        self.refuse_networking("spec.networks", "network", networks);
-    }
-
-    /// Networking is not implemented: each interface and network is refused
-    /// by its path, and by its name when it has one.
-    fn refuse_networking(&mut self, list_path: &str, what: &str, items: &[serde_json::Value]) {
-        for (i, item) in items.iter().enumerate() {
-            let name = item
-                .get("name")
-                .and_then(|n| n.as_str())
-                .map(|n| format!(" {n:?}"))
-                .unwrap_or_default();
-            self.err(
-                format!("{list_path}[{i}]"),
-                format!(
-                    "{what}{name} is not supported yet (networking is not implemented); remove it"
-                ),
-            );
         }
     }
 }

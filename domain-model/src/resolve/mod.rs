@@ -28,8 +28,11 @@
 //! - `autoattachGraphicsDevice` defaults to true (KubeVirt's VNC) only on
 //!   libvirt; Cloud Hypervisor has no graphics, so there an absent field means
 //!   none and only an explicit `true` is refused.
-//! - No pod network interface is attached by default: networking is not
-//!   implemented yet, and declared interfaces or networks are refused.
+//! - No pod network interface is attached by default: KubeVirt's virt-api
+//!   webhook adds the default one to the VMI before a launcher sees it, so a
+//!   VMI without interfaces gets no NIC here (as a local spec would expect).
+//! - An interface without `macAddress` gets one derived from the uid and its
+//!   name (locally administered), so that it is the same on every start.
 //! - Hotplug maximums are not defaulted: KubeVirt sets `maxSockets` (sockets
 //!   x the cluster's hotplug ratio, 4) and `memory.maxGuest` (guest x 4) only
 //!   under the cluster's `LiveUpdate` rollout strategy, which a local run has
@@ -64,6 +67,7 @@
 mod boot;
 mod devices;
 mod machine;
+mod network;
 mod storage;
 
 use crate::api;
@@ -240,8 +244,17 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
         architecture,
         hypervisor,
     );
-    let devices = r.devices(&domain.devices, hypervisor);
-    r.networks(&spec.networks);
+    let mut devices = r.devices(&domain.devices, hypervisor);
+    devices.interfaces = r.interfaces(&domain.devices.interfaces, &spec.networks, &uid);
+    if domain.devices.autoattach_pod_interface == Some(true) && domain.devices.interfaces.is_empty()
+    {
+        r.err(
+            "spec.domain.devices.autoattachPodInterface",
+            "the launcher adds no interface of its own (KubeVirt's virt-api does, before a \
+             launcher sees the VMI); declare it: interfaces: [{name: default, masquerade: {}}] \
+             with networks: [{name: default, pod: {}}]",
+        );
+    }
     let clock = r.clock(domain.clock.as_ref());
     let termination_grace_period = r.grace_period(spec.termination_grace_period_seconds);
     let start_paused = r.start_strategy(spec.start_strategy.as_deref());
