@@ -188,6 +188,38 @@ fn make_generated(path: &Path, generated: &domain_model::Generated) -> io::Resul
     match generated {
         domain_model::Generated::Empty { capacity } => file.set_len(*capacity),
         domain_model::Generated::CloudInit { label, files } => write_iso(&mut file, label, files),
+        // Into the 0600 file just made: qemu-img keeps its mode.
+        domain_model::Generated::Overlay {
+            backing,
+            backing_format,
+        } => {
+            drop(file);
+            overlay(path, backing, *backing_format)
+        }
+    }
+}
+
+/// `qemu-img create -f qcow2 -b BACKING -F FORMAT PATH`: the backing
+/// format goes into the header, so no reader has to probe the image.
+fn overlay(path: &Path, backing: &Path, format: domain_model::ImageFormat) -> io::Result<()> {
+    let format = match format {
+        domain_model::ImageFormat::Raw => "raw",
+        domain_model::ImageFormat::Qcow2 => "qcow2",
+    };
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(backing)
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run qemu-img: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "qemu-img create: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 

@@ -303,6 +303,13 @@ pub enum Generated {
         label: String,
         files: Vec<GeneratedFile>,
     },
+    /// `containerDisk`: a qcow2 overlay whose backing file is the image, so
+    /// that the image is never written and the guest's writes last as long
+    /// as the VM.
+    Overlay {
+        backing: PathBuf,
+        backing_format: ImageFormat,
+    },
 }
 
 /// One file of a launcher-made cloud-init image.

@@ -24,5 +24,5 @@ pub mod support;
 pub use domain::*;
 pub use error::{FieldError, SpecErrors};
 pub mod load;
-pub use load::{load_path, load_str, resolve_path, resolve_str, LoadOptions};
+pub use load::{load_path, load_str, resolve_path, resolve_str, ContainerDiskLayout, LoadOptions};
 pub use support::{check_support, explain, FeatureSupport};

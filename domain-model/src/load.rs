@@ -15,6 +15,18 @@ pub const DEFAULT_SECRET_SOURCE_DIR: &str = "/var/run/kubevirt-private/secret";
 /// KubeVirt's ephemeral disk directory in a virt-launcher pod.
 pub const DEFAULT_EPHEMERAL_DISK_DIR: &str = "/var/run/kubevirt-ephemeral-disks";
 
+/// Where a `containerDisk` volume's image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerDiskLayout {
+    /// `<dir>/<volume name>/disk.img` (raw) or `disk.qcow2`: an image put
+    /// there by hand for a local run.
+    Local,
+    /// KubeVirt's in a VM pod: `<dir>/disk_<N>.img`, N the volume's index in
+    /// `spec.volumes`, raw or qcow2 (told apart by the qcow2 magic: the
+    /// image is the container's, which no guest writes).
+    Pod,
+}
+
 /// How to read a spec.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -25,6 +37,8 @@ pub struct LoadOptions {
     pub base_dir: PathBuf,
     /// Where `containerDisk` volumes are found as local image files.
     pub container_disk_dir: PathBuf,
+    /// How images are laid out in `container_disk_dir`.
+    pub container_disk_layout: ContainerDiskLayout,
     /// Where the launcher makes `emptyDisk` and cloud-init images
     /// (`<dir>/<uid>/<volume>.img`), as KubeVirt's ephemeral disk directory.
     pub ephemeral_disk_dir: PathBuf,
@@ -43,6 +57,7 @@ impl Default for LoadOptions {
             hypervisor: None,
             base_dir: PathBuf::from("."),
             container_disk_dir: PathBuf::from(DEFAULT_CONTAINER_DISK_DIR),
+            container_disk_layout: ContainerDiskLayout::Local,
             ephemeral_disk_dir: PathBuf::from(DEFAULT_EPHEMERAL_DISK_DIR),
             secret_source_dir: PathBuf::from(DEFAULT_SECRET_SOURCE_DIR),
             feature_gates: crate::gates::default_enabled(),

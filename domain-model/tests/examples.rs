@@ -75,7 +75,7 @@ fn missing_container_disk_image_names_the_volume_and_the_convention() {
 }
 
 #[test]
-fn ephemeral_example_resolves_to_a_raw_virtio_disk_from_the_convention() {
+fn ephemeral_example_resolves_to_an_overlay_over_the_raw_image_of_the_convention() {
     let fixture = Fixture::new();
     let d = resolve_path(&examples_dir().join("vmi-ephemeral.yaml"), &fixture.opts()).unwrap();
     assert_eq!(d.name, "vmi-ephemeral");
@@ -83,12 +83,16 @@ fn ephemeral_example_resolves_to_a_raw_virtio_disk_from_the_convention() {
     assert_eq!(d.termination_grace_period.as_secs(), 0);
     assert_eq!(d.disks.len(), 1);
     assert_eq!(d.disks[0].bus, DiskBus::Virtio);
-    assert_eq!(d.disks[0].source.format, ImageFormat::Raw);
+    // A qcow2 overlay in the ephemeral disk dir over the raw image.
+    assert_eq!(d.disks[0].source.format, ImageFormat::Qcow2);
     assert_eq!(
-        d.disks[0].source.path,
-        fixture
-            .path()
-            .join("container-disks/containerdisk/disk.img")
+        d.disks[0].source.generated,
+        Some(domain_model::Generated::Overlay {
+            backing: fixture
+                .path()
+                .join("container-disks/containerdisk/disk.img"),
+            backing_format: ImageFormat::Raw,
+        })
     );
     assert_eq!(d.boot, Boot::Bios);
     assert_eq!(d.hypervisor, Hypervisor::Libvirt);

@@ -338,7 +338,13 @@ fn disks_resolve_devices_buses_and_sources() {
                 k.device,
                 k.bus,
                 k.readonly,
-                k.source.format,
+                // A containerDisk is a qcow2 overlay over its image.
+                match &k.source.generated {
+                    Some(domain_model::Generated::Overlay { backing_format, .. }) => {
+                        *backing_format
+                    }
+                    _ => k.source.format,
+                },
             )
         })
         .collect();
@@ -384,6 +390,18 @@ fn disks_resolve_devices_buses_and_sources() {
     );
     assert_eq!(d.disks[0].serial.as_deref(), Some("ROOT-1"));
     assert_eq!(d.disks[0].boot_order, Some(1));
+    assert_eq!(d.disks[0].source.format, ImageFormat::Qcow2);
+    assert_eq!(
+        d.disks[0].source.generated,
+        Some(domain_model::Generated::Overlay {
+            backing: f.path().join("container-disks/rootdisk/disk.img"),
+            backing_format: ImageFormat::Raw,
+        })
+    );
+    assert!(d.disks[0]
+        .source
+        .path
+        .starts_with(f.path().join("ephemeral")));
     assert_eq!(d.disks[3].source.path, f.path().join("existing.img"));
     assert_eq!(d.disks[4].source.path, f.path().join("sub/new.img"));
     assert_eq!(d.disks[4].source.create_with_capacity, Some(1 << 30));

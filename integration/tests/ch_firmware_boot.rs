@@ -110,3 +110,66 @@ fn efi_boot_without_cloudhv_fd_falls_back_to_rust_hypervisor_firmware() {
         "    firmware:\n      bootloader:\n        efi:\n          secureBoot: false\n",
     );
 }
+
+/// A containerDisk boots through a qcow2 overlay the launcher made in the
+/// ephemeral disk dir: CH opens the overlay (with its backing file), the
+/// image itself is never written, and the overlay is gone with the VM.
+#[test]
+fn container_disk_boots_through_a_copy_on_write_overlay_and_the_image_is_untouched() {
+    let test = "fw-containerdisk";
+    let Some(fw_dir) = firmware_dir(test) else {
+        return;
+    };
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let image_dir = scratch.path().join("container-disks").join("rootdisk");
+    std::fs::create_dir_all(&image_dir).expect("mkdir");
+    let image = image_dir.join("disk.img");
+    images::write_boot_disk(&image).expect("write the boot disk");
+    let before = std::fs::read(&image).expect("read image");
+    let ephemeral = scratch.path().join("ephemeral");
+    let text = spec(test, &image, "").replace(
+        &format!(
+            "    hostDisk:\n      path: {}\n      type: Disk\n",
+            image.display()
+        ),
+        "    containerDisk:\n      image: registry.example/tiny:1\n",
+    );
+    assert!(text.contains("containerDisk"), "{text}");
+    let mut launcher = Launcher::start(VmOptions {
+        spec: Some(text),
+        run_args: vec![
+            "--ch-firmware-dir".into(),
+            fw_dir.display().to_string(),
+            "--container-disk-dir".into(),
+            scratch.path().join("container-disks").display().to_string(),
+            "--ephemeral-disk-dir".into(),
+            ephemeral.display().to_string(),
+        ],
+        ..VmOptions::default()
+    });
+    wait_file_contains(&launcher.serial_log(), BANNER);
+    let overlay = ephemeral.join(launcher.uid()).join("rootdisk.qcow2");
+    let info = integration::unix_http::request(
+        &launcher.vm_dir().join("ch-api.sock"),
+        "GET",
+        "/api/v1/vm.info",
+        None,
+        SLOW,
+    )
+    .expect("vm.info");
+    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("JSON");
+    let disk = &info["config"]["disks"][0];
+    assert_eq!(disk["path"], overlay.display().to_string(), "{info}");
+    assert_eq!(disk["image_type"], "Qcow2");
+    let header = std::fs::read(&overlay).expect("overlay");
+    assert_eq!(&header[..4], b"QFI\xfb", "a qcow2 overlay");
+    let mut console = launcher.console();
+    console.send(b"q");
+    let exit = launcher.expect_exit(SLOW);
+    assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
+    assert!(
+        std::fs::read(&image).expect("read image") == before,
+        "the image was written"
+    );
+    assert!(!overlay.exists(), "the overlay outlived the VM");
+}

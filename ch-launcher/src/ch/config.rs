@@ -520,6 +520,14 @@ fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
                 ImageFormat::Raw => ImageType::Raw,
                 ImageFormat::Qcow2 => ImageType::Qcow2,
             }),
+            // Only the launcher's own overlays may have a backing file: one
+            // named inside a guest-writable image would let the guest read
+            // any host file.
+            backing_files: matches!(
+                disk.source.generated,
+                Some(domain_model::Generated::Overlay { .. })
+            )
+            .then_some(true),
             ..DiskConfig::new()
         });
     }

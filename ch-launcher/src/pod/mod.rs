@@ -427,7 +427,11 @@ pub async fn run(g: &GlobalArgs, s: &crate::cli::Settings, args: &PodArgs) -> u8
     });
     let pod = Arc::new(Pod {
         id: id.clone(),
-        load: crate::cli::load_options(g, s),
+        load: domain_model::LoadOptions {
+            // KubeVirt's container-disk layout: disk_<N>.img.
+            container_disk_layout: domain_model::ContainerDiskLayout::Pod,
+            ..crate::cli::load_options(g, s)
+        },
         meta,
         slot: Mutex::new(Slot::Empty),
         start_tx,

@@ -86,7 +86,7 @@ impl Resolver<'_> {
             } else if !name_ok {
                 None
             } else if let Some(cd) = &v.container_disk {
-                self.container_disk(&path, &v.name, cd)
+                self.container_disk(&path, i, &v.name, vm.uid, cd)
             } else if let Some(ed) = &v.empty_disk {
                 self.empty_disk(&path, &v.name, vm.uid, ed)
             } else if let Some(ci) = &v.cloud_init_no_cloud {
@@ -109,10 +109,13 @@ impl Resolver<'_> {
     /// Where a launcher-made image of volume `volume` lives:
     /// `<ephemeral disk dir>/<uid>/<volume>.img`.
     fn generated_path(&self, volume: &str, uid: &str) -> std::path::PathBuf {
-        self.opts
-            .ephemeral_disk_dir
-            .join(uid)
-            .join(format!("{volume}.img"))
+        self.generated_path_ext(volume, uid, "img")
+    }
+
+    fn generated_path_ext(&self, volume: &str, uid: &str, ext: &str) -> std::path::PathBuf {
+        let dir = std::path::absolute(&self.opts.ephemeral_disk_dir)
+            .unwrap_or_else(|_| self.opts.ephemeral_disk_dir.clone());
+        dir.join(uid).join(format!("{volume}.{ext}"))
     }
 
     fn empty_disk(
@@ -405,7 +408,9 @@ impl Resolver<'_> {
     fn container_disk(
         &mut self,
         path: &str,
+        index: usize,
         name: &str,
+        uid: &str,
         cd: &api::ContainerDisk,
     ) -> Option<DiskSource> {
         let base = format!("{path}.containerDisk");
@@ -417,8 +422,51 @@ impl Resolver<'_> {
             return None;
         }
         let dir = std::path::absolute(&self.opts.container_disk_dir)
-            .unwrap_or_else(|_| self.opts.container_disk_dir.clone())
-            .join(name);
+            .unwrap_or_else(|_| self.opts.container_disk_dir.clone());
+        let image = match self.opts.container_disk_layout {
+            crate::load::ContainerDiskLayout::Local => {
+                self.local_container_disk(&base, &dir, name, cd)?
+            }
+            crate::load::ContainerDiskLayout::Pod => {
+                let file = dir.join(format!("disk_{index}.img"));
+                match qcow2_or_raw(&file) {
+                    Ok(format) => (file, format),
+                    Err(e) => {
+                        self.err(
+                            &base,
+                            format!(
+                                "containerDisk {:?}: cannot read {} (KubeVirt's container-disk \
+                                 layout, disk_<volume index>.img): {e}",
+                                cd.image,
+                                file.display()
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(DiskSource {
+            spec_path: path.to_string(),
+            path: self.generated_path_ext(name, uid, "qcow2"),
+            format: ImageFormat::Qcow2,
+            create_with_capacity: None,
+            generated: Some(crate::Generated::Overlay {
+                backing: image.0,
+                backing_format: image.1,
+            }),
+        })
+    }
+
+    /// The image of a containerDisk in the local layout.
+    fn local_container_disk(
+        &mut self,
+        base: &str,
+        dir: &std::path::Path,
+        name: &str,
+        cd: &api::ContainerDisk,
+    ) -> Option<(PathBuf, ImageFormat)> {
+        let dir = dir.join(name);
         let candidates = [
             (dir.join("disk.img"), ImageFormat::Raw),
             (dir.join("disk.qcow2"), ImageFormat::Qcow2),
@@ -426,16 +474,10 @@ impl Resolver<'_> {
         let found: Vec<&(PathBuf, ImageFormat)> =
             candidates.iter().filter(|(p, _)| is_file(p)).collect();
         match found.as_slice() {
-            [(file, format)] => Some(DiskSource {
-                spec_path: path.to_string(),
-                path: file.clone(),
-                format: *format,
-                create_with_capacity: None,
-                generated: None,
-            }),
+            [(file, format)] => Some((file.clone(), *format)),
             [] => {
                 self.err(
-                    &base,
+                    base,
                     format!(
                         "no local image for containerDisk {:?}: containerDisk volumes are read \
                          from <container disk dir>/<volume name>/disk.img (raw) or disk.qcow2 \
@@ -449,7 +491,7 @@ impl Resolver<'_> {
             }
             _ => {
                 self.err(
-                    &base,
+                    base,
                     format!(
                         "both {} and {} exist: keep only one so the format is unambiguous",
                         candidates[0].0.display(),
@@ -636,4 +678,17 @@ fn default_bus(device: DiskDevice, arch: Architecture, hypervisor: Hypervisor) -
 
 fn is_file(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file())
+}
+
+/// qcow2 when the file starts with its magic, else raw.
+fn qcow2_or_raw(file: &std::path::Path) -> std::io::Result<ImageFormat> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(file)?;
+    let n = f.read(&mut magic)?;
+    Ok(if n == 4 && magic == *b"QFI\xfb" {
+        ImageFormat::Qcow2
+    } else {
+        ImageFormat::Raw
+    })
 }
