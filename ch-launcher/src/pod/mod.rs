@@ -215,7 +215,9 @@ impl Pod {
     }
 
     /// `SyncVirtualMachine`: starts the VM from the first good VMI; later
-    /// syncs (virt-handler re-sends one on every reconcile) change nothing.
+    /// syncs (virt-handler re-sends one on every reconcile) change nothing,
+    /// except a VMI whose only changes are CPU sockets and guest memory
+    /// (KubeVirt's in-place hotplug), which resizes the running VM.
     async fn sync(&self, json: &[u8]) -> Result<(), String> {
         let domain = match parse_vmi(json, &self.id, &self.load) {
             Ok(d) => d,
@@ -225,15 +227,29 @@ impl Pod {
                 return Err(message);
             }
         };
+        let resize = {
+            let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            match &*slot {
+                Slot::Running(vm) if vm.domain == domain => return Ok(()),
+                Slot::Running(vm) => Some((vm.clone(), in_place_change(&vm.domain, &domain))),
+                _ => None,
+            }
+        };
+        if let Some((vm, change)) = resize {
+            let result = match change {
+                Ok(command) => vm.commander.send(command).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &result {
+                self.k8s_event("Warning", "SyncFailed", e);
+            }
+            return result;
+        }
         let reply = {
             let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
             match &*slot {
                 Slot::Running(vm) if vm.domain == domain => return Ok(()),
-                Slot::Running(_) => {
-                    return Err("the VMI's spec changed since its VM started; ch-launcher \
-does not apply changes to a running VM yet"
-                        .into())
-                }
+                Slot::Running(_) => return Err("the VM changed while this sync ran".into()),
                 Slot::Starting => return Err("the VM is being started by an earlier sync".into()),
                 Slot::Deleted => return Err("the domain was deleted".into()),
                 Slot::Empty => {
@@ -584,6 +600,24 @@ fn state_events(pod: &Pod, status: &Status) {
     }
 }
 
+/// The resize that turns the running VM started from `running` into one of
+/// `wanted`, when sockets and guest memory are all that changed.
+fn in_place_change(running: &Domain, wanted: &Domain) -> Result<Command, String> {
+    let mut same = running.clone();
+    same.cpu.sockets = wanted.cpu.sockets;
+    same.memory.guest = wanted.memory.guest;
+    if same != *wanted {
+        return Err("the VMI's spec changed since its VM started in more than \
+            spec.domain.cpu.sockets and spec.domain.memory.guest, which are all ch-launcher \
+            changes in place; the rest needs a restart"
+            .into());
+    }
+    Ok(Command::Resize {
+        sockets: Some(wanted.cpu.sockets),
+        memory: Some(wanted.memory.guest),
+    })
+}
+
 /// Sends the domain when it differs from what was last sent.
 #[derive(Default)]
 struct DomainNotifier {
@@ -701,6 +735,29 @@ async fn finish(
     notify_task.abort();
     drop(server);
     code
+}
+
+#[cfg(test)]
+mod in_place_tests {
+    use super::*;
+
+    #[test]
+    fn only_sockets_and_memory_change_in_place() {
+        let running = domain_model::fixtures::domain();
+        let mut wanted = running.clone();
+        wanted.cpu.sockets += 1;
+        wanted.memory.guest *= 2;
+        assert_eq!(
+            in_place_change(&running, &wanted).unwrap(),
+            Command::Resize {
+                sockets: Some(wanted.cpu.sockets),
+                memory: Some(wanted.memory.guest)
+            }
+        );
+        wanted.memory.max_guest = Some(1 << 40);
+        let e = in_place_change(&running, &wanted).unwrap_err();
+        assert!(e.contains("needs a restart"), "{e}");
+    }
 }
 
 #[cfg(test)]
