@@ -84,11 +84,16 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR",
         default_value = domain_model::load::DEFAULT_EPHEMERAL_DISK_DIR)]
     pub ephemeral_disk_dir: PathBuf,
-    /// Where a cloud-init volume's `secretRef` Secret is mounted
-    /// (`<DIR>/<volume>/userdata`, `networkdata`).
+    /// Where the pod's volumes are mounted, in KubeVirt's layout:
+    /// `secret/<volume>/` (Secrets, cloud-init secretRef), `config-map/<volume>/`,
+    /// `downwardapi/<volume>/`, `vmi-disks/<volume>/disk.img` (PVCs, DataVolumes).
     #[arg(long, global = true, value_name = "DIR",
-        default_value = domain_model::load::DEFAULT_SECRET_SOURCE_DIR)]
-    pub secret_dir: PathBuf,
+        default_value = domain_model::load::DEFAULT_MOUNTS_DIR)]
+    pub mounts_dir: PathBuf,
+    /// The service account token directory (a `serviceAccount` volume).
+    #[arg(long, global = true, value_name = "DIR",
+        default_value = domain_model::load::DEFAULT_SERVICE_ACCOUNT_DIR)]
+    pub service_account_dir: PathBuf,
     /// The libvirt connection URI (libvirt backend).
     #[arg(long, global = true, value_name = "URI", env = "LIBVIRT_DEFAULT_URI",
         default_value = libvirt::DEFAULT_URI)]
@@ -647,7 +652,8 @@ pub(crate) fn load_options(g: &GlobalArgs, s: &Settings) -> LoadOptions {
         hypervisor: g.hypervisor,
         container_disk_dir: g.container_disk_dir.clone(),
         ephemeral_disk_dir: g.ephemeral_disk_dir.clone(),
-        secret_source_dir: g.secret_dir.clone(),
+        mounts_dir: g.mounts_dir.clone(),
+        service_account_dir: g.service_account_dir.clone(),
         feature_gates: s.gates.enabled(),
         ..LoadOptions::default()
     }

@@ -188,6 +188,23 @@ fn make_generated(path: &Path, generated: &domain_model::Generated) -> io::Resul
     match generated {
         domain_model::Generated::Empty { capacity } => file.set_len(*capacity),
         domain_model::Generated::CloudInit { label, files } => write_iso(&mut file, label, files),
+        domain_model::Generated::IsoFromDir {
+            dir,
+            label,
+            optional,
+        } => {
+            let files = match dir_files(dir) {
+                Ok(files) => files,
+                Err(e) if *optional && e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot read {}: {e}", dir.display()),
+                    ))
+                }
+            };
+            write_iso_files(&mut file, label, &files)
+        }
         // Into the 0600 file just made: qemu-img keeps its mode.
         domain_model::Generated::Overlay {
             backing,
@@ -230,6 +247,46 @@ fn write_iso(
     label: &str,
     files: &[domain_model::GeneratedFile],
 ) -> io::Result<()> {
+    let files: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|f| (f.path.clone(), f.contents.as_bytes().to_vec()))
+        .collect();
+    write_iso_files(out, label, &files)
+}
+
+/// The files under `dir`, `/`-separated paths relative to it. Kubernetes'
+/// own entries (`..data`, `..2026_...`: the atomic-update machinery) are
+/// skipped; the symlinks into them are followed.
+fn dir_files(dir: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) -> io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("..") {
+                continue;
+            }
+            let path = e.path();
+            let rel = format!("{prefix}{name}");
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                walk(&path, &format!("{rel}/"), out)?;
+            } else if meta.is_file() {
+                out.push((rel, std::fs::read(&path)?));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out)?;
+    Ok(out)
+}
+
+fn write_iso_files(
+    out: &mut std::fs::File,
+    label: &str,
+    files: &[(String, Vec<u8>)],
+) -> io::Result<()> {
     use hadris_iso::read::PathSeparator;
     use hadris_iso::write::options::{CreationFeatures, IsoFormatOptions};
     use hadris_iso::write::{File as IsoFile, InputFiles, IsoImageWriter};
@@ -260,8 +317,8 @@ fn write_iso(
         }
     }
     let mut tree = Vec::new();
-    for f in files {
-        insert(&mut tree, &f.path, f.contents.as_bytes());
+    for (path, contents) in files {
+        insert(&mut tree, path, contents);
     }
     let options = IsoFormatOptions {
         volume_name: label.to_string(),

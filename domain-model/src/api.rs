@@ -424,6 +424,69 @@ pub struct Volume {
     pub empty_disk: Option<EmptyDisk>,
     pub cloud_init_no_cloud: Option<CloudInitSource>,
     pub cloud_init_config_drive: Option<CloudInitSource>,
+    pub persistent_volume_claim: Option<PvcSource>,
+    pub data_volume: Option<DataVolumeSource>,
+    pub ephemeral: Option<EphemeralSource>,
+    pub config_map: Option<ProjectedSource>,
+    pub secret: Option<ProjectedSource>,
+    #[serde(rename = "downwardAPI")]
+    pub downward_api: Option<DownwardApiSource>,
+    pub service_account: Option<ServiceAccountSource>,
+}
+
+/// `persistentVolumeClaim`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    #[serde(default)]
+    pub claim_name: String,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub hotpluggable: bool,
+}
+
+/// `dataVolume`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeSource {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub hotpluggable: bool,
+}
+
+/// `ephemeral`: a PVC behind a copy-on-write overlay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EphemeralSource {
+    pub persistent_volume_claim: Option<PvcSource>,
+}
+
+/// `configMap` and `secret` (the Secret's name is `secretName`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedSource {
+    pub name: Option<String>,
+    pub secret_name: Option<String>,
+    #[serde(default)]
+    pub optional: bool,
+    pub volume_label: Option<String>,
+}
+
+/// `downwardAPI`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiSource {
+    pub fields: Option<Value>,
+    pub volume_label: Option<String>,
+}
+
+/// `serviceAccount`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountSource {
+    pub service_account_name: Option<String>,
 }
 
 /// `emptyDisk`: a blank disk for the life of the VM.
@@ -470,15 +533,4 @@ pub struct ContainerDisk {
 
 /// Volume kinds of `kubevirt.io/v1` this launcher does not implement yet, so
 /// that their error says "not supported yet" rather than "unknown field".
-pub const UNSUPPORTED_VOLUME_KINDS: &[&str] = &[
-    "configMap",
-    "dataVolume",
-    "downwardAPI",
-    "downwardMetrics",
-    "ephemeral",
-    "memoryDump",
-    "persistentVolumeClaim",
-    "secret",
-    "serviceAccount",
-    "sysprep",
-];
+pub const UNSUPPORTED_VOLUME_KINDS: &[&str] = &["downwardMetrics", "memoryDump", "sysprep"];

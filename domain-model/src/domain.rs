@@ -310,6 +310,15 @@ pub enum Generated {
         backing: PathBuf,
         backing_format: ImageFormat,
     },
+    /// `configMap`, `secret`, `downwardAPI`, `serviceAccount`: the files of
+    /// the directory Kubernetes mounted, as read at start, in an ISO 9660
+    /// image with volume id `label` (as KubeVirt makes for them); `dir`
+    /// absent is an empty image when `optional`.
+    IsoFromDir {
+        dir: PathBuf,
+        label: String,
+        optional: bool,
+    },
 }
 
 /// One file of a launcher-made cloud-init image.

@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 /// Where the containerDisk convention looks for images by default.
 pub const DEFAULT_CONTAINER_DISK_DIR: &str = "/var/run/kubevirt/container-disks";
-/// Where virt-controller mounts a cloud-init volume's Secret
-/// (`<dir>/<volume>/userdata`).
-pub const DEFAULT_SECRET_SOURCE_DIR: &str = "/var/run/kubevirt-private/secret";
+/// Where virt-controller mounts what a VM pod's volumes hold:
+/// `config-map/<volume>`, `secret/<volume>`, `downwardapi/<volume>`,
+/// `vmi-disks/<volume>/disk.img` (filesystem PVCs and DataVolumes).
+pub const DEFAULT_MOUNTS_DIR: &str = "/var/run/kubevirt-private";
+/// Where Kubernetes mounts the pod's service account token.
+pub const DEFAULT_SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// KubeVirt's ephemeral disk directory in a virt-launcher pod.
 pub const DEFAULT_EPHEMERAL_DISK_DIR: &str = "/var/run/kubevirt-ephemeral-disks";
 
@@ -42,9 +45,15 @@ pub struct LoadOptions {
     /// Where the launcher makes `emptyDisk` and cloud-init images
     /// (`<dir>/<uid>/<volume>.img`), as KubeVirt's ephemeral disk directory.
     pub ephemeral_disk_dir: PathBuf,
-    /// Where a cloud-init volume's `secretRef` is read from
-    /// (`<dir>/<volume>/userdata`, as virt-controller mounts it).
-    pub secret_source_dir: PathBuf,
+    /// The pod's volume mounts ([`DEFAULT_MOUNTS_DIR`]'s layout): Secrets
+    /// (cloud-init `secretRef` included), ConfigMaps, downward API files and
+    /// filesystem PVCs.
+    pub mounts_dir: PathBuf,
+    /// The service account token's directory.
+    pub service_account_dir: PathBuf,
+    /// Block-mode PVCs are the devices `/dev/<volume>` (only in a pod: on a
+    /// host, `/dev/<name>` may be any disk).
+    pub block_pvcs: bool,
     /// Enabled feature gates (`--feature-gates`, config file), already merged
     /// with KubeVirt's defaults by maturity: build it with
     /// [`crate::gates::FeatureGates`]. The default is KubeVirt's defaults.
@@ -59,7 +68,9 @@ impl Default for LoadOptions {
             container_disk_dir: PathBuf::from(DEFAULT_CONTAINER_DISK_DIR),
             container_disk_layout: ContainerDiskLayout::Local,
             ephemeral_disk_dir: PathBuf::from(DEFAULT_EPHEMERAL_DISK_DIR),
-            secret_source_dir: PathBuf::from(DEFAULT_SECRET_SOURCE_DIR),
+            mounts_dir: PathBuf::from(DEFAULT_MOUNTS_DIR),
+            service_account_dir: PathBuf::from(DEFAULT_SERVICE_ACCOUNT_DIR),
+            block_pvcs: false,
             feature_gates: crate::gates::default_enabled(),
         }
     }

@@ -144,7 +144,7 @@ fn cloud_init_field_errors_name_the_field() {
 #[test]
 fn secret_refs_are_read_where_virt_controller_mounts_them() {
     let f = Fixture::new();
-    let dir = f.path().join("secrets").join("v");
+    let dir = f.path().join("mounts/secret/v");
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("userdata"), "#cloud-config\nfrom: secret\n").expect("write");
     std::fs::write(dir.join("networkData"), "version: 1\n").expect("write");
@@ -202,4 +202,93 @@ fn container_disk_in_a_pod_is_disk_n_img_by_volume_index_and_its_format_by_magic
         "spec.volumes[1].containerDisk",
         "disk_<volume index>.img",
     );
+}
+
+#[test]
+fn pvc_and_data_volume_are_the_files_virt_controller_mounts() {
+    let f = Fixture::new();
+    let dir = f.path().join("mounts/vmi-disks/v");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("disk.img"), b"").expect("image");
+    for source in [
+        json!({"persistentVolumeClaim": {"claimName": "c"}}),
+        json!({"dataVolume": {"name": "dv"}}),
+    ] {
+        let mut v = json!({"name": "v"});
+        common::merge(&mut v, &source);
+        let d = ok(f.resolve(with_volume(v)));
+        assert_eq!(d.disks[0].source.path, dir.join("disk.img"));
+        assert_eq!(d.disks[0].source.generated, None);
+    }
+    // ephemeral: the claim behind an overlay.
+    let d = ok(f.resolve(with_volume(
+        json!({"name": "v", "ephemeral": {"persistentVolumeClaim": {"claimName": "c"}}}),
+    )));
+    assert_eq!(
+        generated(&d),
+        &Generated::Overlay {
+            backing: dir.join("disk.img"),
+            backing_format: domain_model::ImageFormat::Raw
+        }
+    );
+    std::fs::remove_file(dir.join("disk.img")).expect("rm");
+    let e = err(f.resolve(with_volume(
+        json!({"name": "v", "persistentVolumeClaim": {"claimName": "c"}}),
+    )));
+    assert_only(
+        &e,
+        "spec.volumes[0].persistentVolumeClaim",
+        "vmi-disks/v/disk.img",
+    );
+    let e = err(f.resolve(with_volume(
+        json!({"name": "v", "dataVolume": {"name": "d", "hotpluggable": true}}),
+    )));
+    assert_eq!(
+        common::paths(&e)[0],
+        "spec.volumes[0].dataVolume.hotpluggable"
+    );
+}
+
+#[test]
+fn config_map_secret_downward_api_and_service_account_become_isos_of_their_mounts() {
+    let f = Fixture::new();
+    for (kind, source, dir) in [
+        (
+            "configMap",
+            json!({"name": "cm", "volumeLabel": "CFG"}),
+            "mounts/config-map/v",
+        ),
+        ("secret", json!({"secretName": "s"}), "mounts/secret/v"),
+        ("downwardAPI", json!({"fields": []}), "mounts/downwardapi/v"),
+        (
+            "serviceAccount",
+            json!({"serviceAccountName": "sa"}),
+            "serviceaccount",
+        ),
+    ] {
+        let mut v = json!({"name": "v"});
+        v[kind] = source;
+        let e = err(f.resolve(with_volume(v.clone())));
+        assert_only(&e, "spec.volumes[0]", "is not mounted");
+        std::fs::create_dir_all(f.path().join(dir)).expect("mkdir");
+        let d = ok(f.resolve(with_volume(v)));
+        match generated(&d) {
+            Generated::IsoFromDir {
+                dir: got, label, ..
+            } => {
+                assert_eq!(got, &f.path().join(dir));
+                assert_eq!(label, if kind == "configMap" { "CFG" } else { "v" });
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+    }
+    // optional: an absent Secret is an empty disk, not an error.
+    let f = Fixture::new();
+    let d = ok(f.resolve(with_volume(
+        json!({"name": "v", "secret": {"secretName": "s", "optional": true}}),
+    )));
+    assert!(matches!(
+        generated(&d),
+        Generated::IsoFromDir { optional: true, .. }
+    ));
 }

@@ -800,7 +800,7 @@ fn every_problem_is_reported_at_once() {
         "hypervisor": "qemu",
         "domain": {"cpu": {"sockets": "x"}, "memory": {"guest": "1GB"},
             "devices": {"disks": [{"name": "a", "floppy": {}}], "interfaces": [{"name": "x"}]}},
-        "volumes": [{"name": "a", "secret": {"secretName": "s"}}],
+        "volumes": [{"name": "a", "sysprep": {}}],
         "networks": [{"name": "x", "pod": {}}]}})));
     let mut got = paths(&e);
     got.sort();
@@ -812,7 +812,7 @@ fn every_problem_is_reported_at_once() {
             "spec.domain.devices.interfaces[0]",
             "spec.domain.memory.guest",
             "spec.hypervisor",
-            "spec.volumes[0].secret",
+            "spec.volumes[0].sysprep",
         ],
         "{e}"
     );
@@ -867,7 +867,7 @@ fn unknown_fields_are_errors_with_their_full_path() {
 #[test]
 fn unsupported_volume_kinds_say_not_supported_yet() {
     let f = Fixture::new();
-    for kind in ["persistentVolumeClaim", "dataVolume", "secret"] {
+    for kind in ["downwardMetrics", "memoryDump", "sysprep"] {
         let e = err(f.resolve(
             json!({"spec": {"domain": {"devices": {"disks": [{"name": "v"}]}},
             "volumes": [{"name": "v", kind: {}}]}}),

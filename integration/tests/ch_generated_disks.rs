@@ -1,5 +1,5 @@
-//! `emptyDisk`, `cloudInitNoCloud` and `cloudInitConfigDrive` under the real
-//! Cloud Hypervisor: the launcher makes the images in the ephemeral disk
+//! `emptyDisk`, `cloudInitNoCloud`, `cloudInitConfigDrive`, `configMap` and
+//! a filesystem-mode `persistentVolumeClaim` under the real Cloud Hypervisor: the launcher makes the images in the ephemeral disk
 //! directory, CH attaches them (its own `vm.info` names them), the
 //! cloud-init images are ISO 9660 that `isoinfo` (genisoimage) reads with
 //! KubeVirt's volume ids and files, and all of it is gone once the VM is.
@@ -42,7 +42,18 @@ spec:
         disk: {{bus: virtio}}
       - name: config
         disk: {{bus: virtio}}
+      - name: settings
+        disk: {{bus: virtio}}
+      - name: data
+        disk: {{bus: virtio}}
   volumes:
+  - name: settings
+    configMap:
+      name: app-settings
+      volumeLabel: SETTINGS
+  - name: data
+    persistentVolumeClaim:
+      claimName: data-claim
   - name: scratch
     emptyDisk:
       capacity: 64Mi
@@ -92,11 +103,26 @@ fn launcher_made_disks_are_attached_readable_and_removed_with_the_vm() {
     }
     let scratch = tempfile::tempdir().expect("tempdir");
     let ephemeral = scratch.path().join("ephemeral");
+    // The pod's mounts: a ConfigMap as Kubernetes lays it out (files are
+    // symlinks into a `..data` directory) and a filesystem-mode PVC.
+    let mounts = scratch.path().join("mounts");
+    let cm = mounts.join("config-map/settings");
+    std::fs::create_dir_all(cm.join("..2026_12_03_00_00_00.1")).expect("mkdir");
+    std::fs::write(cm.join("..2026_12_03_00_00_00.1/app.conf"), "mode=fast\n").expect("write");
+    std::os::unix::fs::symlink("..2026_12_03_00_00_00.1", cm.join("..data")).expect("symlink");
+    std::os::unix::fs::symlink("..data/app.conf", cm.join("app.conf")).expect("symlink");
+    let pvc = mounts.join("vmi-disks/data/disk.img");
+    std::fs::create_dir_all(pvc.parent().expect("parent")).expect("mkdir");
+    std::fs::File::create(&pvc)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("pvc image");
     let mut launcher = Launcher::start(VmOptions {
         spec: Some(spec(images::test_guest())),
         run_args: vec![
             "--ephemeral-disk-dir".into(),
             ephemeral.display().to_string(),
+            "--mounts-dir".into(),
+            mounts.display().to_string(),
         ],
         ..VmOptions::default()
     });
@@ -119,6 +145,14 @@ fn launcher_made_disks_are_attached_readable_and_removed_with_the_vm() {
         .iter()
         .filter_map(|d| d["path"].as_str())
         .collect();
+    assert!(
+        attached.contains(&pvc.to_str().expect("utf-8")),
+        "the PVC's disk.img is attached as it is: {attached:?}"
+    );
+    assert!(
+        attached.contains(&images.join("settings.iso").to_str().expect("utf-8")),
+        "{attached:?}"
+    );
     for volume in ["scratch", "cidata", "config"] {
         let path = images.join(format!("{volume}.img"));
         assert!(
@@ -158,6 +192,17 @@ fn launcher_made_disks_are_attached_readable_and_removed_with_the_vm() {
             isoinfo(&config, &["-R", "-x", "/openstack/latest/meta_data.json"]).expect("isoinfo");
         let meta: serde_json::Value = serde_json::from_str(&meta).expect("meta_data.json");
         assert_eq!(meta["instance_id"], "gen-disks.tests");
+
+        let settings = images.join("settings.iso");
+        let d = isoinfo(&settings, &["-d"]).expect("isoinfo");
+        assert!(d.contains("Volume id: SETTINGS"), "{d}");
+        let conf = isoinfo(&settings, &["-R", "-x", "/app.conf"]).expect("isoinfo");
+        assert_eq!(conf, "mode=fast\n");
+        let listing = isoinfo(&settings, &["-R", "-l"]).expect("isoinfo");
+        assert!(
+            !listing.contains("..data"),
+            "Kubernetes' own entries copied: {listing}"
+        );
     }
 
     let mut console = launcher.console();

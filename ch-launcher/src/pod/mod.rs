@@ -446,6 +446,7 @@ pub async fn run(g: &GlobalArgs, s: &crate::cli::Settings, args: &PodArgs) -> u8
         load: domain_model::LoadOptions {
             // KubeVirt's container-disk layout: disk_<N>.img.
             container_disk_layout: domain_model::ContainerDiskLayout::Pod,
+            block_pvcs: true,
             ..crate::cli::load_options(g, s)
         },
         meta,

@@ -67,16 +67,27 @@ impl Resolver<'_> {
             }
             let prefix = format!("{path}.");
             let has_other_key = self.unknown_paths.iter().any(|p| p.starts_with(&prefix));
-            let sources = usize::from(v.host_disk.is_some())
-                + usize::from(v.container_disk.is_some())
-                + usize::from(v.empty_disk.is_some())
-                + usize::from(v.cloud_init_no_cloud.is_some())
-                + usize::from(v.cloud_init_config_drive.is_some());
-            let source = if sources > 1 {
+            let present: Vec<&str> = [
+                ("hostDisk", v.host_disk.is_some()),
+                ("containerDisk", v.container_disk.is_some()),
+                ("emptyDisk", v.empty_disk.is_some()),
+                ("cloudInitNoCloud", v.cloud_init_no_cloud.is_some()),
+                ("cloudInitConfigDrive", v.cloud_init_config_drive.is_some()),
+                ("persistentVolumeClaim", v.persistent_volume_claim.is_some()),
+                ("dataVolume", v.data_volume.is_some()),
+                ("ephemeral", v.ephemeral.is_some()),
+                ("configMap", v.config_map.is_some()),
+                ("secret", v.secret.is_some()),
+                ("downwardAPI", v.downward_api.is_some()),
+                ("serviceAccount", v.service_account.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect();
+            let source = if present.len() > 1 {
                 self.err(
                     &path,
-                    "set only one volume source (hostDisk, containerDisk, emptyDisk, \
-                     cloudInitNoCloud or cloudInitConfigDrive)",
+                    format!("set only one volume source, not {}", present.join(" and ")),
                 );
                 None
             } else if has_other_key {
@@ -93,17 +104,177 @@ impl Resolver<'_> {
                 self.cloud_init(&path, &v.name, vm, CloudInitKind::NoCloud, ci)
             } else if let Some(ci) = &v.cloud_init_config_drive {
                 self.cloud_init(&path, &v.name, vm, CloudInitKind::ConfigDrive, ci)
+            } else if let Some(pvc) = &v.persistent_volume_claim {
+                let field = format!("{path}.persistentVolumeClaim");
+                if pvc.claim_name.is_empty() {
+                    self.err(format!("{field}.claimName"), "required: the claim's name");
+                }
+                self.hotpluggable(&field, pvc.hotpluggable);
+                self.claim(&path, &field, &v.name)
+            } else if let Some(dv) = &v.data_volume {
+                let field = format!("{path}.dataVolume");
+                if dv.name.is_empty() {
+                    self.err(format!("{field}.name"), "required: the DataVolume's name");
+                }
+                self.hotpluggable(&field, dv.hotpluggable);
+                self.claim(&path, &field, &v.name)
+            } else if let Some(eph) = &v.ephemeral {
+                let field = format!("{path}.ephemeral");
+                match &eph.persistent_volume_claim {
+                    None => {
+                        self.err(
+                            format!("{field}.persistentVolumeClaim"),
+                            "required: the claim",
+                        );
+                        None
+                    }
+                    Some(_) => self.claim(&path, &field, &v.name).map(|claim| DiskSource {
+                        path: self.generated_path_ext(&v.name, vm.uid, "qcow2"),
+                        format: ImageFormat::Qcow2,
+                        generated: Some(crate::Generated::Overlay {
+                            backing: claim.path,
+                            backing_format: ImageFormat::Raw,
+                        }),
+                        ..claim
+                    }),
+                }
+            } else if let Some(cm) = &v.config_map {
+                let dir = self.opts.mounts_dir.join("config-map").join(&v.name);
+                self.iso_from_dir(
+                    &path,
+                    &v.name,
+                    vm.uid,
+                    dir,
+                    cm.volume_label.as_deref(),
+                    cm.optional,
+                )
+            } else if let Some(sec) = &v.secret {
+                let dir = self.opts.mounts_dir.join("secret").join(&v.name);
+                self.iso_from_dir(
+                    &path,
+                    &v.name,
+                    vm.uid,
+                    dir,
+                    sec.volume_label.as_deref(),
+                    sec.optional,
+                )
+            } else if let Some(d) = &v.downward_api {
+                let dir = self.opts.mounts_dir.join("downwardapi").join(&v.name);
+                self.iso_from_dir(
+                    &path,
+                    &v.name,
+                    vm.uid,
+                    dir,
+                    d.volume_label.as_deref(),
+                    false,
+                )
+            } else if v.service_account.is_some() {
+                let dir = self.opts.service_account_dir.clone();
+                self.iso_from_dir(&path, &v.name, vm.uid, dir, None, false)
             } else {
                 self.err(
                     &path,
-                    "no volume source: set hostDisk, containerDisk, emptyDisk, cloudInitNoCloud \
-                     or cloudInitConfigDrive",
+                    "no volume source: set one of hostDisk, containerDisk, emptyDisk, \
+                     cloudInitNoCloud, cloudInitConfigDrive, persistentVolumeClaim, dataVolume, \
+                     ephemeral, configMap, secret, downwardAPI or serviceAccount",
                 );
                 None
             };
             out.push(source);
         }
         out
+    }
+
+    fn hotpluggable(&mut self, field: &str, hotpluggable: bool) {
+        if hotpluggable {
+            self.err(
+                format!("{field}.hotpluggable"),
+                "hotplugged volumes are not supported yet: attach them at run time with \
+                 `ch-launcher attach-disk`",
+            );
+        }
+    }
+
+    /// A PVC or DataVolume as virt-controller hands it to the pod: the file
+    /// `<mounts>/vmi-disks/<volume>/disk.img` (filesystem mode), else, in a
+    /// pod, the block device `/dev/<volume>` (block mode).
+    fn claim(&mut self, path: &str, field: &str, volume: &str) -> Option<DiskSource> {
+        let file = self
+            .opts
+            .mounts_dir
+            .join("vmi-disks")
+            .join(volume)
+            .join("disk.img");
+        let source = |p: PathBuf| DiskSource {
+            spec_path: path.to_string(),
+            path: p,
+            // What the claim holds is the guest's: never probed.
+            format: ImageFormat::Raw,
+            create_with_capacity: None,
+            generated: None,
+        };
+        if is_file(&file) {
+            return Some(source(file));
+        }
+        let device = PathBuf::from("/dev").join(volume);
+        let is_block = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+                .unwrap_or(false)
+        };
+        if self.opts.block_pvcs && is_block(&device) {
+            return Some(source(device));
+        }
+        self.err(
+            field,
+            format!(
+                "the claim is not mounted: no {} (filesystem mode){}; virt-controller mounts \
+                 it there in a VM pod; locally, put the image there or pass --mounts-dir",
+                file.display(),
+                if self.opts.block_pvcs {
+                    format!(" and no block device {}", device.display())
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        None
+    }
+
+    /// An ISO of a mounted directory's files, made at start.
+    fn iso_from_dir(
+        &mut self,
+        path: &str,
+        volume: &str,
+        uid: &str,
+        dir: PathBuf,
+        label: Option<&str>,
+        optional: bool,
+    ) -> Option<DiskSource> {
+        if !optional && !dir.is_dir() {
+            self.err(
+                path,
+                format!(
+                    "{} is not mounted (Kubernetes mounts the volume there in a VM pod; \
+                     locally, put the files there or pass --mounts-dir)",
+                    dir.display()
+                ),
+            );
+            return None;
+        }
+        // A volume id is at most 32 characters.
+        let label: String = label.unwrap_or(volume).chars().take(32).collect();
+        Some(DiskSource {
+            spec_path: path.to_string(),
+            path: self.generated_path_ext(volume, uid, "iso"),
+            format: ImageFormat::Raw,
+            create_with_capacity: None,
+            generated: Some(crate::Generated::IsoFromDir {
+                dir,
+                label,
+                optional,
+            }),
+        })
     }
 
     /// Where a launcher-made image of volume `volume` lives:
@@ -253,7 +424,7 @@ impl Resolver<'_> {
     /// The first of `keys` in the mounted Secret of cloud-init volume
     /// `volume`; `None` once reported.
     fn secret_file(&mut self, field: &str, volume: &str, keys: &[&str]) -> Option<String> {
-        let dir = self.opts.secret_source_dir.join(volume);
+        let dir = self.opts.mounts_dir.join("secret").join(volume);
         for key in keys {
             match std::fs::read(dir.join(key)) {
                 Ok(bytes) => match String::from_utf8(bytes) {
@@ -281,7 +452,7 @@ impl Resolver<'_> {
             format!(
                 "the Secret is not mounted: none of {} in {} (virt-controller mounts a \
                  cloud-init volume's Secret there; locally, put the files there or pass \
-                 --secret-dir)",
+                 --mounts-dir)",
                 keys.join(", "),
                 dir.display()
             ),

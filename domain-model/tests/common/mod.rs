@@ -69,7 +69,8 @@ impl Fixture {
             base_dir: self.path().to_path_buf(),
             container_disk_dir: self.path().join("container-disks"),
             ephemeral_disk_dir: self.path().join("ephemeral"),
-            secret_source_dir: self.path().join("secrets"),
+            mounts_dir: self.path().join("mounts"),
+            service_account_dir: self.path().join("serviceaccount"),
             ..LoadOptions::default()
         }
     }
