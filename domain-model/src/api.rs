@@ -317,6 +317,25 @@ pub struct Disk {
     pub lun: Option<DiskTarget>,
     pub serial: Option<String>,
     pub boot_order: Option<u32>,
+    pub cache: Option<String>,
+    pub io: Option<String>,
+    pub shareable: Option<bool>,
+    pub block_size: Option<BlockSize>,
+}
+
+/// `disks[i].blockSize`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockSize {
+    pub custom: Option<CustomBlockSize>,
+    pub match_volume: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomBlockSize {
+    pub logical: Option<u32>,
+    pub physical: Option<u32>,
 }
 
 /// The body of `disk`, `cdrom` and `lun`: the fields this launcher reads are

@@ -243,7 +243,20 @@ pub struct Disk {
     pub readonly: bool,
     pub serial: Option<String>,
     pub boot_order: Option<u32>,
+    pub options: DiskOptions,
     pub source: DiskSource,
+}
+
+/// `cache`, `io`, `shareable`, `blockSize` of a disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiskOptions {
+    /// `none`, `writethrough` or `writeback`.
+    pub cache: Option<String>,
+    /// `native` or `threads`.
+    pub io: Option<String>,
+    pub shareable: bool,
+    /// `blockSize.custom`: logical and physical sector sizes in bytes.
+    pub block_size: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

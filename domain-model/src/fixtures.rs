@@ -101,6 +101,7 @@ pub fn disk(index: usize, name: &str, path: impl Into<PathBuf>) -> Disk {
         readonly: false,
         serial: None,
         boot_order: None,
+        options: Default::default(),
         source: DiskSource {
             spec_path: format!("spec.volumes[{index}]"),
             path: path.into(),

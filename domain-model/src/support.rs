@@ -27,6 +27,10 @@ pub enum Feature {
     ReadonlySataDisk,
     LunOffScsiBus,
     DiskBootOrder,
+    DiskCacheWritethrough,
+    DiskIoMode,
+    ShareableDisk,
+    DiskBlockSize,
     Rng,
     SerialConsole,
     Graphics,
@@ -79,6 +83,10 @@ impl Feature {
             ReadonlySataDisk => ("a read-only sata disk", false),
             LunOffScsiBus => ("a lun on a bus other than scsi", false),
             DiskBootOrder => ("disk boot order", false),
+            DiskCacheWritethrough => ("the writethrough disk cache", false),
+            DiskIoMode => ("choosing a disk's I/O mode (io)", false),
+            ShareableDisk => ("shareable disks", true),
+            DiskBlockSize => ("custom disk block sizes", true),
             Rng => ("the virtio RNG device", false),
             SerialConsole => ("the serial console", false),
             Graphics => ("graphics (VNC) devices", true),
@@ -160,6 +168,17 @@ impl Feature {
                 // CH has no boot order of its own, but its firmware tries the
                 // disks in PCI order, which the translation sorts by bootOrder.
                 DiskBootOrder => Ok(()),
+                DiskCacheWritethrough => Err(
+                    "Cloud Hypervisor has the host page cache (writeback, its default) or \
+                     O_DIRECT (cache: none), no writethrough",
+                ),
+                DiskIoMode => Err(
+                    "Cloud Hypervisor picks its own asynchronous I/O engine (io_uring or AIO)",
+                ),
+                ShareableDisk => Err(
+                    "Cloud Hypervisor locks each disk image for one VM; it cannot share one",
+                ),
+                DiskBlockSize => Err("Cloud Hypervisor has no per-disk block size setting"),
                 // Refused through their parts (cdrom, lun, sata) already.
                 CdromOnVirtioBus | ReadonlySataDisk | LunOffScsiBus => Ok(()),
                 // Which policies hold depends on the feature and on what the
@@ -374,6 +393,27 @@ fn uses(domain: &Domain) -> Vec<Use> {
             add(
                 Feature::DiskBootOrder,
                 format!("{}.bootOrder", disk.spec_path),
+            );
+        }
+        if disk.options.cache.as_deref() == Some("writethrough") {
+            add(
+                Feature::DiskCacheWritethrough,
+                format!("{}.cache", disk.spec_path),
+            );
+        }
+        if disk.options.io.is_some() {
+            add(Feature::DiskIoMode, format!("{}.io", disk.spec_path));
+        }
+        if disk.options.shareable {
+            add(
+                Feature::ShareableDisk,
+                format!("{}.shareable", disk.spec_path),
+            );
+        }
+        if disk.options.block_size.is_some() {
+            add(
+                Feature::DiskBlockSize,
+                format!("{}.blockSize", disk.spec_path),
             );
         }
     }

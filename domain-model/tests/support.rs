@@ -294,3 +294,64 @@ fn kubevirts_default_q35_machine_runs_on_both_backends_and_i440fx_only_on_libvir
     let bad = common::err(f.resolve(machine("q35; rm")));
     assert_eq!(common::paths(&bad), vec!["spec.domain.machine.type"]);
 }
+
+#[test]
+fn disk_options_run_on_libvirt_and_cloud_hypervisor_names_what_it_lacks() {
+    let f = Fixture::new();
+    let mut d = ok(f.resolve(with(
+        json!({"spec": {"hypervisor": "libvirt", "domain": {"devices": {
+        "autoattachGraphicsDevice": false,
+        "disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}, "cache": "writethrough",
+            "io": "native", "shareable": true,
+            "blockSize": {"custom": {"logical": 512, "physical": 4096}}}]}}}}),
+    )));
+    assert_eq!(d.disks[0].options.block_size, Some((512, 4096)));
+    assert!(check_support(&d).is_ok(), "libvirt renders every option");
+    d.hypervisor = Hypervisor::CloudHypervisor;
+    let e = check_support(&d).unwrap_err();
+    let got: Vec<&str> = e.0.iter().map(|x| x.path.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "spec.domain.devices.disks[0].cache",
+            "spec.domain.devices.disks[0].io",
+            "spec.domain.devices.disks[0].shareable",
+            "spec.domain.devices.disks[0].blockSize",
+        ]
+    );
+    // cache: none and writeback are what CH has.
+    let d = ok(f.resolve(with(json!({"spec": {"domain": {"devices": {
+        "disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}, "cache": "none"}]}}}}))));
+    assert!(check_support(&d).is_ok());
+}
+
+#[test]
+fn malformed_disk_options_name_their_field() {
+    let f = Fixture::new();
+    for (disk, path) in [
+        (
+            json!({"cache": "unsafe"}),
+            "spec.domain.devices.disks[0].cache",
+        ),
+        (json!({"io": "uring"}), "spec.domain.devices.disks[0].io"),
+        (
+            json!({"blockSize": {"custom": {"logical": 4096, "physical": 512}}}),
+            "spec.domain.devices.disks[0].blockSize.custom",
+        ),
+        (
+            json!({"blockSize": {"custom": {"logical": 1000, "physical": 4096}}}),
+            "spec.domain.devices.disks[0].blockSize.custom",
+        ),
+        (
+            json!({"blockSize": {"matchVolume": {}}}),
+            "spec.domain.devices.disks[0].blockSize.matchVolume",
+        ),
+    ] {
+        let mut entry = json!({"name": "rootdisk", "disk": {"bus": "virtio"}});
+        common::merge(&mut entry, &disk);
+        let e = common::err(f.resolve(with(
+            json!({"spec": {"domain": {"devices": {"disks": [entry]}}}}),
+        )));
+        assert_eq!(common::paths(&e), [path], "{e}");
+    }
+}

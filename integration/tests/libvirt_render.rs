@@ -48,6 +48,13 @@ spec:
         disk:
           bus: virtio
       - name: data
+        cache: none
+        io: native
+        shareable: true
+        blockSize:
+          custom:
+            logical: 512
+            physical: 4096
         disk:
           bus: scsi
   volumes:

@@ -523,6 +523,9 @@ fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
             // Only the launcher's own overlays may have a backing file: one
             // named inside a guest-writable image would let the guest read
             // any host file.
+            // cache: none is O_DIRECT; writeback is CH's default (the host
+            // page cache); writethrough is refused by the support table.
+            direct: (disk.options.cache.as_deref() == Some("none")).then_some(true),
             backing_files: matches!(
                 disk.source.generated,
                 Some(domain_model::Generated::Overlay { .. })
@@ -735,6 +738,27 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
         assert_eq!(disks[1].image_type, Some(ImageType::Qcow2));
         assert_eq!(disks[0].image_type, Some(ImageType::Raw));
         assert_eq!(disks[0].readonly, Some(false));
+        // A guest-written qcow2 may not name a backing file.
+        assert_eq!(disks[1].backing_files, None);
+    }
+
+    #[test]
+    fn cache_none_is_o_direct_and_overlays_alone_get_backing_files() {
+        let mut d = domain();
+        let mut direct = disk(0, "direct", None);
+        direct.options.cache = Some("none".into());
+        let mut overlay = disk(1, "overlay", None);
+        overlay.source.format = ImageFormat::Qcow2;
+        overlay.source.generated = Some(domain_model::Generated::Overlay {
+            backing: "/images/base.img".into(),
+            backing_format: ImageFormat::Raw,
+        });
+        d.disks = vec![direct, overlay];
+        let disks = translate(&d).disks.expect("disks");
+        assert_eq!(disks[0].direct, Some(true));
+        assert_eq!(disks[0].backing_files, None);
+        assert_eq!(disks[1].direct, None);
+        assert_eq!(disks[1].backing_files, Some(true));
     }
 
     #[test]

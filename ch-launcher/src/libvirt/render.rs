@@ -392,7 +392,16 @@ fn devices(
     let mut names = TargetNames::default();
     let mut disks = Vec::new();
     for disk in &domain.disks {
+        // A block-mode PVC is a device node, handed over as one.
+        let is_device = disk.source.path.starts_with("/dev/") && disk.source.generated.is_none();
         let (kind, source) = match disk.device {
+            _ if is_device => (
+                "block",
+                DiskSourceXml {
+                    file: None,
+                    dev: Some(path_text(&disk.source.path)),
+                },
+            ),
             DiskDevice::Lun => (
                 "block",
                 DiskSourceXml {
@@ -422,6 +431,8 @@ fn devices(
                     ImageFormat::Qcow2 => "qcow2",
                 },
                 iommu: None,
+                cache: disk.options.cache.clone(),
+                io: disk.options.io.clone(),
             },
             source,
             target: DiskTarget {
@@ -429,8 +440,13 @@ fn devices(
                 bus: disk.bus.as_str(),
             },
             readonly: (disk.readonly || disk.device == DiskDevice::Cdrom).then_some(Empty {}),
+            shareable: disk.options.shareable.then_some(Empty {}),
             serial: disk.serial.clone(),
             boot: disk.boot_order.map(|order| BootOrder { order }),
+            blockio: disk
+                .options
+                .block_size
+                .map(|(logical, physical)| BlockIo { logical, physical }),
             alias: user_alias(&disk.name),
         });
     }

@@ -410,9 +410,13 @@ pub struct DiskXml {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readonly: Option<Empty>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub shareable: Option<Empty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootOrder>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blockio: Option<BlockIo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alias: Option<Alias>,
 }
@@ -425,6 +429,18 @@ pub struct DiskDriver {
     pub format: &'static str,
     #[serde(rename = "@iommu", skip_serializing_if = "Option::is_none")]
     pub iommu: Option<&'static str>,
+    #[serde(rename = "@cache", skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    #[serde(rename = "@io", skip_serializing_if = "Option::is_none")]
+    pub io: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockIo {
+    #[serde(rename = "@logical_block_size")]
+    pub logical: u32,
+    #[serde(rename = "@physical_block_size")]
+    pub physical: u32,
 }
 
 /// `file=` for image files, `dev=` for block devices (LUN pass-through).

@@ -185,6 +185,57 @@ impl Resolver<'_> {
         out
     }
 
+    fn disk_options(&mut self, path: &str, d: &api::Disk) -> crate::DiskOptions {
+        let mut o = crate::DiskOptions {
+            shareable: d.shareable.unwrap_or(false),
+            ..Default::default()
+        };
+        match d.cache.as_deref() {
+            None | Some("") => {}
+            Some(c @ ("none" | "writethrough" | "writeback")) => o.cache = Some(c.to_string()),
+            Some(other) => self.err(
+                format!("{path}.cache"),
+                format!("{other:?}: expected none, writethrough or writeback"),
+            ),
+        }
+        match d.io.as_deref() {
+            None | Some("") => {}
+            Some(i @ ("native" | "threads")) => o.io = Some(i.to_string()),
+            Some(other) => self.err(
+                format!("{path}.io"),
+                format!("{other:?}: expected native or threads"),
+            ),
+        }
+        if let Some(bs) = &d.block_size {
+            let field = format!("{path}.blockSize");
+            match (&bs.custom, &bs.match_volume) {
+                (Some(_), Some(_)) => self.err(&field, "set custom or matchVolume, not both"),
+                (None, Some(_)) => self.err(
+                    format!("{field}.matchVolume"),
+                    "not supported yet: give the sizes with blockSize.custom",
+                ),
+                (None, None) => self.err(&field, "required: custom (logical and physical)"),
+                (Some(c), None) => {
+                    let ok = |n: Option<u32>| {
+                        n.filter(|n| n.is_power_of_two() && (512..=65536).contains(n))
+                    };
+                    match (ok(c.logical), ok(c.physical)) {
+                        (Some(l), Some(p)) if l <= p => o.block_size = Some((l, p)),
+                        (Some(_), Some(_)) => self.err(
+                            format!("{field}.custom"),
+                            "logical must not be larger than physical",
+                        ),
+                        _ => self.err(
+                            format!("{field}.custom"),
+                            "logical and physical are required: powers of two from 512 to 65536",
+                        ),
+                    }
+                }
+            }
+        }
+        o
+    }
+
     fn hotpluggable(&mut self, field: &str, hotpluggable: bool) {
         if hotpluggable {
             self.err(
@@ -795,6 +846,7 @@ impl Resolver<'_> {
                 continue;
             }
             if let Some(Some(source)) = sources.get(vol_index) {
+                let options = self.disk_options(&path, d);
                 out.push(Disk {
                     spec_path: path,
                     name: d.name.clone(),
@@ -803,6 +855,7 @@ impl Resolver<'_> {
                     readonly,
                     serial,
                     boot_order: d.boot_order,
+                    options,
                     source: source.clone(),
                 });
             }
@@ -824,6 +877,7 @@ impl Resolver<'_> {
                     readonly: false,
                     serial: None,
                     boot_order: None,
+                    options: Default::default(),
                     source: source.clone(),
                 });
             }
