@@ -21,3 +21,4 @@ pub mod paths;
 pub mod pod;
 pub mod runner;
 pub mod util;
+pub mod virtiofs;

@@ -170,6 +170,8 @@ pub enum RunError {
     Disk(crate::util::DiskError),
     #[error("cannot prepare the pod network: {0}")]
     Network(crate::net::NetError),
+    #[error("cannot start virtiofsd: {0}")]
+    Virtiofs(String),
     /// The backend's own error, kept whole (downcast to the backend's type).
     #[error("cannot create the VM: {0}")]
     Create(Box<dyn std::error::Error + Send + Sync>),
@@ -244,6 +246,10 @@ impl Runner {
         let _network = crate::net::prepare(&self.domain, &self.opts.resolv_conf)
             .await
             .map_err(RunError::Network)?;
+        // virtio-fs daemons for Cloud Hypervisor (libvirt is refused by the
+        // support table), stopped after the VM.
+        let _virtiofs =
+            crate::virtiofs::start(&self.domain, &paths.dir).map_err(RunError::Virtiofs)?;
         tracing::info!(vm = %self.domain.name, namespace = %self.domain.namespace,
             uid = %self.domain.uid, hypervisor = %self.domain.hypervisor,
             dir = %paths.dir.display(), "creating the VM");

@@ -218,6 +218,17 @@ pub struct Devices {
     #[serde(default)]
     pub interfaces: Vec<Interface>,
     pub autoattach_pod_interface: Option<bool>,
+    #[serde(default)]
+    pub filesystems: Vec<Filesystem>,
+}
+
+/// `spec.domain.devices.filesystems[i]`: a volume shared with the guest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filesystem {
+    #[serde(default)]
+    pub name: String,
+    pub virtiofs: Option<Value>,
 }
 
 /// `spec.domain.devices.interfaces[i]`. The binding methods other than

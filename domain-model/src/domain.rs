@@ -361,6 +361,19 @@ pub struct Devices {
     pub inputs: Vec<Input>,
     /// Network interfaces, in spec order.
     pub interfaces: Vec<Interface>,
+    /// Directories shared with the guest over virtio-fs.
+    pub filesystems: Vec<Filesystem>,
+}
+
+/// `spec.domain.devices.filesystems[i]` with its volume's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Filesystem {
+    pub spec_path: String,
+    /// The volume's name: the mount tag the guest mounts
+    /// (`mount -t virtiofs <name> /mnt`).
+    pub name: String,
+    /// What is shared: the volume's directory as the pod mounts it.
+    pub source_dir: PathBuf,
 }
 
 /// `spec.domain.devices.interfaces[i]` with its `spec.networks[j]`.

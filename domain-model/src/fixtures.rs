@@ -55,6 +55,7 @@ pub fn domain() -> Domain {
             graphics: None,
             inputs: Vec::new(),
             interfaces: Vec::new(),
+            filesystems: Vec::new(),
         },
         features: Features {
             acpi: true,

@@ -455,7 +455,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "spec.domain.devices.clientPassthrough",
     "spec.domain.devices.disableHotplug",
     "spec.domain.devices.downwardMetrics",
-    "spec.domain.devices.filesystems",
     "spec.domain.devices.gpus",
     "spec.domain.devices.hostDevices",
     "spec.domain.devices.logSerialConsole",

@@ -31,6 +31,7 @@ pub enum Feature {
     DiskIoMode,
     ShareableDisk,
     DiskBlockSize,
+    Virtiofs,
     Rng,
     SerialConsole,
     Graphics,
@@ -87,6 +88,7 @@ impl Feature {
             DiskIoMode => ("choosing a disk's I/O mode (io)", false),
             ShareableDisk => ("shareable disks", true),
             DiskBlockSize => ("custom disk block sizes", true),
+            Virtiofs => ("virtio-fs filesystems", true),
             Rng => ("the virtio RNG device", false),
             SerialConsole => ("the serial console", false),
             Graphics => ("graphics (VNC) devices", true),
@@ -135,6 +137,10 @@ impl Feature {
                     Err("QEMU cannot make a sata disk read-only; use virtio or scsi, or a cdrom")
                 }
                 LunOffScsiBus => Err("a LUN needs the scsi bus"),
+                Virtiofs => Err(
+                    "the launcher runs virtiofsd for Cloud Hypervisor only so far; libvirt's \
+                     own virtiofsd handling is not wired up",
+                ),
                 TdxMemoryHotplug | SevMemoryHotplug => Err(
                     "memory hotplug (virtio-mem) does not work with encrypted guest memory: \
                      QEMU cannot discard it",
@@ -186,6 +192,7 @@ impl Feature {
                 CpuFeature => Ok(()),
                 VirtioDisk | Rng | SerialConsole | HostCpuModel | CpuHotplug | MemoryHotplug
                 | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx | SevMemoryHotplug | VirtioNic
+                | Virtiofs
                 // rust-hypervisor-firmware boots the disk (see the firmware crate).
                 | BiosBoot => {
                     Ok(())
@@ -416,6 +423,9 @@ fn uses(domain: &Domain) -> Vec<Use> {
                 format!("{}.blockSize", disk.spec_path),
             );
         }
+    }
+    for fs in &d.devices.filesystems {
+        add(Feature::Virtiofs, format!("{}.virtiofs", fs.spec_path));
     }
     if d.devices.rng {
         add(Feature::Rng, "spec.domain.devices.rng".into());

@@ -292,3 +292,34 @@ fn config_map_secret_downward_api_and_service_account_become_isos_of_their_mount
         Generated::IsoFromDir { optional: true, .. }
     ));
 }
+
+#[test]
+fn a_filesystem_shares_its_volumes_directory_and_is_no_disk() {
+    let f = Fixture::new();
+    let dir = f.path().join("mounts/vmi-disks/share");
+    let spec = json!({"spec": {"domain": {"devices": {"filesystems": [{"name": "share", "virtiofs": {}}]}},
+        "volumes": [{"name": "share", "persistentVolumeClaim": {"claimName": "c"}}]}});
+    let e = err(f.resolve(spec.clone()));
+    assert_only(&e, "spec.volumes[0]", "is not mounted");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let d = ok(f.resolve(spec));
+    assert_eq!(d.devices.filesystems[0].source_dir, dir);
+    assert!(
+        d.disks.is_empty(),
+        "a shared volume gets no default disk: {:?}",
+        d.disks
+    );
+    let e = err(f.resolve(json!({"spec": {"domain": {"devices": {
+            "filesystems": [{"name": "share", "virtiofs": {}}],
+            "disks": [{"name": "share", "disk": {"bus": "virtio"}}]}},
+        "volumes": [{"name": "share", "persistentVolumeClaim": {"claimName": "c"}}]}})));
+    assert_eq!(
+        common::paths(&e)[0],
+        "spec.domain.devices.disks[0].name",
+        "{e}"
+    );
+    let e = err(f.resolve(json!({"spec": {"domain": {"devices": {
+            "filesystems": [{"name": "share", "virtiofs": {}}]}},
+        "volumes": [{"name": "share", "emptyDisk": {"capacity": "1Mi"}}]}})));
+    assert_only(&e, "spec.volumes[0]", "can be shared as a filesystem");
+}

@@ -27,6 +27,9 @@ pub struct HostInputs {
     /// Where CH serves the serial port in its `Socket` mode (the launcher's
     /// default, see [`SerialMode`]); `None` asks for a PTY instead.
     pub serial_socket: Option<PathBuf>,
+    /// The VM directory, where each filesystem's virtiofsd socket is
+    /// ([`crate::virtiofs::socket_path`]); `None` in tests of the rest.
+    pub vm_dir: Option<PathBuf>,
     /// What this host's KVM offers a guest CPU, to check the spec's CPU
     /// feature policies against (CH passes the host CPU through). `None` in a
     /// dry run without a probe: the policies are then not checked.
@@ -144,7 +147,7 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
     };
 
     let cpus = cpus(domain, host, &mut errors);
-    let memory = memory(domain, &mut errors);
+    let mut memory = memory(domain, &mut errors);
     let mut payload = payload(domain, host, &mut errors);
     let disks = disks(domain, &mut errors);
     let serial = serial(domain, host, &mut errors);
@@ -155,6 +158,11 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
     };
     launch_security(domain, host, &mut payload, &mut platform, &mut errors);
     let net = nets(domain);
+    let fs = filesystems(domain, host);
+    if !fs.is_empty() {
+        // vhost-user: virtiofsd maps the guest's memory.
+        memory.shared = Some(true);
+    }
 
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -164,6 +172,7 @@ pub fn vm_config(domain: &Domain, host: &HostInputs) -> Result<VmConfig, ConfigE
         memory: Some(memory),
         disks: (!disks.is_empty()).then_some(disks),
         net: (!net.is_empty()).then_some(net),
+        fs: (!fs.is_empty()).then_some(fs),
         // Cloud Hypervisor adds a virtio-rng from /dev/urandom even when the
         // field is absent (its serde default); there is no way to leave it out.
         rng: domain
@@ -476,6 +485,29 @@ fn launch_security(
     }
 }
 
+/// Each filesystem on the vhost-user socket of the virtiofsd the launcher
+/// starts for it.
+fn filesystems(
+    domain: &Domain,
+    host: &HostInputs,
+) -> Vec<cloud_hypervisor_client::models::FsConfig> {
+    let dir = host.vm_dir.clone().unwrap_or_default();
+    domain
+        .devices
+        .filesystems
+        .iter()
+        .enumerate()
+        .map(|(i, f)| cloud_hypervisor_client::models::FsConfig {
+            tag: f.name.clone(),
+            socket: crate::virtiofs::socket_path(&dir, i).display().to_string(),
+            num_queues: 1,
+            queue_size: 1024,
+            id: Some(format!("fs-{}", f.name)),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// Each interface on the tap the launcher made for it (`crate::net`); CH
 /// opens it by name and leaves its addressing to the launcher.
 fn nets(domain: &Domain) -> Vec<cloud_hypervisor_client::models::NetConfig> {
@@ -560,6 +592,7 @@ mod tests {
             firmware: Some("/usr/share/cloud-hypervisor/CLOUDHV.fd".into()),
             igvm: None,
             serial_socket: None,
+            vm_dir: None,
             cpu: None,
         }
     }

@@ -62,6 +62,7 @@ impl ChOptions {
                 SerialMode::Socket => Some(paths.ch_serial_socket()),
                 SerialMode::Pty => None,
             },
+            vm_dir: Some(paths.dir.clone()),
             ..self.host.clone()
         }
     }
@@ -341,6 +342,7 @@ mod tests {
             firmware: Some(dir.path().join("tdvf.fd")),
             igvm: Some(dir.path().join("snp.igvm")),
             serial_socket: Some(dir.path().join("serial.sock")),
+            vm_dir: None,
             cpu: None,
         };
         let config = vm_config(domain, &host).expect("translates");

@@ -62,6 +62,7 @@ impl Resolver<'_> {
             graphics,
             inputs,
             interfaces: Vec::new(),
+            filesystems: Vec::new(),
         }
     }
 }

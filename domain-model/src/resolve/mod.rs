@@ -227,6 +227,12 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
         architecture,
         smm_exempt,
     );
+    let shared: BTreeSet<String> = domain
+        .devices
+        .filesystems
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
     let sources = r.volumes(
         &spec.volumes,
         &storage::CloudInitIdentity {
@@ -236,6 +242,7 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
             uuid: &firmware.uuid,
             hostname: &name,
         },
+        &shared,
     );
     let disks = r.disks(
         &domain.devices.disks,
@@ -245,6 +252,11 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
         hypervisor,
     );
     let mut devices = r.devices(&domain.devices, hypervisor);
+    devices.filesystems = r.filesystems(
+        &domain.devices.filesystems,
+        &spec.volumes,
+        &domain.devices.disks,
+    );
     devices.interfaces = r.interfaces(&domain.devices.interfaces, &spec.networks, &uid);
     if domain.devices.autoattach_pod_interface == Some(true) && domain.devices.interfaces.is_empty()
     {

@@ -41,6 +41,7 @@ impl Resolver<'_> {
         &mut self,
         volumes: &[api::Volume],
         vm: &CloudInitIdentity<'_>,
+        shared: &BTreeSet<String>,
     ) -> Vec<Option<DiskSource>> {
         let mut names = BTreeSet::new();
         let mut out = Vec::with_capacity(volumes.len());
@@ -64,6 +65,11 @@ impl Resolver<'_> {
                     format!("{path}.name"),
                     format!("duplicate volume name {:?}", v.name),
                 );
+            }
+            // Shared as a filesystem, not a disk: see `filesystems`.
+            if shared.contains(&v.name) {
+                out.push(None);
+                continue;
             }
             let prefix = format!("{path}.");
             let has_other_key = self.unknown_paths.iter().any(|p| p.starts_with(&prefix));
@@ -234,6 +240,92 @@ impl Resolver<'_> {
             }
         }
         o
+    }
+
+    /// `filesystems`: each names a volume whose directory the guest gets
+    /// over virtio-fs, as the pod mounts it.
+    pub(super) fn filesystems(
+        &mut self,
+        filesystems: &[api::Filesystem],
+        volumes: &[api::Volume],
+        disks: &[api::Disk],
+    ) -> Vec<crate::Filesystem> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, f) in filesystems.iter().enumerate() {
+            let path = format!("spec.domain.devices.filesystems[{i}]");
+            if f.name.is_empty() {
+                self.err(
+                    format!("{path}.name"),
+                    "required: the name of a volume to share",
+                );
+                continue;
+            }
+            if !seen.insert(f.name.as_str()) {
+                self.err(
+                    format!("{path}.name"),
+                    format!("volume {:?} is shared twice", f.name),
+                );
+                continue;
+            }
+            if f.virtiofs.is_none() {
+                self.err(&path, "required: virtiofs: {} (the only filesystem type)");
+                continue;
+            }
+            if let Some(k) = disks.iter().position(|d| d.name == f.name) {
+                self.err(
+                    format!("spec.domain.devices.disks[{k}].name"),
+                    format!(
+                        "volume {:?} is shared as a filesystem; it cannot also be a disk",
+                        f.name
+                    ),
+                );
+                continue;
+            }
+            let Some((j, v)) = volumes.iter().enumerate().find(|(_, v)| v.name == f.name) else {
+                self.err(
+                    format!("{path}.name"),
+                    format!("no volume named {:?} in spec.volumes", f.name),
+                );
+                continue;
+            };
+            let mounts = &self.opts.mounts_dir;
+            let dir = if v.persistent_volume_claim.is_some() || v.data_volume.is_some() {
+                mounts.join("vmi-disks").join(&v.name)
+            } else if v.config_map.is_some() {
+                mounts.join("config-map").join(&v.name)
+            } else if v.secret.is_some() {
+                mounts.join("secret").join(&v.name)
+            } else if v.downward_api.is_some() {
+                mounts.join("downwardapi").join(&v.name)
+            } else if v.service_account.is_some() {
+                self.opts.service_account_dir.clone()
+            } else {
+                self.err(
+                    format!("spec.volumes[{j}]"),
+                    "only persistentVolumeClaim, dataVolume, configMap, secret, downwardAPI and \
+                     serviceAccount volumes can be shared as a filesystem",
+                );
+                continue;
+            };
+            if !dir.is_dir() {
+                self.err(
+                    format!("spec.volumes[{j}]"),
+                    format!(
+                        "{} is not mounted (the pod mounts the volume there; locally, make the \
+                         directory or pass --mounts-dir)",
+                        dir.display()
+                    ),
+                );
+                continue;
+            }
+            out.push(crate::Filesystem {
+                spec_path: path,
+                name: f.name.clone(),
+                source_dir: dir,
+            });
+        }
+        out
     }
 
     fn hotpluggable(&mut self, field: &str, hotpluggable: bool) {
