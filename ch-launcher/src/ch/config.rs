@@ -890,6 +890,7 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
                 firmware: None,
                 igvm: Some("/fw/snp.igvm".into()),
                 serial_socket: None,
+                vm_dir: None,
                 cpu: None,
             }
         );
@@ -902,6 +903,7 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
                 firmware: Some("/fw/CLOUDHV.fd".into()),
                 igvm: None,
                 serial_socket: None,
+                vm_dir: None,
                 cpu: None,
             }
         );
@@ -926,6 +928,7 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
             firmware: None,
             igvm: Some("/fw/snp.igvm".into()),
             serial_socket: None,
+            vm_dir: None,
             cpu: None,
         };
         let c = vm_config(&d, &host).expect("translates");
