@@ -610,7 +610,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "spec.domain.devices.disks[1].cache: kubevirt.io/v1 field not implemented yet",
+                "spec.domain.devices.disks[1].errorPolicy: kubevirt.io/v1 field not implemented yet",
                 "spec.domain.devices.dsks: unknown field (not a kubevirt.io/v1 field this \
                  launcher knows; check the spelling)",
                 "spec.domain.devices.tpm: kubevirt.io/v1 field not implemented yet",
