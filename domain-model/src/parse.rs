@@ -603,7 +603,7 @@ mod tests {
     #[test]
     fn unimplemented_kubevirt_fields_are_told_apart_from_typos() {
         let text = r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineInstance",
-            "spec":{"domain":{"devices":{"disks":[{"name":"a"},{"name":"b","cache":"none"}],
+            "spec":{"domain":{"devices":{"disks":[{"name":"a"},{"name":"b","errorPolicy":"stop"}],
             "tpm":{},"dsks":[]}}}}"#;
         let unknown = parse(text).unwrap().unknown;
         let got: Vec<String> = unknown.iter().map(|e| e.to_string()).collect();
