@@ -97,6 +97,32 @@ pub trait Backend: Send + Sync {
             })
         }
     }
+    /// Hot-adds a virtio-net interface on `tap`; returns its guest address.
+    fn attach_interface(
+        &self,
+        _name: &str,
+        _tap: &str,
+        _mac: Option<&str>,
+    ) -> impl Future<Output = Result<Option<String>, BackendError>> + Send {
+        async {
+            Err(BackendError::Unsupported {
+                operation: "attach-interface",
+                reason: NO_HOTPLUG,
+            })
+        }
+    }
+    /// Hot-removes an interface attached by [`Backend::attach_interface`].
+    fn detach_interface(
+        &self,
+        _name: &str,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async {
+            Err(BackendError::Unsupported {
+                operation: "detach-interface",
+                reason: NO_HOTPLUG,
+            })
+        }
+    }
     /// Releases what the backend holds, on the runtime, once the runner is
     /// done with the VM (every exit path calls it). A backend's `Drop` stays
     /// the fallback for a runner that never got here, and may then block.

@@ -180,6 +180,11 @@ pub enum Commands {
     AttachDisk(AttachDiskArgs),
     /// Hot-remove a disk that attach-disk added.
     DetachDisk(DetachDiskArgs),
+    /// Hot-add a virtio-net interface on an existing tap (the caller's: the
+    /// launcher attaches it, it does not address or NAT it).
+    AttachInterface(AttachInterfaceArgs),
+    /// Hot-remove an interface that attach-interface added.
+    DetachInterface(DetachDiskArgs),
     /// Be the entrypoint of a KubeVirt VM pod: serve virt-handler's cmd
     /// socket (`<share-dir>/sockets/launcher-sock`), run the VMI that
     /// arrives in SyncVirtualMachine, and report the domain on
@@ -328,10 +333,25 @@ pub struct AttachDiskArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AttachInterfaceArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The interface's name (what detach-interface takes).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// The tap, in the launcher's network namespace.
+    #[arg(long, value_name = "TAP")]
+    pub tap: String,
+    /// The guest's MAC address (default: the hypervisor picks one).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct DetachDiskArgs {
     #[command(flatten)]
     pub target: Target,
-    /// The name given to attach-disk.
+    /// The name given to attach-disk (attach-interface for detach-interface).
     #[arg(long, value_name = "NAME")]
     pub name: String,
 }
@@ -472,6 +492,20 @@ async fn dispatch(cli: Cli) -> u8 {
                 name: a.name.clone(),
                 path,
                 readonly: a.readonly,
+            };
+            control_command(g, s, &a.target, command).await
+        }
+        Commands::AttachInterface(a) => {
+            let command = Command::AttachInterface {
+                name: a.name.clone(),
+                tap: a.tap.clone(),
+                mac: a.mac.clone(),
+            };
+            control_command(g, s, &a.target, command).await
+        }
+        Commands::DetachInterface(a) => {
+            let command = Command::DetachInterface {
+                name: a.name.clone(),
             };
             control_command(g, s, &a.target, command).await
         }

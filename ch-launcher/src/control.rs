@@ -64,6 +64,17 @@ pub enum Command {
     DetachDisk {
         name: String,
     },
+    /// Hot-add a virtio-net interface `name` on the existing tap `tap`.
+    AttachInterface {
+        name: String,
+        tap: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<String>,
+    },
+    /// Hot-remove an interface attached with `attach-interface`.
+    DetachInterface {
+        name: String,
+    },
 }
 
 impl Command {
@@ -78,6 +89,8 @@ impl Command {
             Command::Resize { .. } => "resize",
             Command::AttachDisk { .. } => "attach-disk",
             Command::DetachDisk { .. } => "detach-disk",
+            Command::AttachInterface { .. } => "attach-interface",
+            Command::DetachInterface { .. } => "detach-interface",
         }
     }
 }
@@ -382,7 +395,9 @@ mod tests {
                 | Command::Kill
                 | Command::Status
                 | Command::AttachDisk { .. }
-                | Command::DetachDisk { .. } => {}
+                | Command::DetachDisk { .. }
+                | Command::AttachInterface { .. }
+                | Command::DetachInterface { .. } => {}
             }
             Ok(lc.status().clone())
         }

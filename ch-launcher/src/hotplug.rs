@@ -21,6 +21,7 @@ pub struct Resources {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<u64>,
     pub disks: Vec<DiskInUse>,
+    pub interfaces: Vec<NicInUse>,
     /// vCPUs per socket (`cores x threads`).
     #[serde(skip)]
     per_socket: u32,
@@ -36,6 +37,18 @@ pub struct DiskInUse {
     pub hotplugged: bool,
     /// Where the guest finds it, as the hypervisor reported it (Cloud
     /// Hypervisor's PCI `bdf`) for a disk attached at run time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_address: Option<String>,
+}
+
+/// One network interface of the running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicInUse {
+    pub name: String,
+    pub tap: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    pub hotplugged: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_address: Option<String>,
 }
@@ -72,7 +85,67 @@ impl Resources {
                     guest_address: None,
                 })
                 .collect(),
+            interfaces: domain
+                .devices
+                .interfaces
+                .iter()
+                .enumerate()
+                .map(|(i, nic)| NicInUse {
+                    name: nic.name.clone(),
+                    tap: crate::net::tap_name(i),
+                    mac: Some(nic.mac.clone()),
+                    hotplugged: false,
+                    guest_address: None,
+                })
+                .collect(),
             per_socket,
+        }
+    }
+
+    /// Checks that `name` and `tap` are new to the VM and that the tap
+    /// exists in this network namespace (it is the caller's: the launcher
+    /// attaches it, it does not plumb it).
+    pub fn check_attach_interface(
+        &self,
+        name: &str,
+        tap: &str,
+        mac: Option<&str>,
+    ) -> Result<(), String> {
+        if name.is_empty() || tap.is_empty() {
+            return Err("an interface needs a name and a tap".into());
+        }
+        if self.interfaces.iter().any(|n| n.name == name) {
+            return Err(format!("an interface named {name:?} is already attached"));
+        }
+        if let Some(n) = self.interfaces.iter().find(|n| n.tap == tap) {
+            return Err(format!("tap {tap:?} is already interface {:?}", n.name));
+        }
+        if let Some(mac) = mac {
+            let ok = mac.split(':').count() == 6
+                && mac
+                    .split(':')
+                    .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+            if !ok {
+                return Err(format!("{mac:?} is not a MAC address (six hex pairs)"));
+            }
+        }
+        if tap.contains('/') || !Path::new("/sys/class/net").join(tap).exists() {
+            return Err(format!(
+                "no tap {tap:?} in the launcher's network namespace"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that `name` is an interface attached at run time.
+    pub fn check_detach_interface(&self, name: &str) -> Result<(), String> {
+        match self.interfaces.iter().find(|n| n.name == name) {
+            None => Err(format!("no interface named {name:?}")),
+            Some(n) if !n.hotplugged => Err(format!(
+                "interface {name:?} is from the spec (spec.domain.devices.interfaces), not \
+                 attached at run time"
+            )),
+            Some(_) => Ok(()),
         }
     }
 

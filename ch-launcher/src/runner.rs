@@ -833,6 +833,36 @@ impl<B: Backend + 'static> VmControl<B> {
                 resources.disks.retain(|d| d.name != name);
                 tracing::info!(disk = %name, "disk detached");
             }
+            Command::AttachInterface { name, tap, mac } => {
+                resources
+                    .check_attach_interface(&name, &tap, mac.as_deref())
+                    .map_err(|e| format!("attach-interface: {e}"))?;
+                let guest_address = self
+                    .backend
+                    .attach_interface(&name, &tap, mac.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(interface = %name, tap = %tap,
+                    guest_address = guest_address.as_deref().unwrap_or("-"), "interface attached");
+                resources.interfaces.push(crate::hotplug::NicInUse {
+                    name,
+                    tap,
+                    mac,
+                    hotplugged: true,
+                    guest_address,
+                });
+            }
+            Command::DetachInterface { name } => {
+                resources
+                    .check_detach_interface(&name)
+                    .map_err(|e| format!("detach-interface: {e}"))?;
+                self.backend
+                    .detach_interface(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                resources.interfaces.retain(|n| n.name != name);
+                tracing::info!(interface = %name, "interface detached");
+            }
             other => return Err(format!("{} is not a change", other.as_str())),
         }
         Ok(self.status.borrow().clone())
@@ -843,7 +873,9 @@ impl<B: Backend + 'static> VmControl<B> {
         match command {
             change @ (Command::Resize { .. }
             | Command::AttachDisk { .. }
-            | Command::DetachDisk { .. }) => self.change(change).await,
+            | Command::DetachDisk { .. }
+            | Command::AttachInterface { .. }
+            | Command::DetachInterface { .. }) => self.change(change).await,
             Command::Status => Ok(self.status.borrow().clone()),
             Command::Pause => {
                 self.backend.pause().await.map_err(|e| e.to_string())?;

@@ -439,6 +439,107 @@ fn cloud_hypervisor_runs_on_the_tap_and_a_crashed_launchers_leftovers_are_remove
         "NAT table installed"
     );
 
+    // A second interface hot-added on a tap of the caller's, and removed.
+    ip(&[
+        "-n",
+        &env.pod.name,
+        "tuntap",
+        "add",
+        "dev",
+        "hot0",
+        "mode",
+        "tap",
+    ]);
+    let ctl = |args: &[&str]| {
+        Command::new(launcher_path())
+            .arg("--private-dir")
+            .arg(&private)
+            .args(args)
+            .args(["--uid", uid])
+            .output()
+            .expect("run ch-launcher")
+    };
+    let out = ctl(&[
+        "attach-interface",
+        "--name",
+        "extra",
+        "--tap",
+        "hot0",
+        "--mac",
+        "02:aa:bb:cc:dd:02",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status");
+    let extra = status["resources"]["interfaces"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "extra").cloned())
+        .expect("extra in status");
+    assert!(
+        extra["guest_address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("0000:")),
+        "{extra}"
+    );
+    let info = integration::unix_http::request(
+        &api,
+        "GET",
+        "/api/v1/vm.info",
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("vm.info");
+    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("JSON");
+    let taps: Vec<&str> = info["config"]["net"]
+        .as_array()
+        .expect("net")
+        .iter()
+        .filter_map(|n| n["tap"].as_str())
+        .collect();
+    assert_eq!(taps, ["tap0", "hot0"], "{info}");
+    for (args, want) in [
+        (
+            vec!["attach-interface", "--name", "extra", "--tap", "hot0"],
+            "already attached",
+        ),
+        (
+            vec!["attach-interface", "--name", "more", "--tap", "nope0"],
+            "no tap",
+        ),
+        (
+            vec!["detach-interface", "--name", "default"],
+            "from the spec",
+        ),
+    ] {
+        let out = ctl(&args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let out = ctl(&["detach-interface", "--name", "extra"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = integration::unix_http::request(
+        &api,
+        "GET",
+        "/api/v1/vm.info",
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("vm.info");
+    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("JSON");
+    assert_eq!(
+        info["config"]["net"].as_array().map(Vec::len),
+        Some(1),
+        "{info}"
+    );
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(launcher.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -77,6 +77,13 @@ impl Api {
         self.call("vm.add-disk", self.client.vm_add_disk_put(disk))
             .await
     }
+    pub async fn add_net(
+        &self,
+        net: cloud_hypervisor_client::models::NetConfig,
+    ) -> Result<cloud_hypervisor_client::models::PciDeviceInfo, BackendError> {
+        self.call("vm.add-net", self.client.vm_add_net_put(net))
+            .await
+    }
     pub async fn remove_device(&self, id: &str) -> Result<(), BackendError> {
         let request = cloud_hypervisor_client::models::VmRemoveDevice {
             id: Some(id.to_string()),

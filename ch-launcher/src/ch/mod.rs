@@ -104,6 +104,24 @@ impl Backend for ChVm {
     async fn detach_disk(&self, name: &str) -> Result<(), BackendError> {
         self.api.remove_device(name).await
     }
+    async fn attach_interface(
+        &self,
+        name: &str,
+        tap: &str,
+        mac: Option<&str>,
+    ) -> Result<Option<String>, BackendError> {
+        let net = cloud_hypervisor_client::models::NetConfig {
+            tap: Some(tap.to_string()),
+            mac: mac.map(String::from),
+            // The same id scheme as the spec's interfaces.
+            id: Some(format!("net-{name}")),
+            ..Default::default()
+        };
+        Ok(Some(self.api.add_net(net).await?.bdf))
+    }
+    async fn detach_interface(&self, name: &str) -> Result<(), BackendError> {
+        self.api.remove_device(&format!("net-{name}")).await
+    }
     /// CH re-creates its serial device on every reboot (guest- or
     /// API-initiated): a new PTY, or its socket closed and bound again at the
     /// same path. `vm.info` names the current one.
