@@ -1002,10 +1002,17 @@ mod tests {
 
         let got = read_until(&mut client, b"TINY-GUEST-UP\r\n").await;
         assert_eq!(got, b"rTINY-GUEST-UP\r\n");
-        assert_eq!(
-            std::fs::read_to_string(&cfg.log).unwrap(),
-            "rTINY-GUEST-UP\r\n"
-        );
+        // The log has a writer thread of its own: it follows shortly.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut log = String::new();
+        while tokio::time::Instant::now() < deadline {
+            log = std::fs::read_to_string(&cfg.log).unwrap();
+            if log.len() >= "rTINY-GUEST-UP\r\n".len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(log, "rTINY-GUEST-UP\r\n");
         // Input goes to the new device.
         client.write_all(b"x").await.unwrap();
         read_until(&mut new_side, b"x").await;

@@ -113,6 +113,8 @@ pub struct Cpu {
     pub threads: Option<u32>,
     pub max_sockets: Option<u32>,
     pub model: Option<String>,
+    pub dedicated_cpu_placement: Option<bool>,
+    pub isolate_emulator_thread: Option<bool>,
     /// `spec.domain.cpu.features`: CPU features to add to or take from the
     /// model, each with a libvirt-style policy.
     pub features: Option<Vec<CpuFeature>>,

@@ -105,6 +105,9 @@ pub struct Cpu {
     /// Upper bound of sockets for CPU hotplug; equals `sockets` when absent.
     pub max_sockets: u32,
     pub model: CpuModel,
+    /// `dedicatedCpuPlacement`: each vCPU pinned to its own CPU of the
+    /// pod's cpuset.
+    pub dedicated: bool,
     /// `spec.domain.cpu.features`, in spec order, names unique.
     pub features: Vec<CpuFeature>,
 }

@@ -37,6 +37,7 @@ pub fn domain() -> Domain {
             max_sockets: 1,
             model: CpuModel::HostModel,
             features: Vec::new(),
+            dedicated: false,
         },
         memory: Memory {
             guest: GUEST_MEMORY,

@@ -435,8 +435,6 @@ const KNOWN_UNIMPLEMENTED: &[&str] = &[
     "spec.domain.chassis",
     "spec.domain.ioThreads",
     "spec.domain.ioThreadsPolicy",
-    "spec.domain.cpu.dedicatedCpuPlacement",
-    "spec.domain.cpu.isolateEmulatorThread",
     "spec.domain.cpu.numa",
     "spec.domain.cpu.realtime",
     "spec.domain.features.apic",

@@ -32,6 +32,7 @@ pub enum Feature {
     ShareableDisk,
     DiskBlockSize,
     Virtiofs,
+    DedicatedCpus,
     Rng,
     SerialConsole,
     Graphics,
@@ -89,6 +90,7 @@ impl Feature {
             ShareableDisk => ("shareable disks", true),
             DiskBlockSize => ("custom disk block sizes", true),
             Virtiofs => ("virtio-fs filesystems", true),
+            DedicatedCpus => ("dedicated CPU placement", false),
             Rng => ("the virtio RNG device", false),
             SerialConsole => ("the serial console", false),
             Graphics => ("graphics (VNC) devices", true),
@@ -137,6 +139,9 @@ impl Feature {
                     Err("QEMU cannot make a sata disk read-only; use virtio or scsi, or a cdrom")
                 }
                 LunOffScsiBus => Err("a LUN needs the scsi bus"),
+                DedicatedCpus => Err(
+                    "vCPU pinning from the pod's cpuset is built for Cloud Hypervisor only so far",
+                ),
                 Virtiofs => Err(
                     "the launcher runs virtiofsd for Cloud Hypervisor only so far; libvirt's \
                      own virtiofsd handling is not wired up",
@@ -193,6 +198,7 @@ impl Feature {
                 VirtioDisk | Rng | SerialConsole | HostCpuModel | CpuHotplug | MemoryHotplug
                 | Hugepages | KernelBoot | EfiBoot | Arm64 | SevSnp | Tdx | SevMemoryHotplug | VirtioNic
                 | Virtiofs
+                | DedicatedCpus
                 // rust-hypervisor-firmware boots the disk (see the firmware crate).
                 | BiosBoot => {
                     Ok(())
@@ -423,6 +429,12 @@ fn uses(domain: &Domain) -> Vec<Use> {
                 format!("{}.blockSize", disk.spec_path),
             );
         }
+    }
+    if d.cpu.dedicated {
+        add(
+            Feature::DedicatedCpus,
+            "spec.domain.cpu.dedicatedCpuPlacement".into(),
+        );
     }
     for fs in &d.devices.filesystems {
         add(Feature::Virtiofs, format!("{}.virtiofs", fs.spec_path));

@@ -825,8 +825,8 @@ fn unknown_fields_are_errors_with_their_full_path() {
     let typo = "unknown field (not a kubevirt.io/v1 field this launcher knows";
     let cases = [
         (
-            json!({"spec": {"domain": {"cpu": {"dedicatedCpuPlacement": true}}}}),
-            "spec.domain.cpu.dedicatedCpuPlacement",
+            json!({"spec": {"domain": {"cpu": {"realtime": {}}}}}),
+            "spec.domain.cpu.realtime",
             unimplemented,
         ),
         (

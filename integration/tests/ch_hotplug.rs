@@ -222,3 +222,82 @@ fn vcpus_memory_and_disks_change_in_place_and_limits_leave_the_vm_untouched() {
     let exit = launcher.expect_exit(SLOW);
     assert_eq!(exit.code(), Some(0), "{}", launcher.logs_text());
 }
+
+/// The vCPU thread of `ch_pid` named `vcpu<N>`: its allowed CPUs.
+fn vcpu_affinity(ch_pid: u32, n: u32) -> Option<String> {
+    for task in std::fs::read_dir(format!("/proc/{ch_pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == format!("vcpu{n}") {
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|s| s.trim().to_string());
+        }
+    }
+    None
+}
+
+#[test]
+fn dedicated_cpu_placement_pins_each_vcpu_to_a_cpu_of_the_pods_cpuset() {
+    if std::env::var_os(ch_support::CH_BIN_ENV).is_none_or(|v| v.is_empty()) {
+        eprintln!(
+            "SKIP: needs the real cloud-hypervisor ({})",
+            ch_support::CH_BIN_ENV
+        );
+        return;
+    }
+    let cpuset = ch_launcher::host::pod_cpuset().expect("cpuset");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let text = spec(images::test_guest(), &scratch.path().join("root.img")).replace(
+        "      maxSockets: 4\n",
+        "      maxSockets: 1\n      dedicatedCpuPlacement: true\n",
+    );
+    let mut launcher = Launcher::start(VmOptions {
+        spec: Some(text.clone()),
+        ..VmOptions::default()
+    });
+    wait_file_contains(&launcher.serial_log(), "TINY-GUEST-UP");
+    let info = vm_info(&launcher);
+    let affinity = &info["config"]["cpus"]["affinity"];
+    assert_eq!(affinity[0]["vcpu"], 0, "{info}");
+    assert_eq!(affinity[0]["host_cpus"][0], cpuset[0], "{info}");
+    let allowed = vcpu_affinity(launcher.vmm_pid().as_raw() as u32, 0).expect("vcpu0 thread");
+    assert_eq!(
+        allowed,
+        cpuset[0].to_string(),
+        "vcpu0 runs where it was pinned"
+    );
+    let mut console = launcher.console();
+    console.send(b"q");
+    assert_eq!(launcher.expect_exit(SLOW).code(), Some(0));
+
+    // More vCPUs than the cpuset has CPUs: refused before CH starts.
+    let too_many = (cpuset.len() + 1).to_string();
+    let text = text
+        .replace(
+            "      sockets: 1\n",
+            &format!("      sockets: {too_many}\n"),
+        )
+        .replace(
+            "      maxSockets: 1\n",
+            &format!("      maxSockets: {too_many}\n"),
+        );
+    let spec_file = scratch.path().join("too-many.yaml");
+    std::fs::write(&spec_file, text).expect("write");
+    let out = std::process::Command::new(integration::launcher_path())
+        .arg("render")
+        .arg(&spec_file)
+        .output()
+        .expect("render");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.domain.cpu.dedicatedCpuPlacement"),
+        "{err}"
+    );
+    assert!(err.contains("a dedicated CPU each"), "{err}");
+}

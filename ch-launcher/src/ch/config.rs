@@ -30,6 +30,9 @@ pub struct HostInputs {
     /// The VM directory, where each filesystem's virtiofsd socket is
     /// ([`crate::virtiofs::socket_path`]); `None` in tests of the rest.
     pub vm_dir: Option<PathBuf>,
+    /// The CPUs of the pod's cpuset (cgroup v2 `cpuset.cpus.effective`),
+    /// for `dedicatedCpuPlacement`.
+    pub dedicated_cpus: Option<Vec<u32>>,
     /// What this host's KVM offers a guest CPU, to check the spec's CPU
     /// feature policies against (CH passes the host CPU through). `None` in a
     /// dry run without a probe: the policies are then not checked.
@@ -226,10 +229,14 @@ fn cpus(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) -> Cp
         packages: Some(int("spec.domain.cpu.maxSockets", cpu.max_sockets)),
     };
     let knobs = cpu_feature_knobs(domain, host.cpu.as_ref(), errors);
+    let affinity = cpu
+        .dedicated
+        .then(|| pinning(cpu.max_vcpus(), host, errors));
     CpusConfig {
         topology: Some(topology),
         nested: knobs.nested,
         features: knobs.amx.map(|amx| CpuFeatures { amx: Some(amx) }),
+        affinity,
         ..CpusConfig::new(boot_vcpus, max_vcpus)
     }
 }
@@ -355,6 +362,42 @@ fn bytes(path: &str, value: u64, errors: &mut Vec<ConfigError>) -> i64 {
         });
         0
     })
+}
+
+/// `dedicatedCpuPlacement`: vCPU `i` (up to the hotplug maximum) on the
+/// `i`th CPU of the pod's cpuset, one CPU each, as KubeVirt pins them.
+fn pinning(
+    vcpus: u32,
+    host: &HostInputs,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<cloud_hypervisor_client::models::CpuAffinity> {
+    let path = "spec.domain.cpu.dedicatedCpuPlacement";
+    let Some(cpus) = &host.dedicated_cpus else {
+        errors.push(ConfigError::OutOfRange {
+            path: path.into(),
+            value: "true".into(),
+            limit: "the pod's cpuset could not be read".into(),
+        });
+        return Vec::new();
+    };
+    if (cpus.len() as u64) < u64::from(vcpus) {
+        errors.push(ConfigError::OutOfRange {
+            path: path.into(),
+            value: format!("{vcpus} vCPUs"),
+            limit: format!(
+                "a dedicated CPU each, and the pod's cpuset has {} ({:?})",
+                cpus.len(),
+                cpus
+            ),
+        });
+        return Vec::new();
+    }
+    (0..vcpus)
+        .map(|i| cloud_hypervisor_client::models::CpuAffinity {
+            vcpu: i as i32,
+            host_cpus: vec![cpus[i as usize] as i32],
+        })
+        .collect()
 }
 
 /// ACPI memory hotplug adds memory in sections of this size.
@@ -593,6 +636,7 @@ mod tests {
             igvm: None,
             serial_socket: None,
             vm_dir: None,
+            dedicated_cpus: None,
             cpu: None,
         }
     }
@@ -640,6 +684,7 @@ mod tests {
             max_sockets: 3,
             model: CpuModel::HostPassthrough,
             features: Vec::new(),
+            dedicated: false,
         };
         let cpus = translate(&d).cpus.expect("cpus");
         assert_eq!((cpus.boot_vcpus, cpus.max_vcpus), (16, 24));
@@ -891,6 +936,7 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
                 igvm: Some("/fw/snp.igvm".into()),
                 serial_socket: None,
                 vm_dir: None,
+                dedicated_cpus: None,
                 cpu: None,
             }
         );
@@ -904,6 +950,7 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
                 igvm: None,
                 serial_socket: None,
                 vm_dir: None,
+                dedicated_cpus: None,
                 cpu: None,
             }
         );
@@ -929,6 +976,7 @@ Hypervisor firmware path (CLOUDHV.fd or rust-hypervisor-firmware)"
             igvm: Some("/fw/snp.igvm".into()),
             serial_socket: None,
             vm_dir: None,
+            dedicated_cpus: None,
             cpu: None,
         };
         let c = vm_config(&d, &host).expect("translates");

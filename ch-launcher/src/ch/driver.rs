@@ -63,6 +63,7 @@ impl ChOptions {
                 SerialMode::Pty => None,
             },
             vm_dir: Some(paths.dir.clone()),
+            dedicated_cpus: crate::host::pod_cpuset().ok(),
             ..self.host.clone()
         }
     }
@@ -343,6 +344,7 @@ mod tests {
             igvm: Some(dir.path().join("snp.igvm")),
             serial_socket: Some(dir.path().join("serial.sock")),
             vm_dir: None,
+            dedicated_cpus: None,
             cpu: None,
         };
         let config = vm_config(domain, &host).expect("translates");

@@ -202,3 +202,74 @@ pub fn cpu_command(cpu_probe: Option<&Path>, json: bool) -> Result<String, HostE
     }
     Ok(out)
 }
+
+/// The CPUs this launcher may run on: its cgroup v2 `cpuset.cpus.effective`
+/// (what a pod with dedicated CPUs gets from the kubelet's CPU manager),
+/// else its scheduler affinity.
+pub fn pod_cpuset() -> Result<Vec<u32>, String> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) {
+        let file = std::path::Path::new("/sys/fs/cgroup")
+            .join(path.trim_start_matches('/'))
+            .join("cpuset.cpus.effective");
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Ok(cpus) = parse_cpu_list(text.trim()) {
+                if !cpus.is_empty() {
+                    return Ok(cpus);
+                }
+            }
+        }
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most the size given into `set`.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads the set within its size.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .map(|c| c as u32)
+        .collect())
+}
+
+/// A kernel CPU list: `0-3,8,10-11`.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let bad = || format!("{part:?} in CPU list {text:?}");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod cpuset_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_ranges_and_singles() {
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11").unwrap(),
+            [0, 1, 2, 3, 8, 10, 11]
+        );
+        assert_eq!(parse_cpu_list("").unwrap(), Vec::<u32>::new());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+        assert!(
+            !pod_cpuset().unwrap().is_empty(),
+            "this process runs on some CPU"
+        );
+    }
+}

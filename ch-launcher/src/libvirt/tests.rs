@@ -206,6 +206,7 @@ fn corpus() -> Vec<(&'static str, Domain, RenderContext)> {
         max_sockets: 4,
         model: CpuModel::Named("Skylake-Server".into()),
         features: Vec::new(),
+        dedicated: false,
     };
     out.push(("topology-named-model", d, ctx()));
 

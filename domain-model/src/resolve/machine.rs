@@ -58,6 +58,20 @@ impl Resolver<'_> {
             Some(named) => CpuModel::Named(named.to_string()),
         };
         let features = self.cpu_features(c.features.as_deref().unwrap_or_default());
+        let dedicated = c.dedicated_cpu_placement.unwrap_or(false);
+        if c.isolate_emulator_thread == Some(true) {
+            if dedicated {
+                self.err(
+                    format!("{base}.isolateEmulatorThread"),
+                    "not supported yet: the launcher pins vCPUs, not the hypervisor's own threads",
+                );
+            } else {
+                self.err(
+                    format!("{base}.isolateEmulatorThread"),
+                    "needs dedicatedCpuPlacement: true (as in KubeVirt)",
+                );
+            }
+        }
         Cpu {
             sockets,
             cores,
@@ -65,6 +79,7 @@ impl Resolver<'_> {
             max_sockets,
             model,
             features,
+            dedicated,
         }
     }
 
