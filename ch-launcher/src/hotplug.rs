@@ -104,13 +104,14 @@ impl Resources {
 
     /// Checks that `name` and `tap` are new to the VM and that the tap
     /// exists in this network namespace (it is the caller's: the launcher
-    /// attaches it, it does not plumb it).
+    /// attaches it, it does not plumb it). Returns the MAC as the Domain
+    /// writes MACs.
     pub fn check_attach_interface(
         &self,
         name: &str,
         tap: &str,
         mac: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         if name.is_empty() || tap.is_empty() {
             return Err("an interface needs a name and a tap".into());
         }
@@ -120,21 +121,15 @@ impl Resources {
         if let Some(n) = self.interfaces.iter().find(|n| n.tap == tap) {
             return Err(format!("tap {tap:?} is already interface {:?}", n.name));
         }
-        if let Some(mac) = mac {
-            let ok = mac.split(':').count() == 6
-                && mac
-                    .split(':')
-                    .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
-            if !ok {
-                return Err(format!("{mac:?} is not a MAC address (six hex pairs)"));
-            }
-        }
+        let mac = mac
+            .map(|m| domain_model::resolve::parse_mac(m).map(domain_model::resolve::format_mac))
+            .transpose()?;
         if tap.contains('/') || !Path::new("/sys/class/net").join(tap).exists() {
             return Err(format!(
                 "no tap {tap:?} in the launcher's network namespace"
             ));
         }
-        Ok(())
+        Ok(mac)
     }
 
     /// Checks that `name` is an interface attached at run time.

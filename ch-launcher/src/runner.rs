@@ -834,7 +834,7 @@ impl<B: Backend + 'static> VmControl<B> {
                 tracing::info!(disk = %name, "disk detached");
             }
             Command::AttachInterface { name, tap, mac } => {
-                resources
+                let mac = resources
                     .check_attach_interface(&name, &tap, mac.as_deref())
                     .map_err(|e| format!("attach-interface: {e}"))?;
                 let guest_address = self

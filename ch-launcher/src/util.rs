@@ -171,20 +171,9 @@ fn make_generated(path: &Path, generated: &domain_model::Generated) -> io::Resul
             .mode(0o700)
             .create(dir)?;
     }
-    // 0600: cloud-init data often holds passwords and keys.
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?
-    };
+    // 0600: cloud-init data often holds passwords and keys. Readable too:
+    // the ISO writer reads back what it wrote.
+    let mut file = create_fresh_with(path, 0o600)?;
     match generated {
         domain_model::Generated::Empty { capacity } => file.set_len(*capacity),
         domain_model::Generated::CloudInit { label, files } => write_iso(&mut file, label, files),
@@ -342,6 +331,34 @@ fn write_iso_files(
         .map_err(|e| io::Error::other(format!("cannot write the ISO 9660 image: {e:?}")))
 }
 
+/// In a child between fork and exec: SIGKILL when the launcher (`parent`)
+/// dies, and fail if it already has (before the request took effect). Every
+/// helper process the launcher starts (the VMM, virtiofsd) calls it so that
+/// none outlives a SIGKILLed launcher.
+///
+/// # Safety
+/// Only for a `pre_exec` closure: it makes async-signal-safe calls (prctl,
+/// getppid) and allocates nothing.
+pub unsafe fn die_with_parent(parent: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls on this (child) process.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() as u32 != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
 /// Creates `path` anew, removing what a previous run left there.
 ///
 /// Not `File::create`: truncating a file that was itself truncated and
@@ -350,13 +367,21 @@ fn write_iso_files(
 /// 0.3 ms on this project's CI disk, on the launcher's critical path. A new
 /// inode costs about 10 us.
 pub fn create_fresh(path: &Path) -> io::Result<std::fs::File> {
+    create_fresh_with(path, 0o666)
+}
+
+/// [`create_fresh`], read-write, with `mode` (before the umask).
+pub fn create_fresh_with(path: &Path, mode: u32) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
     std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
+        .mode(mode)
         .open(path)
 }
 

@@ -9,7 +9,6 @@
 //! run with `sandbox=chroot`, the mode meant for containers (no new user or
 //! mount namespaces needed).
 
-use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,7 +54,8 @@ impl Daemons {
     }
 }
 
-fn binary() -> Result<PathBuf, String> {
+/// The virtiofsd to run: [`VIRTIOFSD_ENV`], else the first of the usual places.
+pub fn binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os(VIRTIOFSD_ENV).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(p));
     }
@@ -106,25 +106,9 @@ pub fn start(domain: &domain_model::Domain, vm_dir: &Path) -> Result<Daemons, St
         let stderr = log.try_clone().map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(stderr);
         let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls (prctl, getppid) between
-        // fork and exec.
+        // SAFETY: die_with_parent is made for pre_exec.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || crate::util::die_with_parent(parent));
         }
         let child = cmd
             .spawn()

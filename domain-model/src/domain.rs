@@ -300,6 +300,8 @@ pub struct DiskSource {
     /// Create a sparse raw image of this many bytes if the file is missing
     /// (`hostDisk.type: DiskOrCreate`).
     pub create_with_capacity: Option<u64>,
+    /// A block device (a block-mode PVC), not an image file.
+    pub block_device: bool,
     /// An image the launcher makes at every start in the ephemeral disk
     /// directory and removes when the VM is gone.
     pub generated: Option<Generated>,

@@ -109,6 +109,7 @@ pub fn disk(index: usize, name: &str, path: impl Into<PathBuf>) -> Disk {
             path: path.into(),
             format: ImageFormat::Raw,
             create_with_capacity: None,
+            block_device: false,
             generated: None,
         },
     }

@@ -44,15 +44,7 @@ impl Drop for Killed {
 }
 
 fn info(api: &Path) -> Result<Value, String> {
-    let r = integration::unix_http::request(
-        api,
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        Duration::from_secs(5),
-    )
-    .map_err(|e| format!("vm.info: {e}"))?;
-    serde_json::from_slice(&r.body).map_err(|e| format!("vm.info: {e}"))
+    integration::unix_http::ch_vm_info(api)
 }
 
 /// Polls `vm.info` until `done`; the time from `start`.

@@ -109,3 +109,18 @@ async fn send(
         body,
     })
 }
+
+/// Cloud Hypervisor's `vm.info` from its API socket `api`: what CH itself
+/// says the VM is, which tests check the launcher's work against.
+pub fn ch_vm_info(api: &Path) -> Result<serde_json::Value, String> {
+    let r = request(api, "GET", "/api/v1/vm.info", None, Duration::from_secs(5))
+        .map_err(|e| format!("vm.info on {}: {e}", api.display()))?;
+    if r.status != 200 {
+        return Err(format!(
+            "vm.info: HTTP {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| format!("vm.info: {e}"))
+}

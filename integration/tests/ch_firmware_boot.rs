@@ -149,15 +149,8 @@ fn container_disk_boots_through_a_copy_on_write_overlay_and_the_image_is_untouch
     });
     wait_file_contains(&launcher.serial_log(), BANNER);
     let overlay = ephemeral.join(launcher.uid()).join("rootdisk.qcow2");
-    let info = integration::unix_http::request(
-        &launcher.vm_dir().join("ch-api.sock"),
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        SLOW,
-    )
-    .expect("vm.info");
-    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("JSON");
+    let info = integration::unix_http::ch_vm_info(&launcher.vm_dir().join("ch-api.sock"))
+        .expect("vm.info");
     let disk = &info["config"]["disks"][0];
     assert_eq!(disk["path"], overlay.display().to_string(), "{info}");
     assert_eq!(disk["image_type"], "Qcow2");

@@ -130,15 +130,8 @@ fn launcher_made_disks_are_attached_readable_and_removed_with_the_vm() {
     let images = ephemeral.join(launcher.uid());
 
     // Cloud Hypervisor's own view: all three are its disks.
-    let info = integration::unix_http::request(
-        &launcher.vm_dir().join("ch-api.sock"),
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        SLOW,
-    )
-    .expect("vm.info");
-    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("vm.info JSON");
+    let info = integration::unix_http::ch_vm_info(&launcher.vm_dir().join("ch-api.sock"))
+        .expect("vm.info");
     let attached: Vec<&str> = info["config"]["disks"]
         .as_array()
         .expect("disks in vm.info")

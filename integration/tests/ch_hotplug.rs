@@ -56,21 +56,7 @@ spec:
 }
 
 fn vm_info(launcher: &Launcher) -> Value {
-    let info = integration::unix_http::request(
-        &launcher.vm_dir().join("ch-api.sock"),
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        SLOW,
-    )
-    .expect("vm.info");
-    assert_eq!(
-        info.status,
-        200,
-        "vm.info: {}",
-        String::from_utf8_lossy(&info.body)
-    );
-    serde_json::from_slice(&info.body).expect("vm.info JSON")
+    integration::unix_http::ch_vm_info(&launcher.vm_dir().join("ch-api.sock")).expect("vm.info")
 }
 
 fn disk_ids(info: &Value) -> Vec<String> {

@@ -66,16 +66,8 @@ fn a_shared_volume_gets_a_supervised_virtiofsd_that_goes_with_the_vm() {
         );
         return;
     }
-    let have = std::env::var_os("VIRTIOFSD_BIN").is_some()
-        || [
-            "/usr/libexec/virtiofsd",
-            "/usr/lib/qemu/virtiofsd",
-            "/usr/bin/virtiofsd",
-        ]
-        .iter()
-        .any(|p| Path::new(p).is_file());
-    if !have {
-        eprintln!("SKIP: no virtiofsd (Debian's virtiofsd or qemu-system-common)");
+    if let Err(why) = ch_launcher::virtiofs::binary() {
+        eprintln!("SKIP: {why}");
         return;
     }
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -89,15 +81,8 @@ fn a_shared_volume_gets_a_supervised_virtiofsd_that_goes_with_the_vm() {
         ..VmOptions::default()
     });
     wait_file_contains(&launcher.serial_log(), "TINY-GUEST-UP");
-    let info = integration::unix_http::request(
-        &launcher.vm_dir().join("ch-api.sock"),
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        SLOW,
-    )
-    .expect("vm.info");
-    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("JSON");
+    let info = integration::unix_http::ch_vm_info(&launcher.vm_dir().join("ch-api.sock"))
+        .expect("vm.info");
     let fs = &info["config"]["fs"][0];
     assert_eq!(fs["tag"], "share", "{info}");
     let socket = launcher.vm_dir().join("virtiofs-0.sock");

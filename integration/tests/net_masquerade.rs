@@ -398,14 +398,7 @@ fn cloud_hypervisor_runs_on_the_tap_and_a_crashed_launchers_leftovers_are_remove
     let api = private.join(uid).join("ch-api.sock");
     let deadline = Instant::now() + Duration::from_secs(20);
     let info = loop {
-        if let Ok(r) = integration::unix_http::request(
-            &api,
-            "GET",
-            "/api/v1/vm.info",
-            None,
-            Duration::from_secs(5),
-        ) {
-            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if let Ok(v) = integration::unix_http::ch_vm_info(&api) {
             if v["state"] == "Running" {
                 break v;
             }
@@ -484,15 +477,7 @@ fn cloud_hypervisor_runs_on_the_tap_and_a_crashed_launchers_leftovers_are_remove
             .is_some_and(|a| a.starts_with("0000:")),
         "{extra}"
     );
-    let info = integration::unix_http::request(
-        &api,
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        Duration::from_secs(5),
-    )
-    .expect("vm.info");
-    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("JSON");
+    let info = integration::unix_http::ch_vm_info(&api).expect("vm.info");
     let taps: Vec<&str> = info["config"]["net"]
         .as_array()
         .expect("net")
@@ -525,15 +510,7 @@ fn cloud_hypervisor_runs_on_the_tap_and_a_crashed_launchers_leftovers_are_remove
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let info = integration::unix_http::request(
-        &api,
-        "GET",
-        "/api/v1/vm.info",
-        None,
-        Duration::from_secs(5),
-    )
-    .expect("vm.info");
-    let info: serde_json::Value = serde_json::from_slice(&info.body).expect("JSON");
+    let info = integration::unix_http::ch_vm_info(&api).expect("vm.info");
     assert_eq!(
         info["config"]["net"].as_array().map(Vec::len),
         Some(1),

@@ -637,19 +637,10 @@ async fn pod_sync_with_more_sockets_and_memory_resizes_the_running_vm_in_place()
         pod.logs()
     );
     let api = pod.vm_dir().join("ch-api.sock");
-    let info = tokio::task::spawn_blocking(move || {
-        integration::unix_http::request(
-            &api,
-            "GET",
-            "/api/v1/vm.info",
-            None,
-            Duration::from_secs(5),
-        )
-    })
-    .await
-    .expect("join")
-    .expect("vm.info");
-    let info: Value = serde_json::from_slice(&info.body).expect("JSON");
+    let info = tokio::task::spawn_blocking(move || integration::unix_http::ch_vm_info(&api))
+        .await
+        .expect("join")
+        .expect("vm.info");
     assert_eq!(info["config"]["cpus"]["boot_vcpus"], 2, "{info}");
     assert_eq!(info["config"]["memory"]["size"], 192u64 << 20);
     // Re-sent as every reconcile does: still fine, nothing more happens.

@@ -159,20 +159,7 @@ pub fn spawn(binary: &Path, api_socket: &Path, log: &Path) -> Result<Spawned, Pr
     // async-signal-safe calls (prctl, getppid, fcntl), allocating nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The launcher may have died before prctl took effect.
-            if libc::getppid() as u32 != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            crate::util::die_with_parent(parent)?;
             // Only the VMM inherits the event pipe's write end and the API
             // listener, each at its own number.
             for fd in [write_fd, listen_fd] {

@@ -392,10 +392,9 @@ fn devices(
     let mut names = TargetNames::default();
     let mut disks = Vec::new();
     for disk in &domain.disks {
-        // A block-mode PVC is a device node, handed over as one.
-        let is_device = disk.source.path.starts_with("/dev/") && disk.source.generated.is_none();
         let (kind, source) = match disk.device {
-            _ if is_device => (
+            // A block-mode PVC is a device node, handed over as one.
+            _ if disk.source.block_device => (
                 "block",
                 DiskSourceXml {
                     file: None,

@@ -22,15 +22,21 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn for_interface(nic: &Interface, hostname: &str, mtu: u32, resolv: &Resolv) -> Lease {
+    /// An error only for a MAC that resolution would not have let through.
+    pub fn for_interface(
+        nic: &Interface,
+        hostname: &str,
+        mtu: u32,
+        resolv: &Resolv,
+    ) -> Result<Lease, String> {
         let Binding::Masquerade {
             gateway,
             guest,
             prefix,
             ..
         } = &nic.binding;
-        Lease {
-            mac: parse_mac(&nic.mac),
+        Ok(Lease {
+            mac: domain_model::resolve::parse_mac(&nic.mac)?,
             address: *guest,
             prefix: *prefix,
             router: *gateway,
@@ -38,7 +44,7 @@ impl Lease {
             hostname: hostname.to_string(),
             resolv: resolv.clone(),
             extras: nic.dhcp.clone(),
-        }
+        })
     }
 
     fn mask(&self) -> Ipv4Addr {
@@ -141,14 +147,6 @@ impl Lease {
         reply.set_yiaddr(self.address).set_siaddr(self.router);
         Some(reply)
     }
-}
-
-fn parse_mac(text: &str) -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    for (i, part) in text.split(':').take(6).enumerate() {
-        mac[i] = u8::from_str_radix(part, 16).unwrap_or(0);
-    }
-    mac
 }
 
 /// A DHCP server bound to port 67 on one bridge.

@@ -285,7 +285,8 @@ pub async fn prepare(domain: &Domain, resolv_conf: &Path) -> Result<PodNetwork, 
     made.table = Some(table.clone());
     run_nft(&nft_ruleset(&table, &pod, &nics)).map_err(setup(first, "install the NAT rules"))?;
     for (i, nic) in &nics {
-        let lease = dhcp::Lease::for_interface(nic, &domain.name, pod.mtu, &resolv);
+        let lease = dhcp::Lease::for_interface(nic, &domain.name, pod.mtu, &resolv)
+            .map_err(setup(&nic.spec_path, "read the interface's MAC"))?;
         let server = dhcp::Server::bind(&bridge_name(*i), lease)
             .map_err(|e| setup(&nic.spec_path, "start the DHCP server")(e.to_string()))?;
         made.dhcp.push(tokio::spawn(server.run()));

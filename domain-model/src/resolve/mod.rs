@@ -68,6 +68,7 @@ mod boot;
 mod devices;
 mod machine;
 mod network;
+pub use network::{format_mac, parse_mac};
 mod storage;
 
 use crate::api;

@@ -228,7 +228,7 @@ impl Resolver<'_> {
         }
         let mac = match iface.mac_address.as_deref() {
             Some(m) => match parse_mac(m) {
-                Ok(m) => m,
+                Ok(m) => format_mac(m),
                 Err(e) => {
                     self.err(format!("{path}.macAddress"), e);
                     return None;
@@ -346,28 +346,26 @@ fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, prefix))
 }
 
-fn parse_mac(text: &str) -> Result<String, String> {
+/// A unicast MAC address written `aa:bb:cc:dd:ee:ff` or `aa-bb-...`, either
+/// case: the one parser for every MAC the launcher is given.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let sep = if text.contains('-') { '-' } else { ':' };
-    let parts: Vec<&str> = text.split(sep).collect();
-    let bytes: Option<Vec<u8>> = parts
-        .iter()
+    let bytes: Option<Vec<u8>> = text
+        .split(sep)
         .map(|p| {
             (p.len() == 2)
                 .then(|| u8::from_str_radix(p, 16).ok())
                 .flatten()
         })
         .collect();
-    match bytes {
-        Some(b) if b.len() == 6 => {
-            if b[0] & 1 == 1 {
+    match bytes.as_deref() {
+        Some(&[a, b, c, d, e, f]) => {
+            if a & 1 == 1 {
                 return Err(format!(
                     "{text:?} is a multicast address; a NIC needs a unicast one"
                 ));
             }
-            Ok(b.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"))
+            Ok([a, b, c, d, e, f])
         }
         _ => Err(format!(
             "{text:?} is not a MAC address (six hex pairs, e.g. 02:00:00:00:00:01)"
@@ -375,16 +373,19 @@ fn parse_mac(text: &str) -> Result<String, String> {
     }
 }
 
-/// A locally administered unicast MAC from the uid and the interface name.
-fn derived_mac(uid: &str, name: &str) -> String {
-    let id = Uuid::new_v5(&uid_namespace(), format!("{uid}/{name}").as_bytes());
-    let b = id.as_bytes();
-    let mut mac = [b[0], b[1], b[2], b[3], b[4], b[5]];
-    mac[0] = (mac[0] & 0xfc) | 0x02;
+/// `aa:bb:cc:dd:ee:ff`, as the Domain keeps MACs.
+pub fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|x| format!("{x:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// A locally administered unicast MAC from the uid and the interface name.
+fn derived_mac(uid: &str, name: &str) -> String {
+    let id = Uuid::new_v5(&uid_namespace(), format!("{uid}/{name}").as_bytes());
+    let b = id.as_bytes();
+    format_mac([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
 }
 
 fn is_pci_address(a: &str) -> bool {

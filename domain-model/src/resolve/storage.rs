@@ -137,6 +137,8 @@ impl Resolver<'_> {
                     Some(_) => self.claim(&path, &field, &v.name).map(|claim| DiskSource {
                         path: self.generated_path_ext(&v.name, vm.uid, "qcow2"),
                         format: ImageFormat::Qcow2,
+                        // The overlay is a file, whatever backs it.
+                        block_device: false,
                         generated: Some(crate::Generated::Overlay {
                             backing: claim.path,
                             backing_format: ImageFormat::Raw,
@@ -348,25 +350,21 @@ impl Resolver<'_> {
             .join("vmi-disks")
             .join(volume)
             .join("disk.img");
-        let source = |p: PathBuf| DiskSource {
+        let source = |p: PathBuf, block_device: bool| DiskSource {
             spec_path: path.to_string(),
             path: p,
             // What the claim holds is the guest's: never probed.
             format: ImageFormat::Raw,
             create_with_capacity: None,
+            block_device,
             generated: None,
         };
         if is_file(&file) {
-            return Some(source(file));
+            return Some(source(file, false));
         }
         let device = PathBuf::from("/dev").join(volume);
-        let is_block = |p: &std::path::Path| {
-            std::fs::metadata(p)
-                .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
-                .unwrap_or(false)
-        };
-        if self.opts.block_pvcs && is_block(&device) {
-            return Some(source(device));
+        if self.opts.block_pvcs && is_block_device(&device) {
+            return Some(source(device, true));
         }
         self.err(
             field,
@@ -412,6 +410,7 @@ impl Resolver<'_> {
             path: self.generated_path_ext(volume, uid, "iso"),
             format: ImageFormat::Raw,
             create_with_capacity: None,
+            block_device: false,
             generated: Some(crate::Generated::IsoFromDir {
                 dir,
                 label,
@@ -454,6 +453,7 @@ impl Resolver<'_> {
             path: self.generated_path(volume, uid),
             format: ImageFormat::Raw,
             create_with_capacity: None,
+            block_device: false,
             generated: Some(crate::Generated::Empty { capacity }),
         })
     }
@@ -557,6 +557,7 @@ impl Resolver<'_> {
             path: self.generated_path(volume, vm.uid),
             format: ImageFormat::Raw,
             create_with_capacity: None,
+            block_device: false,
             generated: Some(crate::Generated::CloudInit {
                 label: kind.label().to_string(),
                 files,
@@ -708,6 +709,7 @@ impl Resolver<'_> {
                 return None;
             }
         };
+        let block_device = is_block_device(&abs);
         Some(DiskSource {
             spec_path: path.to_string(),
             path: abs,
@@ -715,6 +717,7 @@ impl Resolver<'_> {
             // for a format would let the guest choose it.
             format: ImageFormat::Raw,
             create_with_capacity,
+            block_device,
             generated: None,
         })
     }
@@ -765,6 +768,7 @@ impl Resolver<'_> {
             path: self.generated_path_ext(name, uid, "qcow2"),
             format: ImageFormat::Qcow2,
             create_with_capacity: None,
+            block_device: false,
             generated: Some(crate::Generated::Overlay {
                 backing: image.0,
                 backing_format: image.1,
@@ -1008,4 +1012,10 @@ fn qcow2_or_raw(file: &std::path::Path) -> std::io::Result<ImageFormat> {
     } else {
         ImageFormat::Raw
     })
+}
+
+fn is_block_device(path: &std::path::Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+        .unwrap_or(false)
 }
