@@ -14,7 +14,7 @@ set -eu
 LIBVIRT_URI=${LIBVIRT_URI:-qemu:///system}
 # binutils: `as` and `ld` build the test guest (images/build.rs). No libvirt
 # headers: the launcher speaks libvirt's RPC protocol itself.
-PACKAGES="qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils ovmf binutils genisoimage mtools nftables busybox iproute2 qemu-utils"
+PACKAGES="qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils ovmf binutils genisoimage mtools nftables busybox iproute2 qemu-utils docker-registry skopeo apache2-utils"
 QEMU_CONF=/etc/libvirt/qemu.conf
 # Marks the qemu.conf this script wrote.
 MARKER="# Written by ch-launcher .ci/setup-host.sh"

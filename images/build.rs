@@ -18,7 +18,7 @@ struct Variant {
     linker_script: &'static str,
 }
 
-const VARIANTS: [Variant; 3] = [
+const VARIANTS: [Variant; 4] = [
     Variant {
         output: "tiny-guest.elf",
         defsyms: &[],
@@ -34,12 +34,22 @@ const VARIANTS: [Variant; 3] = [
         defsyms: &["BZIMAGE=1"],
         linker_script: BZIMAGE_LINKER_SCRIPT,
     },
+    Variant {
+        output: "tiny-guest-halting.bzimage",
+        defsyms: &["BZIMAGE=1", "HALT_AFTER_BANNER=1"],
+        linker_script: BZIMAGE_LINKER_SCRIPT,
+    },
 ];
+
+/// The legacy boot sector of the boot disk's protective MBR (16-bit real
+/// mode, linked flat at 0x7c00 where BIOS loads it).
+const BOOT_SECTOR_SOURCE: &str = "guest/boot-sector.S";
 
 fn main() -> ExitCode {
     println!("cargo:rerun-if-changed={SOURCE}");
     println!("cargo:rerun-if-changed={LINKER_SCRIPT}");
     println!("cargo:rerun-if-changed={BZIMAGE_LINKER_SCRIPT}");
+    println!("cargo:rerun-if-changed={BOOT_SECTOR_SOURCE}");
     match build() {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -85,6 +95,42 @@ fn build() -> Result<(), String> {
         .arg(&elf)
         .arg(&object);
         run(&mut link, "ld", "the GNU linker")?;
+    }
+    let object = out_dir.join("boot-sector.o");
+    run(
+        Command::new("as")
+            .arg("--32")
+            .arg("-o")
+            .arg(&object)
+            .arg(manifest_dir.join(BOOT_SECTOR_SOURCE)),
+        "as",
+        "the GNU assembler",
+    )?;
+    run(
+        Command::new("ld")
+            .args(["-m", "elf_i386", "-nostdlib", "-static", "--build-id=none"])
+            .args([
+                "-Ttext",
+                "0x7c00",
+                "--oformat",
+                "binary",
+                "-e",
+                "boot_sector",
+            ])
+            .arg("-o")
+            .arg(out_dir.join("boot-sector.bin"))
+            .arg(&object),
+        "ld",
+        "the GNU linker",
+    )?;
+    let size = std::fs::metadata(out_dir.join("boot-sector.bin"))
+        .map_err(|e| format!("boot-sector.bin: {e}"))?
+        .len();
+    // The MBR's boot code area ends where the partition table begins.
+    if size > 440 {
+        return Err(format!(
+            "the boot sector is {size} bytes: at most 440 fit before the partition table"
+        ));
     }
     Ok(())
 }

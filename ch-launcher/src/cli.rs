@@ -79,6 +79,21 @@ pub struct GlobalArgs {
     /// Where `containerDisk` volumes are found as local image files.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_CONTAINER_DISK_DIR)]
     pub container_disk_dir: PathBuf,
+    /// The image cache for registry images of local runs (`containerDisk`
+    /// without an image under --container-disk-dir, kernelBoot.container.image)
+    /// [default: /var/cache/ch-launcher/images for root, else
+    /// $XDG_CACHE_HOME/ch-launcher/images].
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "CH_LAUNCHER_IMAGE_CACHE"
+    )]
+    pub image_cache_dir: Option<PathBuf>,
+    /// Registry credentials, a docker `config.json`, consulted before
+    /// $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json and ~/.docker/config.json.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub registry_auth_file: Option<PathBuf>,
     /// Where the launcher makes `emptyDisk` and cloud-init images
     /// (`<DIR>/<vmi uid>/<volume>.img`), removed when the VM is gone.
     #[arg(long, global = true, value_name = "DIR",
@@ -192,12 +207,74 @@ pub enum Commands {
     /// graceful shutdown that virt-handler drives; the launcher kills it
     /// itself after --grace-period-seconds.
     Pod(crate::pod::PodArgs),
+    /// Pull a registry image into the image cache (as a run would for a
+    /// containerDisk or kernel-boot image) and print its digest and
+    /// unpacked root as JSON.
+    Pull(PullArgs),
     /// What this host can run: confidential-computing support and node labels.
     #[command(subcommand)]
     Host(HostCommand),
     /// The firmware this host offers, and which one a spec gets.
     #[command(subcommand)]
     Firmware(FirmwareCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image reference (registry/repository:tag or @sha256:...).
+    pub image: String,
+    /// Always, IfNotPresent or Never [default: Kubernetes' rule for the tag].
+    #[arg(long, value_name = "POLICY")]
+    pub pull_policy: Option<String>,
+}
+
+/// `ch-launcher pull`.
+async fn pull(g: &GlobalArgs, args: &PullArgs) -> u8 {
+    let pull_policy = match args.pull_policy.as_deref() {
+        None => domain_model::PullPolicy::default_for(&args.image),
+        Some("Always") => domain_model::PullPolicy::Always,
+        Some("IfNotPresent") => domain_model::PullPolicy::IfNotPresent,
+        Some("Never") => domain_model::PullPolicy::Never,
+        Some(other) => {
+            report(format_args!(
+                "--pull-policy {other:?}: expected Always, IfNotPresent or Never"
+            ));
+            return exit::INVALID_SPEC;
+        }
+    };
+    let image = domain_model::ImageRef {
+        image: args.image.clone(),
+        path: None,
+        pull_policy,
+        pull_secret: None,
+    };
+    match image_store(g).pull(&image).await {
+        Ok(p) => {
+            let out = serde_json::json!({
+                "image": p.image,
+                "digest": p.digest,
+                "rootfs": p.rootfs,
+                "downloadedBytes": p.downloaded,
+                "contactedRegistry": p.contacted_registry,
+            });
+            println!("{out:#}");
+            exit::SUCCESS
+        }
+        Err(e) => {
+            report(format_args!("pull: {e}"));
+            exit::FAILURE
+        }
+    }
+}
+
+/// The image store the global flags name.
+pub fn image_store(g: &GlobalArgs) -> crate::oci::ImageStore {
+    crate::oci::ImageStore::new(
+        g.image_cache_dir
+            .clone()
+            .unwrap_or_else(crate::oci::ImageStore::default_dir),
+        g.registry_auth_file.clone(),
+    )
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,6 +543,7 @@ async fn dispatch(cli: Cli) -> u8 {
         Commands::Validate(args) => validate(g, s, args),
         Commands::Render(args) => render(g, s, &args.spec),
         Commands::NetUp(args) => net_up(g, s, &args.spec).await,
+        Commands::Pull(args) => pull(g, args).await,
         Commands::Pause(t) => control_command(g, s, t, Command::Pause).await,
         Commands::Resume(t) => control_command(g, s, t, Command::Resume).await,
         Commands::Reboot(t) => control_command(g, s, t, Command::Reboot).await,
@@ -744,6 +822,7 @@ async fn run(g: &GlobalArgs, s: &Settings, args: &RunArgs, signals: runner::Stop
         }
     };
     let mut opts = RunOptions::new(paths.clone());
+    opts.images = image_store(g);
     opts.console_mode = args.console_socket_mode;
     opts.console_log_limits = console_log::LogLimits {
         max_size: args.console_log_max_size,
@@ -1237,10 +1316,19 @@ fn summary(d: &Domain) -> String {
             kernel,
             initrd,
             cmdline,
+            image,
         } => {
             let mut b = format!("kernel {}", kernel.display());
             if let Some(i) = initrd {
                 let _ = write!(b, ", initrd {}", i.display());
+            }
+            if let Some(image) = image {
+                let _ = write!(
+                    b,
+                    " in image {} (pull policy {})",
+                    image.image,
+                    image.pull_policy.as_str()
+                );
             }
             if let Some(c) = cmdline {
                 let _ = write!(b, ", cmdline {c:?}");
@@ -1269,6 +1357,19 @@ fn summary(d: &Domain) -> String {
             if disk.readonly { ", read-only" } else { "" },
             disk.source.path.display()
         );
+        if let Some(domain_model::Generated::ImageOverlay { image }) = &disk.source.generated {
+            let _ = writeln!(
+                s,
+                "                 over {}{} pulled into the image cache (pull policy {})",
+                image.image,
+                image
+                    .path
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default(),
+                image.pull_policy.as_str()
+            );
+        }
     }
     let mut devices = Vec::new();
     if d.devices.serial_console {

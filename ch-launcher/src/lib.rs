@@ -17,6 +17,7 @@ pub mod libvirt;
 pub mod lifecycle;
 pub mod logging;
 pub mod net;
+pub mod oci;
 pub mod paths;
 pub mod pod;
 pub mod runner;

@@ -73,6 +73,9 @@ pub struct RunOptions {
     /// The pod's resolv.conf: its nameservers and search domains go to the
     /// guest over DHCP.
     pub resolv_conf: PathBuf,
+    /// Where registry images (`containerDisk`, kernel boot) of a local run
+    /// are pulled to.
+    pub images: crate::oci::ImageStore,
 }
 
 impl RunOptions {
@@ -86,6 +89,7 @@ impl RunOptions {
             destroy_wait: Duration::from_secs(10),
             early_console: false,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            images: crate::oci::ImageStore::new(crate::oci::ImageStore::default_dir(), None),
         }
     }
 }
@@ -168,6 +172,8 @@ pub enum RunError {
     // typed value stays reachable for callers that match on it.
     #[error("cannot prepare a disk: {0}")]
     Disk(crate::util::DiskError),
+    #[error("cannot pull an image: {0}")]
+    Image(crate::oci::PullError),
     #[error("cannot prepare the pod network: {0}")]
     Network(crate::net::NetError),
     #[error("cannot start virtiofsd: {0}")]
@@ -238,6 +244,11 @@ impl Runner {
         // Held until the run returns: a second launcher for this VM must not
         // touch its sockets and logs.
         let _lock = prepare_vm_dir(&paths, self.opts.console_mode)?;
+        // Registry images into the cache (which outlives the run), before
+        // anything is made from them.
+        crate::oci::materialize(&mut self.domain, &self.opts.images)
+            .await
+            .map_err(RunError::Image)?;
         // Removed on every way out of this function.
         let _generated = crate::util::GeneratedDisks::of(&self.domain);
         crate::util::create_missing_disks(&self.domain).map_err(RunError::Disk)?;

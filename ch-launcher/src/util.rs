@@ -202,6 +202,11 @@ fn make_generated(path: &Path, generated: &domain_model::Generated) -> io::Resul
             drop(file);
             overlay(path, backing, *backing_format)
         }
+        // The host-preparation phase pulls the image first (oci::materialize).
+        domain_model::Generated::ImageOverlay { image } => Err(io::Error::other(format!(
+            "image {} was not pulled before its overlay was made",
+            image.image
+        ))),
     }
 }
 

@@ -557,8 +557,8 @@ pub struct HostDisk {
 pub struct ContainerDisk {
     #[serde(default)]
     pub image: String,
-    /// Pull settings: the local convention reads an unpacked image file, so
-    /// there is nothing to pull.
+    /// The disk inside the image (KubeVirt: the one file under `/disk/`).
+    pub path: Option<String>,
     pub image_pull_policy: Option<String>,
     pub image_pull_secret: Option<String>,
 }

@@ -224,6 +224,11 @@ pub enum Boot {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         cmdline: Option<String>,
+        /// `kernelBoot.container.image` of a local run: `kernel` and
+        /// `initrd` are paths inside this image until the launcher has
+        /// pulled it (and made them host paths in its cache).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        image: Option<ImageRef>,
     },
     /// `firmware.bootloader.efi`.
     Efi {
@@ -328,6 +333,10 @@ pub enum Generated {
         backing: PathBuf,
         backing_format: ImageFormat,
     },
+    /// `containerDisk` of a local run with no unpacked image at hand: the
+    /// launcher pulls `image` into its cache before the VM starts and turns
+    /// this into an [`Generated::Overlay`] of the disk it found there.
+    ImageOverlay { image: ImageRef },
     /// `configMap`, `secret`, `downwardAPI`, `serviceAccount`: the files of
     /// the directory Kubernetes mounted, as read at start, in an ISO 9660
     /// image with volume id `label` (as KubeVirt makes for them); `dir`
@@ -337,6 +346,57 @@ pub enum Generated {
         label: String,
         optional: bool,
     },
+}
+
+/// An image in an OCI registry and a file in it, as a `containerDisk` or
+/// `kernelBoot.container` names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRef {
+    /// The reference as the spec gives it (`registry/repository:tag`,
+    /// `@sha256:...`; Docker Hub's defaults apply).
+    pub image: String,
+    /// `containerDisk.path`: the disk inside the image; `None` is
+    /// KubeVirt's rule, the one file under `/disk/`.
+    pub path: Option<String>,
+    pub pull_policy: PullPolicy,
+    /// `imagePullSecret`: a `kubernetes.io/dockerconfigjson` Secret, read
+    /// where the pod mounts Secrets (`<mounts>/secret/<name>/.dockerconfigjson`).
+    pub pull_secret: Option<PathBuf>,
+}
+
+/// `imagePullPolicy`, defaulted as Kubernetes does: `Always` for `:latest`
+/// or no tag, else `IfNotPresent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// Kubernetes' default for an image reference.
+    pub fn default_for(image: &str) -> PullPolicy {
+        if image.contains('@') {
+            return PullPolicy::IfNotPresent;
+        }
+        // The tag is after the last ':' that follows the last '/' (a ':'
+        // before it is a registry port).
+        let last = image.rsplit('/').next().unwrap_or(image);
+        match last.rsplit_once(':') {
+            Some((_, "latest")) | None => PullPolicy::Always,
+            Some(_) => PullPolicy::IfNotPresent,
+        }
+    }
+
+    /// Kubernetes' spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
 }
 
 /// One file of a launcher-made cloud-init image.
@@ -623,4 +683,22 @@ pub struct MigrationCondition {
     /// KubeVirt's reason when not migratable, e.g. `SEVNotLiveMigratable`.
     pub reason: Option<String>,
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod pull_policy_tests {
+    use super::PullPolicy;
+
+    #[test]
+    fn default_pull_policy_is_kubernetes_rule() {
+        for (image, want) in [
+            ("quay.io/containerdisks/fedora", PullPolicy::Always),
+            ("quay.io/containerdisks/fedora:latest", PullPolicy::Always),
+            ("localhost:5000/disk", PullPolicy::Always),
+            ("localhost:5000/disk:v1", PullPolicy::IfNotPresent),
+            ("disk@sha256:0123", PullPolicy::IfNotPresent),
+        ] {
+            assert_eq!(PullPolicy::default_for(image), want, "{image}");
+        }
+    }
 }

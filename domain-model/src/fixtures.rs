@@ -81,6 +81,7 @@ pub fn kernel_boot(kernel: impl Into<PathBuf>) -> Boot {
         kernel: kernel.into(),
         initrd: None,
         cmdline: None,
+        image: None,
     }
 }
 

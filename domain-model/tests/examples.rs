@@ -14,10 +14,7 @@ fn expected_with_images() -> BTreeMap<&'static str, Vec<&'static str>> {
         ("vmi-ephemeral.yaml", vec![]),
         ("vmi-fedora.yaml", vec![]),
         ("vmi-host-disk.yaml", vec![]),
-        (
-            "vmi-kernel-boot.yaml",
-            vec!["spec.domain.firmware.kernelBoot.container.image"],
-        ),
+        ("vmi-kernel-boot.yaml", vec![]),
         ("vmi-masquerade.yaml", vec![]),
         ("vmi-nocloud.yaml", vec![]),
     ])
@@ -61,17 +58,79 @@ fn every_example_resolves_or_names_its_unsupported_fields() {
 }
 
 #[test]
-fn missing_container_disk_image_names_the_volume_and_the_convention() {
+fn container_disk_without_a_local_image_is_pulled_from_its_registry() {
     let empty = tempfile::tempdir().expect("tempdir");
     let opts = LoadOptions {
         container_disk_dir: empty.path().to_path_buf(),
+        ephemeral_disk_dir: empty.path().join("ephemeral"),
         ..LoadOptions::default()
     };
-    let e = resolve_path(&examples_dir().join("vmi-ephemeral.yaml"), &opts).unwrap_err();
-    assert_eq!(paths(&e), vec!["spec.volumes[0].containerDisk"]);
-    let want = empty.path().join("containerdisk").join("disk.img");
-    assert!(e.0[0].message.contains(&want.display().to_string()), "{e}");
-    assert!(e.0[0].message.contains("<volume name>/disk.img"), "{e}");
+    let d = resolve_path(&examples_dir().join("vmi-ephemeral.yaml"), &opts).unwrap();
+    assert_eq!(d.disks[0].source.format, ImageFormat::Qcow2);
+    assert_eq!(
+        d.disks[0].source.generated,
+        Some(domain_model::Generated::ImageOverlay {
+            image: domain_model::ImageRef {
+                image: "registry:5000/kubevirt/cirros-container-disk-demo:devel".into(),
+                path: None,
+                // Kubernetes' default for a tag other than latest.
+                pull_policy: domain_model::PullPolicy::IfNotPresent,
+                pull_secret: None,
+            }
+        })
+    );
+    assert!(d.disks[0]
+        .source
+        .path
+        .starts_with(empty.path().join("ephemeral")));
+}
+
+#[test]
+fn kernel_boot_example_names_files_inside_its_image() {
+    let fixture = Fixture::new();
+    let d = resolve_path(
+        &examples_dir().join("vmi-kernel-boot.yaml"),
+        &fixture.opts(),
+    )
+    .unwrap();
+    let Boot::Kernel {
+        kernel,
+        initrd,
+        image,
+        ..
+    } = d.boot
+    else {
+        panic!("not a kernel boot: {:?}", d.boot)
+    };
+    assert_eq!(kernel, std::path::Path::new("/boot/vmlinuz-virt"));
+    assert_eq!(
+        initrd.as_deref(),
+        Some(std::path::Path::new("/boot/initramfs-virt"))
+    );
+    let image = image.expect("pulled before the run");
+    assert_eq!(
+        image.image,
+        "registry:5000/kubevirt/alpine-ext-kernel-boot-demo:devel"
+    );
+
+    // In a pod, KubeVirt's kernel-boot container copied them by base name.
+    let opts = LoadOptions {
+        container_disk_layout: domain_model::ContainerDiskLayout::Pod,
+        ..fixture.opts()
+    };
+    let d = resolve_path(&examples_dir().join("vmi-kernel-boot.yaml"), &opts).unwrap();
+    let dir = std::path::absolute(&opts.container_disk_dir)
+        .unwrap()
+        .join("kernel-boot");
+    assert_eq!(
+        d.boot,
+        Boot::Kernel {
+            kernel: dir.join("vmlinuz-virt"),
+            initrd: Some(dir.join("initramfs-virt")),
+            cmdline: Some("console=ttyS0".into()),
+            image: None,
+        }
+    );
 }
 
 #[test]

@@ -428,6 +428,7 @@ fn kernel_boot_reads_host_paths_relative_to_the_spec() {
             kernel: f.path().join("vmlinuz"),
             initrd: Some(f.path().join("initrd.img")),
             cmdline: Some("console=ttyS0".into()),
+            image: None,
         }
     );
     let abs = f.path().join("vmlinuz");
@@ -440,7 +441,8 @@ fn kernel_boot_reads_host_paths_relative_to_the_spec() {
         Boot::Kernel {
             kernel: abs,
             initrd: None,
-            cmdline: None
+            cmdline: None,
+            image: None,
         }
     );
 }
@@ -614,9 +616,24 @@ fn validation_rules_report_their_exact_path() {
             "only applies together with image",
         ),
         (
-            json!({"spec": {"domain": {"firmware": {"kernelBoot": {"container": {"image": "k:1", "kernelPath": "/k"}}}}}}),
-            "spec.domain.firmware.kernelBoot.container.image",
-            "not supported for local runs yet",
+            json!({"spec": {"domain": {"firmware": {"kernelBoot": {"container": {"image": "k:1", "kernelPath": "boot/k"}}}}}}),
+            "spec.domain.firmware.kernelBoot.container.kernelPath",
+            "absolute path inside the image",
+        ),
+        (
+            json!({"spec": {"domain": {"firmware": {"kernelBoot": {"container": {"image": "k:1", "kernelPath": "/k", "initrdPath": "/../i"}}}}}}),
+            "spec.domain.firmware.kernelBoot.container.initrdPath",
+            "without `..`",
+        ),
+        (
+            json!({"spec": {"domain": {"firmware": {"kernelBoot": {"container": {"image": "k:1", "kernelPath": "/k", "imagePullPolicy": "Sometimes"}}}}}}),
+            "spec.domain.firmware.kernelBoot.container.imagePullPolicy",
+            "expected Always, IfNotPresent or Never",
+        ),
+        (
+            json!({"spec": {"domain": {"firmware": {"kernelBoot": {"container": {"image": "k:1"}}}}}}),
+            "spec.domain.firmware.kernelBoot.container.kernelPath",
+            "required",
         ),
         (
             json!({"spec": {"domain": {"features": {"smm": {}}, "firmware": {"bootloader": {"efi": {}}, "kernelBoot": {"container": {"kernelPath": "vmlinuz"}}}}}}),
@@ -702,9 +719,27 @@ fn validation_rules_report_their_exact_path() {
         ),
         (
             json!({"spec": {"domain": {"devices": {"disks": [{"name": "nodisk"}]}},
-            "volumes": [{"name": "nodisk", "containerDisk": {"image": "i"}}]}}),
-            "spec.volumes[0].containerDisk",
-            "disk.img",
+            "volumes": [{"name": "nodisk", "containerDisk": {"image": "i", "imagePullPolicy": "sometimes"}}]}}),
+            "spec.volumes[0].containerDisk.imagePullPolicy",
+            "unknown pull policy",
+        ),
+        (
+            json!({"spec": {"domain": {"devices": {"disks": [{"name": "nodisk"}]}},
+            "volumes": [{"name": "nodisk", "containerDisk": {"image": "i", "path": "disk/x.img"}}]}}),
+            "spec.volumes[0].containerDisk.path",
+            "absolute path inside the image",
+        ),
+        (
+            json!({"spec": {"domain": {"devices": {"disks": [{"name": "nodisk"}]}},
+            "volumes": [{"name": "nodisk", "containerDisk": {"image": "i", "imagePullSecret": "Not_A_Name"}}]}}),
+            "spec.volumes[0].containerDisk.imagePullSecret",
+            "not a Secret name",
+        ),
+        (
+            json!({"spec": {"domain": {"devices": {"disks": [{"name": "nodisk"}]}},
+            "volumes": [{"name": "nodisk", "containerDisk": {"image": "/var/lib/x.img"}}]}}),
+            "spec.volumes[0].containerDisk.image",
+            "not an image reference",
         ),
         (
             json!({"spec": {"domain": {"devices": {"disks": [{"name": "h"}]}},

@@ -121,6 +121,7 @@ pvh_start:
         cli
         cld
 .ifdef BZIMAGE
+        movq %rsi, %r12                 /* struct boot_params */
         leaq banner(%rip), %rsi
 .else
         movl $stack_top, %esp
@@ -128,6 +129,27 @@ pvh_start:
 .endif
         call uart_init
         call puts
+.ifdef BZIMAGE
+        /*
+         * The command line the loader passed (hdr.cmd_line_ptr at 0x228,
+         * ext_cmd_line_ptr at 0x0c8 of boot_params): from a disk, its boot
+         * entry's `options`. Printed so a test sees what the firmware read.
+         */
+        movl 0x228(%r12), %esi
+        movl 0x0c8(%r12), %eax
+        shlq $32, %rax
+        orq %rax, %rsi
+        testq %rsi, %rsi
+        jz 1f
+        pushq %rsi
+        leaq cmdline_label(%rip), %rsi
+        call puts
+        popq %rsi
+        call puts
+        leaq crlf(%rip), %rsi
+        call puts
+1:
+.endif
 
 .ifdef HALT_AFTER_BANNER
         jmp power_off
@@ -229,6 +251,12 @@ halt_forever:
         .section .rodata
 banner:
         .asciz "TINY-GUEST-UP\r\n"
+.ifdef BZIMAGE
+cmdline_label:
+        .asciz "TINY-GUEST-CMDLINE: "
+crlf:
+        .asciz "\r\n"
+.endif
 
         .bss
         .balign 16

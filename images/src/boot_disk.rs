@@ -5,7 +5,11 @@
 //! (`/tiny`). rust-hypervisor-firmware under Cloud Hypervisor reads exactly
 //! this (it prints `Found EFI partition`, `Filesystem ready`, `Jumping to
 //! kernel`), so a test that sees the guest's banner knows a real firmware
-//! read the disk the launcher attached.
+//! read the disk the launcher attached; the entry's `options`
+//! ([`BOOT_DISK_OPTIONS`]) come back on the guest's command line, which it
+//! prints. The protective MBR carries boot code for a legacy BIOS
+//! (`guest/boot-sector.S`): SeaBIOS under QEMU runs it, it prints
+//! [`crate::BOOT_SECTOR_MARKER`] and powers off.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -19,8 +23,18 @@ fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
-/// Writes the boot disk to `path` (a sparse raw image, replaced if present).
+/// The boot entry's `options`: the guest's command line when firmware
+/// boots it from the disk.
+pub const BOOT_DISK_OPTIONS: &str = "tiny.source=boot-loader-entry";
+
+/// Writes the boot disk of the interactive guest to `path`.
 pub fn write_boot_disk(path: &Path) -> io::Result<()> {
+    write_boot_disk_of(path, crate::Variant::Interactive)
+}
+
+/// Writes the boot disk of `variant` to `path` (a sparse raw image,
+/// replaced if present).
+pub fn write_boot_disk_of(path: &Path, variant: crate::Variant) -> io::Result<()> {
     let file = std::fs::File::create(path)?;
     file.set_len(BOOT_DISK_SIZE)?;
     drop(file);
@@ -48,6 +62,20 @@ pub fn write_boot_disk(path: &Path) -> io::Result<()> {
         .cloned()
         .ok_or_else(|| other("EFI system partition", "not in the table"))?;
     disk.write().map_err(|e| other("GPT", e))?;
+    // The MBR's boot code area (before the partition table at 446).
+    {
+        use std::io::{Seek, SeekFrom};
+        let code = std::fs::read(crate::boot_sector())?;
+        if code.len() > 440 {
+            return Err(other(
+                "boot sector",
+                format!("{} bytes, 440 fit", code.len()),
+            ));
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&code)?;
+    }
 
     let start = part.first_lba * SECTOR;
     let end = (part.last_lba + 1) * SECTOR;
@@ -63,9 +91,10 @@ pub fn write_boot_disk(path: &Path) -> io::Result<()> {
     root.create_dir("loader/entries")?;
     root.create_file("loader/loader.conf")?
         .write_all(b"default tiny\ntimeout 0\n")?;
-    root.create_file("loader/entries/tiny.conf")?
-        .write_all(b"title tiny test guest\nlinux /tiny\n")?;
+    root.create_file("loader/entries/tiny.conf")?.write_all(
+        format!("title tiny test guest\nlinux /tiny\noptions {BOOT_DISK_OPTIONS}\n").as_bytes(),
+    )?;
     root.create_file("tiny")?
-        .write_all(&std::fs::read(crate::bzimage())?)?;
+        .write_all(&std::fs::read(variant.bzimage_path())?)?;
     Ok(())
 }

@@ -12,9 +12,13 @@
 //! firmware that runs first (QEMU's SeaBIOS) reads the serial port too.
 
 mod boot_disk;
+mod oci_layout;
 mod spec;
 
-pub use boot_disk::{write_boot_disk, BOOT_DISK_SIZE};
+pub use boot_disk::{write_boot_disk, write_boot_disk_of, BOOT_DISK_OPTIONS, BOOT_DISK_SIZE};
+pub use oci_layout::{
+    write_container_disk, write_kernel_boot_image, write_oci_layout, ImageFile, OciLayout,
+};
 pub use spec::{write_spec, TestGuestSpec, WriteSpecError};
 
 use std::fmt;
@@ -33,6 +37,19 @@ pub const LOAD_ADDRESS: u64 = 0x10_0000;
 const INTERACTIVE_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest.elf");
 const HALTING_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest-halting.elf");
 const BZIMAGE_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest.bzimage");
+const HALTING_BZIMAGE_PATH: &str = concat!(env!("OUT_DIR"), "/tiny-guest-halting.bzimage");
+const BOOT_SECTOR_PATH: &str = concat!(env!("OUT_DIR"), "/boot-sector.bin");
+
+/// What the bzImage builds print before the command line their loader
+/// passed them (a boot entry's `options`), on a line of its own.
+pub const CMDLINE_LABEL: &str = "TINY-GUEST-CMDLINE: ";
+/// The line the boot disk's MBR boot code prints before it powers off.
+pub const BOOT_SECTOR_MARKER: &str = "TINY-BOOT-SECTOR: the BIOS booted this disk\r\n";
+
+/// The boot disk's legacy boot code (at most 440 bytes, linked at 0x7c00).
+pub fn boot_sector() -> &'static Path {
+    Path::new(BOOT_SECTOR_PATH)
+}
 
 /// The interactive guest as a Linux bzImage (boot protocol 2.12, 64-bit
 /// entry), for firmware that boots a kernel from a disk.
@@ -57,6 +74,15 @@ impl Variant {
         match self {
             Variant::Interactive => Path::new(INTERACTIVE_PATH),
             Variant::Halting => Path::new(HALTING_PATH),
+        }
+    }
+
+    /// The same build as a Linux bzImage (boot protocol 2.12, 64-bit entry)
+    /// that also prints its command line.
+    pub fn bzimage_path(self) -> &'static Path {
+        match self {
+            Variant::Interactive => Path::new(BZIMAGE_PATH),
+            Variant::Halting => Path::new(HALTING_BZIMAGE_PATH),
         }
     }
 

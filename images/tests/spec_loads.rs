@@ -22,6 +22,7 @@ fn written_specs_load_into_a_64mi_one_vcpu_domain_booting_the_built_guest() {
                     kernel: variant.path().to_path_buf(),
                     initrd: None,
                     cmdline: None,
+                    image: None,
                 },
                 "{hypervisor}/{variant}"
             );

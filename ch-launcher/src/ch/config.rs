@@ -476,6 +476,8 @@ fn payload(domain: &Domain, host: &HostInputs, errors: &mut Vec<ConfigError>) ->
             kernel,
             initrd,
             cmdline,
+            // Pulled before a real run; a dry run shows the in-image paths.
+            image: _,
         } => {
             let base = "spec.domain.firmware.kernelBoot.container";
             payload.kernel = Some(path_str(&format!("{base}.kernelPath"), kernel, errors));
@@ -603,7 +605,10 @@ fn disks(domain: &Domain, errors: &mut Vec<ConfigError>) -> Vec<DiskConfig> {
             direct: (disk.options.cache.as_deref() == Some("none")).then_some(true),
             backing_files: matches!(
                 disk.source.generated,
-                Some(domain_model::Generated::Overlay { .. })
+                Some(
+                    domain_model::Generated::Overlay { .. }
+                        | domain_model::Generated::ImageOverlay { .. }
+                )
             )
             .then_some(true),
             ..DiskConfig::new()
@@ -737,6 +742,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: Some("/k/initrd".into()),
             cmdline: Some("console=ttyS0".into()),
+            image: None,
         };
         let p = translate(&d).payload;
         assert_eq!(p.kernel.as_deref(), Some("/k/vmlinux"));

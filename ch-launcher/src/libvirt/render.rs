@@ -323,6 +323,8 @@ fn os(
             kernel,
             initrd,
             cmdline,
+            // Pulled before a real run; a dry run shows the in-image paths.
+            image: _,
         } => {
             os.kernel = Some(path_text(kernel));
             os.initrd = initrd.as_deref().map(path_text);

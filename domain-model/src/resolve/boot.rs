@@ -109,14 +109,9 @@ impl Resolver<'_> {
             return None;
         };
         let cbase = format!("{base}.container");
-        if c.image.is_some() {
-            self.err(
-                format!("{cbase}.image"),
-                "booting a kernel from a container image is not supported for local runs yet; \
-                 omit image to read kernelPath and initrdPath as host paths (relative to the \
-                 spec file)",
-            );
-            return None;
+        let cmdline = kb.kernel_args.clone().filter(|a| !a.is_empty());
+        if let Some(image) = c.image.as_deref().filter(|i| !i.is_empty()) {
+            return self.kernel_from_image(&cbase, c, image, cmdline);
         }
         let mut ok = true;
         for (field, set) in [
@@ -152,10 +147,80 @@ impl Resolver<'_> {
             (Some(kernel), Ok(initrd), true) => Some(Boot::Kernel {
                 kernel,
                 initrd,
-                cmdline: kb.kernel_args.clone().filter(|a| !a.is_empty()),
+                cmdline,
+                image: None,
             }),
             _ => None,
         }
+    }
+
+    /// `kernelBoot.container.image`: in a pod, the files KubeVirt's
+    /// kernel-boot init container copied to `<container disk dir>/kernel-boot/`
+    /// (by base name); in a local run, paths inside the image the launcher
+    /// pulls before the VM starts.
+    fn kernel_from_image(
+        &mut self,
+        cbase: &str,
+        c: &api::KernelBootContainer,
+        image: &str,
+        cmdline: Option<String>,
+    ) -> Option<Boot> {
+        let in_image = |this: &mut Self,
+                        field: &str,
+                        p: Option<&str>|
+         -> Result<Option<PathBuf>, ()> {
+            match p {
+                None | Some("") => Ok(None),
+                Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => {
+                    Ok(Some(PathBuf::from(p)))
+                }
+                Some(p) => {
+                    this.err(
+                        format!("{cbase}.{field}"),
+                        format!("{p:?}: expected an absolute path inside the image, without `..`"),
+                    );
+                    Err(())
+                }
+            }
+        };
+        let kernel = in_image(self, "kernelPath", c.kernel_path.as_deref());
+        let initrd = in_image(self, "initrdPath", c.initrd_path.as_deref());
+        let image = self.image_ref(
+            cbase,
+            image,
+            None,
+            c.image_pull_policy.as_deref(),
+            c.image_pull_secret.as_deref(),
+        );
+        let (kernel, initrd, image) = match (kernel, initrd, image) {
+            (Ok(Some(kernel)), Ok(initrd), Some(image)) => (kernel, initrd, image),
+            (Ok(None), _, _) => {
+                self.err(
+                    format!("{cbase}.kernelPath"),
+                    "required: the kernel's path inside the image",
+                );
+                return None;
+            }
+            _ => return None,
+        };
+        if self.opts.container_disk_layout == crate::load::ContainerDiskLayout::Pod {
+            let dir = std::path::absolute(&self.opts.container_disk_dir)
+                .unwrap_or_else(|_| self.opts.container_disk_dir.clone())
+                .join("kernel-boot");
+            let copied = |p: &Path| dir.join(p.file_name().unwrap_or_default());
+            return Some(Boot::Kernel {
+                kernel: copied(&kernel),
+                initrd: initrd.as_deref().map(copied),
+                cmdline,
+                image: None,
+            });
+        }
+        Some(Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+            image: Some(image),
+        })
     }
 
     /// An existing regular file named by the spec.

@@ -69,6 +69,7 @@ mod devices;
 mod machine;
 mod network;
 pub use network::{format_mac, parse_mac};
+pub use storage::qcow2_or_raw;
 mod storage;
 
 use crate::api;
@@ -316,6 +317,7 @@ pub fn resolve_partial(parsed: Parsed, opts: &LoadOptions) -> (Partial, SpecErro
             kernel: PathBuf::new(),
             initrd: None,
             cmdline: None,
+            image: None,
         }),
         disks,
         devices,

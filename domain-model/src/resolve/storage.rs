@@ -740,14 +740,32 @@ impl Resolver<'_> {
         }
         let dir = std::path::absolute(&self.opts.container_disk_dir)
             .unwrap_or_else(|_| self.opts.container_disk_dir.clone());
-        let image = match self.opts.container_disk_layout {
+        let generated = match self.opts.container_disk_layout {
             crate::load::ContainerDiskLayout::Local => {
-                self.local_container_disk(&base, &dir, name, cd)?
+                let image = self.image_ref(
+                    &base,
+                    &cd.image,
+                    cd.path.as_deref(),
+                    cd.image_pull_policy.as_deref(),
+                    cd.image_pull_secret.as_deref(),
+                )?;
+                match self.local_container_disk(&base, &dir, name)? {
+                    Some((backing, backing_format)) => crate::Generated::Overlay {
+                        backing,
+                        backing_format,
+                    },
+                    None => crate::Generated::ImageOverlay { image },
+                }
             }
             crate::load::ContainerDiskLayout::Pod => {
+                // The kubelet pulled the image and virt-handler put its disk
+                // here: pull settings and `path` were applied by them.
                 let file = dir.join(format!("disk_{index}.img"));
                 match qcow2_or_raw(&file) {
-                    Ok(format) => (file, format),
+                    Ok(backing_format) => crate::Generated::Overlay {
+                        backing: file,
+                        backing_format,
+                    },
                     Err(e) => {
                         self.err(
                             &base,
@@ -769,21 +787,93 @@ impl Resolver<'_> {
             format: ImageFormat::Qcow2,
             create_with_capacity: None,
             block_device: false,
-            generated: Some(crate::Generated::Overlay {
-                backing: image.0,
-                backing_format: image.1,
-            }),
+            generated: Some(generated),
         })
     }
 
-    /// The image of a containerDisk in the local layout.
+    /// A registry image named by the spec, its pull settings checked.
+    pub(super) fn image_ref(
+        &mut self,
+        base: &str,
+        image: &str,
+        path: Option<&str>,
+        policy: Option<&str>,
+        secret: Option<&str>,
+    ) -> Option<crate::ImageRef> {
+        let mut ok = true;
+        if image.contains(char::is_whitespace) || image.starts_with('/') {
+            self.err(
+                format!("{base}.image"),
+                format!(
+                    "{image:?} is not an image reference (registry/repository:tag or @sha256:...)"
+                ),
+            );
+            ok = false;
+        }
+        let pull_policy = match policy {
+            None | Some("") => crate::PullPolicy::default_for(image),
+            Some("Always") => crate::PullPolicy::Always,
+            Some("IfNotPresent") => crate::PullPolicy::IfNotPresent,
+            Some("Never") => crate::PullPolicy::Never,
+            Some(other) => {
+                self.err(
+                    format!("{base}.imagePullPolicy"),
+                    format!(
+                        "unknown pull policy {other:?}: expected Always, IfNotPresent or Never"
+                    ),
+                );
+                ok = false;
+                crate::PullPolicy::IfNotPresent
+            }
+        };
+        let path = match path {
+            None | Some("") => None,
+            Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => {
+                Some(p.to_string())
+            }
+            Some(p) => {
+                self.err(
+                    format!("{base}.path"),
+                    format!("{p:?}: expected an absolute path inside the image, without `..`"),
+                );
+                ok = false;
+                None
+            }
+        };
+        let pull_secret = match secret {
+            None | Some("") => None,
+            Some(name) if is_dns_subdomain(name) => Some(
+                self.opts
+                    .mounts_dir
+                    .join("secret")
+                    .join(name)
+                    .join(".dockerconfigjson"),
+            ),
+            Some(name) => {
+                self.err(
+                    format!("{base}.imagePullSecret"),
+                    format!("{name:?} is not a Secret name"),
+                );
+                ok = false;
+                None
+            }
+        };
+        ok.then(|| crate::ImageRef {
+            image: image.to_string(),
+            path,
+            pull_policy,
+            pull_secret,
+        })
+    }
+
+    /// The image of a containerDisk in the local layout, if one was put
+    /// there by hand; `None` means "pull it".
     fn local_container_disk(
         &mut self,
         base: &str,
         dir: &std::path::Path,
         name: &str,
-        cd: &api::ContainerDisk,
-    ) -> Option<(PathBuf, ImageFormat)> {
+    ) -> Option<Option<(PathBuf, ImageFormat)>> {
         let dir = dir.join(name);
         let candidates = [
             (dir.join("disk.img"), ImageFormat::Raw),
@@ -792,21 +882,8 @@ impl Resolver<'_> {
         let found: Vec<&(PathBuf, ImageFormat)> =
             candidates.iter().filter(|(p, _)| is_file(p)).collect();
         match found.as_slice() {
-            [(file, format)] => Some((file.clone(), *format)),
-            [] => {
-                self.err(
-                    base,
-                    format!(
-                        "no local image for containerDisk {:?}: containerDisk volumes are read \
-                         from <container disk dir>/<volume name>/disk.img (raw) or disk.qcow2 \
-                         (qcow2); put the unpacked image at {} or {}",
-                        cd.image,
-                        candidates[0].0.display(),
-                        candidates[1].0.display()
-                    ),
-                );
-                None
-            }
+            [(file, format)] => Some(Some((file.clone(), *format))),
+            [] => Some(None),
             _ => {
                 self.err(
                     base,
@@ -1002,7 +1079,7 @@ fn is_file(p: &Path) -> bool {
 }
 
 /// qcow2 when the file starts with its magic, else raw.
-fn qcow2_or_raw(file: &std::path::Path) -> std::io::Result<ImageFormat> {
+pub fn qcow2_or_raw(file: &std::path::Path) -> std::io::Result<ImageFormat> {
     use std::io::Read;
     let mut magic = [0u8; 4];
     let mut f = std::fs::File::open(file)?;
