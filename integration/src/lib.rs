@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod netns;
+pub mod registry;
 pub mod standin;
 pub mod unix_http;
 pub mod virt_handler;
