@@ -59,6 +59,7 @@ pub fn layer(blob: &Path, gzip: bool, root: &Path) -> io::Result<()> {
             continue;
         }
         use tar::EntryType;
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
         match entry.header().entry_type() {
             EntryType::Block | EntryType::Char | EntryType::Fifo => continue,
             _ => {}
@@ -73,10 +74,82 @@ pub fn layer(blob: &Path, gzip: bool, root: &Path) -> io::Result<()> {
                 }
             }
         }
-        entry.unpack_in(root)?;
+        if matches!(
+            entry.header().entry_type(),
+            EntryType::Regular | EntryType::Continuous
+        ) {
+            write_sparse(&mut entry, &canonical_root, &path, mode & 0o777)?;
+        } else {
+            entry.unpack_in(root)?;
+        }
         made.insert(path);
     }
     Ok(())
+}
+
+/// Zero blocks a regular file skips, so a raw disk image stays sparse.
+const SPARSE_BLOCK: usize = 64 << 10;
+
+/// Writes a regular file entry at `path` under `root` (canonical), holes
+/// where its contents are zero: a raw disk of many GiB in a small layer
+/// takes only its data on the host. Parent directories are made inside
+/// the root; one that leads out of it is refused, as is a final symbolic
+/// link (the file is opened with O_NOFOLLOW). Modes keep their
+/// permission bits only.
+fn write_sparse(entry: &mut impl io::Read, root: &Path, path: &Path, mode: u32) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut dir = root.to_path_buf();
+    for c in path.parent().unwrap_or(Path::new("")).components() {
+        let next = dir.join(c);
+        match std::fs::symlink_metadata(&next) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&next)?,
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        dir = inside(root, &next)?.ok_or_else(|| io::Error::other("vanished"))?;
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("an entry without a name"))?;
+    let dest = dir.join(name);
+    if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_file()) {
+        remove(&dest)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&dest)?;
+    let mut buf = vec![0u8; SPARSE_BLOCK];
+    let mut len = 0u64;
+    loop {
+        // Fill a whole block (the decoder returns short reads).
+        let mut n = 0;
+        while n < buf.len() {
+            match entry.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            file.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            file.write_all(&buf[..n])?;
+        }
+        len += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    file.set_len(len)?;
+    // The image's mode, without set-id bits (nothing in the cache runs).
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
 }
 
 /// The entry's path relative to the root: `./`, `/` dropped, `..` refused.
@@ -266,6 +339,31 @@ mod tests {
         // The opaque marker came after etc/c in the same layer: c stays.
         assert!(!root.join("etc/a").exists() && !root.join("etc/b").exists());
         assert!(root.join("etc/c").exists());
+    }
+
+    #[test]
+    fn zero_blocks_of_a_file_become_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        let mut disk = vec![0u8; 8 << 20];
+        disk[..4].copy_from_slice(b"DATA");
+        let last = disk.len() - 1;
+        disk[last] = 1;
+        let text = String::from_utf8(disk.clone()).unwrap();
+        apply(&root, tmp.path(), &[("disk/disk.img", &text, F)]).unwrap();
+        let path = root.join("disk/disk.img");
+        assert_eq!(std::fs::read(&path).unwrap(), disk);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 8 << 20);
+        // Two 64 KiB blocks hold data; the rest are holes.
+        assert!(
+            meta.blocks() * 512 <= 256 << 10,
+            "{} blocks allocated",
+            meta.blocks()
+        );
+        assert_eq!(meta.mode() & 0o7777, 0o644);
     }
 
     #[test]
