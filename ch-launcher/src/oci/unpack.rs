@@ -68,10 +68,10 @@ pub fn layer(blob: &Path, gzip: bool, root: &Path) -> io::Result<()> {
         let dest = root.join(&path);
         if let Ok(meta) = std::fs::symlink_metadata(&dest) {
             let new_is_dir = entry.header().entry_type() == EntryType::Directory;
-            if meta.is_dir() != new_is_dir {
-                if inside(&canonical_root, &root.join(&parent))?.is_some() {
-                    remove(&dest)?;
-                }
+            if meta.is_dir() != new_is_dir
+                && inside(&canonical_root, &root.join(&parent))?.is_some()
+            {
+                remove(&dest)?;
             }
         }
         if matches!(
