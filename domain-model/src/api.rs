@@ -464,6 +464,22 @@ pub struct Volume {
     #[serde(rename = "downwardAPI")]
     pub downward_api: Option<DownwardApiSource>,
     pub service_account: Option<ServiceAccountSource>,
+    pub sysprep: Option<SysprepSource>,
+}
+
+/// `sysprep`: a ConfigMap or Secret holding `autounattend.xml` or
+/// `unattend.xml` for Windows setup.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SysprepSource {
+    pub config_map: Option<LocalObjectReference>,
+    pub secret: Option<LocalObjectReference>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LocalObjectReference {
+    #[serde(default)]
+    pub name: String,
 }
 
 /// `persistentVolumeClaim`.
@@ -565,4 +581,4 @@ pub struct ContainerDisk {
 
 /// Volume kinds of `kubevirt.io/v1` this launcher does not implement yet, so
 /// that their error says "not supported yet" rather than "unknown field".
-pub const UNSUPPORTED_VOLUME_KINDS: &[&str] = &["downwardMetrics", "memoryDump", "sysprep"];
+pub const UNSUPPORTED_VOLUME_KINDS: &[&str] = &["downwardMetrics", "memoryDump"];

@@ -294,6 +294,54 @@ fn config_map_secret_downward_api_and_service_account_become_isos_of_their_mount
 }
 
 #[test]
+fn sysprep_is_an_unattend_cd_iso_of_its_answer_files() {
+    let f = Fixture::new();
+    let v = json!({"name": "v", "sysprep": {"configMap": {"name": "answers"}}});
+    let e = err(f.resolve(with_volume(v.clone())));
+    assert_only(&e, "spec.volumes[0]", "is not mounted");
+    let dir = f.path().join("mounts/sysprep/v");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("other.txt"), "x").unwrap();
+    let e = err(f.resolve(with_volume(v.clone())));
+    assert_only(
+        &e,
+        "spec.volumes[0].sysprep",
+        "neither autounattend.xml nor unattend.xml",
+    );
+    std::fs::write(dir.join("Autounattend.xml"), "<unattend/>").unwrap();
+    let d = ok(f.resolve(with_volume(v)));
+    match generated(&d) {
+        Generated::IsoFromDir {
+            dir: got, label, ..
+        } => {
+            assert_eq!(got, &dir);
+            assert_eq!(label, "unattendCD");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (source, field, message) in [
+        (
+            json!({}),
+            "spec.volumes[0].sysprep",
+            "required: configMap or secret",
+        ),
+        (
+            json!({"configMap": {"name": "a"}, "secret": {"name": "b"}}),
+            "spec.volumes[0].sysprep",
+            "not both",
+        ),
+        (
+            json!({"secret": {}}),
+            "spec.volumes[0].sysprep.secret.name",
+            "required",
+        ),
+    ] {
+        let e = err(f.resolve(with_volume(json!({"name": "v", "sysprep": source}))));
+        assert_only(&e, field, message);
+    }
+}
+
+#[test]
 fn a_filesystem_shares_its_volumes_directory_and_is_no_disk() {
     let f = Fixture::new();
     let dir = f.path().join("mounts/vmi-disks/share");

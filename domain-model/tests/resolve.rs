@@ -902,7 +902,7 @@ fn unknown_fields_are_errors_with_their_full_path() {
 #[test]
 fn unsupported_volume_kinds_say_not_supported_yet() {
     let f = Fixture::new();
-    for kind in ["downwardMetrics", "memoryDump", "sysprep"] {
+    for kind in ["downwardMetrics", "memoryDump"] {
         let e = err(f.resolve(
             json!({"spec": {"domain": {"devices": {"disks": [{"name": "v"}]}},
             "volumes": [{"name": "v", kind: {}}]}}),

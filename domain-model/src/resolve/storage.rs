@@ -86,6 +86,7 @@ impl Resolver<'_> {
                 ("secret", v.secret.is_some()),
                 ("downwardAPI", v.downward_api.is_some()),
                 ("serviceAccount", v.service_account.is_some()),
+                ("sysprep", v.sysprep.is_some()),
             ]
             .into_iter()
             .filter_map(|(k, set)| set.then_some(k))
@@ -179,12 +180,14 @@ impl Resolver<'_> {
             } else if v.service_account.is_some() {
                 let dir = self.opts.service_account_dir.clone();
                 self.iso_from_dir(&path, &v.name, vm.uid, dir, None, false)
+            } else if let Some(sp) = &v.sysprep {
+                self.sysprep(&path, &v.name, vm.uid, sp)
             } else {
                 self.err(
                     &path,
                     "no volume source: set one of hostDisk, containerDisk, emptyDisk, \
                      cloudInitNoCloud, cloudInitConfigDrive, persistentVolumeClaim, dataVolume, \
-                     ephemeral, configMap, secret, downwardAPI or serviceAccount",
+                     ephemeral, configMap, secret, downwardAPI, serviceAccount or sysprep",
                 );
                 None
             };
@@ -380,6 +383,64 @@ impl Resolver<'_> {
             ),
         );
         None
+    }
+
+    /// `sysprep`: KubeVirt mounts the ConfigMap or Secret at
+    /// `<mounts>/sysprep/<volume>/` and gives the guest its files as an ISO
+    /// labelled `unattendCD`; it must hold `autounattend.xml` or
+    /// `unattend.xml` (any case), as KubeVirt checks.
+    fn sysprep(
+        &mut self,
+        path: &str,
+        volume: &str,
+        uid: &str,
+        sp: &api::SysprepSource,
+    ) -> Option<DiskSource> {
+        let field = format!("{path}.sysprep");
+        match (&sp.config_map, &sp.secret) {
+            (Some(_), Some(_)) => {
+                self.err(&field, "set configMap or secret, not both");
+                return None;
+            }
+            (None, None) => {
+                self.err(
+                    &field,
+                    "required: configMap or secret naming the answer files",
+                );
+                return None;
+            }
+            (Some(r), None) | (None, Some(r)) if r.name.is_empty() => {
+                let which = if sp.config_map.is_some() {
+                    "configMap"
+                } else {
+                    "secret"
+                };
+                self.err(
+                    format!("{field}.{which}.name"),
+                    "required: the object's name",
+                );
+                return None;
+            }
+            _ => {}
+        }
+        let dir = self.opts.mounts_dir.join("sysprep").join(volume);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let has_answer_file = entries.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+                name == "autounattend.xml" || name == "unattend.xml"
+            });
+            if !has_answer_file {
+                self.err(
+                    &field,
+                    format!(
+                        "{} holds neither autounattend.xml nor unattend.xml",
+                        dir.display()
+                    ),
+                );
+                return None;
+            }
+        }
+        self.iso_from_dir(path, volume, uid, dir, Some("unattendCD"), false)
     }
 
     /// An ISO of a mounted directory's files, made at start.
